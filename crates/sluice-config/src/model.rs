@@ -1,0 +1,256 @@
+//! The validated configuration types handed to the proxy.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::upstream::Upstream;
+
+/// How long a server connection stays assigned to a client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is held for the whole client session.
+    Session,
+    /// A server connection is held only for the duration of a transaction.
+    #[default]
+    Transaction,
+}
+
+impl PoolMode {
+    /// The spelling used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PoolMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "session" => Ok(Self::Session),
+            "transaction" => Ok(Self::Transaction),
+            _ => Err(format!(
+                "unknown pool mode {s:?} (expected \"session\" or \"transaction\")"
+            )),
+        }
+    }
+}
+
+/// How clients authenticate to the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 password authentication.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 password authentication.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No authentication; every client is accepted.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+impl AuthType {
+    /// The spelling used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ScramSha256 => "scram-sha-256",
+            Self::Md5 => "md5",
+            Self::Trust => "trust",
+        }
+    }
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuthType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scram-sha-256" => Ok(Self::ScramSha256),
+            "md5" => Ok(Self::Md5),
+            "trust" => Ok(Self::Trust),
+            _ => Err(format!(
+                "unknown auth type {s:?} (expected \"scram-sha-256\", \"md5\" or \"trust\")"
+            )),
+        }
+    }
+}
+
+/// Process-wide settings (`[general]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneralConfig {
+    /// How long a graceful shutdown waits for clients before closing them.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for GeneralConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// PostgreSQL proxy settings (`[postgres]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Default pool mode for databases that do not override it.
+    pub pool_mode: PoolMode,
+    /// Maximum number of simultaneous client connections.
+    pub max_client_conn: usize,
+    /// Default maximum number of server connections per database pool.
+    pub pool_size: usize,
+    /// Default number of server connections kept open per database pool.
+    pub min_pool_size: usize,
+    /// How long a client waits for a server connection before getting an error.
+    pub pool_timeout: Duration,
+    /// Query run on a server connection before reuse; empty means none.
+    pub server_reset_query: String,
+    /// How clients authenticate to the proxy.
+    pub auth_type: AuthType,
+    /// How long connecting (and logging in) to a server may take.
+    pub server_connect_timeout: Duration,
+    /// Databases clients can connect to.
+    pub databases: Vec<DatabaseConfig>,
+    /// Users allowed to connect; empty means the upstream URL credentials are used.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6432)),
+            pool_mode: PoolMode::Transaction,
+            max_client_conn: 10_000,
+            pool_size: 15,
+            min_pool_size: 5,
+            pool_timeout: Duration::from_secs(30),
+            server_reset_query: "DISCARD ALL".to_owned(),
+            auth_type: AuthType::ScramSha256,
+            server_connect_timeout: Duration::from_secs(5),
+            databases: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl PostgresConfig {
+    /// Finds a database by the name clients ask for.
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|db| db.name == name)
+    }
+
+    /// Finds a configured user by name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|user| user.name == name)
+    }
+}
+
+/// One database clients can connect to (`[[postgres.databases]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    /// The database name clients ask for.
+    pub name: String,
+    /// The server this database is pooled to.
+    pub upstream: Upstream,
+    /// Per-database override of `postgres.pool_size`.
+    pub pool_size: Option<usize>,
+    /// Per-database override of `postgres.min_pool_size`.
+    pub min_pool_size: Option<usize>,
+    /// Per-database override of `postgres.pool_mode`.
+    pub pool_mode: Option<PoolMode>,
+}
+
+impl DatabaseConfig {
+    /// Effective maximum pool size for this database.
+    pub fn pool_size(&self, pg: &PostgresConfig) -> usize {
+        self.pool_size.unwrap_or(pg.pool_size)
+    }
+
+    /// Effective minimum pool size for this database.
+    ///
+    /// An inherited (global) minimum is capped at this database's pool size; an
+    /// explicit per-database minimum is returned as is (validation ensures it fits).
+    pub fn min_pool_size(&self, pg: &PostgresConfig) -> usize {
+        self.min_pool_size
+            .unwrap_or_else(|| pg.min_pool_size.min(self.pool_size(pg)))
+    }
+
+    /// Effective pool mode for this database.
+    pub fn pool_mode(&self, pg: &PostgresConfig) -> PoolMode {
+        self.pool_mode.unwrap_or(pg.pool_mode)
+    }
+}
+
+/// A user allowed to connect to the proxy (`[[postgres.users]]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    /// User name clients log in with.
+    pub name: String,
+    /// A SCRAM verifier (`SCRAM-SHA-256$...`), an md5 hash (`md5` + 32 hex digits) or plaintext.
+    pub password: String,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_parse_and_display() {
+        assert_eq!("Session".parse::<PoolMode>(), Ok(PoolMode::Session));
+        assert_eq!(PoolMode::Transaction.to_string(), "transaction");
+        assert!("statement".parse::<PoolMode>().is_err());
+        assert_eq!(
+            "scram-sha-256".parse::<AuthType>(),
+            Ok(AuthType::ScramSha256)
+        );
+        assert_eq!("MD5".parse::<AuthType>(), Ok(AuthType::Md5));
+        assert_eq!(AuthType::Trust.to_string(), "trust");
+        assert!("password".parse::<AuthType>().is_err());
+    }
+
+    #[test]
+    fn user_debug_hides_password() {
+        let user = UserConfig {
+            name: "app".into(),
+            password: "hunter2".into(),
+        };
+        let debug = format!("{user:?}");
+        assert!(
+            debug.contains("app") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+    }
+}

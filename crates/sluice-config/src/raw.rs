@@ -1,0 +1,181 @@
+//! The file layer: the TOML schema as written, before it is merged over defaults.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::{Spanned, Value};
+
+use crate::duration::{parse_duration, seconds_to_duration};
+use crate::load::{parse_listen, Builder};
+use crate::model::{AuthType, DatabaseConfig, PoolMode, UserConfig};
+use crate::upstream::Upstream;
+use crate::ConfigError;
+
+/// The whole file. Every section and key is optional; unknown keys are errors.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    general: RawGeneral,
+    #[serde(default)]
+    postgres: RawPostgres,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGeneral {
+    shutdown_timeout: Option<Spanned<Value>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    listen: Option<Spanned<String>>,
+    pool_mode: Option<PoolMode>,
+    max_client_conn: Option<usize>,
+    pool_size: Option<usize>,
+    min_pool_size: Option<usize>,
+    pool_timeout: Option<Spanned<Value>>,
+    server_reset_query: Option<String>,
+    auth_type: Option<AuthType>,
+    server_connect_timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    databases: Vec<RawDatabase>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    name: String,
+    upstream: Spanned<String>,
+    pool_size: Option<usize>,
+    min_pool_size: Option<usize>,
+    pool_mode: Option<PoolMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: String,
+}
+
+/// Where the TOML text came from, used to point error messages at a line.
+struct Source<'a> {
+    text: &'a str,
+    origin: Option<&'a str>,
+}
+
+impl Source<'_> {
+    /// Builds an error for `key` whose value starts at byte `offset`.
+    fn error(&self, key: &str, offset: usize, message: impl std::fmt::Display) -> ConfigError {
+        let line = self
+            .text
+            .get(..offset)
+            .map_or(1, |before| before.matches('\n').count() + 1);
+        let at = match self.origin {
+            Some(origin) => format!("{origin}:{line}"),
+            None => format!("line {line}"),
+        };
+        ConfigError::invalid(key, format!("{message} ({at})"))
+    }
+
+    fn duration(&self, key: &str, value: &Spanned<Value>) -> Result<Duration, ConfigError> {
+        let result = match value.get_ref() {
+            Value::String(text) => parse_duration(text).map_err(|e| e.to_string()),
+            Value::Integer(secs) => u64::try_from(*secs)
+                .map(Duration::from_secs)
+                .map_err(|_| format!("not a duration: {secs} (must not be negative)")),
+            Value::Float(secs) => {
+                seconds_to_duration(*secs).map_err(|why| format!("not a duration: {secs} ({why})"))
+            }
+            other => Err(format!(
+                "expected a duration like \"30s\" or a number of seconds, found a {}",
+                other.type_str()
+            )),
+        };
+        result.map_err(|message| self.error(key, value.span().start, message))
+    }
+}
+
+/// Parses TOML text and applies every key it sets onto `builder`.
+///
+/// `origin` is the file path, or `None` for text given directly.
+pub(crate) fn apply_toml(
+    builder: &mut Builder,
+    text: &str,
+    origin: Option<&str>,
+) -> Result<(), ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml {
+        origin: origin.unwrap_or("config").to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let source = Source { text, origin };
+    let RawConfig { general, postgres } = raw;
+
+    if let Some(value) = &general.shutdown_timeout {
+        builder.config.general.shutdown_timeout =
+            source.duration("general.shutdown_timeout", value)?;
+    }
+
+    let pg = &mut builder.config.postgres;
+    if let Some(listen) = &postgres.listen {
+        pg.listen = parse_listen(listen.get_ref())
+            .map_err(|m| source.error("postgres.listen", listen.span().start, m))?;
+    }
+    if let Some(mode) = postgres.pool_mode {
+        pg.pool_mode = mode;
+    }
+    if let Some(max) = postgres.max_client_conn {
+        pg.max_client_conn = max;
+    }
+    if let Some(size) = postgres.pool_size {
+        pg.pool_size = size;
+    }
+    if let Some(min) = postgres.min_pool_size {
+        pg.min_pool_size = min;
+        builder.min_pool_size_explicit = true;
+    }
+    if let Some(value) = &postgres.pool_timeout {
+        pg.pool_timeout = source.duration("postgres.pool_timeout", value)?;
+    }
+    if let Some(query) = postgres.server_reset_query {
+        pg.server_reset_query = query;
+    }
+    if let Some(auth) = postgres.auth_type {
+        pg.auth_type = auth;
+    }
+    if let Some(value) = &postgres.server_connect_timeout {
+        pg.server_connect_timeout = source.duration("postgres.server_connect_timeout", value)?;
+    }
+
+    pg.databases = postgres
+        .databases
+        .into_iter()
+        .enumerate()
+        .map(|(i, db)| {
+            let upstream = Upstream::parse(db.upstream.get_ref()).map_err(|e| {
+                let key = format!("postgres.databases[{i}].upstream");
+                source.error(&key, db.upstream.span().start, e)
+            })?;
+            Ok(DatabaseConfig {
+                name: db.name,
+                upstream,
+                pool_size: db.pool_size,
+                min_pool_size: db.min_pool_size,
+                pool_mode: db.pool_mode,
+            })
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    pg.users = postgres
+        .users
+        .into_iter()
+        .map(|user| UserConfig {
+            name: user.name,
+            password: user.password,
+        })
+        .collect();
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Tests of loading, layering and validation through the public API.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use crate::*;
+
+const EXAMPLE: &str = include_str!("../../../proxy.toml.example");
+
+const MINIMAL: &str = r#"
+[[postgres.databases]]
+name = "app"
+upstream = "postgres://app:secret@127.0.0.1/app"
+"#;
+
+fn env_from(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |key| map.get(key).cloned()
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn temp_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(text.as_bytes()).expect("write temp file");
+    file
+}
+
+fn error_of(text: &str) -> String {
+    Config::from_toml_str(text)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+#[test]
+fn defaults() {
+    let config = Config::from_toml_str(MINIMAL).expect("minimal config");
+    assert_eq!(config.general.shutdown_timeout, Duration::from_secs(30));
+    let pg = &config.postgres;
+    assert_eq!(pg.listen, "127.0.0.1:6432".parse().expect("addr"));
+    assert_eq!(pg.pool_mode, PoolMode::Transaction);
+    assert_eq!(pg.max_client_conn, 10_000);
+    assert_eq!(pg.pool_size, 15);
+    assert_eq!(pg.min_pool_size, 5);
+    assert_eq!(pg.pool_timeout, Duration::from_secs(30));
+    assert_eq!(pg.server_reset_query, "DISCARD ALL");
+    assert_eq!(pg.auth_type, AuthType::ScramSha256);
+    assert_eq!(pg.server_connect_timeout, Duration::from_secs(5));
+    assert!(pg.users.is_empty());
+    let db = config.database("app").expect("app database");
+    assert_eq!(db.pool_size(pg), 15);
+    assert_eq!(db.min_pool_size(pg), 5);
+    assert_eq!(db.pool_mode(pg), PoolMode::Transaction);
+    assert!(config.database("other").is_none());
+
+    let expected = PostgresConfig {
+        databases: pg.databases.clone(),
+        ..PostgresConfig::default()
+    };
+    assert_eq!(*pg, expected);
+}
+
+#[test]
+fn example_file_parses() {
+    let config = Config::from_toml_str(EXAMPLE).expect("proxy.toml.example must be valid");
+    let pg = &config.postgres;
+    assert_eq!(pg.databases.len(), 1);
+    let db = &pg.databases[0];
+    assert_eq!(db.name, "app");
+    assert_eq!(db.upstream.user, "app");
+    assert_eq!(db.upstream.password.as_deref(), Some("secret"));
+    assert_eq!(db.pool_size(pg), 20);
+    assert_eq!(pg.users.len(), 1);
+    assert_eq!(pg.user("app").map(|u| u.password.as_str()), Some("secret"));
+    // The example shows the defaults.
+    let defaults = PostgresConfig {
+        databases: pg.databases.clone(),
+        users: pg.users.clone(),
+        ..PostgresConfig::default()
+    };
+    assert_eq!(*pg, defaults);
+}
+
+#[test]
+fn durations_and_overrides_in_file() {
+    let config = Config::from_toml_str(&format!(
+        r#"
+[general]
+shutdown_timeout = 10
+[postgres]
+pool_timeout = 0.5
+server_connect_timeout = "2500ms"
+pool_mode = "session"
+auth_type = "md5"
+server_reset_query = ""
+[[postgres.databases]]
+name = "a"
+upstream = "postgresql://u:p@h/d"
+pool_size = 3
+pool_mode = "transaction"
+{MINIMAL}"#
+    ))
+    .expect("valid");
+    let pg = &config.postgres;
+    assert_eq!(config.general.shutdown_timeout, Duration::from_secs(10));
+    assert_eq!(pg.pool_timeout, Duration::from_millis(500));
+    assert_eq!(pg.server_connect_timeout, Duration::from_millis(2500));
+    assert_eq!(pg.auth_type, AuthType::Md5);
+    assert_eq!(pg.server_reset_query, "");
+    let a = config.database("a").expect("a");
+    assert_eq!(a.pool_mode(pg), PoolMode::Transaction);
+    // Inherited min_pool_size is capped at the database's pool size.
+    assert_eq!(a.min_pool_size(pg), 3);
+    let app = config.database("app").expect("app");
+    assert_eq!(app.pool_mode(pg), PoolMode::Session);
+}
+
+#[test]
+fn precedence_file_env_overrides() {
+    let file = temp_file(&format!(
+        "[postgres]\npool_size = 30\nmin_pool_size = 2\npool_timeout = \"10s\"\nlisten = \"0.0.0.0:7000\"\n{MINIMAL}"
+    ));
+    let env = env_from(&[
+        ("POSTGRES_POOL_MAX_SIZE", "40"),
+        ("POSTGRES_POOL_TIMEOUT", "0.5"),
+        ("SLUICE_POOL_MODE", "session"),
+        ("SLUICE_MAX_CLIENT_CONN", "50"),
+        ("POSTGRES_POOL_MIN_SIZE", ""),
+    ]);
+    let overrides = [("postgres.pool_size", "50".to_owned())];
+    let config = Config::load(Some(file.path()), &env, &overrides).expect("valid");
+    let pg = &config.postgres;
+    assert_eq!(pg.pool_size, 50, "override beats env beats file");
+    assert_eq!(
+        pg.pool_timeout,
+        Duration::from_millis(500),
+        "env beats file"
+    );
+    assert_eq!(pg.min_pool_size, 2, "empty env value is ignored");
+    assert_eq!(pg.listen.port(), 7000, "file beats default");
+    assert_eq!(pg.pool_mode, PoolMode::Session);
+    assert_eq!(pg.max_client_conn, 50);
+
+    let config = Config::load(Some(file.path()), &no_env, &[]).expect("valid");
+    assert_eq!(config.postgres.pool_size, 30);
+}
+
+#[test]
+fn every_override_key_applies() {
+    let file = temp_file(MINIMAL);
+    let overrides: Vec<(&str, String)> = vec![
+        ("postgres.listen", "[::1]:7432".into()),
+        ("postgres.pool_mode", "session".into()),
+        ("postgres.pool_size", "8".into()),
+        ("postgres.min_pool_size", "1".into()),
+        ("postgres.pool_timeout", "2m".into()),
+        ("postgres.max_client_conn", "100".into()),
+        ("general.shutdown_timeout", "1h".into()),
+    ];
+    assert_eq!(overrides.len(), OVERRIDE_KEYS.len());
+    let config = Config::load(Some(file.path()), &no_env, &overrides).expect("valid");
+    let pg = &config.postgres;
+    assert_eq!(pg.listen, "[::1]:7432".parse().expect("addr"));
+    assert_eq!(pg.pool_mode, PoolMode::Session);
+    assert_eq!((pg.pool_size, pg.min_pool_size), (8, 1));
+    assert_eq!(pg.pool_timeout, Duration::from_secs(120));
+    assert_eq!(pg.max_client_conn, 100);
+    assert_eq!(config.general.shutdown_timeout, Duration::from_secs(3600));
+}
+
+#[test]
+fn config_path_from_env_and_missing_file() {
+    let file = temp_file(MINIMAL);
+    let path = file.path().to_str().expect("utf-8 path").to_owned();
+    let env = env_from(&[("SLUICE_CONFIG", &path)]);
+    let config = Config::load(None, &env, &[]).expect("file from SLUICE_CONFIG");
+    assert!(config.database("app").is_some());
+
+    // No file at all: defaults only, which lack a database.
+    let err = Config::load(None, &no_env, &[]).expect_err("no databases");
+    assert_eq!(
+        err.to_string(),
+        "postgres.databases: at least one database is required"
+    );
+
+    let missing = std::path::Path::new("/nonexistent/sluice.toml");
+    let err = Config::load(Some(missing), &no_env, &[]).expect_err("missing file");
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string().contains("/nonexistent/sluice.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn default_min_pool_size_is_lowered_to_fit() {
+    let env = env_from(&[("POSTGRES_POOL_MAX_SIZE", "2")]);
+    let file = temp_file(MINIMAL);
+    let config = Config::load(Some(file.path()), &env, &[]).expect("valid");
+    assert_eq!(config.postgres.min_pool_size, 2);
+
+    let env = env_from(&[
+        ("POSTGRES_POOL_MAX_SIZE", "2"),
+        ("POSTGRES_POOL_MIN_SIZE", "3"),
+    ]);
+    let err = Config::load(Some(file.path()), &env, &[]).expect_err("explicit min too big");
+    assert_eq!(
+        err.to_string(),
+        "postgres.min_pool_size: must not exceed postgres.pool_size (got 3 > 2)"
+    );
+}
+
+#[test]
+fn env_and_override_errors_name_their_source() {
+    let file = temp_file(MINIMAL);
+    let load = |vars: &[(&str, &str)], overrides: &[(&str, String)]| {
+        Config::load(Some(file.path()), &env_from(vars), overrides)
+            .expect_err("invalid")
+            .to_string()
+    };
+    assert_eq!(
+        load(&[("POSTGRES_POOL_TIMEOUT", "abc")], &[]),
+        "POSTGRES_POOL_TIMEOUT: not a duration: \"abc\" (use seconds like 30 or 30.0, or 500ms, 2m)"
+    );
+    assert!(load(&[("POSTGRES_POOL_TIMEOUT", "-1")], &[]).starts_with("POSTGRES_POOL_TIMEOUT: "));
+    assert!(load(&[("POSTGRES_POOL_MAX_SIZE", "x")], &[]).starts_with("POSTGRES_POOL_MAX_SIZE: "));
+    assert!(load(&[("POSTGRES_POOL_MIN_SIZE", "-1")], &[]).starts_with("POSTGRES_POOL_MIN_SIZE: "));
+    assert!(load(&[("SLUICE_POOL_MODE", "statement")], &[]).starts_with("SLUICE_POOL_MODE: "));
+    assert!(
+        load(&[("SLUICE_POSTGRES_LISTEN", "nope")], &[]).starts_with("SLUICE_POSTGRES_LISTEN: ")
+    );
+    assert!(
+        load(&[("SLUICE_MAX_CLIENT_CONN", "many")], &[]).starts_with("SLUICE_MAX_CLIENT_CONN: ")
+    );
+    assert!(load(&[], &[("postgres.pool_timeout", "soon".into())])
+        .starts_with("postgres.pool_timeout: not a duration"));
+    assert_eq!(
+        load(&[("POSTGRES_POOL_TIMEOUT", "0")], &[]),
+        "postgres.pool_timeout: must be greater than zero"
+    );
+    let err = load(&[], &[("postgres.auth_type", "trust".into())]);
+    assert!(
+        err.starts_with("unknown override key \"postgres.auth_type\""),
+        "{err}"
+    );
+    assert!(err.contains("postgres.pool_size"), "{err}");
+}
+
+#[test]
+fn file_errors_name_their_key() {
+    let cases = [
+        ("[postgres]\npool_size = 0\n", "postgres.pool_size: must be at least 1 (got 0)"),
+        ("[postgres]\nmax_client_conn = 0\n", "postgres.max_client_conn: must be at least 1 (got 0)"),
+        ("[postgres]\nmin_pool_size = 20\n", "postgres.min_pool_size: must not exceed postgres.pool_size (got 20 > 15)"),
+        ("[postgres]\npool_timeout = \"0s\"\n", "postgres.pool_timeout: must be greater than zero"),
+        ("[postgres]\nserver_connect_timeout = 0\n", "postgres.server_connect_timeout: must be greater than zero"),
+        ("[postgres]\npool_timeout = \"abc\"\n", "postgres.pool_timeout: not a duration: \"abc\" (use seconds like 30 or 30.0, or 500ms, 2m) (line 2)"),
+        ("[postgres]\npool_timeout = -5\n", "postgres.pool_timeout: not a duration: -5 (must not be negative) (line 2)"),
+        ("[postgres]\npool_timeout = nan\n", "postgres.pool_timeout: not a duration: NaN (must be a number) (line 2)"),
+        ("[general]\nshutdown_timeout = true\n", "general.shutdown_timeout: expected a duration like \"30s\" or a number of seconds, found a boolean (line 2)"),
+        ("[postgres]\nlisten = \"localhost\"\n", "postgres.listen: not a socket address: \"localhost\" (expected ip:port like 127.0.0.1:6432 or [::]:6432) (line 2)"),
+    ];
+    for (prefix, expected) in cases {
+        assert_eq!(error_of(&format!("{prefix}{MINIMAL}")), expected);
+    }
+}
+
+#[test]
+fn database_and_user_rules() {
+    let db = |name: &str, extra: &str| {
+        format!("[[postgres.databases]]\nname = \"{name}\"\nupstream = \"postgres://u:p@h/d\"\n{extra}\n")
+    };
+    assert_eq!(
+        error_of(&format!("{MINIMAL}{}", db("app", ""))),
+        "postgres.databases[1].name: duplicate database name \"app\" (also postgres.databases[0])"
+    );
+    assert_eq!(
+        error_of(&db("", "")),
+        "postgres.databases[0].name: must not be empty"
+    );
+    for reserved in ["sluice", "pgbouncer"] {
+        assert_eq!(
+            error_of(&db(reserved, "")),
+            format!("postgres.databases[0].name: \"{reserved}\" is reserved for the admin console")
+        );
+    }
+    assert_eq!(
+        error_of(&db("x", "pool_size = 0")),
+        "postgres.databases[0].pool_size: must be at least 1 (got 0)"
+    );
+    assert_eq!(
+        error_of(&db("x", "pool_size = 2\nmin_pool_size = 3")),
+        "postgres.databases[0].min_pool_size: must not exceed the database's pool_size (got 3 > 2)"
+    );
+    let err = error_of(&format!(
+        "{MINIMAL}[[postgres.databases]]\nname = \"b\"\nupstream = \"mysql://u:topsecret@h/d\"\n"
+    ));
+    assert!(
+        err.starts_with("postgres.databases[1].upstream: unsupported scheme \"mysql\""),
+        "{err}"
+    );
+    assert!(err.ends_with("(line 7)"), "{err}");
+    assert!(!err.contains("topsecret"));
+
+    let users = "[[postgres.users]]\nname = \"a\"\npassword = \"x\"\n[[postgres.users]]\nname = \"a\"\npassword = \"y\"\n";
+    assert_eq!(
+        error_of(&format!("{MINIMAL}{users}")),
+        "postgres.users[1].name: duplicate user name \"a\" (also postgres.users[0])"
+    );
+    assert_eq!(
+        error_of(&format!(
+            "{MINIMAL}[[postgres.users]]\nname = \"a\"\npassword = \"\"\n"
+        )),
+        "postgres.users[0].password: must not be empty"
+    );
+}
+
+#[test]
+fn upstream_password_needed_without_users() {
+    let no_password =
+        "[[postgres.databases]]\nname = \"app\"\nupstream = \"postgres://app@h/app\"\n";
+    let err = error_of(no_password);
+    assert!(
+        err.starts_with("postgres.databases[0].upstream: has no password"),
+        "{err}"
+    );
+    let trusted = format!("[postgres]\nauth_type = \"trust\"\n{no_password}");
+    assert_eq!(
+        Config::from_toml_str(&trusted)
+            .expect("trust")
+            .postgres
+            .auth_type,
+        AuthType::Trust
+    );
+    let with_users = format!(
+        "{no_password}[[postgres.users]]\nname = \"app\"\npassword = \"md5{}\"\n",
+        "0".repeat(32)
+    );
+    assert!(Config::from_toml_str(&with_users).is_ok());
+}
+
+#[test]
+fn schema_errors_come_from_toml() {
+    let err = Config::from_toml_str(&format!("[postgres]\npool_sise = 3\n{MINIMAL}"))
+        .expect_err("unknown key");
+    assert!(matches!(err, ConfigError::Toml { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("pool_sise") && msg.contains("line 2"), "{msg}");
+
+    let msg = error_of(&format!("[general]\nverbose = true\n{MINIMAL}"));
+    assert!(msg.contains("unknown field `verbose`"), "{msg}");
+    let msg = error_of(&format!("{MINIMAL}extra = 1\n"));
+    assert!(msg.contains("unknown field `extra`"), "{msg}");
+    let msg = error_of(&format!("[postgres]\npool_mode = \"statement\"\n{MINIMAL}"));
+    assert!(msg.contains("statement") && msg.contains("line 2"), "{msg}");
+    let msg = error_of("[postgres\n");
+    assert!(
+        msg.starts_with("config: TOML parse error at line 1"),
+        "{msg}"
+    );
+    let msg = error_of("[[postgres.databases]]\nname = \"x\"\n");
+    assert!(msg.contains("missing field `upstream`"), "{msg}");
+
+    let file = temp_file("[postgres\n");
+    let err = Config::load(Some(file.path()), &no_env, &[]).expect_err("syntax");
+    assert!(
+        err.to_string()
+            .starts_with(&file.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let config = Config::from_toml_str(EXAMPLE).expect("valid");
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("secret"), "{debug}");
+}

@@ -1,0 +1,120 @@
+//! Cross-field validation rules.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::model::AuthType;
+use crate::{Config, ConfigError};
+
+/// Database names reserved for the admin console.
+pub const RESERVED_DATABASE_NAMES: &[&str] = &["sluice", "pgbouncer"];
+
+/// Implementation of [`Config::validate`].
+pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
+    let pg = &config.postgres;
+    at_least_one("postgres.max_client_conn", pg.max_client_conn)?;
+    at_least_one("postgres.pool_size", pg.pool_size)?;
+    if pg.min_pool_size > pg.pool_size {
+        return Err(ConfigError::invalid(
+            "postgres.min_pool_size",
+            format!(
+                "must not exceed postgres.pool_size (got {} > {})",
+                pg.min_pool_size, pg.pool_size
+            ),
+        ));
+    }
+    positive("postgres.pool_timeout", pg.pool_timeout)?;
+    positive("postgres.server_connect_timeout", pg.server_connect_timeout)?;
+
+    if pg.databases.is_empty() {
+        return Err(ConfigError::invalid(
+            "postgres.databases",
+            "at least one database is required",
+        ));
+    }
+    let mut seen = HashMap::new();
+    for (i, db) in pg.databases.iter().enumerate() {
+        let key = |field: &str| format!("postgres.databases[{i}].{field}");
+        if db.name.is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if RESERVED_DATABASE_NAMES.contains(&db.name.as_str()) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!("{:?} is reserved for the admin console", db.name),
+            ));
+        }
+        if let Some(first) = seen.insert(db.name.as_str(), i) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "duplicate database name {:?} (also postgres.databases[{first}])",
+                    db.name
+                ),
+            ));
+        }
+        if db.upstream.host.is_empty() {
+            return Err(ConfigError::invalid(key("upstream"), "missing host"));
+        }
+        if db.upstream.user.is_empty() {
+            return Err(ConfigError::invalid(key("upstream"), "missing user name"));
+        }
+        if let Some(size) = db.pool_size {
+            at_least_one(&key("pool_size"), size)?;
+        }
+        let (size, min) = (db.pool_size(pg), db.min_pool_size(pg));
+        if min > size {
+            return Err(ConfigError::invalid(
+                key("min_pool_size"),
+                format!("must not exceed the database's pool_size (got {min} > {size})"),
+            ));
+        }
+        if pg.users.is_empty() && pg.auth_type != AuthType::Trust && db.upstream.password.is_none()
+        {
+            return Err(ConfigError::invalid(
+                key("upstream"),
+                "has no password, but clients authenticate with the upstream credentials \
+                 when no [[postgres.users]] are configured; add a password, \
+                 configure [[postgres.users]], or set auth_type = \"trust\"",
+            ));
+        }
+    }
+
+    let mut seen = HashMap::new();
+    for (i, user) in pg.users.iter().enumerate() {
+        let key = |field: &str| format!("postgres.users[{i}].{field}");
+        if user.name.is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if let Some(first) = seen.insert(user.name.as_str(), i) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "duplicate user name {:?} (also postgres.users[{first}])",
+                    user.name
+                ),
+            ));
+        }
+        if user.password.is_empty() {
+            return Err(ConfigError::invalid(key("password"), "must not be empty"));
+        }
+    }
+    Ok(())
+}
+
+fn at_least_one(key: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at least 1 (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(())
+}
