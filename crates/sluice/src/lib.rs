@@ -1,7 +1,106 @@
-//! Sluice: the application (CLI, wiring, signals, shutdown). `main.rs` is a thin shim over
-//! [`cli_main`] so the end-to-end test crate can build the very same program.
+//! Sluice: the application — command line, wiring, signals and graceful shutdown.
+//! `main.rs` is a thin shim over [`cli_main`], so the end-to-end test crate builds the very
+//! same program.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod signal;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sluice_config::Config;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use cli::Cli;
+
+/// Exit code for a configuration error (`EX_CONFIG` from sysexits.h).
+const EXIT_CONFIG: u8 = 78;
 
 /// Runs the `sluice` command line program and returns its exit code.
-pub fn cli_main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn cli_main() -> ExitCode {
+    let cli = <Cli as clap::Parser>::parse();
+    init_tracing();
+    let config = match cli.load_config() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("sluice: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    raise_fd_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, signal::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs Sluice with `config` until `shutdown` completes, then drains: stops accepting,
+/// lets running transactions finish (bounded by `general.shutdown_timeout`) and returns.
+pub async fn run(
+    config: Arc<Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let ctx = Arc::new(sluice_pg::Context::new(config.clone()).context("building pools")?);
+    let listener = sluice_pg::Listener::bind(ctx.clone())
+        .await
+        .with_context(|| format!("binding postgres.listen {}", config.postgres.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        mode = %config.postgres.pool_mode,
+        databases = config.postgres.databases.len(),
+        "sluice ready"
+    );
+    ctx.start_pools();
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
+    shutdown.await;
+    tracing::info!("shutting down: no new clients; waiting for running transactions");
+    token.cancel();
+    let _ = accept.await;
+    tracker.close();
+    let grace = config.general.shutdown_timeout;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "shutdown_timeout reached; closing remaining clients"
+        );
+    }
+    ctx.close_pools();
+    tracing::info!("bye");
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Raises the open-files soft limit to the hard limit: every client is a socket.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
 }

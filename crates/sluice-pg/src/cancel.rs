@@ -1,0 +1,109 @@
+//! CancelRequest routing. Every client gets a BackendKeyData that Sluice owns; the registry
+//! maps it to the upstream backend the client is using right now (if any), so a cancel
+//! reaches exactly that server and a cancel for an idle client does nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::protocol::startup::write_cancel;
+use crate::upstream::CancelKey;
+
+/// The per-client slot the session updates on checkout and release.
+#[derive(Debug, Default)]
+pub struct CancelSlot {
+    current: Mutex<Option<CancelKey>>,
+}
+
+impl CancelSlot {
+    /// Records the server the client is using now (`None` when it holds none).
+    pub fn set(&self, key: Option<CancelKey>) {
+        *self.current.lock() = key;
+    }
+}
+
+/// All live client keys.
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    clients: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+}
+
+/// Removes a client's key from the registry when the client goes away.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<CancelRegistry>,
+    /// The process id given to the client.
+    pub pid: i32,
+    /// The secret given to the client.
+    pub secret: i32,
+    /// Where the session records its current server.
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.clients.lock().remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Allocates a fresh, unused (pid, secret) pair for a new client.
+    pub fn register(self: &Arc<Self>) -> Registration {
+        let mut rng = rand::thread_rng();
+        let slot = Arc::new(CancelSlot::default());
+        let mut clients = self.clients.lock();
+        loop {
+            let pid = rng.gen_range(1..i32::MAX);
+            if clients.contains_key(&pid) {
+                continue;
+            }
+            let secret = rng.gen();
+            clients.insert(pid, (secret, slot.clone()));
+            return Registration {
+                registry: self.clone(),
+                pid,
+                secret,
+                slot,
+            };
+        }
+    }
+
+    /// Handles a client's CancelRequest: if the key matches a client that is using a server
+    /// right now, sends a CancelRequest for that server's backend. Errors are logged only;
+    /// the protocol gives the canceller no answer.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let target = {
+            let clients = self.clients.lock();
+            match clients.get(&pid) {
+                Some((s, slot)) if *s == secret => slot.current.lock().clone(),
+                _ => {
+                    tracing::debug!(pid, "cancel request with unknown key ignored");
+                    return;
+                }
+            }
+        };
+        let Some(key) = target else {
+            tracing::debug!(pid, "cancel request for an idle client ignored");
+            return;
+        };
+        send_cancel(&key).await;
+    }
+}
+
+/// Sends a CancelRequest for the backend behind `key` over a new connection to its server.
+/// Failures are logged; the protocol has no answer to a cancel.
+pub async fn send_cancel(key: &CancelKey) {
+    let result = async {
+        let mut s = TcpStream::connect((key.host.as_str(), key.port)).await?;
+        s.write_all(&write_cancel(key.pid, key.secret)).await?;
+        s.shutdown().await
+    };
+    match result.await {
+        Ok(()) => tracing::info!(server_pid = key.pid, "sent cancel request to server"),
+        Err(e) => tracing::warn!(server_pid = key.pid, error = %e, "could not send cancel request"),
+    }
+}

@@ -1,0 +1,135 @@
+//! Everything sessions share: the configuration, the pools per (database, user), the
+//! client credentials (with SCRAM verifiers derived once, not per login), the cancel
+//! registry and the client-connection count.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use sluice_auth::{ScramVerifier, Secret};
+use sluice_config::{Config, DatabaseConfig};
+use thiserror::Error;
+
+use crate::cancel::CancelRegistry;
+use crate::pool::{Pool, PoolSettings};
+
+/// How one user proves who they are.
+#[derive(Debug, Clone)]
+pub struct UserAuth {
+    /// The stored secret (plaintext, md5 hash or SCRAM verifier).
+    pub secret: Secret,
+    /// The SCRAM verifier for this secret, when SCRAM is possible.
+    pub scram: Option<ScramVerifier>,
+}
+
+/// One configured database: its pools and who may use it.
+pub struct Database {
+    /// Its configuration.
+    pub config: DatabaseConfig,
+    /// Pools by client user name.
+    pub pools: HashMap<String, Pool>,
+    /// Users allowed on this database and their credentials.
+    pub users: HashMap<String, UserAuth>,
+}
+
+/// A configuration that cannot be turned into pools.
+#[derive(Debug, Error)]
+pub enum ContextError {
+    /// A user's password field is not a valid secret.
+    #[error("postgres.users: password of user \"{user}\": {source}")]
+    BadSecret {
+        /// The user.
+        user: String,
+        /// Why.
+        #[source]
+        source: sluice_auth::AuthError,
+    },
+}
+
+/// Shared state of the Postgres listener.
+pub struct Context {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Databases by the name clients ask for.
+    pub databases: HashMap<String, Database>,
+    /// CancelRequest routing.
+    pub cancel: Arc<CancelRegistry>,
+    /// Client connections currently open (for `max_client_conn`).
+    pub clients: AtomicUsize,
+}
+
+impl Context {
+    /// Builds pools and credentials from a validated configuration. Pools are empty until
+    /// [`Context::start_pools`] is called.
+    pub fn new(config: Arc<Config>) -> Result<Self, ContextError> {
+        let pg = &config.postgres;
+        let mut configured = HashMap::new();
+        for u in &pg.users {
+            let secret = Secret::parse(&u.password).map_err(|source| ContextError::BadSecret {
+                user: u.name.clone(),
+                source,
+            })?;
+            let scram = secret.scram_verifier();
+            configured.insert(u.name.clone(), UserAuth { secret, scram });
+        }
+        let mut databases = HashMap::new();
+        for db in &pg.databases {
+            let users = if pg.users.is_empty() {
+                // No user list: clients log in as the upstream URL's user with its password.
+                let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
+                let scram = secret.scram_verifier();
+                HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
+            } else {
+                configured.clone()
+            };
+            let pools = users
+                .keys()
+                .map(|user| {
+                    let settings = PoolSettings {
+                        name: format!("{}/{}", db.name, user),
+                        upstream: db.upstream.clone(),
+                        max_size: db.pool_size(pg),
+                        min_size: db.min_pool_size(pg),
+                        timeout: pg.pool_timeout,
+                        connect_timeout: pg.server_connect_timeout,
+                        mode: db.pool_mode(pg),
+                        reset_query: pg.server_reset_query.clone(),
+                    };
+                    (user.clone(), Pool::new(settings))
+                })
+                .collect();
+            databases.insert(
+                db.name.clone(),
+                Database {
+                    config: db.clone(),
+                    pools,
+                    users,
+                },
+            );
+        }
+        Ok(Self {
+            config,
+            databases,
+            cancel: Arc::new(CancelRegistry::default()),
+            clients: AtomicUsize::new(0),
+        })
+    }
+
+    /// Starts the background tasks that open and keep `min_pool_size` connections.
+    pub fn start_pools(&self) {
+        for db in self.databases.values() {
+            for pool in db.pools.values() {
+                pool.spawn_maintenance();
+            }
+        }
+    }
+
+    /// Closes every pool (at shutdown).
+    pub fn close_pools(&self) {
+        for db in self.databases.values() {
+            for pool in db.pools.values() {
+                pool.close();
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The accept loop. Each client runs in its own task, tracked so shutdown can wait for
+//! running transactions to finish.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::context::Context;
+use crate::session;
+
+/// The Postgres listener: a bound socket plus the shared context.
+pub struct Listener {
+    socket: TcpListener,
+    ctx: Arc<Context>,
+}
+
+impl Listener {
+    /// Binds `ctx.config.postgres.listen`.
+    pub async fn bind(ctx: Arc<Context>) -> std::io::Result<Self> {
+        let socket = TcpListener::bind(ctx.config.postgres.listen).await?;
+        Ok(Self { socket, ctx })
+    }
+
+    /// The bound address (useful when the configured port was 0).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Accepts clients until `shutdown` is cancelled. Sessions are spawned on `tracker`;
+    /// they see the same token and close once their client is between transactions.
+    pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                a = self.socket.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    tracker.spawn(session::serve(
+                        stream,
+                        peer,
+                        self.ctx.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // EMFILE and friends: log and back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::info!("postgres listener stopped accepting");
+    }
+}

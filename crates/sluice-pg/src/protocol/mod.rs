@@ -1,0 +1,12 @@
+//! Sans-IO PostgreSQL protocol v3 code: frame boundaries, the untagged startup packet, the
+//! few frontend messages Sluice reads, and writers for the backend messages Sluice sends
+//! itself. Nothing here knows about sockets or tokio; the session tasks do the I/O.
+//!
+//! Reference: PostgreSQL documentation, chapter 55 "Frontend/Backend Protocol".
+
+pub mod backend;
+pub mod frame;
+pub mod frontend;
+pub mod startup;
+
+pub use frame::{frame_len, Frame, Frames, ProtocolError};

@@ -1,0 +1,129 @@
+//! Client authentication, before any server connection is used: SCRAM-SHA-256 (against a
+//! verifier or a plaintext password), md5, or trust when configured. An unknown user runs a
+//! believable SCRAM exchange that fails exactly like a wrong password, so the client cannot
+//! tell the two apart; both end in FATAL 28P01 after the exchange.
+
+use bytes::BytesMut;
+use rand::Rng;
+use sluice_auth::{md5_verify, ScramServer, Secret, SCRAM_SHA_256};
+use sluice_config::AuthType;
+
+use super::io::ClientIo;
+use super::SessionError;
+use crate::context::UserAuth;
+use crate::protocol::{backend, frontend};
+
+/// Authenticates `user`; returns the user name to pool under. `out` must be empty; on
+/// success it may hold an AuthenticationSASLFinal that the caller sends with AuthenticationOk.
+pub(crate) async fn authenticate(
+    client: &mut ClientIo,
+    out: &mut BytesMut,
+    method: AuthType,
+    user: &str,
+    known: Option<&UserAuth>,
+) -> Result<String, SessionError> {
+    let failed = || SessionError::AuthFailed(user.to_owned());
+    let ok = match (method, known) {
+        (AuthType::Trust, Some(_)) => true,
+        (AuthType::Trust, None) => false,
+        (
+            _,
+            Some(UserAuth {
+                scram: Some(v),
+                secret,
+            }),
+        ) if use_scram(method, secret) => {
+            scram(
+                client,
+                out,
+                ScramServer::new(v.clone(), ScramServer::random_nonce()),
+            )
+            .await?
+        }
+        (_, Some(UserAuth { secret, .. })) => md5(client, out, user, secret).await?,
+        (AuthType::Md5, None) => {
+            // Unknown user: run the md5 exchange anyway, then fail like a wrong password.
+            md5(client, out, user, &Secret::Plain(String::new())).await?;
+            false
+        }
+        (_, None) => {
+            scram(
+                client,
+                out,
+                ScramServer::new_failing(user, ScramServer::random_nonce()),
+            )
+            .await?
+        }
+    };
+    if ok {
+        Ok(user.to_owned())
+    } else {
+        Err(failed())
+    }
+}
+
+/// SCRAM is used unless md5 was asked for and the secret allows md5.
+fn use_scram(method: AuthType, secret: &Secret) -> bool {
+    !(method == AuthType::Md5 && !matches!(secret, Secret::Scram(_)))
+}
+
+async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, SessionError> {
+    match client.read_frame().await? {
+        Some((b'p', body)) => Ok(body),
+        Some((tag, _)) => Err(SessionError::AuthProtocol(format!(
+            "expected a password message, got '{}'",
+            char::from(tag)
+        ))),
+        None => Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+    }
+}
+
+async fn scram(
+    client: &mut ClientIo,
+    out: &mut BytesMut,
+    mut server: ScramServer,
+) -> Result<bool, SessionError> {
+    backend::auth_sasl(out, SCRAM_SHA_256);
+    client.write(out).await?;
+    out.clear();
+    let body = read_password_frame(client).await?;
+    let initial = frontend::parse_sasl_initial(&body)?;
+    if initial.mechanism != SCRAM_SHA_256 {
+        return Err(SessionError::AuthProtocol(format!(
+            "SASL mechanism \"{}\" not supported",
+            initial.mechanism
+        )));
+    }
+    let first = server
+        .handle_client_first(initial.data)
+        .map_err(|e| SessionError::AuthProtocol(format!("malformed SCRAM message: {e}")))?;
+    backend::auth_sasl_continue(out, &first);
+    client.write(out).await?;
+    out.clear();
+    let body = read_password_frame(client).await?;
+    match server.handle_client_final(&body) {
+        Ok(last) => {
+            backend::auth_sasl_final(out, &last);
+            Ok(true)
+        }
+        Err(sluice_auth::AuthError::InvalidPassword) => Ok(false),
+        Err(e) => Err(SessionError::AuthProtocol(format!(
+            "malformed SCRAM message: {e}"
+        ))),
+    }
+}
+
+async fn md5(
+    client: &mut ClientIo,
+    out: &mut BytesMut,
+    user: &str,
+    secret: &Secret,
+) -> Result<bool, SessionError> {
+    let salt: [u8; 4] = rand::thread_rng().gen();
+    backend::auth_md5(out, salt);
+    client.write(out).await?;
+    out.clear();
+    let body = read_password_frame(client).await?;
+    let response = frontend::parse_password(&body)?;
+    Ok(md5_verify(secret, user, salt, response))
+}

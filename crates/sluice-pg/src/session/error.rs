@@ -1,0 +1,123 @@
+//! Session errors and the one place that maps them to ErrorResponse fields.
+
+use thiserror::Error;
+
+use crate::pool::PoolError;
+use crate::protocol::backend::Severity;
+use crate::protocol::ProtocolError;
+use crate::upstream::UpstreamError;
+
+/// Why a client session ended (or a request failed).
+#[derive(Debug, Error)]
+pub enum SessionError {
+    /// The client socket failed.
+    #[error("client I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("client protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The StartupMessage named no user.
+    #[error("no user name in startup packet")]
+    MissingUser,
+    /// The client asked for a database Sluice does not serve.
+    #[error("unknown database \"{0}\"")]
+    UnknownDatabase(String),
+    /// Wrong password or unknown user (deliberately indistinguishable to the client).
+    #[error("authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    /// The client chose an authentication mechanism Sluice did not offer.
+    #[error("unsupported authentication response: {0}")]
+    AuthProtocol(String),
+    /// `max_client_conn` reached.
+    #[error("too many clients (max_client_conn = {0})")]
+    TooManyClients(usize),
+    /// A server connection could not be had.
+    #[error(transparent)]
+    Pool(PoolError),
+    /// The server connection broke while the client was using it.
+    #[error("server connection lost: {0}")]
+    ServerLost(#[from] UpstreamError),
+    /// Sluice is shutting down.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+impl SessionError {
+    /// Logs the error once, at a level that fits who caused it.
+    pub fn log(&self) {
+        match self {
+            SessionError::Io(_) => tracing::debug!(error = %self, "client session ended"),
+            SessionError::Shutdown => tracing::debug!("client closed for shutdown"),
+            SessionError::Pool(_) | SessionError::ServerLost(_) => {
+                tracing::warn!(error = %self, "client session failed")
+            }
+            _ => tracing::info!(error = %self, "client rejected"),
+        }
+    }
+
+    /// The ErrorResponse to send the client (severity, SQLSTATE, message), if the socket is
+    /// still worth writing to.
+    pub fn to_error_response(&self) -> Option<(Severity, &'static str, String)> {
+        use Severity::Fatal;
+        Some(match self {
+            SessionError::Io(_) => return None,
+            SessionError::Protocol(e) => (Fatal, "08P01", format!("invalid frontend message: {e}")),
+            SessionError::MissingUser => (
+                Fatal,
+                "28000",
+                "no PostgreSQL user name specified in startup packet".into(),
+            ),
+            SessionError::UnknownDatabase(db) => {
+                (Fatal, "3D000", format!("database \"{db}\" does not exist"))
+            }
+            SessionError::AuthFailed(user) => (
+                Fatal,
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            ),
+            SessionError::AuthProtocol(what) => (Fatal, "08P01", what.clone()),
+            SessionError::TooManyClients(max) => (
+                Fatal,
+                "53300",
+                format!("sorry, too many clients already (max_client_conn = {max})"),
+            ),
+            SessionError::Pool(e) => {
+                let (code, msg) = pool_error_fields(e);
+                (Fatal, code, msg)
+            }
+            SessionError::ServerLost(e) => (Fatal, "08006", format!("server connection lost: {e}")),
+            SessionError::Shutdown => (
+                Fatal,
+                "57P01",
+                "terminating connection because Sluice is shutting down".into(),
+            ),
+        })
+    }
+}
+
+/// SQLSTATE and message for a failed checkout (sent as ERROR mid-session, FATAL at login).
+pub fn pool_error_fields(e: &PoolError) -> (&'static str, String) {
+    match e {
+        PoolError::Timeout { .. } => ("53300", e.to_string()),
+        PoolError::Connect {
+            source: UpstreamError::Server { code, message },
+            pool,
+        } => {
+            // Keep the server's own class where it is one clients know about.
+            let code = match code.as_str() {
+                "28P01" => "28P01",
+                "28000" => "28000",
+                "3D000" => "3D000",
+                "53300" => "53300",
+                "57P03" => "57P03",
+                _ => "08006",
+            };
+            (
+                code,
+                format!("pool \"{pool}\": upstream refused the connection: {message}"),
+            )
+        }
+        PoolError::Connect { .. } => ("08006", e.to_string()),
+        PoolError::Closed(_) => ("57P01", e.to_string()),
+    }
+}

@@ -1,0 +1,78 @@
+//! The client socket with its read buffer. Partial frames stay in the buffer between reads
+//! (never inside a half-finished `read_exact`), so reads are cancel-safe in `select!`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::SessionError;
+use crate::protocol::frame::{frame_len, MAX_FRAME_LEN};
+use crate::protocol::startup::startup_len;
+
+/// Longest message accepted from a client before it has authenticated.
+const MAX_AUTH_FRAME: usize = 16 * 1024;
+
+/// A client connection.
+pub(crate) struct ClientIo {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the client and not yet handled.
+    pub(crate) buf: BytesMut,
+}
+
+impl ClientIo {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// Reads more bytes; `Ok(false)` on a clean end of stream.
+    pub(crate) async fn fill(&mut self) -> Result<bool, SessionError> {
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// Reads one untagged startup packet; `None` if the client closed first.
+    pub(crate) async fn read_startup(&mut self) -> Result<Option<Bytes>, SessionError> {
+        loop {
+            if let Some(len) = startup_len(&self.buf)? {
+                return Ok(Some(self.buf.split_to(len).freeze()));
+            }
+            if !self.fill().await? {
+                return self.eof();
+            }
+        }
+    }
+
+    /// Reads one tagged frame during authentication; `None` if the client closed first.
+    pub(crate) async fn read_frame(&mut self) -> Result<Option<(u8, Bytes)>, SessionError> {
+        loop {
+            if let Some(total) = frame_len(&self.buf, MAX_AUTH_FRAME)? {
+                let mut frame = self.buf.split_to(total);
+                let tag = frame[0];
+                frame.advance(5);
+                return Ok(Some((tag, frame.freeze())));
+            }
+            if !self.fill().await? {
+                return self.eof();
+            }
+        }
+    }
+
+    fn eof<T>(&self) -> Result<Option<T>, SessionError> {
+        if self.buf.is_empty() {
+            Ok(None)
+        } else {
+            Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+        }
+    }
+
+    /// Writes all of `bytes` to the client.
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+/// The largest frame accepted from an authenticated client (PostgreSQL's own limit).
+pub(crate) const MAX_CLIENT_FRAME: usize = MAX_FRAME_LEN;

@@ -1,0 +1,112 @@
+//! One client connection, from the first byte to the last: [`startup`] reads the startup
+//! packet (answering SSLRequest/GSSENCRequest with `N`, routing CancelRequest), [`auth`]
+//! proves who the client is, and [`relay`] forwards frames between the client and pooled
+//! servers in session or transaction mode. [`error`] turns every failure into the
+//! ErrorResponse a PostgreSQL client expects.
+
+mod auth;
+mod error;
+mod io;
+mod relay;
+mod startup;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use error::SessionError;
+
+use crate::context::Context;
+use crate::protocol::backend;
+use io::ClientIo;
+
+/// Decrements the client count when a session ends, however it ends.
+struct ClientCount<'a>(&'a Context);
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted client socket until it disconnects or Sluice shuts down.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("client", %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let mut client = ClientIo::new(stream);
+        match run(&mut client, &ctx, &shutdown).await {
+            Ok(()) => tracing::debug!("client done"),
+            Err(e) => {
+                e.log();
+                if let Some((severity, code, message)) = e.to_error_response() {
+                    let mut out = BytesMut::new();
+                    backend::error_response(&mut out, severity, code, &message);
+                    let _ = client.write(&out).await;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn run(
+    client: &mut ClientIo,
+    ctx: &Arc<Context>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let Some(params) = startup::read_startup(client, ctx).await? else {
+        return Ok(());
+    };
+    let pg = &ctx.config.postgres;
+    let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let _count = ClientCount(ctx);
+    if count > pg.max_client_conn {
+        return Err(SessionError::TooManyClients(pg.max_client_conn));
+    }
+    let user = params.user().ok_or(SessionError::MissingUser)?.to_owned();
+    let dbname = params.database().unwrap_or_default().to_owned();
+    let db = ctx
+        .databases
+        .get(&dbname)
+        .ok_or_else(|| SessionError::UnknownDatabase(dbname.clone()))?;
+    let mut out = BytesMut::with_capacity(1024);
+    let auth_user =
+        auth::authenticate(client, &mut out, pg.auth_type, &user, db.users.get(&user)).await?;
+    let pool = db
+        .pools
+        .get(&auth_user)
+        .ok_or(SessionError::AuthFailed(user.clone()))?;
+    tracing::debug!(user = %user, database = %dbname, "client authenticated");
+
+    let server_params = pool.server_params().await.map_err(SessionError::Pool)?;
+    let registration = ctx.cancel.register();
+    backend::auth_ok(&mut out);
+    let app_name = params.get("application_name");
+    for (name, value) in server_params.iter() {
+        let value = match (name.as_str(), app_name) {
+            ("application_name", Some(app)) => app,
+            _ => value.as_str(),
+        };
+        backend::parameter_status(&mut out, name, value);
+    }
+    backend::backend_key_data(&mut out, registration.pid, registration.secret);
+    backend::ready_for_query(&mut out, b'I');
+    client.write(&out).await?;
+    out.clear();
+
+    relay::Relay::new(client, pool, &registration.slot)
+        .run(shutdown)
+        .await
+}

@@ -1,0 +1,48 @@
+//! The startup phase: SSLRequest and GSSENCRequest are answered `N` (TLS is not offered),
+//! CancelRequest is routed and the socket closed, and a StartupMessage is returned.
+
+use bytes::BytesMut;
+
+use super::io::ClientIo;
+use super::SessionError;
+use crate::context::Context;
+use crate::protocol::backend;
+use crate::protocol::startup::{parse_startup, StartupPacket, StartupParams};
+
+/// Reads startup packets until a StartupMessage; `None` if the client only cancelled or
+/// closed.
+pub(crate) async fn read_startup(
+    client: &mut ClientIo,
+    ctx: &Context,
+) -> Result<Option<StartupParams>, SessionError> {
+    loop {
+        let Some(packet) = client.read_startup().await? else {
+            return Ok(None);
+        };
+        match parse_startup(&packet)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                if !client.buf.is_empty() {
+                    // Bytes after an encryption request before our answer: a protocol
+                    // violation (and the CVE-2021-23214 buffer-stuffing pattern).
+                    return Err(SessionError::Protocol(
+                        crate::protocol::ProtocolError::Unexpected('?'),
+                    ));
+                }
+                client.write(b"N").await?;
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                ctx.cancel.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup(params) => {
+                if params.minor_version > 0 || params.protocol_options().next().is_some() {
+                    let mut out = BytesMut::new();
+                    let opts: Vec<&str> = params.protocol_options().collect();
+                    backend::negotiate_protocol_version(&mut out, 0, opts.into_iter());
+                    client.write(&out).await?;
+                }
+                return Ok(Some(params));
+            }
+        }
+    }
+}

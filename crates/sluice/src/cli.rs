@@ -1,0 +1,84 @@
+//! The command line: `sluice [run] [--config FILE] [overrides]`. Flags override the
+//! environment, which overrides the file, which overrides built-in defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sluice_config::{Config, ConfigError};
+
+/// Sluice, a connection-pooling proxy for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Run(RunArgs),
+}
+
+/// Options of `sluice run`.
+#[derive(Debug, Args, Default, Clone)]
+pub struct RunArgs {
+    /// Configuration file (TOML). Default: $SLUICE_CONFIG, else built-in defaults.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override postgres.listen (address:port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Override postgres.pool_mode (session | transaction).
+    #[arg(long, value_name = "MODE")]
+    pub pool_mode: Option<String>,
+    /// Override postgres.pool_size.
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<String>,
+    /// Override postgres.min_pool_size.
+    #[arg(long, value_name = "N")]
+    pub min_pool_size: Option<String>,
+    /// Override postgres.pool_timeout (e.g. 30s, 0.5).
+    #[arg(long, value_name = "DURATION")]
+    pub pool_timeout: Option<String>,
+    /// Override postgres.max_client_conn.
+    #[arg(long, value_name = "N")]
+    pub max_client_conn: Option<String>,
+    /// Override general.shutdown_timeout.
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<String>,
+}
+
+impl Cli {
+    /// Loads the configuration with all precedence layers applied.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let args = match &self.command {
+            Some(Command::Run(args)) => args,
+            None => &self.run,
+        };
+        let mut overrides = Vec::new();
+        for (key, value) in [
+            ("postgres.listen", &args.listen),
+            ("postgres.pool_mode", &args.pool_mode),
+            ("postgres.pool_size", &args.pool_size),
+            ("postgres.min_pool_size", &args.min_pool_size),
+            ("postgres.pool_timeout", &args.pool_timeout),
+            ("postgres.max_client_conn", &args.max_client_conn),
+            ("general.shutdown_timeout", &args.shutdown_timeout),
+        ] {
+            if let Some(v) = value {
+                overrides.push((key, v.clone()));
+            }
+        }
+        Config::load(
+            args.config.as_deref(),
+            &|k| std::env::var(k).ok(),
+            &overrides,
+        )
+    }
+}
