@@ -133,6 +133,9 @@ pub struct PostgresConfig {
     pub auth_type: AuthType,
     /// How long connecting (and logging in) to a server may take.
     pub server_connect_timeout: Duration,
+    /// Per-server cache of shared prepared statements in transaction mode; 0 disables
+    /// statement mapping (named statements then only work inside one transaction).
+    pub max_prepared_statements: usize,
     /// Databases clients can connect to.
     pub databases: Vec<DatabaseConfig>,
     /// Users allowed to connect; empty means the upstream URL credentials are used.
@@ -151,6 +154,7 @@ impl Default for PostgresConfig {
             server_reset_query: "DISCARD ALL".to_owned(),
             auth_type: AuthType::ScramSha256,
             server_connect_timeout: Duration::from_secs(5),
+            max_prepared_statements: 200,
             databases: Vec::new(),
             users: Vec::new(),
         }

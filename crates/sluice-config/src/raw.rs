@@ -39,6 +39,7 @@ struct RawPostgres {
     server_reset_query: Option<String>,
     auth_type: Option<AuthType>,
     server_connect_timeout: Option<Spanned<Value>>,
+    max_prepared_statements: Option<usize>,
     #[serde(default)]
     databases: Vec<RawDatabase>,
     #[serde(default)]
@@ -143,6 +144,9 @@ pub(crate) fn apply_toml(
     }
     if let Some(query) = postgres.server_reset_query {
         pg.server_reset_query = query;
+    }
+    if let Some(n) = postgres.max_prepared_statements {
+        pg.max_prepared_statements = n;
     }
     if let Some(auth) = postgres.auth_type {
         pg.auth_type = auth;

@@ -46,6 +46,7 @@ fn defaults() {
     assert_eq!(pg.listen, "127.0.0.1:6432".parse().expect("addr"));
     assert_eq!(pg.pool_mode, PoolMode::Transaction);
     assert_eq!(pg.max_client_conn, 10_000);
+    assert_eq!(pg.max_prepared_statements, 200);
     assert_eq!(pg.pool_size, 15);
     assert_eq!(pg.min_pool_size, 5);
     assert_eq!(pg.pool_timeout, Duration::from_secs(30));

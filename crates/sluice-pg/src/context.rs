@@ -94,6 +94,7 @@ impl Context {
                         connect_timeout: pg.server_connect_timeout,
                         mode: db.pool_mode(pg),
                         reset_query: pg.server_reset_query.clone(),
+                        max_prepared_statements: pg.max_prepared_statements,
                     };
                     (user.clone(), Pool::new(settings))
                 })

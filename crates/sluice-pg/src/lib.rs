@@ -10,13 +10,16 @@
 //! * [`listener`] — the accept loop and graceful shutdown.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cancel;
 pub mod context;
 pub mod listener;
 pub mod pool;
+pub mod prepared;
 pub mod protocol;
 pub mod session;
+pub mod state;
 pub mod upstream;
 
 pub use context::Context;

@@ -19,6 +19,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::prepared::StatementRegistry;
 use crate::upstream::{ServerConn, ServerParams, UpstreamError};
 
 /// Settings of one pool, resolved from the configuration.
@@ -40,6 +41,8 @@ pub struct PoolSettings {
     pub mode: PoolMode,
     /// Query run before a used connection is reused (empty: none).
     pub reset_query: String,
+    /// Per-server prepared statement cache size (0: no statement mapping).
+    pub max_prepared_statements: usize,
 }
 
 /// Why a checkout failed.
@@ -69,7 +72,9 @@ pub enum PoolError {
     Closed(String),
 }
 
-/// What a waiting client is handed.
+/// What a waiting client is handed. (Moved by value once per hand-off; boxing it would
+/// cost an allocation per checkout.)
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     /// An idle connection, ready to use.
     Conn(ServerConn),
@@ -91,6 +96,8 @@ struct Inner {
     state: Mutex<State>,
     /// Startup parameters of the first server connection, replayed to clients at login.
     params: Mutex<Option<ServerParams>>,
+    /// Prepared statements shared by this pool's clients.
+    statements: StatementRegistry,
 }
 
 /// A handle to one pool; clones share it.
@@ -99,6 +106,7 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Step {
     Ready(ServerConn),
     Connect,
@@ -113,6 +121,7 @@ impl Pool {
                 settings,
                 state: Mutex::new(State::default()),
                 params: Mutex::new(None),
+                statements: StatementRegistry::default(),
             }),
         }
     }
@@ -122,44 +131,44 @@ impl Pool {
         &self.inner.settings
     }
 
+    /// The prepared statements shared by this pool's clients.
+    pub fn statements(&self) -> &StatementRegistry {
+        &self.inner.statements
+    }
+
     /// Checks a connection out, waiting in line at most `pool_timeout`.
     pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
         let start = Instant::now();
         let deadline = start + self.inner.settings.timeout;
-        loop {
-            let step = self.next_step();
-            let conn = match step {
-                Step::Ready(conn) => conn,
-                Step::Connect => self.connect_in_slot(deadline, start).await?,
-                Step::Wait(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
-                    Ok(Ok(Grant::Conn(conn))) => conn,
-                    Ok(Ok(Grant::Slot)) => self.connect_in_slot(deadline, start).await?,
-                    Ok(Err(_)) => return Err(PoolError::Closed(self.name())),
-                    Err(_) => {
-                        rx.close();
-                        if let Ok(grant) = rx.try_recv() {
-                            self.give_back(grant);
-                        }
-                        return Err(self.timeout_error(start));
+        let conn = match self.next_step() {
+            Step::Ready(conn) => conn,
+            Step::Connect => self.connect_in_slot(deadline, start).await?,
+            Step::Wait(mut rx) => match tokio::time::timeout_at(deadline, &mut rx).await {
+                Ok(Ok(Grant::Conn(conn))) => conn,
+                Ok(Ok(Grant::Slot)) => self.connect_in_slot(deadline, start).await?,
+                Ok(Err(_)) => return Err(PoolError::Closed(self.name())),
+                Err(_) => {
+                    rx.close();
+                    if let Ok(grant) = rx.try_recv() {
+                        self.give_back(grant);
                     }
-                },
-            };
-            if conn.looks_alive() {
-                return Ok(PooledConn {
-                    conn: Some(conn),
-                    pool: self.clone(),
-                });
-            }
-            // A stale idle connection (server restarted or closed it): drop it and retry,
-            // keeping the slot we were given.
+                    return Err(self.timeout_error(start));
+                }
+            },
+        };
+        let conn = if conn.looks_alive() {
+            conn
+        } else {
+            // A stale idle connection (server restarted or closed it): drop it and open a
+            // new one in the same slot.
             tracing::debug!(pool = %self.name(), "dropping dead idle server connection");
             drop(conn);
-            let conn = self.connect_in_slot(deadline, start).await?;
-            return Ok(PooledConn {
-                conn: Some(conn),
-                pool: self.clone(),
-            });
-        }
+            self.connect_in_slot(deadline, start).await?
+        };
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+        })
     }
 
     fn next_step(&self) -> Step {

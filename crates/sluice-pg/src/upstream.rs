@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::protocol::{backend, startup};
+use crate::state::ServerState;
 
 /// Parameters the server reported at startup (`server_version`, `TimeZone`, ...).
 pub type ServerParams = Arc<[(String, String)]>;
@@ -92,6 +93,8 @@ pub struct ServerConn {
     pub cancel: CancelKey,
     /// When the connection was opened (for lifetime limits and stats).
     pub created: Instant,
+    /// Settings and prepared statements Sluice knows this session has.
+    pub state: ServerState,
 }
 
 impl ServerConn {
@@ -189,6 +192,7 @@ impl ServerConn {
                 secret: key.1,
             },
             created: Instant::now(),
+            state: ServerState::default(),
         })
     }
 

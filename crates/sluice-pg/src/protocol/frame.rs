@@ -10,7 +10,7 @@ use thiserror::Error;
 pub const MAX_FRAME_LEN: usize = 0x3fff_ffff;
 
 /// A framing or decoding error: the peer broke the protocol. Sticky for the connection.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum ProtocolError {
     /// A length field was below the minimum (4) or above the limit.
     #[error("invalid message length {len} (allowed 4..={max})")]

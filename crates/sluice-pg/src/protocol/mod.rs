@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod frame;
 pub mod frontend;
+pub mod messages;
 pub mod startup;
 
 pub use frame::{frame_len, Frame, Frames, ProtocolError};

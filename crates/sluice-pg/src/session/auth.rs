@@ -64,7 +64,7 @@ pub(crate) async fn authenticate(
 
 /// SCRAM is used unless md5 was asked for and the secret allows md5.
 fn use_scram(method: AuthType, secret: &Secret) -> bool {
-    !(method == AuthType::Md5 && !matches!(secret, Secret::Scram(_)))
+    method != AuthType::Md5 || matches!(secret, Secret::Scram(_))
 }
 
 async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, SessionError> {

@@ -6,8 +6,10 @@
 
 mod auth;
 mod error;
+mod exchange;
 mod io;
 mod relay;
+mod sql;
 mod startup;
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ pub use error::SessionError;
 
 use crate::context::Context;
 use crate::protocol::backend;
+use crate::state::ClientState;
 use io::ClientIo;
 
 /// Decrements the client count when a session ends, however it ends.
@@ -93,12 +96,9 @@ async fn run(
     let server_params = pool.server_params().await.map_err(SessionError::Pool)?;
     let registration = ctx.cancel.register();
     backend::auth_ok(&mut out);
-    let app_name = params.get("application_name");
+    let state = ClientState::from_startup(&params.params);
     for (name, value) in server_params.iter() {
-        let value = match (name.as_str(), app_name) {
-            ("application_name", Some(app)) => app,
-            _ => value.as_str(),
-        };
+        let value = state.setting(name).unwrap_or(value);
         backend::parameter_status(&mut out, name, value);
     }
     backend::backend_key_data(&mut out, registration.pid, registration.secret);
@@ -106,7 +106,7 @@ async fn run(
     client.write(&out).await?;
     out.clear();
 
-    relay::Relay::new(client, pool, &registration.slot)
+    relay::Relay::new(client, pool, &registration.slot, state)
         .run(shutdown)
         .await
 }

@@ -1,16 +1,15 @@
-//! The query phase: frames flow raw between the client and a pooled server. Sluice reads
-//! only what pooling needs — message tags, ReadyForQuery status, CommandComplete tags,
-//! ParameterStatus and named Parse — to decide when a server can go back to the pool:
+//! The query phase: frames flow between the client and a pooled server through the
+//! sans-IO [`Exchange`], which decides what to forward, rewrite, inject or swallow. This
+//! file does the I/O and the pooling decisions:
 //!
-//! * transaction mode: at ReadyForQuery `I`, once every Sync/Query the client sent has been
-//!   answered and no extended-protocol batch is half sent;
+//! * transaction mode: the server goes back to the pool at ReadyForQuery `I` once every
+//!   request has been answered and no extended-protocol batch is open;
 //! * session mode: when the client leaves.
 //!
-//! A server that picked up session state during a checkout in transaction mode (a SET, a
-//! named prepared statement, a temp table, LISTEN, a cursor) is reset with
-//! `server_reset_query` before anyone else gets it. A server whose client left mid
-//! transaction is rolled back and reset; one whose client left mid query is cancelled and
-//! closed. No client ever sees another's state.
+//! A server that picked up state Sluice cannot carry (temp tables, cursors, SQL PREPARE,
+//! untracked settings) is reset with `server_reset_query` before anyone else gets it. A
+//! server whose client left mid transaction is rolled back and reset; one whose client
+//! left mid query is cancelled and closed. No client ever sees another's state.
 
 use bytes::{Buf, BytesMut};
 use sluice_config::PoolMode;
@@ -18,26 +17,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::error::pool_error_fields;
+use super::exchange::{Exchange, Features, Io};
 use super::io::{ClientIo, MAX_CLIENT_FRAME};
 use super::SessionError;
 use crate::cancel::CancelSlot;
 use crate::pool::{Pool, PooledConn};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frame::{frame_len, Frames, MAX_FRAME_LEN};
-use crate::protocol::frontend::parse_names_statement;
-
-/// CommandComplete tags after which a server keeps state beyond the transaction.
-const STATEFUL_TAGS: &[&[u8]] = &[
-    b"SET\0",
-    b"RESET\0",
-    b"PREPARE\0",
-    b"DECLARE CURSOR\0",
-    b"LISTEN\0",
-    b"CREATE TABLE\0",
-    b"CREATE SEQUENCE\0",
-    b"CREATE VIEW\0",
-    b"LOAD\0",
-];
+use crate::protocol::frame::frame_len;
+use crate::state::ClientState;
+use crate::upstream::UpstreamError;
 
 /// The relay state of one client.
 pub(crate) struct Relay<'a> {
@@ -46,23 +34,13 @@ pub(crate) struct Relay<'a> {
     mode: PoolMode,
     cancel_slot: &'a CancelSlot,
     server: Option<PooledConn>,
-    /// Sync, Query and FunctionCall messages sent to the server and not yet answered by
-    /// ReadyForQuery.
-    pending: usize,
-    /// Extended-protocol messages were sent since the last Sync (a batch is open).
-    extended: bool,
-    /// Syncs sent since the last Execute or Query. A server in COPY FROM STDIN mode ignores
-    /// Sync, so these go unanswered when the client ends the copy (CopyDone/CopyFail).
-    syncs_since_command: usize,
-    /// Transaction status from the latest ReadyForQuery.
-    status: u8,
-    /// The server holds session state from this checkout and needs a reset.
-    dirty: bool,
+    exchange: Exchange,
+    state: ClientState,
     /// A checkout failed mid extended-protocol batch: drop messages until Sync, as a
     /// server does after an error.
     skip_until_sync: bool,
-    /// The last frame forwarded to the client was an ErrorResponse.
-    last_was_error: bool,
+    to_server: BytesMut,
+    to_client: BytesMut,
 }
 
 enum Flow {
@@ -75,20 +53,27 @@ impl<'a> Relay<'a> {
         client: &'a mut ClientIo,
         pool: &'a Pool,
         cancel_slot: &'a CancelSlot,
+        state: ClientState,
     ) -> Self {
+        let settings = pool.settings();
+        let transaction = settings.mode == PoolMode::Transaction;
+        let features = Features {
+            map_statements: transaction && settings.max_prepared_statements > 0,
+            track_settings: transaction,
+            cache_size: settings.max_prepared_statements,
+            refuse_listen: transaction,
+        };
         Self {
             client,
             pool,
-            mode: pool.settings().mode,
+            mode: settings.mode,
             cancel_slot,
             server: None,
-            pending: 0,
-            syncs_since_command: 0,
-            extended: false,
-            status: b'I',
-            dirty: false,
+            exchange: Exchange::new(features),
+            state,
             skip_until_sync: false,
-            last_was_error: false,
+            to_server: BytesMut::new(),
+            to_client: BytesMut::new(),
         }
     }
 
@@ -97,7 +82,7 @@ impl<'a> Relay<'a> {
     pub(crate) async fn run(mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let mut shutting_down = false;
         let result = loop {
-            if shutting_down && self.between_transactions() {
+            if shutting_down && (self.server.is_none() || self.exchange.idle()) {
                 break Err(SessionError::Shutdown);
             }
             let flow = tokio::select! {
@@ -106,7 +91,7 @@ impl<'a> Relay<'a> {
                     continue;
                 }
                 read = read_server(&mut self.server) => match read {
-                    Ok(0) | Err(_) => self.server_lost().await,
+                    Ok(0) | Err(_) => self.server_lost(),
                     Ok(_) => self.server_input().await,
                 },
                 read = self.client.stream.read_buf(&mut self.client.buf) => match read {
@@ -124,155 +109,143 @@ impl<'a> Relay<'a> {
         result
     }
 
-    fn between_transactions(&self) -> bool {
-        self.server.is_none() || self.idle_server()
-    }
-
-    fn idle_server(&self) -> bool {
-        self.pending == 0 && !self.extended && self.status == b'I'
-    }
-
-    /// Handles bytes from the client: forwards complete frames, checking a server out first.
+    /// Handles bytes from the client: complete frames go through the exchange to a server
+    /// (checked out first if none is held).
     async fn client_input(&mut self) -> Result<Flow, SessionError> {
-        let mut start = 0;
-        let mut pos = 0;
-        let mut flow = Flow::Continue;
-        while let Some(total) = frame_len(&self.client.buf[pos..], MAX_CLIENT_FRAME)? {
-            let tag = self.client.buf[pos];
-            if tag == b'X' {
-                flow = Flow::Done;
-                break;
-            }
-            if self.server.is_none() {
-                if !self.checkout_for(tag).await? {
-                    pos += total;
-                    start = pos;
-                    continue;
-                }
-            }
-            match tag {
-                b'Q' | b'F' => {
-                    self.pending += 1;
-                    self.syncs_since_command = 0;
-                }
-                b'S' => {
-                    self.pending += 1;
-                    self.syncs_since_command += 1;
-                    self.extended = false;
-                }
-                b'c' | b'f' => {
-                    self.pending -= self.syncs_since_command.min(self.pending);
-                    self.syncs_since_command = 0;
-                }
-                b'E' => {
-                    self.extended = true;
-                    self.syncs_since_command = 0;
-                }
-                b'P' => {
-                    self.extended = true;
-                    if parse_names_statement(&self.client.buf[pos + 5..pos + total]) {
-                        self.dirty = true;
+        loop {
+            let (len, terminate) = scan_client(&self.client.buf)?;
+            if len > 0 {
+                if self.server.is_none() {
+                    if let Some(consumed) = self.checkout(len).await? {
+                        self.client.buf.advance(consumed);
+                        continue;
                     }
                 }
-                b'B' | b'D' | b'C' | b'H' => self.extended = true,
-                _ => {}
+                self.forward_client(len).await?;
             }
+            return Ok(if terminate {
+                Flow::Done
+            } else {
+                Flow::Continue
+            });
+        }
+    }
+
+    async fn forward_client(&mut self, len: usize) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let server = &mut **server;
+        let mut io = Io {
+            client: &mut self.state,
+            server: &mut server.state,
+            registry: self.pool.statements(),
+            to_server: &mut self.to_server,
+            to_client: &mut self.to_client,
+        };
+        let result = self.exchange.on_client(&self.client.buf[..len], &mut io);
+        self.client.buf.advance(len);
+        result?;
+        if !self.to_server.is_empty() {
+            let sent = server.stream.write_all(&self.to_server).await;
+            self.to_server.clear();
+            if let Err(e) = sent {
+                self.server = None;
+                self.cancel_slot.set(None);
+                return Err(SessionError::ServerLost(e.into()));
+            }
+        }
+        self.flush_client().await
+    }
+
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if !self.to_client.is_empty() {
+            let r = self.client.write(&self.to_client).await;
+            self.to_client.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Checks out a server for the `len` bytes of complete frames at the front of the
+    /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
+    /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
+    /// of the request) and must be dropped.
+    async fn checkout(&mut self, len: usize) -> Result<Option<usize>, SessionError> {
+        if !self.skip_until_sync {
+            match self.pool.checkout().await {
+                Ok(server) => {
+                    self.cancel_slot.set(Some(server.cancel.clone()));
+                    self.server = Some(server);
+                    self.exchange.on_checkout();
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "checkout failed");
+                    let (code, message) = pool_error_fields(&e);
+                    backend::error_response(&mut self.to_client, Severity::Error, code, &message);
+                    self.skip_until_sync = true;
+                }
+            }
+        }
+        // Drop frames up to the end of the request, answering it with ReadyForQuery.
+        let buf = &self.client.buf[..len];
+        let mut pos = 0;
+        while let Ok(Some(total)) = frame_len(&buf[pos..], MAX_CLIENT_FRAME) {
+            let tag = buf[pos];
             pos += total;
-        }
-        if pos > start {
-            if let Some(server) = self.server.as_mut() {
-                if let Err(e) = server.stream.write_all(&self.client.buf[start..pos]).await {
-                    self.client.buf.advance(pos);
-                    self.server = None;
-                    return Err(SessionError::ServerLost(e.into()));
-                }
-            }
-        }
-        self.client.buf.advance(pos);
-        Ok(flow)
-    }
-
-    /// Checks out a server for a frame with tag `tag`. On failure answers the client as a
-    /// server would (ErrorResponse, then ReadyForQuery at the end of the request) and
-    /// returns `false` so the frame is dropped.
-    async fn checkout_for(&mut self, tag: u8) -> Result<bool, SessionError> {
-        if self.skip_until_sync {
-            if tag == b'S' {
+            if matches!(tag, b'S' | b'Q' | b'F') {
                 self.skip_until_sync = false;
-                let mut out = BytesMut::new();
-                backend::ready_for_query(&mut out, b'I');
-                self.client.write(&out).await?;
-            }
-            return Ok(false);
-        }
-        match self.pool.checkout().await {
-            Ok(server) => {
-                self.cancel_slot.set(Some(server.cancel.clone()));
-                self.server = Some(server);
-                self.status = b'I';
-                Ok(true)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "checkout failed");
-                let (code, message) = pool_error_fields(&e);
-                let mut out = BytesMut::new();
-                backend::error_response(&mut out, Severity::Error, code, &message);
-                match tag {
-                    b'Q' | b'S' | b'F' => backend::ready_for_query(&mut out, b'I'),
-                    _ => self.skip_until_sync = true,
-                }
-                self.client.write(&out).await?;
-                Ok(false)
+                backend::ready_for_query(&mut self.to_client, b'I');
+                break;
             }
         }
+        self.flush_client().await?;
+        Ok(Some(pos))
     }
 
-    /// Handles bytes from the server: forwards complete frames and releases the server at
-    /// the end of a transaction in transaction mode.
+    /// Handles bytes from the server and releases it at the end of a transaction in
+    /// transaction mode.
     async fn server_input(&mut self) -> Result<Flow, SessionError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(Flow::Continue);
         };
-        let mut frames = Frames::new(&server.buf, MAX_FRAME_LEN);
-        for frame in frames.by_ref() {
-            match frame.tag {
-                b'Z' => {
-                    self.status = frame.body.first().copied().unwrap_or(b'I');
-                    self.pending = self.pending.saturating_sub(1);
-                }
-                b'S' => self.dirty = true,
-                b'C' if STATEFUL_TAGS.contains(&frame.body) => self.dirty = true,
-                _ => {}
+        let server = &mut **server;
+        let mut io = Io {
+            client: &mut self.state,
+            server: &mut server.state,
+            registry: self.pool.statements(),
+            to_server: &mut self.to_server,
+            to_client: &mut self.to_client,
+        };
+        let consumed = self.exchange.on_server(&server.buf, &mut io);
+        let consumed = match consumed {
+            Ok(n) => n,
+            Err(e) => {
+                self.server = None;
+                self.cancel_slot.set(None);
+                return Err(SessionError::ServerLost(UpstreamError::Protocol(
+                    e.to_string(),
+                )));
             }
-            self.last_was_error = frame.tag == b'E';
-        }
-        if let Some(e) = frames.error() {
-            return Err(SessionError::ServerLost(
-                crate::upstream::UpstreamError::Protocol(e.to_string()),
-            ));
-        }
-        let n = frames.consumed();
-        if n > 0 {
-            self.client.write(&server.buf[..n]).await?;
-            server.buf.advance(n);
-        }
-        if self.mode == PoolMode::Transaction && self.idle_server() {
+        };
+        server.buf.advance(consumed);
+        self.flush_client().await?;
+        if self.mode == PoolMode::Transaction && self.exchange.idle() {
             self.release().await;
         }
         Ok(Flow::Continue)
     }
 
     /// The server closed or failed while this client held it.
-    async fn server_lost(&mut self) -> Result<Flow, SessionError> {
+    fn server_lost(&mut self) -> Result<Flow, SessionError> {
         self.server = None;
         self.cancel_slot.set(None);
-        if self.last_was_error {
+        if self.exchange.last_was_error() {
             // The server already told the client why (e.g. FATAL 57P01 on shutdown).
             return Ok(Flow::Done);
         }
-        Err(SessionError::ServerLost(
-            crate::upstream::UpstreamError::Closed,
-        ))
+        Err(SessionError::ServerLost(UpstreamError::Closed))
     }
 
     /// Returns the server to the pool, resetting it first if it picked up session state.
@@ -281,11 +254,10 @@ impl<'a> Relay<'a> {
             return;
         };
         self.cancel_slot.set(None);
-        let dirty = std::mem::take(&mut self.dirty);
         let reset = &self.pool.settings().reset_query;
-        if dirty && !reset.is_empty() {
+        if self.exchange.needs_reset() && !reset.is_empty() {
             match server.run_simple(reset).await {
-                Ok(b'I') => {}
+                Ok(b'I') => server.state.clear(),
                 other => {
                     tracing::warn!(result = ?other, "server reset failed; closing it");
                     return;
@@ -301,29 +273,37 @@ impl<'a> Relay<'a> {
             return;
         };
         self.cancel_slot.set(None);
-        if self.pending > 0 || self.extended {
-            // Mid query: stop the work on the server and close the connection.
+        if self.exchange.busy() {
+            // Mid request: stop the work on the server and close the connection.
             let key = server.cancel.clone();
-            drop(server);
             tokio::spawn(async move { crate::cancel::send_cancel(&key).await });
             return;
         }
-        if self.status != b'I' {
-            match server.run_simple("ROLLBACK").await {
-                Ok(b'I') => self.dirty = true,
-                _ => return,
+        if self.exchange.status() != b'I' {
+            if !matches!(server.run_simple("ROLLBACK").await, Ok(b'I')) {
+                return;
             }
+            self.exchange.force_reset();
         }
         if self.mode == PoolMode::Session {
-            self.dirty = true;
+            self.exchange.force_reset();
         }
-        self.release_after_finish(server).await;
-    }
-
-    async fn release_after_finish(&mut self, server: PooledConn) {
         self.server = Some(server);
         self.release().await;
     }
+}
+
+/// Length of the complete frames at the front of `buf` before any Terminate, and whether a
+/// Terminate was reached.
+fn scan_client(buf: &[u8]) -> Result<(usize, bool), SessionError> {
+    let mut pos = 0;
+    while let Some(total) = frame_len(&buf[pos..], MAX_CLIENT_FRAME)? {
+        if buf[pos] == b'X' {
+            return Ok((pos, true));
+        }
+        pos += total;
+    }
+    Ok((pos, false))
 }
 
 /// Reads from the held server, or waits forever when none is held.

@@ -1,0 +1,210 @@
+//! Views and rewriters for the extended-query frontend messages whose statement names
+//! Sluice maps in transaction mode: Parse (`P`), Bind (`B`), Describe (`D`) and Close (`C`)
+//! (§55.7). Each view borrows the frame body; each writer emits a whole new frame.
+
+use bytes::{BufMut, BytesMut};
+
+use super::frame::{read_cstr, ProtocolError};
+
+/// A Parse message: statement name, and the rest (query text, parameter types) verbatim.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parse<'a> {
+    /// Statement name ("" for the unnamed statement).
+    pub name: &'a str,
+    /// Everything after the name: `query\0`, `i16` count, `i32` type oids.
+    pub rest: &'a [u8],
+}
+
+impl<'a> Parse<'a> {
+    /// Decodes a Parse body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let (name, rest) = read_cstr(body, "Parse")?;
+        // Validate the rest enough that replaying it later cannot surprise the server more
+        // than the original did: query text, then a parameter count that fits.
+        let (_query, types) = read_cstr(rest, "Parse")?;
+        let n = types
+            .get(..2)
+            .map(|b| i16::from_be_bytes([b[0], b[1]]))
+            .ok_or(ProtocolError::Malformed("Parse"))?;
+        if n < 0 || types.len() != 2 + 4 * n as usize {
+            return Err(ProtocolError::Malformed("Parse"));
+        }
+        Ok(Self { name, rest })
+    }
+
+    /// The query text.
+    pub fn query(&self) -> &'a str {
+        read_cstr(self.rest, "Parse")
+            .map(|(q, _)| q)
+            .unwrap_or_default()
+    }
+}
+
+/// Writes a Parse frame for statement `name` with the given rest.
+pub fn write_parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
+    out.put_u8(b'P');
+    out.put_i32((4 + name.len() + 1 + rest.len()) as i32);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// A Bind message: portal, statement, and the rest (formats, values) verbatim.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Bind<'a> {
+    /// Destination portal name.
+    pub portal: &'a str,
+    /// Source statement name.
+    pub statement: &'a str,
+    /// Everything after the statement name.
+    pub rest: &'a [u8],
+}
+
+impl<'a> Bind<'a> {
+    /// Decodes a Bind body (only the two names are checked).
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let (portal, rest) = read_cstr(body, "Bind")?;
+        let (statement, rest) = read_cstr(rest, "Bind")?;
+        Ok(Self {
+            portal,
+            statement,
+            rest,
+        })
+    }
+
+    /// Writes this Bind with the statement name replaced.
+    pub fn write_renamed(&self, out: &mut BytesMut, statement: &str) {
+        out.put_u8(b'B');
+        out.put_i32((4 + self.portal.len() + 1 + statement.len() + 1 + self.rest.len()) as i32);
+        out.put_slice(self.portal.as_bytes());
+        out.put_u8(0);
+        out.put_slice(statement.as_bytes());
+        out.put_u8(0);
+        out.put_slice(self.rest);
+    }
+}
+
+/// Describe or Close: a kind byte (`S` statement, `P` portal) and a name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target<'a> {
+    /// `b'S'` or `b'P'`.
+    pub kind: u8,
+    /// Statement or portal name.
+    pub name: &'a str,
+}
+
+impl<'a> Target<'a> {
+    /// Decodes a Describe or Close body.
+    pub fn decode(body: &'a [u8]) -> Result<Self, ProtocolError> {
+        let (&kind, rest) = body
+            .split_first()
+            .ok_or(ProtocolError::Malformed("Describe/Close"))?;
+        if kind != b'S' && kind != b'P' {
+            return Err(ProtocolError::Malformed("Describe/Close"));
+        }
+        let (name, rest) = read_cstr(rest, "Describe/Close")?;
+        if !rest.is_empty() {
+            return Err(ProtocolError::Malformed("Describe/Close"));
+        }
+        Ok(Self { kind, name })
+    }
+}
+
+/// Writes a Describe (`tag = b'D'`) or Close (`tag = b'C'`) frame.
+pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    out.put_u8(tag);
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(kind);
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+/// Writes a frame with an empty body (ParseComplete `1`, CloseComplete `3`, ...).
+pub fn write_empty(out: &mut BytesMut, tag: u8) {
+    out.put_u8(tag);
+    out.put_i32(4);
+}
+
+/// Writes a CommandComplete frame with `tag_text`.
+pub fn write_command_complete(out: &mut BytesMut, tag_text: &str) {
+    out.put_u8(b'C');
+    out.put_i32((4 + tag_text.len() + 1) as i32);
+    out.put_slice(tag_text.as_bytes());
+    out.put_u8(0);
+}
+
+/// Writes a simple Query frame.
+pub fn write_query(out: &mut BytesMut, sql: &str) {
+    out.put_u8(b'Q');
+    out.put_i32((4 + sql.len() + 1) as i32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+/// The text of a simple Query body.
+pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
+    read_cstr(body, "Query").map(|(q, _)| q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(frame: &[u8]) -> &[u8] {
+        &frame[5..]
+    }
+
+    #[test]
+    fn parse_round_trip_with_rename() {
+        let mut rest = b"select $1\0".to_vec();
+        rest.extend_from_slice(&1i16.to_be_bytes());
+        rest.extend_from_slice(&23i32.to_be_bytes());
+        let mut out = BytesMut::new();
+        write_parse(&mut out, "s0", &rest);
+        let p = Parse::decode(body(&out)).unwrap();
+        assert_eq!(p.name, "s0");
+        assert_eq!(p.query(), "select $1");
+        let mut renamed = BytesMut::new();
+        write_parse(&mut renamed, "sluice_1", p.rest);
+        let q = Parse::decode(body(&renamed)).unwrap();
+        assert_eq!((q.name, q.rest), ("sluice_1", p.rest));
+        assert_eq!(
+            i32::from_be_bytes([renamed[1], renamed[2], renamed[3], renamed[4]]) as usize,
+            renamed.len() - 1
+        );
+    }
+
+    #[test]
+    fn parse_rejects_bad_type_counts() {
+        assert!(Parse::decode(b"s\0q\0\0\x01").is_err());
+        assert!(Parse::decode(b"s\0q\0\xff\xff").is_err());
+        assert!(Parse::decode(b"s\0q").is_err());
+        assert!(Parse::decode(b"s\0q\0\0\0").is_ok());
+    }
+
+    #[test]
+    fn bind_rename() {
+        let b = Bind::decode(b"p\0s0\0\0\0\0\0\0\0").unwrap();
+        assert_eq!((b.portal, b.statement), ("p", "s0"));
+        let mut out = BytesMut::new();
+        b.write_renamed(&mut out, "sluice_9");
+        let c = Bind::decode(body(&out)).unwrap();
+        assert_eq!((c.portal, c.statement, c.rest), ("p", "sluice_9", b.rest));
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::decode(b"Ss1\0").unwrap(),
+            Target {
+                kind: b'S',
+                name: "s1"
+            }
+        );
+        assert!(Target::decode(b"Xs1\0").is_err());
+        assert!(Target::decode(b"S").is_err());
+        let mut out = BytesMut::new();
+        write_target(&mut out, b'C', b'S', "x");
+        assert_eq!(&out[..], b"C\0\0\0\x07Sx\0");
+    }
+}

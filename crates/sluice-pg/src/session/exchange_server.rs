@@ -1,0 +1,317 @@
+//! Server → client half of [`Exchange`](super::Exchange): matches each backend frame to the
+//! request it answers, swallows answers to Sluice's own injected requests, emits synthetic
+//! answers in their place in the stream, and applies or undoes session-state changes.
+
+use bytes::BufMut;
+
+use super::{command_tag, first_column, Effect, Exchange, Expect, Io, Synthetic, STATEFUL_TAGS};
+use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
+
+/// What to do with one backend frame.
+enum Fate {
+    Forward,
+    Swallow,
+}
+
+impl Exchange {
+    /// Handles the complete frames at the front of `buf`; returns how many bytes they cover.
+    pub(crate) fn on_server(
+        &mut self,
+        buf: &[u8],
+        io: &mut Io<'_>,
+    ) -> Result<usize, ProtocolError> {
+        let mut it = Frames::new(buf, MAX_FRAME_LEN);
+        let mut pos = 0;
+        // Forward runs of frames with one copy each.
+        let mut run_start = 0;
+        while let Some(frame) = it.next() {
+            let start = pos;
+            pos = it.consumed();
+            tracing::trace!(tag = %char::from(frame.tag), queue = ?self.queue, "server frame");
+            self.emit_ready_synthetics_flushing(buf, &mut run_start, start, io);
+            match self.server_frame(frame.tag, frame.body, io) {
+                Fate::Forward => {
+                    self.last_was_error = frame.tag == b'E';
+                }
+                Fate::Swallow => {
+                    io.to_client.put_slice(&buf[run_start..start]);
+                    run_start = pos;
+                }
+            }
+        }
+        io.to_client.put_slice(&buf[run_start..pos]);
+        self.emit_ready_synthetics(io);
+        if let Some(e) = it.error() {
+            return Err(e.clone());
+        }
+        Ok(pos)
+    }
+
+    /// Emits due synthetics at the current stream position, flushing forwarded bytes first.
+    fn emit_ready_synthetics_flushing(
+        &mut self,
+        buf: &[u8],
+        run_start: &mut usize,
+        at: usize,
+        io: &mut Io<'_>,
+    ) {
+        if matches!(self.queue.front(), Some(Expect::Synthetic(_))) {
+            io.to_client.put_slice(&buf[*run_start..at]);
+            *run_start = at;
+            self.emit_ready_synthetics(io);
+        }
+    }
+
+    fn swallowing(&self) -> bool {
+        matches!(
+            self.queue.front(),
+            Some(Expect::Query { swallow: true, .. })
+        )
+    }
+
+    fn server_frame(&mut self, tag: u8, body: &[u8], io: &mut Io<'_>) -> Fate {
+        match tag {
+            b'1' => match self.queue.pop_front() {
+                Some(Expect::Parse { forward: false, .. }) => Fate::Swallow,
+                _ => Fate::Forward,
+            },
+            b'2' | b's' => {
+                self.queue.pop_front();
+                Fate::Forward
+            }
+            b'3' => match self.queue.pop_front() {
+                Some(Expect::Close { evicted: Some(_) }) => Fate::Swallow,
+                _ => Fate::Forward,
+            },
+            b'T' | b'n' => {
+                if matches!(self.queue.front(), Some(Expect::Describe)) {
+                    self.queue.pop_front();
+                }
+                self.fate()
+            }
+            b'D' => {
+                if self.swallowing() {
+                    if let Some(Expect::Query {
+                        effect: Some(Effect::Value(..)),
+                        ..
+                    }) = self.queue.front()
+                    {
+                        self.captured = first_column(body);
+                    }
+                }
+                self.fate()
+            }
+            b'C' | b'I' => {
+                if tag == b'C' {
+                    self.command_complete(command_tag(body), io);
+                }
+                if matches!(self.queue.front(), Some(Expect::Execute)) {
+                    self.queue.pop_front();
+                }
+                self.fate()
+            }
+            b'E' => self.error(io),
+            b'Z' => self.ready(body.first().copied().unwrap_or(b'I'), io),
+            b'S' => {
+                let explained = matches!(
+                    self.queue.front(),
+                    Some(Expect::Query {
+                        explains_set: true,
+                        ..
+                    })
+                );
+                if !explained && self.features.track_settings {
+                    // A setting changed behind Sluice's back (set_config, a SET inside a
+                    // function or multi-statement query): reset before anyone else.
+                    io.server.settings_unknown = true;
+                    self.needs_reset = true;
+                }
+                self.fate()
+            }
+            _ => self.fate(),
+        }
+    }
+
+    fn fate(&self) -> Fate {
+        if self.swallowing() {
+            Fate::Swallow
+        } else {
+            Fate::Forward
+        }
+    }
+
+    fn command_complete(&mut self, tag: &[u8], io: &mut Io<'_>) {
+        match tag {
+            b"COMMIT" => self.last_commit = true,
+            b"ROLLBACK" => self.last_commit = false,
+            b"DISCARD ALL" => io.server.clear(),
+            b"DEALLOCATE ALL" => io.server.statements.clear(),
+            b"SET" | b"RESET" => {
+                let explained = matches!(
+                    self.queue.front(),
+                    Some(Expect::Query {
+                        explains_set: true,
+                        ..
+                    })
+                );
+                if !explained {
+                    io.server.settings_unknown = true;
+                    self.needs_reset = true;
+                }
+            }
+            t if STATEFUL_TAGS.contains(&t) => self.needs_reset = true,
+            _ => {}
+        }
+    }
+
+    /// An ErrorResponse: in a simple query it only marks the query failed; in the extended
+    /// protocol the server now skips to Sync, so everything owed before the Sync is undone.
+    fn error(&mut self, io: &mut Io<'_>) -> Fate {
+        match self.queue.front_mut() {
+            Some(Expect::Query {
+                swallow, failed, ..
+            }) => {
+                *failed = true;
+                if *swallow {
+                    tracing::warn!("a query Sluice injected to sync settings failed");
+                    io.server.settings_unknown = true;
+                    return Fate::Swallow;
+                }
+                return Fate::Forward;
+            }
+            Some(Expect::FunctionCall) | None => return Fate::Forward,
+            _ => {}
+        }
+        while let Some(e) = self.queue.front() {
+            if matches!(
+                e,
+                Expect::Sync | Expect::Query { .. } | Expect::FunctionCall
+            ) {
+                break;
+            }
+            if let Some(e) = self.queue.pop_front() {
+                self.undo(e, io);
+            }
+        }
+        if self.queue.is_empty() {
+            self.skipping = true;
+        }
+        Fate::Forward
+    }
+
+    /// Undoes the bookkeeping of a request the server failed or skipped.
+    fn undo(&mut self, e: Expect, io: &mut Io<'_>) {
+        match e {
+            Expect::Parse {
+                server_name: Some(s),
+                client_name,
+                ..
+            } => {
+                io.server.statements.remove(&s);
+                if let Some(c) = client_name {
+                    if io
+                        .client
+                        .statements
+                        .get(&c)
+                        .is_some_and(|st| st.server_name == s)
+                    {
+                        io.client.statements.remove(&c);
+                    }
+                }
+            }
+            Expect::Close {
+                evicted: Some(name),
+            } => {
+                // The server still has it.
+                io.server.statements.insert(name, usize::MAX);
+            }
+            Expect::Synthetic(Synthetic::ParseComplete(name)) => {
+                io.client.statements.remove(&name);
+            }
+            Expect::Synthetic(Synthetic::CloseComplete(Some((name, stmt)))) => {
+                io.client.statements.insert(name, stmt);
+            }
+            _ => {}
+        }
+    }
+
+    fn ready(&mut self, status: u8, io: &mut Io<'_>) -> Fate {
+        self.status = status;
+        // Drop anything owed before this ReadyForQuery (defensive; normally nothing).
+        let mut done = None;
+        while let Some(e) = self.queue.pop_front() {
+            match e {
+                Expect::Sync | Expect::FunctionCall => break,
+                q @ Expect::Query { .. } => {
+                    done = Some(q);
+                    break;
+                }
+                other => self.undo(other, io),
+            }
+        }
+        let mut fate = Fate::Forward;
+        if let Some(Expect::Query {
+            swallow,
+            effect,
+            failed,
+            ..
+        }) = done
+        {
+            if swallow {
+                fate = Fate::Swallow;
+            }
+            let effect = effect.filter(|_| !failed).map(|e| match e {
+                Effect::Value(name, _) => Effect::Value(name, self.captured.take().flatten()),
+                e => e,
+            });
+            match (effect, status) {
+                // Ran outside a transaction block: in force now.
+                (Some(e), b'I') => apply(e, io),
+                // Inside a block: in force only if the block commits.
+                (Some(e), b'T') => self.tentative.push(e),
+                _ => {}
+            }
+        }
+        self.captured = None;
+        if status == b'I' {
+            let effects = std::mem::take(&mut self.tentative);
+            if std::mem::take(&mut self.last_commit) {
+                for e in effects {
+                    apply(e, io);
+                }
+            }
+        }
+        fate
+    }
+}
+
+fn apply(e: Effect, io: &mut Io<'_>) {
+    let (client, server) = (&mut *io.client, &mut *io.server);
+    match e {
+        Effect::Value(name, Some(v)) => {
+            client.settings.insert(name.clone(), v.clone());
+            server.settings.insert(name, v);
+        }
+        Effect::Value(name, None) => {
+            client.settings.remove(&name);
+            server.settings.remove(&name);
+        }
+        Effect::Reset(name) => {
+            server.settings.remove(&name);
+            match client.startup.get(&name) {
+                Some(v) => client.settings.insert(name, v.clone()),
+                None => client.settings.remove(&name),
+            };
+        }
+        Effect::ResetAll => {
+            server.settings.clear();
+            client.settings = client.startup.clone();
+        }
+        Effect::DiscardAll => {
+            server.clear();
+            client.settings = client.startup.clone();
+            client.statements.clear();
+        }
+        Effect::DeallocateAll => client.statements.clear(),
+    }
+}
