@@ -6,6 +6,9 @@ use postgres_protocol::message::frontend;
 use super::*;
 use crate::protocol::frame::Frames;
 
+/// Decoded frames: (tag, body).
+type Out = Vec<(u8, Vec<u8>)>;
+
 struct Fixture {
     ex: Exchange,
     client: ClientState,
@@ -33,7 +36,7 @@ impl Fixture {
     }
 
     /// Feeds client bytes; returns (frames to server, frames to client).
-    fn client(&mut self, bytes: &[u8]) -> (Vec<(u8, Vec<u8>)>, Vec<(u8, Vec<u8>)>) {
+    fn client(&mut self, bytes: &[u8]) -> (Out, Out) {
         let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
         let mut io = Io {
             client: &mut self.client,
