@@ -1,1 +1,109 @@
-//! placeholder
+//! End-to-end test harness for Sluice.
+//!
+//! * [`PgCluster`] runs a throwaway PostgreSQL 15 cluster (SCRAM auth) in a temporary
+//!   directory on a free loopback port.
+//! * [`Sluice`] writes a configuration file and runs the real `sluice` program (the
+//!   `sluice-e2e` binary of this crate) against it.
+//! * A few helpers ([`sqlstate`], [`scalar`], [`unique_name`]...) keep the tests short.
+//!
+//! Integration tests live in `tests/tests/*.rs`; every file is its own process and usually
+//! shares one cluster ([`shared_cluster`]) between its tests, each test isolating itself in
+//! its own database ([`PgCluster::create_database`]).
+
+pub mod pg;
+pub mod proxy;
+
+pub use pg::{shared_cluster, PgCluster, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
+pub use proxy::{DatabaseConfig, PoolMode, Sluice, SluiceBuilder};
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// A name unique within this test process, such as `prefix_3`: lowercase, usable unquoted
+/// as a database or table name.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!("{}_{}", prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The SQLSTATE of a PostgreSQL error, if the error came from the server (or the proxy).
+pub fn sqlstate(err: &tokio_postgres::Error) -> Option<String> {
+    err.code().map(|c| c.code().to_string())
+}
+
+/// The message of the server's (or proxy's) ErrorResponse, or the error's display text.
+pub fn error_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => err.to_string(),
+    }
+}
+
+/// Rows of a simple-query result as vectors of optional strings.
+pub fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_string))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `sql` with the simple query protocol and returns the first column of the first row
+/// (`None` for SQL NULL).
+///
+/// # Panics
+/// If the query fails or returns no row.
+pub async fn scalar_opt(client: &Client, sql: &str) -> Option<String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("query {sql:?} failed: {e:?}"));
+    let rows = rows(&messages);
+    let first = rows
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("query {sql:?} returned no row"));
+    first.into_iter().next().flatten()
+}
+
+/// Like [`scalar_opt`], for a non-NULL value.
+///
+/// # Panics
+/// If the query fails, returns no row or returns NULL.
+pub async fn scalar(client: &Client, sql: &str) -> String {
+    scalar_opt(client, sql)
+        .await
+        .unwrap_or_else(|| panic!("query {sql:?} returned NULL"))
+}
+
+/// Awaits `fut`, panicking with `what` if it takes longer than `limit`: a hang guard, never a
+/// performance assertion.
+pub async fn within<F: std::future::Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("hang guard: {what} did not finish within {limit:?}"),
+    }
+}
+
+/// Whether this process runs as root (then PostgreSQL tools run as the `postgres` OS user).
+pub fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}

@@ -20,7 +20,9 @@ use std::path::Path;
 pub use duration::{parse_duration, InvalidDuration};
 pub use error::ConfigError;
 pub use load::{CONFIG_ENV, ENV_VARS, OVERRIDE_KEYS};
-pub use model::{AuthType, DatabaseConfig, GeneralConfig, PoolMode, PostgresConfig, UserConfig};
+pub use model::{
+    AdminConfig, AuthType, DatabaseConfig, GeneralConfig, PoolMode, PostgresConfig, UserConfig,
+};
 pub use upstream::{Upstream, UpstreamError, DEFAULT_PORT};
 pub use validate::RESERVED_DATABASE_NAMES;
 
@@ -31,6 +33,8 @@ pub struct Config {
     pub general: GeneralConfig,
     /// PostgreSQL proxy settings (`[postgres]`).
     pub postgres: PostgresConfig,
+    /// HTTP admin listener (`[admin]`).
+    pub admin: AdminConfig,
 }
 
 impl Config {

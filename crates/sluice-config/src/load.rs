@@ -18,11 +18,14 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("POSTGRES_POOL_MAX_SIZE", "postgres.pool_size"),
     ("POSTGRES_POOL_MIN_SIZE", "postgres.min_pool_size"),
     ("POSTGRES_POOL_TIMEOUT", "postgres.pool_timeout"),
+    ("SLUICE_ADMIN_LISTEN", "admin.listen"),
+    ("SLUICE_ADMIN_TOKEN", "admin.token"),
 ];
 
 /// Keys accepted as command-line overrides by [`Config::load`].
 pub const OVERRIDE_KEYS: &[&str] = &[
     "postgres.listen",
+    "admin.listen",
     "postgres.pool_mode",
     "postgres.pool_size",
     "postgres.min_pool_size",
@@ -55,6 +58,8 @@ impl Builder {
         let pg = &mut self.config.postgres;
         match key {
             "postgres.listen" => pg.listen = parse_listen(raw).map_err(invalid)?,
+            "admin.listen" => self.config.admin.listen = parse_listen(raw).map_err(invalid)?,
+            "admin.token" => self.config.admin.token = Some(raw.to_owned()),
             "postgres.pool_mode" => pg.pool_mode = raw.parse().map_err(invalid)?,
             "postgres.max_client_conn" => pg.max_client_conn = parse_count(raw).map_err(invalid)?,
             "postgres.pool_size" => pg.pool_size = parse_count(raw).map_err(invalid)?,

@@ -112,6 +112,37 @@ impl Default for GeneralConfig {
     }
 }
 
+/// The HTTP admin listener (`[admin]`): health, pool statistics, metrics, reload.
+#[derive(Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Serve the admin listener at all.
+    pub enabled: bool,
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+    /// Bearer token required on `/admin/*` (None: no token needed).
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9930)),
+            token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 /// PostgreSQL proxy settings (`[postgres]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PostgresConfig {
@@ -140,6 +171,9 @@ pub struct PostgresConfig {
     pub databases: Vec<DatabaseConfig>,
     /// Users allowed to connect; empty means the upstream URL credentials are used.
     pub users: Vec<UserConfig>,
+    /// Users (from `users`) allowed into the SQL admin console (database `sluice` or
+    /// `pgbouncer`).
+    pub admin_users: Vec<String>,
 }
 
 impl Default for PostgresConfig {
@@ -157,6 +191,7 @@ impl Default for PostgresConfig {
             max_prepared_statements: 200,
             databases: Vec::new(),
             users: Vec::new(),
+            admin_users: Vec::new(),
         }
     }
 }

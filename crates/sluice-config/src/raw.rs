@@ -19,6 +19,16 @@ pub(crate) struct RawConfig {
     general: RawGeneral,
     #[serde(default)]
     postgres: RawPostgres,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<Spanned<String>>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -40,6 +50,7 @@ struct RawPostgres {
     auth_type: Option<AuthType>,
     server_connect_timeout: Option<Spanned<Value>>,
     max_prepared_statements: Option<usize>,
+    admin_users: Option<Vec<String>>,
     #[serde(default)]
     databases: Vec<RawDatabase>,
     #[serde(default)]
@@ -114,7 +125,22 @@ pub(crate) fn apply_toml(
         message: e.to_string().trim_end().to_owned(),
     })?;
     let source = Source { text, origin };
-    let RawConfig { general, postgres } = raw;
+    let RawConfig {
+        general,
+        postgres,
+        admin,
+    } = raw;
+    let cfg_admin = &mut builder.config.admin;
+    if let Some(enabled) = admin.enabled {
+        cfg_admin.enabled = enabled;
+    }
+    if let Some(listen) = &admin.listen {
+        cfg_admin.listen = parse_listen(listen.get_ref())
+            .map_err(|m| source.error("admin.listen", listen.span().start, m))?;
+    }
+    if let Some(token) = admin.token.filter(|t| !t.is_empty()) {
+        cfg_admin.token = Some(token);
+    }
 
     if let Some(value) = &general.shutdown_timeout {
         builder.config.general.shutdown_timeout =
@@ -144,6 +170,9 @@ pub(crate) fn apply_toml(
     }
     if let Some(query) = postgres.server_reset_query {
         pg.server_reset_query = query;
+    }
+    if let Some(users) = postgres.admin_users {
+        pg.admin_users = users;
     }
     if let Some(n) = postgres.max_prepared_statements {
         pg.max_prepared_statements = n;

@@ -163,11 +163,13 @@ fn every_override_key_applies() {
         ("postgres.pool_timeout", "2m".into()),
         ("postgres.max_client_conn", "100".into()),
         ("general.shutdown_timeout", "1h".into()),
+        ("admin.listen", "127.0.0.1:9931".into()),
     ];
     assert_eq!(overrides.len(), OVERRIDE_KEYS.len());
     let config = Config::load(Some(file.path()), &no_env, &overrides).expect("valid");
     let pg = &config.postgres;
     assert_eq!(pg.listen, "[::1]:7432".parse().expect("addr"));
+    assert_eq!(config.admin.listen, "127.0.0.1:9931".parse().expect("addr"));
     assert_eq!(pg.pool_mode, PoolMode::Session);
     assert_eq!((pg.pool_size, pg.min_pool_size), (8, 1));
     assert_eq!(pg.pool_timeout, Duration::from_secs(120));

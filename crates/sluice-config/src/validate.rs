@@ -99,6 +99,22 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(key("password"), "must not be empty"));
         }
     }
+    for (i, admin) in pg.admin_users.iter().enumerate() {
+        let known = if pg.users.is_empty() {
+            pg.databases.iter().any(|d| &d.upstream.user == admin)
+        } else {
+            seen.contains_key(admin.as_str())
+        };
+        if !known {
+            return Err(ConfigError::invalid(
+                format!("postgres.admin_users[{i}]"),
+                format!(
+                    "{admin:?} is not a configured user (list it in [[postgres.users]], or \
+                     with no users, use a database's upstream user)"
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -146,7 +146,7 @@ impl Exchange {
             b"ROLLBACK" => self.last_commit = false,
             b"DISCARD ALL" => io.server.clear(),
             b"DEALLOCATE ALL" => io.server.statements.clear(),
-            b"SET" | b"RESET" => {
+            b"SET" | b"RESET" if self.features.track_settings => {
                 let explained = matches!(
                     self.queue.front(),
                     Some(Expect::Query {
