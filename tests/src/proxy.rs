@@ -223,9 +223,15 @@ impl SluiceBuilder {
         self
     }
 
-    /// The configuration file for listen port `port`.
-    pub fn to_toml(&self, port: u16) -> String {
+    /// The configuration file for listen port `port` and admin port `admin_port`.
+    pub fn to_toml(&self, port: u16, admin_port: u16) -> String {
         let mut s = String::new();
+        let _ = writeln!(s, "[admin]");
+        let _ = writeln!(
+            s,
+            "listen = {}\n",
+            toml_str(&format!("127.0.0.1:{admin_port}"))
+        );
         let _ = writeln!(s, "[general]");
         let _ = writeln!(
             s,
@@ -282,8 +288,9 @@ impl SluiceBuilder {
             .tempdir()
             .expect("temp dir for sluice");
         let port = free_port();
+        let admin_port = free_port();
         let config_path = dir.path().join("sluice.toml");
-        std::fs::write(&config_path, self.to_toml(port)).expect("write sluice config");
+        std::fs::write(&config_path, self.to_toml(port, admin_port)).expect("write sluice config");
         let stderr_path = dir.path().join("sluice.stderr");
         let stdout_path = dir.path().join("sluice.stdout");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");
@@ -302,6 +309,7 @@ impl SluiceBuilder {
         let mut sluice = Sluice {
             child,
             port,
+            admin_port,
             dir,
             config_path,
             stderr_path,
@@ -317,6 +325,7 @@ impl SluiceBuilder {
 pub struct Sluice {
     child: Child,
     port: u16,
+    admin_port: u16,
     dir: tempfile::TempDir,
     config_path: PathBuf,
     stderr_path: PathBuf,
@@ -361,6 +370,17 @@ impl Sluice {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The configuration file the program was started with (tests rewrite it before a
+    /// reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// The admin (HTTP) listener's port on 127.0.0.1.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
     }
 
     /// The listen port on 127.0.0.1.
@@ -461,7 +481,8 @@ impl Sluice {
         self.signal("INT");
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends a signal by name (e.g. "HUP") to the program.
+    pub fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())

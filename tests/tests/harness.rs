@@ -103,7 +103,7 @@ fn config_file_shape() {
         .pool_timeout(Duration::from_millis(500))
         .database("app", cluster_url)
         .user("app", "secret")
-        .to_toml(6432);
+        .to_toml(6432, 9930);
     assert!(toml.contains("pool_mode = \"session\""), "{toml}");
     assert!(toml.contains("pool_timeout = \"0.5\""), "{toml}");
     assert!(toml.contains("listen = \"127.0.0.1:6432\""), "{toml}");

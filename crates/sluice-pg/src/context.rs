@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use sluice_auth::{ScramVerifier, Secret};
 use sluice_config::{Config, DatabaseConfig};
+use sluice_stats::Registry;
 use thiserror::Error;
 
 use crate::cancel::CancelRegistry;
@@ -56,6 +57,8 @@ pub struct Context {
     pub cancel: Arc<CancelRegistry>,
     /// Client connections currently open (for `max_client_conn`).
     pub clients: AtomicUsize,
+    /// Statistics shared with the admin listener.
+    pub stats: Arc<Registry>,
 }
 
 impl Context {
@@ -108,11 +111,18 @@ impl Context {
                 },
             );
         }
+        let stats = Arc::new(Registry::new());
+        for db in databases.values() {
+            for pool in db.pools.values() {
+                stats.register(Arc::new(pool.clone()));
+            }
+        }
         Ok(Self {
             config,
             databases,
             cancel: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
+            stats,
         })
     }
 
@@ -123,6 +133,11 @@ impl Context {
                 pool.spawn_maintenance();
             }
         }
+    }
+
+    /// Every pool, for health reports and reload.
+    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.databases.values().flat_map(|db| db.pools.values())
     }
 
     /// Closes every pool (at shutdown).

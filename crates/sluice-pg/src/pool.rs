@@ -8,10 +8,14 @@
 //! dropping the guard without [`PooledConn::checkin`] closes the connection and frees its
 //! slot, so a dying client task can never leak a slot or hand on a dirty server.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use sluice_stats::{CheckoutInfo, ErrorKind, PoolCounters, PoolSnapshot, PoolSource};
 
 use parking_lot::Mutex;
 use sluice_config::{PoolMode, Upstream};
@@ -82,17 +86,45 @@ enum Grant {
     Slot,
 }
 
+/// Who holds a checked-out connection (for "oldest checkout" in the stats).
+#[derive(Debug, Clone)]
+pub struct ClientMeta {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Its application_name.
+    pub application_name: String,
+}
+
 #[derive(Default)]
 struct State {
     idle: Vec<ServerConn>,
     /// Connections that exist or are being opened (idle + checked out + connecting).
     total: usize,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Queued clients, oldest first, with when they started waiting.
+    waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
+    /// Checked-out connections by checkout id: since when, and by whom.
+    active: HashMap<u64, (Instant, Arc<ClientMeta>)>,
+    next_id: u64,
     closed: bool,
+}
+
+/// Outcome of the latest connect attempts, for `/health`.
+#[derive(Debug, Default, Clone)]
+struct Health {
+    last_ok: Option<Instant>,
+    last_error: Option<(Instant, String)>,
 }
 
 struct Inner {
     settings: PoolSettings,
+    /// `pool_size`, changeable by reload.
+    max_size: AtomicUsize,
+    /// `min_pool_size`, changeable by reload.
+    min_size: AtomicUsize,
+    /// `pool_timeout` in microseconds, changeable by reload.
+    timeout_us: AtomicU64,
+    counters: PoolCounters,
+    health: Mutex<Health>,
     state: Mutex<State>,
     /// Startup parameters of the first server connection, replayed to clients at login.
     params: Mutex<Option<ServerParams>>,
@@ -118,6 +150,11 @@ impl Pool {
     pub fn new(settings: PoolSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
+                max_size: AtomicUsize::new(settings.max_size),
+                min_size: AtomicUsize::new(settings.min_size),
+                timeout_us: AtomicU64::new(settings.timeout.as_micros() as u64),
+                counters: PoolCounters::new(),
+                health: Mutex::new(Health::default()),
                 settings,
                 state: Mutex::new(State::default()),
                 params: Mutex::new(None),
@@ -126,9 +163,67 @@ impl Pool {
         }
     }
 
-    /// The pool's settings.
+    /// The pool's settings as configured at start (sizes and timeout: see
+    /// [`Pool::resize`]).
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
+    }
+
+    /// Applies reloaded sizes and timeout; takes effect for the next checkout.
+    pub fn resize(&self, max_size: usize, min_size: usize, timeout: Duration) {
+        self.inner.max_size.store(max_size, Ordering::Relaxed);
+        self.inner.min_size.store(min_size, Ordering::Relaxed);
+        self.inner
+            .timeout_us
+            .store(timeout.as_micros() as u64, Ordering::Relaxed);
+        // Waiters may now fit under a larger limit.
+        let mut st = self.inner.state.lock();
+        while st.total < max_size {
+            let Some((_, tx)) = st.waiters.pop_front() else {
+                break;
+            };
+            if tx.send(Grant::Slot).is_ok() {
+                st.total += 1;
+            }
+        }
+    }
+
+    fn max_size(&self) -> usize {
+        self.inner.max_size.load(Ordering::Relaxed)
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_micros(self.inner.timeout_us.load(Ordering::Relaxed))
+    }
+
+    /// The pool's counters (sessions add queries, transactions and bytes).
+    pub fn counters(&self) -> &PoolCounters {
+        &self.inner.counters
+    }
+
+    /// Whether the upstream is reachable, judged from the latest connect attempts and
+    /// live connections: `Err(reason)` when the latest attempt failed.
+    pub fn health(&self) -> Result<(), String> {
+        let h = self.inner.health.lock().clone();
+        match (h.last_ok, h.last_error) {
+            (_, None) => Ok(()),
+            (Some(ok), Some((err, _))) if ok > err => Ok(()),
+            (_, Some((_, reason))) => Err(reason),
+        }
+    }
+
+    fn record_connect(&self, result: Result<(), String>) {
+        let mut h = self.inner.health.lock();
+        match result {
+            Ok(()) => {
+                h.last_ok = Some(Instant::now());
+                self.inner.counters.inc_server_connects();
+            }
+            Err(e) => {
+                h.last_error = Some((Instant::now(), e));
+                self.inner.counters.inc_error(ErrorKind::Connect);
+            }
+        }
     }
 
     /// The prepared statements shared by this pool's clients.
@@ -137,9 +232,38 @@ impl Pool {
     }
 
     /// Checks a connection out, waiting in line at most `pool_timeout`.
-    pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
+    pub async fn checkout(&self, who: &Arc<ClientMeta>) -> Result<PooledConn, PoolError> {
         let start = Instant::now();
-        let deadline = start + self.inner.settings.timeout;
+        let result = self.checkout_inner(start).await;
+        let counters = &self.inner.counters;
+        match result {
+            Ok(conn) => {
+                counters.record_checkout_wait(start.elapsed());
+                counters.inc_checkouts();
+                let id = {
+                    let mut st = self.inner.state.lock();
+                    st.next_id += 1;
+                    let id = st.next_id;
+                    st.active.insert(id, (Instant::now(), who.clone()));
+                    id
+                };
+                Ok(PooledConn {
+                    conn: Some(conn),
+                    pool: self.clone(),
+                    id,
+                })
+            }
+            Err(e) => {
+                if matches!(e, PoolError::Timeout { .. }) {
+                    counters.inc_error(ErrorKind::Timeout);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn checkout_inner(&self, start: Instant) -> Result<ServerConn, PoolError> {
+        let deadline = start + self.timeout();
         let conn = match self.next_step() {
             Step::Ready(conn) => conn,
             Step::Connect => self.connect_in_slot(deadline, start).await?,
@@ -165,10 +289,7 @@ impl Pool {
             drop(conn);
             self.connect_in_slot(deadline, start).await?
         };
-        Ok(PooledConn {
-            conn: Some(conn),
-            pool: self.clone(),
-        })
+        Ok(conn)
     }
 
     fn next_step(&self) -> Step {
@@ -181,12 +302,12 @@ impl Pool {
         if let Some(conn) = st.idle.pop() {
             return Step::Ready(conn);
         }
-        if st.total < self.inner.settings.max_size {
+        if st.total < self.max_size() {
             st.total += 1;
             return Step::Connect;
         }
         let (tx, rx) = oneshot::channel();
-        st.waiters.push_back(tx);
+        st.waiters.push_back((Instant::now(), tx));
         Step::Wait(rx)
     }
 
@@ -208,15 +329,18 @@ impl Pool {
             match attempt {
                 Ok(Ok(conn)) => {
                     self.remember_params(&conn);
+                    self.record_connect(Ok(()));
                     return Ok(conn);
                 }
                 Ok(Err(e)) if e.is_transient() && Instant::now() + backoff < deadline => {
+                    self.record_connect(Err(e.to_string()));
                     tracing::warn!(pool = %s.name, error = %e, "upstream connect failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Ok(Err(e)) => {
                     self.free_slot();
+                    self.record_connect(Err(e.to_string()));
                     tracing::warn!(pool = %s.name, error = %e, "upstream connect failed");
                     return Err(PoolError::Connect {
                         pool: s.name.clone(),
@@ -235,7 +359,7 @@ impl Pool {
         PoolError::Timeout {
             pool: self.name(),
             waited: start.elapsed(),
-            timeout: self.inner.settings.timeout,
+            timeout: self.timeout(),
         }
     }
 
@@ -252,11 +376,11 @@ impl Pool {
 
     /// Startup parameters to show clients; opens (and returns) a connection the first
     /// time if no server has been seen yet.
-    pub async fn server_params(&self) -> Result<ServerParams, PoolError> {
+    pub async fn server_params(&self, who: &Arc<ClientMeta>) -> Result<ServerParams, PoolError> {
         if let Some(p) = self.inner.params.lock().clone() {
             return Ok(p);
         }
-        let conn = self.checkout().await?;
+        let conn = self.checkout(who).await?;
         let params = conn.params.clone();
         conn.checkin();
         Ok(params)
@@ -278,7 +402,7 @@ impl Pool {
             return;
         }
         let mut conn = conn;
-        while let Some(tx) = st.waiters.pop_front() {
+        while let Some((_, tx)) = st.waiters.pop_front() {
             match tx.send(Grant::Conn(conn)) {
                 Ok(()) => return,
                 Err(Grant::Conn(c)) => conn = c,
@@ -292,7 +416,7 @@ impl Pool {
     /// gets the right to open a new one.
     fn free_slot(&self) {
         let mut st = self.inner.state.lock();
-        while let Some(tx) = st.waiters.pop_front() {
+        while let Some((_, tx)) = st.waiters.pop_front() {
             if tx.send(Grant::Slot).is_ok() {
                 return;
             }
@@ -311,7 +435,16 @@ impl Pool {
                     if st.closed {
                         return;
                     }
-                    let want = st.total < pool.inner.settings.min_size;
+                    // Below min_pool_size, or nothing open and no recent proof that the
+                    // upstream is reachable (keeps /health honest without a probe per request).
+                    let stale = pool
+                        .inner
+                        .health
+                        .lock()
+                        .last_ok
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(15));
+                    let want = st.total < pool.inner.min_size.load(Ordering::Relaxed)
+                        || (st.total == 0 && stale && st.waiters.is_empty());
                     if want {
                         st.total += 1;
                     }
@@ -325,11 +458,13 @@ impl Pool {
                 match ServerConn::connect(&s.upstream, s.connect_timeout).await {
                     Ok(conn) => {
                         pool.remember_params(&conn);
+                        pool.record_connect(Ok(()));
                         pool.checkin_conn(conn);
                         backoff = Duration::from_millis(500);
                     }
                     Err(e) => {
                         pool.free_slot();
+                        pool.record_connect(Err(e.to_string()));
                         tracing::warn!(pool = %s.name, error = %e, "could not open min_pool_size connection");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -348,12 +483,6 @@ impl Pool {
         st.total -= idle.len();
         st.waiters.clear();
     }
-
-    /// Point-in-time counts: (total, idle, waiting).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let st = self.inner.state.lock();
-        (st.total, st.idle.len(), st.waiters.len())
-    }
 }
 
 /// A checked-out server connection. Dropping it closes the connection; call
@@ -361,12 +490,15 @@ impl Pool {
 pub struct PooledConn {
     conn: Option<ServerConn>,
     pool: Pool,
+    /// Key in the pool's table of active checkouts.
+    id: u64,
 }
 
 impl PooledConn {
     /// Returns a clean connection (at ReadyForQuery `I`, reset as the mode requires).
     pub fn checkin(mut self) {
         if let Some(conn) = self.conn.take() {
+            self.pool.inner.state.lock().active.remove(&self.id);
             self.pool.checkin_conn(conn);
         }
     }
@@ -380,8 +512,56 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
+            self.pool.inner.state.lock().active.remove(&self.id);
             self.pool.free_slot();
         }
+    }
+}
+
+impl PoolSource for Pool {
+    fn snapshot(&self) -> PoolSnapshot {
+        let s = &self.inner.settings;
+        let (database, user) = s.name.split_once('/').unwrap_or((&s.name, ""));
+        let (size, idle, active, waiting, longest_wait, oldest) = {
+            let st = self.inner.state.lock();
+            let oldest = st
+                .active
+                .values()
+                .min_by_key(|(since, _)| *since)
+                .map(|(since, who)| CheckoutInfo {
+                    client_addr: who.addr.to_string(),
+                    application_name: who.application_name.clone(),
+                    age_seconds: since.elapsed().as_secs_f64(),
+                });
+            let longest = st
+                .waiters
+                .front()
+                .map(|(t, _)| t.elapsed().as_secs_f64())
+                .unwrap_or(0.0);
+            (
+                st.total,
+                st.idle.len(),
+                st.active.len(),
+                st.waiters.len(),
+                longest,
+                oldest,
+            )
+        };
+        PoolSnapshot {
+            name: s.name.clone(),
+            database: database.to_owned(),
+            user: user.to_owned(),
+            mode: s.mode.to_string(),
+            max: self.max_size() as u64,
+            size: size as u64,
+            idle: idle as u64,
+            active: active as u64,
+            waiting: waiting as u64,
+            longest_wait_seconds: longest_wait,
+            oldest_checkout: oldest,
+            ..PoolSnapshot::default()
+        }
+        .with_counters(self.inner.counters.snapshot())
     }
 }
 

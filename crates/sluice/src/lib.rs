@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
 mod signal;
 
@@ -15,6 +16,7 @@ use sluice_config::Config;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use admin::Loader;
 pub use cli::Cli;
 
 /// Exit code for a configuration error (`EX_CONFIG` from sysexits.h).
@@ -42,7 +44,8 @@ pub fn cli_main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, signal::shutdown_signal())) {
+    let loader: admin::Loader = Arc::new(move || cli.load_config());
+    match runtime.block_on(run(config, loader, signal::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -55,6 +58,7 @@ pub fn cli_main() -> ExitCode {
 /// lets running transactions finish (bounded by `general.shutdown_timeout`) and returns.
 pub async fn run(
     config: Arc<Config>,
+    loader: admin::Loader,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(sluice_pg::Context::new(config.clone()).context("building pools")?);
@@ -70,6 +74,20 @@ pub async fn run(
     ctx.start_pools();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    if config.admin.enabled {
+        let hooks = Arc::new(admin::Hooks {
+            ctx: ctx.clone(),
+            loader: loader.clone(),
+        });
+        let state =
+            sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks);
+        let server = sluice_admin::AdminServer::bind(config.admin.listen, state)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        tracing::info!(listen = %config.admin.listen, "admin listener ready");
+        tokio::spawn(server.run(token.clone()));
+    }
+    tokio::spawn(signal::reload_on_sighup(ctx.clone(), loader));
     let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
     shutdown.await;
     tracing::info!("shutting down: no new clients; waiting for running transactions");

@@ -1,23 +1,33 @@
-//! Process signals: SIGTERM and SIGINT start a graceful shutdown; SIGHUP is logged (online
-//! reload comes with the admin listener) instead of killing the process.
+//! Process signals: SIGTERM and SIGINT start a graceful shutdown; SIGHUP reloads the
+//! configuration (like `POST /admin/reload`).
+
+use std::sync::Arc;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+/// Reloads the configuration on every SIGHUP.
+pub async fn reload_on_sighup(ctx: Arc<sluice_pg::Context>, loader: crate::admin::Loader) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; use POST /admin/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading configuration");
+        let _ = crate::admin::reload(&ctx, &loader);
+    }
+}
+
 /// Completes on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; use SIGKILL to stop");
         return std::future::pending().await;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
-            _ = int.recv() => { tracing::info!("SIGINT received"); return; }
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet"),
-        }
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

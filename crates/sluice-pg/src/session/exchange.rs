@@ -151,6 +151,9 @@ pub(crate) struct Exchange {
     tentative: Vec<Effect>,
     /// Value captured from the DataRow of an injected `current_setting` query.
     captured: Option<Option<String>>,
+    /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
+    /// [`Exchange::take_counts`], for the pool's statistics.
+    counts: (u64, u64),
 }
 
 impl Exchange {
@@ -168,6 +171,7 @@ impl Exchange {
             last_commit: false,
             tentative: Vec::new(),
             captured: None,
+            counts: (0, 0),
         }
     }
 
@@ -195,6 +199,11 @@ impl Exchange {
     /// The last frame sent to the client was an ErrorResponse.
     pub(crate) fn last_was_error(&self) -> bool {
         self.last_was_error
+    }
+
+    /// Returns and zeroes (queries, transactions) counted since the last call.
+    pub(crate) fn take_counts(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.counts)
     }
 
     /// Prepares for a freshly checked-out server (at ReadyForQuery `I`).
@@ -254,7 +263,10 @@ impl Exchange {
     ) -> Result<(), ProtocolError> {
         let map = self.features.map_statements;
         match tag {
-            b'Q' => return self.client_query(body, raw, io),
+            b'Q' => {
+                self.counts.0 += 1;
+                return self.client_query(body, raw, io);
+            }
             b'P' => {
                 self.begin_batch(io);
                 let p = Parse::decode(body)?;
@@ -324,6 +336,7 @@ impl Exchange {
                 }
             }
             b'E' => {
+                self.counts.0 += 1;
                 self.begin_batch(io);
                 io.to_server.put_slice(raw);
                 self.syncs_since_command = 0;

@@ -237,6 +237,9 @@ impl Exchange {
 
     fn ready(&mut self, status: u8, io: &mut Io<'_>) -> Fate {
         self.status = status;
+        if status == b'I' {
+            self.counts.1 += 1;
+        }
         // Drop anything owed before this ReadyForQuery (defensive; normally nothing).
         let mut done = None;
         while let Some(e) = self.queue.pop_front() {

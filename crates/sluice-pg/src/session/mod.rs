@@ -24,6 +24,7 @@ use tracing::Instrument;
 pub use error::SessionError;
 
 use crate::context::Context;
+use crate::pool::ClientMeta;
 use crate::protocol::backend;
 use crate::state::ClientState;
 use io::ClientIo;
@@ -48,7 +49,7 @@ pub async fn serve(
     async move {
         let _ = stream.set_nodelay(true);
         let mut client = ClientIo::new(stream);
-        match run(&mut client, &ctx, &shutdown).await {
+        match run(&mut client, peer, &ctx, &shutdown).await {
             Ok(()) => tracing::debug!("client done"),
             Err(e) => {
                 e.log();
@@ -66,6 +67,7 @@ pub async fn serve(
 
 async fn run(
     client: &mut ClientIo,
+    peer: SocketAddr,
     ctx: &Arc<Context>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -93,7 +95,14 @@ async fn run(
         .ok_or(SessionError::AuthFailed(user.clone()))?;
     tracing::debug!(user = %user, database = %dbname, "client authenticated");
 
-    let server_params = pool.server_params().await.map_err(SessionError::Pool)?;
+    let who = Arc::new(ClientMeta {
+        addr: peer,
+        application_name: params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_owned(),
+    });
+    let server_params = pool.server_params(&who).await.map_err(SessionError::Pool)?;
     let registration = ctx.cancel.register();
     backend::auth_ok(&mut out);
     let state = ClientState::from_startup(&params.params);
@@ -106,7 +115,8 @@ async fn run(
     client.write(&out).await?;
     out.clear();
 
-    relay::Relay::new(client, pool, &registration.slot, state)
+    let gauge = ctx.stats.clients().track(sluice_stats::ClientState::Idle);
+    relay::Relay::new(client, pool, &registration.slot, state, who, gauge)
         .run(shutdown)
         .await
 }

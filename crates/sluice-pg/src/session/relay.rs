@@ -21,11 +21,13 @@ use super::exchange::{Exchange, Features, Io};
 use super::io::{ClientIo, MAX_CLIENT_FRAME};
 use super::SessionError;
 use crate::cancel::CancelSlot;
-use crate::pool::{Pool, PooledConn};
+use crate::pool::{ClientMeta, Pool, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::frame_len;
 use crate::state::ClientState;
 use crate::upstream::UpstreamError;
+use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
+use std::sync::Arc;
 
 /// The relay state of one client.
 pub(crate) struct Relay<'a> {
@@ -41,6 +43,10 @@ pub(crate) struct Relay<'a> {
     skip_until_sync: bool,
     to_server: BytesMut,
     to_client: BytesMut,
+    /// Who this client is, for the pool's active-checkout table.
+    who: Arc<ClientMeta>,
+    /// This client's slot in the idle/waiting/active client gauges.
+    gauge: ClientGuard,
 }
 
 enum Flow {
@@ -54,6 +60,8 @@ impl<'a> Relay<'a> {
         pool: &'a Pool,
         cancel_slot: &'a CancelSlot,
         state: ClientState,
+        who: Arc<ClientMeta>,
+        gauge: ClientGuard,
     ) -> Self {
         let settings = pool.settings();
         let transaction = settings.mode == PoolMode::Transaction;
@@ -74,6 +82,8 @@ impl<'a> Relay<'a> {
             skip_until_sync: false,
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
+            who,
+            gauge,
         }
     }
 
@@ -147,6 +157,9 @@ impl<'a> Relay<'a> {
         self.client.buf.advance(len);
         result?;
         if !self.to_server.is_empty() {
+            self.pool
+                .counters()
+                .add_bytes_in(self.to_server.len() as u64);
             let sent = server.stream.write_all(&self.to_server).await;
             self.to_server.clear();
             if let Err(e) = sent {
@@ -155,11 +168,27 @@ impl<'a> Relay<'a> {
                 return Err(SessionError::ServerLost(e.into()));
             }
         }
+        self.count();
         self.flush_client().await
+    }
+
+    /// Moves the exchange's query and transaction counts into the pool's counters.
+    fn count(&mut self) {
+        let (queries, transactions) = self.exchange.take_counts();
+        let counters = self.pool.counters();
+        for _ in 0..queries {
+            counters.inc_queries();
+        }
+        for _ in 0..transactions {
+            counters.inc_transactions();
+        }
     }
 
     async fn flush_client(&mut self) -> Result<(), SessionError> {
         if !self.to_client.is_empty() {
+            self.pool
+                .counters()
+                .add_bytes_out(self.to_client.len() as u64);
             let r = self.client.write(&self.to_client).await;
             self.to_client.clear();
             r?;
@@ -173,14 +202,18 @@ impl<'a> Relay<'a> {
     /// of the request) and must be dropped.
     async fn checkout(&mut self, len: usize) -> Result<Option<usize>, SessionError> {
         if !self.skip_until_sync {
-            match self.pool.checkout().await {
+            self.gauge.set(GaugeState::Waiting);
+            let checkout = self.pool.checkout(&self.who).await;
+            match checkout {
                 Ok(server) => {
+                    self.gauge.set(GaugeState::Active);
                     self.cancel_slot.set(Some(server.cancel.clone()));
                     self.server = Some(server);
                     self.exchange.on_checkout();
                     return Ok(None);
                 }
                 Err(e) => {
+                    self.gauge.set(GaugeState::Idle);
                     tracing::warn!(error = %e, "checkout failed");
                     let (code, message) = pool_error_fields(&e);
                     backend::error_response(&mut self.to_client, Severity::Error, code, &message);
@@ -230,6 +263,7 @@ impl<'a> Relay<'a> {
             }
         };
         server.buf.advance(consumed);
+        self.count();
         self.flush_client().await?;
         if self.mode == PoolMode::Transaction && self.exchange.idle() {
             self.release().await;
@@ -240,6 +274,8 @@ impl<'a> Relay<'a> {
     /// The server closed or failed while this client held it.
     fn server_lost(&mut self) -> Result<Flow, SessionError> {
         self.server = None;
+        self.gauge.set(GaugeState::Idle);
+        self.pool.counters().inc_error(ErrorKind::ServerLost);
         self.cancel_slot.set(None);
         if self.exchange.last_was_error() {
             // The server already told the client why (e.g. FATAL 57P01 on shutdown).
@@ -253,6 +289,7 @@ impl<'a> Relay<'a> {
         let Some(mut server) = self.server.take() else {
             return;
         };
+        self.gauge.set(GaugeState::Idle);
         self.cancel_slot.set(None);
         let reset = &self.pool.settings().reset_query;
         if self.exchange.needs_reset() && !reset.is_empty() {
