@@ -17,6 +17,34 @@ use crate::upstream::CancelKey;
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     current: Mutex<Option<CancelKey>>,
+    /// Who the client is (for `SHOW CLIENTS`).
+    pub info: ClientInfo,
+}
+
+/// A connected client, as the admin console lists it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientInfo {
+    /// User name it logged in as.
+    pub user: String,
+    /// Database it asked for.
+    pub database: String,
+    /// Its address.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Its application_name.
+    pub application_name: String,
+    /// When it connected (seconds since the Unix epoch).
+    pub connected_at: u64,
+}
+
+/// One row of [`CancelRegistry::list`].
+#[derive(Debug, Clone)]
+pub struct ClientRow {
+    /// The process id Sluice gave the client.
+    pub pid: i32,
+    /// Who it is.
+    pub info: ClientInfo,
+    /// The backend pid of the server it holds right now, if any.
+    pub server_pid: Option<i32>,
 }
 
 impl CancelSlot {
@@ -52,9 +80,12 @@ impl Drop for Registration {
 
 impl CancelRegistry {
     /// Allocates a fresh, unused (pid, secret) pair for a new client.
-    pub fn register(self: &Arc<Self>) -> Registration {
+    pub fn register(self: &Arc<Self>, info: ClientInfo) -> Registration {
         let mut rng = rand::thread_rng();
-        let slot = Arc::new(CancelSlot::default());
+        let slot = Arc::new(CancelSlot {
+            current: Mutex::new(None),
+            info,
+        });
         let mut clients = self.clients.lock();
         loop {
             let pid = rng.gen_range(1..i32::MAX);
@@ -70,6 +101,19 @@ impl CancelRegistry {
                 slot,
             };
         }
+    }
+
+    /// Every registered client, for `SHOW CLIENTS`.
+    pub fn list(&self) -> Vec<ClientRow> {
+        let clients = self.clients.lock();
+        clients
+            .iter()
+            .map(|(pid, (_, slot))| ClientRow {
+                pid: *pid,
+                info: slot.info.clone(),
+                server_pid: slot.current.lock().as_ref().map(|k| k.pid),
+            })
+            .collect()
     }
 
     /// Handles a client's CancelRequest: if the key matches a client that is using a server

@@ -59,6 +59,10 @@ pub struct Context {
     pub clients: AtomicUsize,
     /// Statistics shared with the admin listener.
     pub stats: Arc<Registry>,
+    /// Admin users allowed into the SQL console, with their credentials.
+    pub admin_users: HashMap<String, UserAuth>,
+    /// Reload and shutdown for the console, set by the binary at start.
+    pub console_hooks: std::sync::OnceLock<Arc<dyn crate::console::ConsoleHooks>>,
 }
 
 impl Context {
@@ -111,6 +115,22 @@ impl Context {
                 },
             );
         }
+        let mut admin_users = HashMap::new();
+        for name in &pg.admin_users {
+            let auth = configured.get(name).cloned().or_else(|| {
+                pg.databases
+                    .iter()
+                    .find(|d| &d.upstream.user == name)
+                    .map(|d| {
+                        let secret = Secret::Plain(d.upstream.password.clone().unwrap_or_default());
+                        let scram = secret.scram_verifier();
+                        UserAuth { secret, scram }
+                    })
+            });
+            if let Some(auth) = auth {
+                admin_users.insert(name.clone(), auth);
+            }
+        }
         let stats = Arc::new(Registry::new());
         for db in databases.values() {
             for pool in db.pools.values() {
@@ -123,6 +143,8 @@ impl Context {
             cancel: Arc::new(CancelRegistry::default()),
             clients: AtomicUsize::new(0),
             stats,
+            admin_users,
+            console_hooks: std::sync::OnceLock::new(),
         })
     }
 

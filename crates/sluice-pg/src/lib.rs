@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod cancel;
+pub mod console;
 pub mod context;
 pub mod listener;
 pub mod pool;

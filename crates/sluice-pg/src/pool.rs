@@ -102,8 +102,8 @@ struct State {
     total: usize,
     /// Queued clients, oldest first, with when they started waiting.
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
-    /// Checked-out connections by checkout id: since when, and by whom.
-    active: HashMap<u64, (Instant, Arc<ClientMeta>)>,
+    /// Checked-out connections by checkout id: since when, by whom, backend pid.
+    active: HashMap<u64, (Instant, Arc<ClientMeta>, i32)>,
     next_id: u64,
     closed: bool,
 }
@@ -125,6 +125,9 @@ struct Inner {
     timeout_us: AtomicU64,
     counters: PoolCounters,
     health: Mutex<Health>,
+    /// `PAUSE`: new checkouts wait (within `pool_timeout`) until `RESUME`.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
     state: Mutex<State>,
     /// Startup parameters of the first server connection, replayed to clients at login.
     params: Mutex<Option<ServerParams>>,
@@ -155,6 +158,8 @@ impl Pool {
                 timeout_us: AtomicU64::new(settings.timeout.as_micros() as u64),
                 counters: PoolCounters::new(),
                 health: Mutex::new(Health::default()),
+                paused: std::sync::atomic::AtomicBool::new(false),
+                resumed: tokio::sync::Notify::new(),
                 settings,
                 state: Mutex::new(State::default()),
                 params: Mutex::new(None),
@@ -186,6 +191,40 @@ impl Pool {
                 st.total += 1;
             }
         }
+    }
+
+    /// `PAUSE`: holds new checkouts and waits until no connection is checked out.
+    pub async fn pause(&self) {
+        self.inner.paused.store(true, Ordering::Release);
+        while !self.inner.state.lock().active.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `RESUME`: lets held checkouts proceed.
+    pub fn resume(&self) {
+        self.inner.paused.store(false, Ordering::Release);
+        self.inner.resumed.notify_waiters();
+    }
+
+    /// True while paused.
+    pub fn is_paused(&self) -> bool {
+        self.inner.paused.load(Ordering::Acquire)
+    }
+
+    /// Server connections, for `SHOW SERVERS`: (backend pid, active?, age in seconds,
+    /// holder's address if active).
+    pub fn servers(&self) -> Vec<(i32, bool, f64, Option<SocketAddr>)> {
+        let st = self.inner.state.lock();
+        let idle = st
+            .idle
+            .iter()
+            .map(|c| (c.cancel.pid, false, c.created.elapsed().as_secs_f64(), None));
+        let active = st
+            .active
+            .values()
+            .map(|(since, who, pid)| (*pid, true, since.elapsed().as_secs_f64(), Some(who.addr)));
+        idle.chain(active).collect()
     }
 
     fn max_size(&self) -> usize {
@@ -244,7 +283,8 @@ impl Pool {
                     let mut st = self.inner.state.lock();
                     st.next_id += 1;
                     let id = st.next_id;
-                    st.active.insert(id, (Instant::now(), who.clone()));
+                    st.active
+                        .insert(id, (Instant::now(), who.clone(), conn.cancel.pid));
                     id
                 };
                 Ok(PooledConn {
@@ -264,6 +304,15 @@ impl Pool {
 
     async fn checkout_inner(&self, start: Instant) -> Result<ServerConn, PoolError> {
         let deadline = start + self.timeout();
+        while self.inner.paused.load(Ordering::Acquire) {
+            let resumed = self.inner.resumed.notified();
+            if !self.inner.paused.load(Ordering::Acquire) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, resumed).await.is_err() {
+                return Err(self.timeout_error(start));
+            }
+        }
         let conn = match self.next_step() {
             Step::Ready(conn) => conn,
             Step::Connect => self.connect_in_slot(deadline, start).await?,
@@ -524,15 +573,15 @@ impl PoolSource for Pool {
         let (database, user) = s.name.split_once('/').unwrap_or((&s.name, ""));
         let (size, idle, active, waiting, longest_wait, oldest) = {
             let st = self.inner.state.lock();
-            let oldest = st
-                .active
-                .values()
-                .min_by_key(|(since, _)| *since)
-                .map(|(since, who)| CheckoutInfo {
-                    client_addr: who.addr.to_string(),
-                    application_name: who.application_name.clone(),
-                    age_seconds: since.elapsed().as_secs_f64(),
-                });
+            let oldest =
+                st.active
+                    .values()
+                    .min_by_key(|(since, _, _)| *since)
+                    .map(|(since, who, _)| CheckoutInfo {
+                        client_addr: who.addr.to_string(),
+                        application_name: who.application_name.clone(),
+                        age_seconds: since.elapsed().as_secs_f64(),
+                    });
             let longest = st
                 .waiters
                 .front()

@@ -45,6 +45,21 @@ impl StatementRegistry {
         stmt
     }
 
+    /// Forgets `stmt` (its server copies went stale, e.g. `cached plan must not change
+    /// result type` after ALTER TABLE): the next Parse of the same text gets a fresh
+    /// server-side statement, while clients that already hold `stmt` keep getting the
+    /// server's error, exactly as on a direct connection.
+    pub fn invalidate(&self, stmt: &Arc<Statement>) {
+        let mut guard = self.inner.lock();
+        if guard
+            .0
+            .get(&stmt.rest)
+            .is_some_and(|s| Arc::ptr_eq(s, stmt))
+        {
+            guard.0.remove(&stmt.rest);
+        }
+    }
+
     /// Number of distinct statements seen.
     pub fn len(&self) -> usize {
         self.inner.lock().0.len()
@@ -127,6 +142,11 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_ne!(a.server_name, c.server_name);
         assert_eq!(r.len(), 2);
+        r.invalidate(&a);
+        let d = r.intern(b"select 1\0\0\0");
+        assert_ne!(a.server_name, d.server_name);
+        r.invalidate(&a); // stale handle: no effect on the new one
+        assert!(Arc::ptr_eq(&d, &r.intern(b"select 1\0\0\0")));
     }
 
     #[test]

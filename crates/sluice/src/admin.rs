@@ -41,6 +41,28 @@ impl AdminHooks for Hooks {
     }
 }
 
+/// The console's RELOAD and SHUTDOWN. Holds the context weakly: the context owns it.
+pub struct ConsoleBridge {
+    /// Shared Postgres state.
+    pub ctx: std::sync::Weak<Context>,
+    /// How to load the configuration again.
+    pub loader: Loader,
+    /// Cancelled by SHUTDOWN.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
+    fn reload(&self) -> Result<String, String> {
+        let ctx = self.ctx.upgrade().ok_or("shutting down")?;
+        reload(&ctx, &self.loader)
+    }
+
+    fn shutdown(&self) {
+        tracing::info!("SHUTDOWN from the admin console");
+        self.stop.cancel();
+    }
+}
+
 /// Loads the configuration again and applies what can change online: pool sizes,
 /// `min_pool_size` and `pool_timeout`. Changes that need a restart (listen address,
 /// databases, users, pool mode, auth) are named in the result. An invalid file changes

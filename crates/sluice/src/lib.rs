@@ -87,9 +87,19 @@ pub async fn run(
         tracing::info!(listen = %config.admin.listen, "admin listener ready");
         tokio::spawn(server.run(token.clone()));
     }
+    let stop = CancellationToken::new();
+    let bridge = admin::ConsoleBridge {
+        ctx: Arc::downgrade(&ctx),
+        loader: loader.clone(),
+        stop: stop.clone(),
+    };
+    let _ = ctx.console_hooks.set(Arc::new(bridge));
     tokio::spawn(signal::reload_on_sighup(ctx.clone(), loader));
     let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = stop.cancelled() => {}
+    }
     tracing::info!("shutting down: no new clients; waiting for running transactions");
     token.cancel();
     let _ = accept.await;

@@ -107,8 +107,9 @@ enum Expect {
         server_name: Option<Arc<str>>,
         client_name: Option<String>,
     },
-    Bind,
-    Describe,
+    /// The shared statement bound or described, if mapped (invalidated on 0A000).
+    Bind(Option<Arc<Statement>>),
+    Describe(Option<Arc<Statement>>),
     Execute,
     Close {
         /// Server name of a statement Sluice evicted (swallowed; restored if skipped).
@@ -303,26 +304,28 @@ impl Exchange {
             b'B' => {
                 self.begin_batch(io);
                 let b = Bind::decode(body)?;
-                match self.mapped(b.statement, io) {
+                let stmt = self.mapped(b.statement, io);
+                match &stmt {
                     Some(stmt) => {
-                        self.ensure_prepared(&stmt, io);
+                        self.ensure_prepared(stmt, io);
                         b.write_renamed(io.to_server, &stmt.server_name);
                     }
                     None => io.to_server.put_slice(raw),
                 }
-                self.push(Expect::Bind);
+                self.push(Expect::Bind(stmt));
             }
             b'D' => {
                 self.begin_batch(io);
                 let t = Target::decode(body)?;
-                match (t.kind, self.mapped(t.name, io)) {
-                    (b'S', Some(stmt)) => {
-                        self.ensure_prepared(&stmt, io);
+                let stmt = self.mapped(t.name, io).filter(|_| t.kind == b'S');
+                match &stmt {
+                    Some(stmt) => {
+                        self.ensure_prepared(stmt, io);
                         messages::write_target(io.to_server, b'D', b'S', &stmt.server_name);
                     }
-                    _ => io.to_server.put_slice(raw),
+                    None => io.to_server.put_slice(raw),
                 }
-                self.push(Expect::Describe);
+                self.push(Expect::Describe(stmt));
             }
             b'C' => {
                 self.begin_batch(io);

@@ -84,7 +84,7 @@ impl Exchange {
                 _ => Fate::Forward,
             },
             b'T' | b'n' => {
-                if matches!(self.queue.front(), Some(Expect::Describe)) {
+                if matches!(self.queue.front(), Some(Expect::Describe(_))) {
                     self.queue.pop_front();
                 }
                 self.fate()
@@ -110,7 +110,7 @@ impl Exchange {
                 }
                 self.fate()
             }
-            b'E' => self.error(io),
+            b'E' => self.error(body, io),
             b'Z' => self.ready(body.first().copied().unwrap_or(b'I'), io),
             b'S' => {
                 let explained = matches!(
@@ -166,7 +166,13 @@ impl Exchange {
 
     /// An ErrorResponse: in a simple query it only marks the query failed; in the extended
     /// protocol the server now skips to Sync, so everything owed before the Sync is undone.
-    fn error(&mut self, io: &mut Io<'_>) -> Fate {
+    fn error(&mut self, body: &[u8], io: &mut Io<'_>) -> Fate {
+        if let Some(Expect::Bind(Some(stmt)) | Expect::Describe(Some(stmt))) = self.queue.front() {
+            if error_code(body) == Some(b"0A000") {
+                // "cached plan must not change result type": the shared copy is stale.
+                io.registry.invalidate(stmt);
+            }
+        }
         match self.queue.front_mut() {
             Some(Expect::Query {
                 swallow, failed, ..
@@ -286,6 +292,22 @@ impl Exchange {
         }
         fate
     }
+}
+
+/// The SQLSTATE field of an ErrorResponse body.
+fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let nul = tail.iter().position(|&b| b == 0)?;
+        if field == b'C' {
+            return Some(&tail[..nul]);
+        }
+        rest = &tail[nul + 1..];
+    }
+    None
 }
 
 fn apply(e: Effect, io: &mut Io<'_>) {

@@ -445,3 +445,22 @@ fn deallocate_and_listen_are_answered_by_sluice() {
     assert_eq!(tags(&to_client), "EZ");
     assert!(f.ex.idle());
 }
+
+#[test]
+fn stale_shared_statement_is_replaced_after_0a000() {
+    let mut f = Fixture::new(10);
+    f.client(&cat(&[&parse("a", "select * from t"), &sync()]));
+    f.server(&cat(&[&be(b'1', b""), &ready(b'I')]));
+    let (to_server, _) = f.client(&bind_execute_sync("a"));
+    assert_eq!(tags(&to_server), "BES");
+    let stale = be(
+        b'E',
+        b"SERROR\0C0A000\0Mcached plan must not change result type\0\0",
+    );
+    assert_eq!(tags(&f.server(&cat(&[&stale, &ready(b'I')]))), "EZ");
+    // A new Parse of the same text gets a fresh server-side statement.
+    let (to_server, to_client) = f.client(&cat(&[&parse("b", "select * from t"), &sync()]));
+    assert_eq!(tags(&to_server), "PS");
+    assert!(to_client.is_empty());
+    assert_eq!(stmt_name(&to_server[0]), "sluice_2");
+}

@@ -59,6 +59,21 @@ impl ClientIo {
         }
     }
 
+    /// Reads one tagged frame in the admin console (bounded like an auth frame, but larger).
+    pub(crate) async fn read_console_frame(&mut self) -> Result<Option<(u8, Bytes)>, SessionError> {
+        loop {
+            if let Some(total) = frame_len(&self.buf, 1 << 20)? {
+                let mut frame = self.buf.split_to(total);
+                let tag = frame[0];
+                frame.advance(5);
+                return Ok(Some((tag, frame.freeze())));
+            }
+            if !self.fill().await? {
+                return self.eof();
+            }
+        }
+    }
+
     fn eof<T>(&self) -> Result<Option<T>, SessionError> {
         if self.buf.is_empty() {
             Ok(None)

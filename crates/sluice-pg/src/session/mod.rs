@@ -22,12 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use error::SessionError;
+pub(crate) use io::ClientIo;
 
 use crate::context::Context;
 use crate::pool::ClientMeta;
 use crate::protocol::backend;
 use crate::state::ClientState;
-use io::ClientIo;
 
 /// Decrements the client count when a session ends, however it ends.
 struct ClientCount<'a>(&'a Context);
@@ -82,6 +82,13 @@ async fn run(
     }
     let user = params.user().ok_or(SessionError::MissingUser)?.to_owned();
     let dbname = params.database().unwrap_or_default().to_owned();
+    if crate::console::CONSOLE_DATABASES.contains(&dbname.as_str()) {
+        let mut out = BytesMut::new();
+        let known = ctx.admin_users.get(&user);
+        auth::authenticate(client, &mut out, pg.auth_type, &user, known).await?;
+        client.write(&out).await?;
+        return crate::console::serve(client, ctx, shutdown).await;
+    }
     let db = ctx
         .databases
         .get(&dbname)
@@ -103,7 +110,16 @@ async fn run(
             .to_owned(),
     });
     let server_params = pool.server_params(&who).await.map_err(SessionError::Pool)?;
-    let registration = ctx.cancel.register();
+    let registration = ctx.cancel.register(crate::cancel::ClientInfo {
+        user: user.clone(),
+        database: dbname.clone(),
+        addr: Some(peer),
+        application_name: who.application_name.clone(),
+        connected_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+    });
     backend::auth_ok(&mut out);
     let state = ClientState::from_startup(&params.params);
     for (name, value) in server_params.iter() {

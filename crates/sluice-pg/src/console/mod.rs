@@ -1,0 +1,139 @@
+//! The SQL admin console: clients that connect to the virtual database `sluice` (alias
+//! `pgbouncer`) as an admin user get PgBouncer's commands — `SHOW POOLS`, `SHOW STATS`,
+//! `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW DATABASES`, `SHOW CONFIG`, `SHOW VERSION`,
+//! `RELOAD`, `PAUSE [db]`, `RESUME [db]`, `SHUTDOWN` — with PgBouncer's column names where
+//! Sluice has the same number, so scripts and pgbouncer_exporter keep working.
+//!
+//! [`command`] parses (sans-IO), [`tables`] builds result sets from the shared statistics,
+//! and [`serve`] is the thin I/O loop (simple query protocol only, as in PgBouncer).
+
+pub mod command;
+pub mod tables;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::context::Context;
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::messages;
+use crate::session::{ClientIo, SessionError};
+use command::Command;
+
+/// Database names that reach the console instead of a pool.
+pub const CONSOLE_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
+
+/// What the console needs from the binary: reload and shutdown.
+pub trait ConsoleHooks: Send + Sync {
+    /// Reloads the configuration; `Ok(detail)` or `Err(reason)`.
+    fn reload(&self) -> Result<String, String>;
+    /// Starts a graceful shutdown of the whole process.
+    fn shutdown(&self);
+}
+
+/// Serves console commands until the client leaves.
+pub(crate) async fn serve(
+    client: &mut ClientIo,
+    ctx: &Arc<Context>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    backend::auth_ok(&mut out);
+    backend::parameter_status(&mut out, "server_version", tables::VERSION);
+    backend::parameter_status(&mut out, "client_encoding", "UTF8");
+    backend::parameter_status(&mut out, "server_encoding", "UTF8");
+    backend::parameter_status(&mut out, "DateStyle", "ISO, MDY");
+    backend::parameter_status(&mut out, "standard_conforming_strings", "on");
+    backend::ready_for_query(&mut out, b'I');
+    client.write(&out).await?;
+    loop {
+        out.clear();
+        let frame = tokio::select! {
+            f = client.read_console_frame() => f?,
+            _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+        };
+        let Some((tag, body)) = frame else {
+            return Ok(());
+        };
+        match tag {
+            b'X' => return Ok(()),
+            b'Q' => {
+                let sql = messages::query_text(&body)?;
+                let shutdown = run(sql, ctx, &mut out).await;
+                backend::ready_for_query(&mut out, b'I');
+                client.write(&out).await?;
+                if shutdown {
+                    if let Some(h) = ctx.console_hooks.get() {
+                        h.shutdown();
+                    }
+                }
+            }
+            _ => {
+                backend::error_response(
+                    &mut out,
+                    Severity::Error,
+                    "08P01",
+                    "the admin console accepts simple queries only",
+                );
+                backend::ready_for_query(&mut out, b'I');
+                client.write(&out).await?;
+            }
+        }
+    }
+}
+
+/// Runs one console statement, appending its results to `out`. Returns true for SHUTDOWN.
+async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
+    let cmd = match command::parse(sql) {
+        Ok(c) => c,
+        Err(msg) => {
+            backend::error_response(out, Severity::Error, "42601", &msg);
+            return false;
+        }
+    };
+    tracing::info!(command = ?cmd, "admin console");
+    match cmd {
+        Command::Empty => messages::write_empty(out, b'I'),
+        Command::Show(what) => tables::show(what, ctx).encode(out),
+        Command::Reload => match ctx.console_hooks.get().map(|h| h.reload()) {
+            Some(Ok(_)) => messages::write_command_complete(out, "RELOAD"),
+            Some(Err(e)) => backend::error_response(out, Severity::Error, "F0000", &e),
+            None => backend::error_response(out, Severity::Error, "0A000", "reload unavailable"),
+        },
+        Command::Pause(db) | Command::Resume(db) if !known(ctx, db.as_deref()) => {
+            let msg = format!("no such database: {}", db.unwrap_or_default());
+            backend::error_response(out, Severity::Error, "3D000", &msg);
+        }
+        Command::Pause(db) => {
+            for (_, pool) in pools(ctx, db.as_deref()) {
+                pool.pause().await;
+            }
+            messages::write_command_complete(out, "PAUSE");
+        }
+        Command::Resume(db) => {
+            for (_, pool) in pools(ctx, db.as_deref()) {
+                pool.resume();
+            }
+            messages::write_command_complete(out, "RESUME");
+        }
+        Command::Shutdown => {
+            messages::write_command_complete(out, "SHUTDOWN");
+            return true;
+        }
+    }
+    false
+}
+
+fn known(ctx: &Context, db: Option<&str>) -> bool {
+    db.is_none_or(|d| ctx.databases.contains_key(d))
+}
+
+fn pools<'a>(
+    ctx: &'a Context,
+    db: Option<&'a str>,
+) -> impl Iterator<Item = (&'a str, &'a crate::pool::Pool)> {
+    ctx.databases
+        .iter()
+        .filter(move |(name, _)| db.is_none_or(|d| d == name.as_str()))
+        .flat_map(|(name, d)| d.pools.values().map(move |p| (name.as_str(), p)))
+}

@@ -1,0 +1,363 @@
+//! Result sets of the console's `SHOW` commands, built from the same statistics the HTTP
+//! admin listener serves, and their encoding as RowDescription / DataRow / CommandComplete.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, BytesMut};
+use sluice_stats::PoolSource;
+
+use super::command::Show;
+use crate::context::Context;
+use crate::protocol::messages;
+
+/// What `SHOW VERSION` and the console's `server_version` say.
+pub const VERSION: &str = concat!("Sluice ", env!("CARGO_PKG_VERSION"));
+
+/// A result set of text columns.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResultSet {
+    /// Column names.
+    pub columns: Vec<&'static str>,
+    /// Rows of text values (`None`: NULL).
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl ResultSet {
+    fn new(columns: &[&'static str]) -> Self {
+        Self {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, values: Vec<String>) {
+        self.rows.push(values.into_iter().map(Some).collect());
+    }
+
+    /// Appends RowDescription, the DataRows and CommandComplete `SHOW`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        out.put_u8(b'T');
+        out.put_i32(0);
+        out.put_i16(self.columns.len() as i16);
+        for c in &self.columns {
+            out.put_slice(c.as_bytes());
+            out.put_u8(0);
+            out.put_i32(0); // table oid
+            out.put_i16(0); // column number
+            out.put_i32(25); // text
+            out.put_i16(-1);
+            out.put_i32(-1);
+            out.put_i16(0); // text format
+        }
+        patch_len(out, start);
+        for row in &self.rows {
+            let start = out.len();
+            out.put_u8(b'D');
+            out.put_i32(0);
+            out.put_i16(row.len() as i16);
+            for v in row {
+                match v {
+                    Some(v) => {
+                        out.put_i32(v.len() as i32);
+                        out.put_slice(v.as_bytes());
+                    }
+                    None => out.put_i32(-1),
+                }
+            }
+            patch_len(out, start);
+        }
+        messages::write_command_complete(out, "SHOW");
+    }
+}
+
+fn patch_len(out: &mut BytesMut, start: usize) {
+    let len = (out.len() - start - 1) as i32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Builds the result of one `SHOW`.
+pub fn show(what: Show, ctx: &Context) -> ResultSet {
+    match what {
+        Show::Pools => pools(ctx),
+        Show::Stats => stats(ctx),
+        Show::Clients => clients(ctx),
+        Show::Servers => servers(ctx),
+        Show::Databases => databases(ctx),
+        Show::Config => config(ctx),
+        Show::Version => {
+            let mut rs = ResultSet::new(&["version"]);
+            rs.row(vec![VERSION.to_owned()]);
+            rs
+        }
+    }
+}
+
+fn pools(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "sv_used",
+        "sv_tested",
+        "sv_login",
+        "maxwait",
+        "maxwait_us",
+        "pool_mode",
+    ]);
+    let mut clients: HashMap<(String, String), u64> = HashMap::new();
+    for c in ctx.cancel.list() {
+        *clients.entry((c.info.database, c.info.user)).or_default() += 1;
+    }
+    for (db, d) in sorted(ctx) {
+        for (user, pool) in sorted_pools(d) {
+            let s = pool.snapshot();
+            let total = clients
+                .get(&(db.clone(), user.clone()))
+                .copied()
+                .unwrap_or(0);
+            let wait = s.longest_wait_seconds;
+            rs.row(vec![
+                db.clone(),
+                user,
+                total.saturating_sub(s.waiting).to_string(),
+                s.waiting.to_string(),
+                s.active.to_string(),
+                s.idle.to_string(),
+                "0".into(),
+                "0".into(),
+                s.size.saturating_sub(s.idle + s.active).to_string(),
+                (wait.trunc() as u64).to_string(),
+                ((wait.fract() * 1e6) as u64).to_string(),
+                s.mode,
+            ]);
+        }
+    }
+    rs
+}
+
+fn stats(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "database",
+        "user",
+        "total_xact_count",
+        "total_query_count",
+        "total_received",
+        "total_sent",
+        "total_wait_time",
+        "total_server_connects",
+        "total_errors",
+    ]);
+    for (db, d) in sorted(ctx) {
+        for (user, pool) in sorted_pools(d) {
+            let c = pool.snapshot().counters;
+            rs.row(vec![
+                db.clone(),
+                user,
+                c.transactions_total.to_string(),
+                c.queries_total.to_string(),
+                c.bytes_in_total.to_string(),
+                c.bytes_out_total.to_string(),
+                ((c.checkout_wait.sum_seconds * 1e6) as u64).to_string(),
+                c.server_connects_total.to_string(),
+                c.errors.total().to_string(),
+            ]);
+        }
+    }
+    rs
+}
+
+fn clients(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "addr",
+        "port",
+        "connect_time",
+        "application_name",
+        "ptr",
+        "link",
+    ]);
+    let mut list = ctx.cancel.list();
+    list.sort_by_key(|c| c.pid);
+    for c in list {
+        let (addr, port) = c
+            .info
+            .addr
+            .map(|a| (a.ip().to_string(), a.port().to_string()))
+            .unwrap_or_default();
+        rs.row(vec![
+            "C".into(),
+            c.info.user,
+            c.info.database,
+            if c.server_pid.is_some() {
+                "active"
+            } else {
+                "idle"
+            }
+            .into(),
+            addr,
+            port,
+            c.info.connected_at.to_string(),
+            c.info.application_name,
+            c.pid.to_string(),
+            c.server_pid.map(|p| p.to_string()).unwrap_or_default(),
+        ]);
+    }
+    rs
+}
+
+fn servers(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "type",
+        "user",
+        "database",
+        "state",
+        "addr",
+        "port",
+        "pid",
+        "state_age",
+        "link",
+    ]);
+    for (db, d) in sorted(ctx) {
+        for (user, pool) in sorted_pools(d) {
+            let up = &pool.settings().upstream;
+            for (pid, active, age, link) in pool.servers() {
+                rs.row(vec![
+                    "S".into(),
+                    user.clone(),
+                    db.clone(),
+                    if active { "active" } else { "idle" }.into(),
+                    up.host.clone(),
+                    up.port.to_string(),
+                    pid.to_string(),
+                    format!("{age:.3}"),
+                    link.map(|a| a.to_string()).unwrap_or_default(),
+                ]);
+            }
+        }
+    }
+    rs
+}
+
+fn databases(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[
+        "name",
+        "host",
+        "port",
+        "database",
+        "force_user",
+        "pool_size",
+        "min_pool_size",
+        "pool_mode",
+        "current_connections",
+        "paused",
+    ]);
+    let pg = &ctx.config.postgres;
+    for (db, d) in sorted(ctx) {
+        let c = &d.config;
+        let current: u64 = d.pools.values().map(|p| p.snapshot().size).sum();
+        let paused = d.pools.values().any(|p| p.is_paused());
+        rs.row(vec![
+            db,
+            c.upstream.host.clone(),
+            c.upstream.port.to_string(),
+            c.upstream.database.clone(),
+            c.upstream.user.clone(),
+            c.pool_size(pg).to_string(),
+            c.min_pool_size(pg).to_string(),
+            c.pool_mode(pg).to_string(),
+            current.to_string(),
+            u8::from(paused).to_string(),
+        ]);
+    }
+    rs
+}
+
+fn config(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&["key", "value", "changeable"]);
+    let pg = &ctx.config.postgres;
+    let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
+    let rows: [(&str, String, bool); 12] = [
+        ("listen", pg.listen.to_string(), false),
+        ("pool_mode", pg.pool_mode.to_string(), false),
+        ("max_client_conn", pg.max_client_conn.to_string(), false),
+        ("pool_size", pg.pool_size.to_string(), true),
+        ("min_pool_size", pg.min_pool_size.to_string(), true),
+        ("pool_timeout", secs(pg.pool_timeout), true),
+        ("server_reset_query", pg.server_reset_query.clone(), false),
+        ("auth_type", pg.auth_type.to_string(), false),
+        (
+            "server_connect_timeout",
+            secs(pg.server_connect_timeout),
+            false,
+        ),
+        (
+            "max_prepared_statements",
+            pg.max_prepared_statements.to_string(),
+            false,
+        ),
+        (
+            "shutdown_timeout",
+            secs(ctx.config.general.shutdown_timeout),
+            false,
+        ),
+        ("admin_listen", ctx.config.admin.listen.to_string(), false),
+    ];
+    for (k, v, changeable) in rows {
+        rs.row(vec![
+            k.into(),
+            v,
+            if changeable { "yes" } else { "no" }.into(),
+        ]);
+    }
+    rs
+}
+
+fn sorted(ctx: &Context) -> Vec<(String, &crate::context::Database)> {
+    let mut v: Vec<_> = ctx.databases.iter().map(|(k, d)| (k.clone(), d)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn sorted_pools(d: &crate::context::Database) -> Vec<(String, &crate::pool::Pool)> {
+    let mut v: Vec<_> = d.pools.iter().map(|(k, p)| (k.clone(), p)).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::{Frames, MAX_FRAME_LEN};
+
+    #[test]
+    fn encodes_a_result_set() {
+        let mut rs = ResultSet::new(&["a", "b"]);
+        rs.row(vec!["1".into(), "xy".into()]);
+        rs.rows.push(vec![None, Some(String::new())]);
+        let mut out = BytesMut::new();
+        rs.encode(&mut out);
+        let tags: Vec<u8> = Frames::new(&out, MAX_FRAME_LEN).map(|f| f.tag).collect();
+        assert_eq!(tags, b"TDDC");
+        let mut buf = out.clone();
+        use postgres_protocol::message::backend::Message;
+        match Message::parse(&mut buf).unwrap() {
+            Some(Message::RowDescription(body)) => {
+                use fallible_iterator::FallibleIterator;
+                let names: Vec<String> = body
+                    .fields()
+                    .map(|f| Ok(f.name().to_owned()))
+                    .collect()
+                    .unwrap();
+                assert_eq!(names, ["a", "b"]);
+            }
+            _ => panic!("expected RowDescription"),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The SQL admin console (database `sluice` / `pgbouncer`): SHOW commands with PgBouncer's
+//! columns, PAUSE/RESUME, RELOAD, SHUTDOWN, and who may get in.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_sqlstate, sluice_for};
+use sluice_tests::{rows, scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
+use tokio_postgres::SimpleQueryMessage;
+
+fn columns(messages: &[SimpleQueryMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                Some(cols.iter().map(|c| c.name().to_owned()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_commands_pause_resume_and_access() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("console").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(3)
+        .user(APP_USER, APP_PASSWORD)
+        .user("admin", "adminpw")
+        .extra_postgres("admin_users = [\"admin\"]")
+        .start();
+    let app = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    assert_eq!(scalar(&app, "select 1").await, "1");
+
+    // Not an admin user: same 28P01 as a wrong password.
+    expect_sqlstate(
+        sluice.connect(APP_USER, APP_PASSWORD, "pgbouncer").await,
+        &["28P01"],
+    );
+    expect_sqlstate(sluice.connect("admin", "wrong", "sluice").await, &["28P01"]);
+
+    let admin = sluice
+        .connect("admin", "adminpw", "pgbouncer")
+        .await
+        .unwrap();
+    let pools = admin.simple_query("SHOW POOLS").await.unwrap();
+    let cols = columns(&pools);
+    for c in [
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "maxwait",
+        "pool_mode",
+    ] {
+        assert!(
+            cols.iter().any(|x| x == c),
+            "SHOW POOLS lacks {c}: {cols:?}"
+        );
+    }
+    let app_row = rows(&pools)
+        .into_iter()
+        .find(|r| r[0].as_deref() == Some(db.as_str()) && r[1].as_deref() == Some(APP_USER))
+        .expect("a row for the app pool");
+    assert_eq!(
+        app_row[2].as_deref(),
+        Some("1"),
+        "one app client: {app_row:?}"
+    );
+
+    let stats = admin.simple_query("show stats;").await.unwrap();
+    assert!(columns(&stats).contains(&"total_query_count".to_owned()));
+    let clients = admin.simple_query("SHOW CLIENTS").await.unwrap();
+    assert!(rows(&clients)
+        .iter()
+        .any(|r| r[2].as_deref() == Some(db.as_str())));
+    let servers = admin.simple_query("SHOW SERVERS").await.unwrap();
+    assert!(
+        !rows(&servers).is_empty(),
+        "the app's server connection is listed"
+    );
+    let dbs = admin.simple_query("SHOW DATABASES").await.unwrap();
+    assert!(rows(&dbs)
+        .iter()
+        .any(|r| r[0].as_deref() == Some(db.as_str())));
+    let version = scalar(&admin, "SHOW VERSION").await;
+    assert!(version.starts_with("Sluice "), "{version}");
+    assert!(!rows(&admin.simple_query("SHOW CONFIG").await.unwrap()).is_empty());
+    expect_sqlstate(admin.simple_query("SHOW NONSENSE").await, &["42601"]);
+
+    // PAUSE holds new transactions until RESUME.
+    admin.simple_query(&format!("PAUSE {db}")).await.unwrap();
+    let held = {
+        let app = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+        tokio::spawn(async move { scalar(&app, "select 'ran'").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!held.is_finished(), "a query ran while paused");
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .unwrap()
+            .unwrap(),
+        "ran"
+    );
+
+    admin.simple_query("RELOAD").await.unwrap();
+    expect_sqlstate(admin.simple_query("PAUSE no_such_db").await, &["3D000"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_from_the_console_exits_cleanly() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("console_stop").await;
+    let mut sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .extra_postgres(&format!("admin_users = [\"{APP_USER}\"]"))
+        .start();
+    let admin = sluice
+        .connect(APP_USER, APP_PASSWORD, "sluice")
+        .await
+        .unwrap();
+    admin.simple_query("SHUTDOWN").await.unwrap();
+    let status = sluice
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status:?}");
+}
