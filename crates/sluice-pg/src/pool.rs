@@ -484,6 +484,15 @@ impl Pool {
                     if st.closed {
                         return;
                     }
+                    // Drop idle connections the server closed (restart, idle timeout), so
+                    // min_pool_size is refilled and /health learns the upstream is gone.
+                    let before = st.idle.len();
+                    st.idle.retain(ServerConn::looks_alive);
+                    let dead = before - st.idle.len();
+                    if dead > 0 {
+                        st.total -= dead;
+                        tracing::info!(pool = %pool.inner.settings.name, dead, "closed dead idle server connections");
+                    }
                     // Below min_pool_size, or nothing open and no recent proof that the
                     // upstream is reachable (keeps /health honest without a probe per request).
                     let stale = pool
