@@ -38,6 +38,9 @@ impl ClientState {
                 }
             }
         }
+        // PostgreSQL's default is an empty application_name; without this a client would
+        // see whatever the previous client on that server set.
+        startup.entry("application_name".to_owned()).or_default();
         Self {
             settings: startup.clone(),
             startup,
@@ -200,6 +203,8 @@ mod tests {
         assert_eq!(c.setting("some.x"), Some("1"));
         assert_eq!(c.setting("x"), Some("a b"));
         assert_eq!(c.settings.len(), 6);
+        let bare = ClientState::from_startup(&[p("user", "app")]);
+        assert_eq!(bare.setting("application_name"), Some(""));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Override postgres.max_client_conn.
     #[arg(long, value_name = "N")]
     pub max_client_conn: Option<String>,
+    /// Override admin.listen (address:port of the HTTP admin listener).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     /// Override general.shutdown_timeout.
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<String>,
@@ -70,6 +73,7 @@ impl Cli {
             ("postgres.pool_timeout", &args.pool_timeout),
             ("postgres.max_client_conn", &args.max_client_conn),
             ("general.shutdown_timeout", &args.shutdown_timeout),
+            ("admin.listen", &args.admin_listen),
         ] {
             if let Some(v) = value {
                 overrides.push((key, v.clone()));

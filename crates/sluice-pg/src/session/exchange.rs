@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use super::sql::{classify, Statement as Sql};
+use super::sql::{classify, has_hidden_session_effects, Statement as Sql};
 use crate::prepared::{Statement, StatementRegistry};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{read_cstr, Frames, ProtocolError, MAX_FRAME_LEN};
@@ -79,6 +79,11 @@ enum Effect {
     ResetAll,
     DiscardAll,
     DeallocateAll,
+    /// Savepoint bookkeeping, so settings changed after a savepoint that is rolled back
+    /// to are forgotten.
+    Savepoint(String),
+    RollbackTo(String),
+    Release(String),
 }
 
 /// Something emitted to the client without a server message behind it.
@@ -150,6 +155,8 @@ pub(crate) struct Exchange {
     last_commit: bool,
     /// Setting changes made inside the open transaction block.
     tentative: Vec<Effect>,
+    /// Open savepoints: name and how many tentative effects preceded it.
+    savepoints: Vec<(String, usize)>,
     /// Value captured from the DataRow of an injected `current_setting` query.
     captured: Option<Option<String>>,
     /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
@@ -171,6 +178,7 @@ impl Exchange {
             last_was_error: false,
             last_commit: false,
             tentative: Vec::new(),
+            savepoints: Vec::new(),
             captured: None,
             counts: (0, 0),
         }
@@ -213,6 +221,7 @@ impl Exchange {
         self.needs_reset = false;
         self.skipping = false;
         self.tentative.clear();
+        self.savepoints.clear();
     }
 
     /// Marks that the server must be reset (e.g. the client left mid transaction).
@@ -271,6 +280,9 @@ impl Exchange {
             b'P' => {
                 self.begin_batch(io);
                 let p = Parse::decode(body)?;
+                if self.features.track_settings && has_hidden_session_effects(p.query()) {
+                    self.needs_reset = true;
+                }
                 if map && !p.name.is_empty() {
                     if io.client.statements.contains_key(p.name) {
                         self.refuse(
@@ -405,8 +417,14 @@ impl Exchange {
             Sql::ResetAll => (Some(Effect::ResetAll), true),
             Sql::DiscardAll => (Some(Effect::DiscardAll), true),
             Sql::DeallocateAll => (Some(Effect::DeallocateAll), false),
+            Sql::Savepoint(n) => (Some(Effect::Savepoint(n.clone())), false),
+            Sql::RollbackTo(n) => (Some(Effect::RollbackTo(n.clone())), false),
+            Sql::Release(n) => (Some(Effect::Release(n.clone())), false),
             _ => (None, false),
         };
+        if self.features.track_settings && has_hidden_session_effects(sql) {
+            self.needs_reset = true;
+        }
         self.sync_settings(io);
         io.to_server.put_slice(raw);
         self.syncs_since_command = 0;

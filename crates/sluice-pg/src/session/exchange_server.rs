@@ -274,6 +274,21 @@ impl Exchange {
                 e => e,
             });
             match (effect, status) {
+                (Some(Effect::Savepoint(name)), b'T') => {
+                    self.savepoints.push((name, self.tentative.len()));
+                }
+                (Some(Effect::RollbackTo(name)), b'T') => {
+                    if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                        self.tentative.truncate(self.savepoints[i].1);
+                        self.savepoints.truncate(i + 1);
+                    }
+                }
+                (Some(Effect::Release(name)), b'T') => {
+                    if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                        self.savepoints.truncate(i);
+                    }
+                }
+                (Some(Effect::Savepoint(_) | Effect::RollbackTo(_) | Effect::Release(_)), _) => {}
                 // Ran outside a transaction block: in force now.
                 (Some(e), b'I') => apply(e, io),
                 // Inside a block: in force only if the block commits.
@@ -283,6 +298,7 @@ impl Exchange {
         }
         self.captured = None;
         if status == b'I' {
+            self.savepoints.clear();
             let effects = std::mem::take(&mut self.tentative);
             if std::mem::take(&mut self.last_commit) {
                 for e in effects {
@@ -338,5 +354,6 @@ fn apply(e: Effect, io: &mut Io<'_>) {
             client.statements.clear();
         }
         Effect::DeallocateAll => client.statements.clear(),
+        Effect::Savepoint(_) | Effect::RollbackTo(_) | Effect::Release(_) => {}
     }
 }

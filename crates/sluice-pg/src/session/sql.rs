@@ -22,6 +22,12 @@ pub(crate) enum Statement {
     DiscardAll,
     /// `LISTEN channel`, which cannot work in transaction mode.
     Listen,
+    /// `SAVEPOINT name`.
+    Savepoint(String),
+    /// `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
     /// Anything else (including several statements).
     Other,
 }
@@ -56,8 +62,57 @@ pub(crate) fn classify(sql: &str) -> Statement {
         }
         "DISCARD" if words.len() == 2 && upper(1) == "ALL" => Statement::DiscardAll,
         "LISTEN" => Statement::Listen,
+        "SAVEPOINT" if words.len() == 2 => {
+            savepoint_name(words[1]).map_or(Statement::Other, Statement::Savepoint)
+        }
+        "RELEASE" => {
+            let i = if upper(1) == "SAVEPOINT" { 2 } else { 1 };
+            match words.get(i) {
+                Some(w) if words.len() == i + 1 => {
+                    savepoint_name(w).map_or(Statement::Other, Statement::Release)
+                }
+                _ => Statement::Other,
+            }
+        }
+        "ROLLBACK" => {
+            let mut i = 1;
+            if matches!(upper(i).as_str(), "WORK" | "TRANSACTION") {
+                i += 1;
+            }
+            if upper(i) != "TO" {
+                return Statement::Other;
+            }
+            i += 1;
+            if upper(i) == "SAVEPOINT" {
+                i += 1;
+            }
+            match words.get(i) {
+                Some(w) if words.len() == i + 1 => {
+                    savepoint_name(w).map_or(Statement::Other, Statement::RollbackTo)
+                }
+                _ => Statement::Other,
+            }
+        }
         _ => Statement::Other,
     }
+}
+
+/// A savepoint name as PostgreSQL folds it: unquoted lower-cased, quoted kept.
+fn savepoint_name(word: &str) -> Option<String> {
+    if let Some(q) = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        return (!q.is_empty()).then(|| q.replace("\"\"", "\""));
+    }
+    ident(word)
+}
+
+/// True if the SQL text calls a function that changes session state invisibly to the
+/// protocol (`set_config`, session-level advisory locks): the server then needs a reset.
+pub(crate) fn has_hidden_session_effects(sql: &str) -> bool {
+    const NEEDLES: [&[u8]; 3] = [b"set_config", b"pg_advisory_lock", b"pg_try_advisory_lock"];
+    let hay = sql.as_bytes();
+    NEEDLES
+        .iter()
+        .any(|n| hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
 }
 
 fn classify_set(words: &[&str]) -> Statement {
@@ -129,6 +184,21 @@ mod tests {
     use Statement::*;
 
     #[test]
+    fn hidden_effects() {
+        assert!(has_hidden_session_effects(
+            "SELECT SET_CONFIG('a','b',false)"
+        ));
+        assert!(has_hidden_session_effects("select pg_advisory_lock(1)"));
+        assert!(has_hidden_session_effects(
+            "select pg_try_advisory_lock_shared(1)"
+        ));
+        assert!(!has_hidden_session_effects(
+            "select pg_advisory_xact_lock(1)"
+        ));
+        assert!(!has_hidden_session_effects("select 1"));
+    }
+
+    #[test]
     fn classifies() {
         let cases = [
             ("SET search_path TO a, b", Set("search_path".into())),
@@ -157,6 +227,13 @@ mod tests {
             ("SELECT 1", Other),
             ("", Other),
             ("SET", Other),
+            ("SAVEPOINT s1", Savepoint("s1".into())),
+            ("savepoint \"Ab\"", Savepoint("Ab".into())),
+            ("ROLLBACK TO SAVEPOINT s1", RollbackTo("s1".into())),
+            ("rollback work to S1", RollbackTo("s1".into())),
+            ("ROLLBACK", Other),
+            ("RELEASE SAVEPOINT s1", Release("s1".into())),
+            ("release s1;", Release("s1".into())),
         ];
         for (sql, want) in cases {
             assert_eq!(classify(sql), want, "{sql}");
