@@ -167,6 +167,21 @@ pub struct PostgresConfig {
     /// Per-server cache of shared prepared statements in transaction mode; 0 disables
     /// statement mapping (named statements then only work inside one transaction).
     pub max_prepared_statements: usize,
+    /// Largest message accepted from an authenticated client, in bytes (PostgreSQL's own
+    /// limit, 1 GiB - 1, is the outer bound).
+    pub max_packet_size: usize,
+    /// How long a client may take from connecting to finishing authentication (no slowloris). 0 disables.
+    pub client_login_timeout: Duration,
+    /// Close a client that holds no server and sends nothing for this long. 0 disables.
+    pub client_idle_timeout: Duration,
+    /// Take the server back from a client idle inside a transaction for this long: the transaction is rolled back and the client gets an error and is disconnected. 0 disables.
+    pub idle_transaction_timeout: Duration,
+    /// Close idle server connections above min_pool_size unused for this long. 0 disables.
+    pub server_idle_timeout: Duration,
+    /// Close server connections older than this (each gets up to 10% random jitter, so a pool does not reconnect all at once) when they are next idle. 0 disables.
+    pub server_lifetime: Duration,
+    /// After the upstream refused a login (bad credentials, no such database), wait this long before trying again (doubling on each further failure, up to 8 times); clients get the error meanwhile.
+    pub server_login_retry: Duration,
     /// Databases clients can connect to.
     pub databases: Vec<DatabaseConfig>,
     /// Users allowed to connect; empty means the upstream URL credentials are used.
@@ -189,6 +204,13 @@ impl Default for PostgresConfig {
             auth_type: AuthType::ScramSha256,
             server_connect_timeout: Duration::from_secs(5),
             max_prepared_statements: 200,
+            max_packet_size: 64 * 1024 * 1024,
+            client_login_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::from_secs(0),
+            idle_transaction_timeout: Duration::from_secs(0),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            server_login_retry: Duration::from_secs(5),
             databases: Vec::new(),
             users: Vec::new(),
             admin_users: Vec::new(),

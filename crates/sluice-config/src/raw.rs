@@ -50,6 +50,14 @@ struct RawPostgres {
     auth_type: Option<AuthType>,
     server_connect_timeout: Option<Spanned<Value>>,
     max_prepared_statements: Option<usize>,
+    max_packet_size: Option<usize>,
+    query_wait_timeout: Option<Spanned<Value>>,
+    client_login_timeout: Option<Spanned<Value>>,
+    client_idle_timeout: Option<Spanned<Value>>,
+    idle_transaction_timeout: Option<Spanned<Value>>,
+    server_idle_timeout: Option<Spanned<Value>>,
+    server_lifetime: Option<Spanned<Value>>,
+    server_login_retry: Option<Spanned<Value>>,
     admin_users: Option<Vec<String>>,
     #[serde(default)]
     databases: Vec<RawDatabase>,
@@ -173,6 +181,32 @@ pub(crate) fn apply_toml(
     }
     if let Some(users) = postgres.admin_users {
         pg.admin_users = users;
+    }
+    if let Some(n) = postgres.max_packet_size {
+        pg.max_packet_size = n;
+    }
+    // PgBouncer's name for pool_timeout.
+    if let Some(value) = &postgres.query_wait_timeout {
+        pg.pool_timeout = source.duration("postgres.query_wait_timeout", value)?;
+    }
+    if let Some(value) = &postgres.client_login_timeout {
+        pg.client_login_timeout = source.duration("postgres.client_login_timeout", value)?;
+    }
+    if let Some(value) = &postgres.client_idle_timeout {
+        pg.client_idle_timeout = source.duration("postgres.client_idle_timeout", value)?;
+    }
+    if let Some(value) = &postgres.idle_transaction_timeout {
+        pg.idle_transaction_timeout =
+            source.duration("postgres.idle_transaction_timeout", value)?;
+    }
+    if let Some(value) = &postgres.server_idle_timeout {
+        pg.server_idle_timeout = source.duration("postgres.server_idle_timeout", value)?;
+    }
+    if let Some(value) = &postgres.server_lifetime {
+        pg.server_lifetime = source.duration("postgres.server_lifetime", value)?;
+    }
+    if let Some(value) = &postgres.server_login_retry {
+        pg.server_login_retry = source.duration("postgres.server_login_retry", value)?;
     }
     if let Some(n) = postgres.max_prepared_statements {
         pg.max_prepared_statements = n;

@@ -25,6 +25,15 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     positive("postgres.pool_timeout", pg.pool_timeout)?;
     positive("postgres.server_connect_timeout", pg.server_connect_timeout)?;
+    if !(16 * 1024..=0x3fff_ffff).contains(&pg.max_packet_size) {
+        return Err(ConfigError::invalid(
+            "postgres.max_packet_size",
+            format!(
+                "must be between 16384 and 1073741823 (PostgreSQL's limit), got {}",
+                pg.max_packet_size
+            ),
+        ));
+    }
 
     if pg.databases.is_empty() {
         return Err(ConfigError::invalid(
