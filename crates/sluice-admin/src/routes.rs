@@ -25,6 +25,8 @@ struct PoolStats {
     summary: Summary,
     clients: ClientSnapshot,
     pools: Vec<PoolSnapshot>,
+    /// The MongoDB pool(s), apart so `pools` keeps meaning Postgres pools.
+    mongo_pools: Vec<PoolSnapshot>,
 }
 
 /// Answers one admin request. The request body is never read, so any body
@@ -62,7 +64,14 @@ pub async fn handle<B>(state: &AdminState, req: Request<B>) -> Response<AdminBod
 }
 
 fn health(state: &AdminState) -> Response<AdminBody> {
-    let report = state.hooks.health();
+    let mut report = state.hooks.health();
+    for (name, health) in state.registry.mongo_health() {
+        report.pools.push(crate::PoolHealth {
+            name,
+            healthy: health.is_ok(),
+            reason: health.err(),
+        });
+    }
     if report.is_healthy() {
         json_response(
             StatusCode::OK,
@@ -85,10 +94,12 @@ fn metrics(state: &AdminState) -> Response<AdminBody> {
 
 fn pool_stats(state: &AdminState) -> Response<AdminBody> {
     let pools = state.registry.pool_snapshots();
+    let mongo_pools = state.registry.mongo_snapshots();
     let body = PoolStats {
-        summary: Summary::from_snapshots(&pools),
+        summary: Summary::from_snapshots(&pools).with_mongo(&mongo_pools),
         clients: state.registry.clients().snapshot(),
         pools,
+        mongo_pools,
     };
     json_response(StatusCode::OK, &body)
 }

@@ -21,7 +21,8 @@ pub use duration::{parse_duration, InvalidDuration};
 pub use error::ConfigError;
 pub use load::{CONFIG_ENV, ENV_VARS, OVERRIDE_KEYS};
 pub use model::{
-    AdminConfig, AuthType, DatabaseConfig, GeneralConfig, PoolMode, PostgresConfig, UserConfig,
+    AdminConfig, AuthType, DatabaseConfig, GeneralConfig, MongoConfig, PoolMode, PostgresConfig,
+    UserConfig,
 };
 pub use upstream::{Upstream, UpstreamError, DEFAULT_PORT};
 pub use validate::RESERVED_DATABASE_NAMES;
@@ -35,6 +36,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// HTTP admin listener (`[admin]`).
     pub admin: AdminConfig,
+    /// MongoDB proxy settings (`[mongo]`); `None` when the section is absent.
+    pub mongo: Option<MongoConfig>,
 }
 
 impl Config {

@@ -20,6 +20,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("POSTGRES_POOL_TIMEOUT", "postgres.pool_timeout"),
     ("SLUICE_ADMIN_LISTEN", "admin.listen"),
     ("SLUICE_ADMIN_TOKEN", "admin.token"),
+    ("MONGO_MAX_POOL_SIZE", "mongo.max_pool_size"),
+    ("MONGO_MIN_POOL_SIZE", "mongo.min_pool_size"),
 ];
 
 /// Keys accepted as command-line overrides by [`Config::load`].
@@ -40,6 +42,8 @@ pub(crate) struct Builder {
     /// Whether any layer set `postgres.min_pool_size`; if not, the default is
     /// lowered to fit a smaller `pool_size` instead of failing validation.
     pub(crate) min_pool_size_explicit: bool,
+    /// The same for `mongo.min_pool_size`.
+    pub(crate) mongo_min_pool_size_explicit: bool,
 }
 
 impl Builder {
@@ -47,6 +51,7 @@ impl Builder {
         Self {
             config: Config::default(),
             min_pool_size_explicit: false,
+            mongo_min_pool_size_explicit: false,
         }
     }
 
@@ -70,6 +75,19 @@ impl Builder {
             "postgres.pool_timeout" => {
                 pg.pool_timeout = parse_duration(raw).map_err(|e| invalid(e.to_string()))?;
             }
+            // The MongoDB variables size a `[mongo]` section; without one (no upstream to
+            // pool) they are ignored: services often set them for their own client.
+            "mongo.max_pool_size" | "mongo.min_pool_size" => {
+                let n = parse_count(raw).map_err(invalid)?;
+                if let Some(mongo) = self.config.mongo.as_mut() {
+                    if key == "mongo.max_pool_size" {
+                        mongo.max_pool_size = n;
+                    } else {
+                        mongo.min_pool_size = n;
+                        self.mongo_min_pool_size_explicit = true;
+                    }
+                }
+            }
             "general.shutdown_timeout" => {
                 self.config.general.shutdown_timeout =
                     parse_duration(raw).map_err(|e| invalid(e.to_string()))?;
@@ -84,6 +102,12 @@ impl Builder {
         let pg = &mut self.config.postgres;
         if !self.min_pool_size_explicit {
             pg.min_pool_size = pg.min_pool_size.min(pg.pool_size);
+        }
+        if let (Some(mongo), false) = (
+            self.config.mongo.as_mut(),
+            self.mongo_min_pool_size_explicit,
+        ) {
+            mongo.min_pool_size = mongo.min_pool_size.min(mongo.max_pool_size);
         }
         self.config.validate()?;
         Ok(self.config)

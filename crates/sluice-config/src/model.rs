@@ -230,6 +230,43 @@ impl PostgresConfig {
     }
 }
 
+/// MongoDB proxy settings (`[mongo]`); the MongoDB listener runs only when this section
+/// is present.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MongoConfig {
+    /// Address MongoDB clients connect to.
+    pub listen: SocketAddr,
+    /// The upstream MongoDB URI, with Sluice's own credentials. Kept as text: the MongoDB
+    /// crate parses it (hosts, replicaSet, authSource, TLS options, `mongodb+srv`), so this
+    /// crate only checks the scheme.
+    pub upstream: String,
+    /// Most upstream connections open at once.
+    pub max_pool_size: usize,
+    /// Upstream connections opened at start and kept.
+    pub min_pool_size: usize,
+    /// How long a request may wait for an upstream connection.
+    pub pool_timeout: Duration,
+    /// How long connecting (handshake and login) to the upstream may take.
+    pub connect_timeout: Duration,
+    /// Users who may log in to Sluice (SCRAM-SHA-256); empty means clients need not
+    /// authenticate, which validation allows only on a loopback listener.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for MongoConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 27018)),
+            upstream: String::new(),
+            max_pool_size: 20,
+            min_pool_size: 5,
+            pool_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            users: Vec::new(),
+        }
+    }
+}
+
 /// One database clients can connect to (`[[postgres.databases]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {

@@ -7,7 +7,7 @@ use toml::{Spanned, Value};
 
 use crate::duration::{parse_duration, seconds_to_duration};
 use crate::load::{parse_listen, Builder};
-use crate::model::{AuthType, DatabaseConfig, PoolMode, UserConfig};
+use crate::model::{AuthType, DatabaseConfig, MongoConfig, PoolMode, UserConfig};
 use crate::upstream::Upstream;
 use crate::ConfigError;
 
@@ -21,6 +21,20 @@ pub(crate) struct RawConfig {
     postgres: RawPostgres,
     #[serde(default)]
     admin: RawAdmin,
+    mongo: Option<RawMongo>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMongo {
+    listen: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+    max_pool_size: Option<usize>,
+    min_pool_size: Option<usize>,
+    pool_timeout: Option<Spanned<Value>>,
+    connect_timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    users: Vec<RawUser>,
 }
 
 #[derive(Deserialize, Default)]
@@ -137,7 +151,11 @@ pub(crate) fn apply_toml(
         general,
         postgres,
         admin,
+        mongo,
     } = raw;
+    if let Some(mongo) = mongo {
+        apply_mongo(builder, &source, mongo)?;
+    }
     let cfg_admin = &mut builder.config.admin;
     if let Some(enabled) = admin.enabled {
         cfg_admin.enabled = enabled;
@@ -237,6 +255,53 @@ pub(crate) fn apply_toml(
         })
         .collect::<Result<_, ConfigError>>()?;
     pg.users = postgres
+        .users
+        .into_iter()
+        .map(|user| UserConfig {
+            name: user.name,
+            password: user.password,
+        })
+        .collect();
+    Ok(())
+}
+
+/// Applies a `[mongo]` section (its presence turns the MongoDB listener on).
+fn apply_mongo(
+    builder: &mut Builder,
+    source: &Source<'_>,
+    raw: RawMongo,
+) -> Result<(), ConfigError> {
+    let mongo = builder
+        .config
+        .mongo
+        .get_or_insert_with(MongoConfig::default);
+    if let Some(listen) = &raw.listen {
+        mongo.listen = parse_listen(listen.get_ref())
+            .map_err(|m| source.error("mongo.listen", listen.span().start, m))?;
+    }
+    let upstream = raw.upstream.get_ref().trim();
+    if !(upstream.starts_with("mongodb://") || upstream.starts_with("mongodb+srv://")) {
+        return Err(source.error(
+            "mongo.upstream",
+            raw.upstream.span().start,
+            "expected a MongoDB URI (mongodb://... or mongodb+srv://...)",
+        ));
+    }
+    mongo.upstream = upstream.to_owned();
+    if let Some(n) = raw.max_pool_size {
+        mongo.max_pool_size = n;
+    }
+    if let Some(n) = raw.min_pool_size {
+        mongo.min_pool_size = n;
+        builder.mongo_min_pool_size_explicit = true;
+    }
+    if let Some(value) = &raw.pool_timeout {
+        mongo.pool_timeout = source.duration("mongo.pool_timeout", value)?;
+    }
+    if let Some(value) = &raw.connect_timeout {
+        mongo.connect_timeout = source.duration("mongo.connect_timeout", value)?;
+    }
+    mongo.users = raw
         .users
         .into_iter()
         .map(|user| UserConfig {

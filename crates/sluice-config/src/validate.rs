@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::model::AuthType;
+use crate::model::{AuthType, MongoConfig};
 use crate::{Config, ConfigError};
 
 /// Database names reserved for the admin console.
@@ -35,7 +35,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
 
-    if pg.databases.is_empty() {
+    if let Some(mongo) = &config.mongo {
+        validate_mongo(mongo)?;
+    }
+    if pg.databases.is_empty() && config.mongo.is_none() {
         return Err(ConfigError::invalid(
             "postgres.databases",
             "at least one database is required",
@@ -122,6 +125,52 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
                      with no users, use a database's upstream user)"
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Rules for the `[mongo]` section.
+fn validate_mongo(mongo: &MongoConfig) -> Result<(), ConfigError> {
+    at_least_one("mongo.max_pool_size", mongo.max_pool_size)?;
+    if mongo.min_pool_size > mongo.max_pool_size {
+        return Err(ConfigError::invalid(
+            "mongo.min_pool_size",
+            format!(
+                "must not exceed mongo.max_pool_size (got {} > {})",
+                mongo.min_pool_size, mongo.max_pool_size
+            ),
+        ));
+    }
+    positive("mongo.pool_timeout", mongo.pool_timeout)?;
+    positive("mongo.connect_timeout", mongo.connect_timeout)?;
+    if mongo.users.is_empty() && !mongo.listen.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "mongo.listen",
+            format!(
+                "{} is not a loopback address, so clients must authenticate: \
+                 configure [[mongo.users]] (or listen on 127.0.0.1)",
+                mongo.listen
+            ),
+        ));
+    }
+    let mut seen = HashMap::new();
+    for (i, user) in mongo.users.iter().enumerate() {
+        let key = |field: &str| format!("mongo.users[{i}].{field}");
+        if user.name.is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if let Some(first) = seen.insert(user.name.as_str(), i) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "duplicate user name {:?} (also mongo.users[{first}])",
+                    user.name
+                ),
+            ));
+        }
+        if user.password.is_empty() {
+            return Err(ConfigError::invalid(key("password"), "must not be empty"));
         }
     }
     Ok(())

@@ -79,6 +79,7 @@ impl Context {
             let scram = secret.scram_verifier();
             configured.insert(u.name.clone(), UserAuth { secret, scram });
         }
+        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let mut databases = HashMap::new();
         for db in &pg.databases {
             let users = if pg.users.is_empty() {
@@ -102,6 +103,9 @@ impl Context {
                         mode: db.pool_mode(pg),
                         reset_query: pg.server_reset_query.clone(),
                         max_prepared_statements: pg.max_prepared_statements,
+                        server_idle_timeout: nonzero(pg.server_idle_timeout),
+                        server_lifetime: nonzero(pg.server_lifetime),
+                        server_login_retry: pg.server_login_retry,
                     };
                     (user.clone(), Pool::new(settings))
                 })

@@ -47,6 +47,12 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// Per-server prepared statement cache size (0: no statement mapping).
     pub max_prepared_statements: usize,
+    /// Close idle connections above `min_size` unused this long.
+    pub server_idle_timeout: Option<Duration>,
+    /// Close connections older than this (with up to 10% jitter).
+    pub server_lifetime: Option<Duration>,
+    /// Pause before retrying after the upstream refused a login.
+    pub server_login_retry: Duration,
 }
 
 /// Why a checkout failed.
@@ -108,11 +114,15 @@ struct State {
     closed: bool,
 }
 
-/// Outcome of the latest connect attempts, for `/health`.
+/// Outcome of the latest connect attempts, for `/health` and `server_login_retry`.
 #[derive(Debug, Default, Clone)]
 struct Health {
     last_ok: Option<Instant>,
     last_error: Option<(Instant, String)>,
+    /// After a refused login: no new attempt before this instant; the error clients get.
+    login_blocked: Option<(Instant, UpstreamError)>,
+    /// Consecutive refused logins (the retry pause doubles, up to 8×).
+    refusals: u32,
 }
 
 struct Inner {
@@ -251,11 +261,38 @@ impl Pool {
         }
     }
 
+    /// The cached login error while `server_login_retry` has not run out.
+    fn login_blocked(&self) -> Option<UpstreamError> {
+        let h = self.inner.health.lock();
+        match &h.login_blocked {
+            Some((until, e)) if Instant::now() < *until => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn block_logins(&self, e: &UpstreamError) {
+        let mut h = self.inner.health.lock();
+        let factor = 1u32 << h.refusals.min(3);
+        h.refusals += 1;
+        let pause = self.inner.settings.server_login_retry * factor;
+        h.login_blocked = Some((Instant::now() + pause, e.clone()));
+        tracing::warn!(pool = %self.inner.settings.name, ?pause, "upstream refused the login; pausing new attempts");
+    }
+
+    fn set_lifetime(&self, conn: &mut ServerConn) {
+        if let Some(l) = self.inner.settings.server_lifetime {
+            let jitter = 1.0 - rand::random::<f64>() * 0.1;
+            conn.expires = Some(conn.created + l.mul_f64(jitter));
+        }
+    }
+
     fn record_connect(&self, result: Result<(), String>) {
         let mut h = self.inner.health.lock();
         match result {
             Ok(()) => {
                 h.last_ok = Some(Instant::now());
+                h.login_blocked = None;
+                h.refusals = 0;
                 self.inner.counters.inc_server_connects();
             }
             Err(e) => {
@@ -369,6 +406,13 @@ impl Pool {
     ) -> Result<ServerConn, PoolError> {
         let s = &self.inner.settings;
         let mut backoff = Duration::from_millis(50);
+        if let Some(e) = self.login_blocked() {
+            self.free_slot();
+            return Err(PoolError::Connect {
+                pool: s.name.clone(),
+                source: e,
+            });
+        }
         loop {
             let attempt = tokio::time::timeout_at(
                 deadline,
@@ -376,9 +420,10 @@ impl Pool {
             )
             .await;
             match attempt {
-                Ok(Ok(conn)) => {
+                Ok(Ok(mut conn)) => {
                     self.remember_params(&conn);
                     self.record_connect(Ok(()));
+                    self.set_lifetime(&mut conn);
                     return Ok(conn);
                 }
                 Ok(Err(e)) if e.is_transient() && Instant::now() + backoff < deadline => {
@@ -390,6 +435,9 @@ impl Pool {
                 Ok(Err(e)) => {
                     self.free_slot();
                     self.record_connect(Err(e.to_string()));
+                    if !e.is_transient() {
+                        self.block_logins(&e);
+                    }
                     tracing::warn!(pool = %s.name, error = %e, "upstream connect failed");
                     return Err(PoolError::Connect {
                         pool: s.name.clone(),
@@ -446,11 +494,17 @@ impl Pool {
     /// Puts a clean connection back: to the longest waiter, else onto the idle stack.
     fn checkin_conn(&self, conn: ServerConn) {
         let mut st = self.inner.state.lock();
-        if st.closed {
-            st.total -= 1;
+        let expired = conn.expires.is_some_and(|t| Instant::now() >= t);
+        if st.closed || expired {
+            drop(st);
+            if expired {
+                tracing::debug!(pool = %self.inner.settings.name, "server_lifetime reached; closing");
+            }
+            self.free_slot();
             return;
         }
         let mut conn = conn;
+        conn.idle_since = Instant::now();
         while let Some((_, tx)) = st.waiters.pop_front() {
             match tx.send(Grant::Conn(conn)) {
                 Ok(()) => return,
@@ -487,11 +541,24 @@ impl Pool {
                     // Drop idle connections the server closed (restart, idle timeout), so
                     // min_pool_size is refilled and /health learns the upstream is gone.
                     let before = st.idle.len();
-                    st.idle.retain(ServerConn::looks_alive);
+                    let now = Instant::now();
+                    let min = pool.inner.min_size.load(Ordering::Relaxed);
+                    let idle_limit = pool.inner.settings.server_idle_timeout;
+                    // Oldest-idle first are at the front (the stack pops from the back).
+                    let mut spare = st.total.saturating_sub(min);
+                    st.idle.retain(|c| {
+                        let expired = c.expires.is_some_and(|t| now >= t);
+                        let idle_too_long = idle_limit.is_some_and(|l| now - c.idle_since >= l);
+                        let close = (expired || idle_too_long) && spare > 0;
+                        if close {
+                            spare -= 1;
+                        }
+                        !close && c.looks_alive()
+                    });
                     let dead = before - st.idle.len();
                     if dead > 0 {
                         st.total -= dead;
-                        tracing::info!(pool = %pool.inner.settings.name, dead, "closed dead idle server connections");
+                        tracing::debug!(pool = %pool.inner.settings.name, closed = dead, "closed dead, expired or long-idle server connections");
                     }
                     // Below min_pool_size, or nothing open and no recent proof that the
                     // upstream is reachable (keeps /health honest without a probe per request).
@@ -513,16 +580,25 @@ impl Pool {
                     continue;
                 }
                 let s = &pool.inner.settings;
+                if pool.login_blocked().is_some() {
+                    pool.free_slot();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 match ServerConn::connect(&s.upstream, s.connect_timeout).await {
-                    Ok(conn) => {
+                    Ok(mut conn) => {
                         pool.remember_params(&conn);
                         pool.record_connect(Ok(()));
+                        pool.set_lifetime(&mut conn);
                         pool.checkin_conn(conn);
                         backoff = Duration::from_millis(500);
                     }
                     Err(e) => {
                         pool.free_slot();
                         pool.record_connect(Err(e.to_string()));
+                        if !e.is_transient() {
+                            pool.block_logins(&e);
+                        }
                         tracing::warn!(pool = %s.name, error = %e, "could not open min_pool_size connection");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(10));

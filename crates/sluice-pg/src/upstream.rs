@@ -50,6 +50,22 @@ pub enum UpstreamError {
     Protocol(String),
 }
 
+impl Clone for UpstreamError {
+    fn clone(&self) -> Self {
+        match self {
+            UpstreamError::Io(e) => UpstreamError::Io(std::io::Error::new(e.kind(), e.to_string())),
+            UpstreamError::Closed => UpstreamError::Closed,
+            UpstreamError::Timeout => UpstreamError::Timeout,
+            UpstreamError::Server { code, message } => UpstreamError::Server {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            UpstreamError::Auth(m) => UpstreamError::Auth(m.clone()),
+            UpstreamError::Protocol(m) => UpstreamError::Protocol(m.clone()),
+        }
+    }
+}
+
 impl UpstreamError {
     /// True when retrying soon may succeed (server down or starting), false for errors a
     /// retry cannot fix (bad credentials, unknown database).
@@ -95,6 +111,10 @@ pub struct ServerConn {
     pub created: Instant,
     /// Settings and prepared statements Sluice knows this session has.
     pub state: ServerState,
+    /// Since when it has been idle in the pool (for `server_idle_timeout`).
+    pub idle_since: Instant,
+    /// When `server_lifetime` (with jitter) runs out, if set.
+    pub expires: Option<Instant>,
 }
 
 impl ServerConn {
@@ -193,6 +213,8 @@ impl ServerConn {
             },
             created: Instant::now(),
             state: ServerState::default(),
+            idle_since: Instant::now(),
+            expires: None,
         })
     }
 

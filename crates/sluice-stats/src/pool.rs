@@ -10,6 +10,13 @@ use crate::counters::CountersSnapshot;
 pub trait PoolSource: Send + Sync {
     /// Describes the pool as of now.
     fn snapshot(&self) -> PoolSnapshot;
+
+    /// Whether the pool can reach its upstream (`Err` with the reason), for pools whose
+    /// health the admin listener reads from the registry (MongoDB); `None` (the default)
+    /// when health is reported elsewhere.
+    fn health(&self) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// The client currently holding a server connection the longest.

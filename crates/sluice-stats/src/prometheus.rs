@@ -14,7 +14,8 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 /// Renders every pool in `registry`, the client gauges and `process` as
 /// Prometheus text. Pool series carry `database`, `user` and `pool` labels.
 pub fn render_prometheus(registry: &Registry, process: &ProcessStats) -> String {
-    let pools = registry.pool_snapshots();
+    let mut pools = registry.pool_snapshots();
+    pools.extend(registry.mongo_snapshots());
     let labels: Vec<String> = pools.iter().map(pool_labels).collect();
     let mut out = Out(String::with_capacity(2048 + pools.len() * 4096));
 

@@ -145,6 +145,16 @@ pub struct Summary {
     pub postgres_idle: u64,
     /// Sum of configured pool sizes.
     pub postgres_max: u64,
+    /// `mongo_active / mongo_max` for the MongoDB pool, in `0..=1`; 0 without one.
+    pub mongo_utilization: f64,
+    /// Requests queued for an upstream MongoDB connection.
+    pub mongo_waiting: u64,
+    /// Upstream MongoDB connections checked out.
+    pub mongo_active: u64,
+    /// Upstream MongoDB connections open and idle.
+    pub mongo_idle: u64,
+    /// Configured `max_pool_size` of the MongoDB pool.
+    pub mongo_max: u64,
 }
 
 impl Summary {
@@ -160,6 +170,18 @@ impl Summary {
         s.postgres_utilization = ratio(s.postgres_active, s.postgres_max);
         s
     }
+
+    /// Adds the MongoDB pools' totals to a summary of the Postgres pools.
+    pub fn with_mongo(mut self, pools: &[PoolSnapshot]) -> Self {
+        for p in pools {
+            self.mongo_waiting += p.waiting;
+            self.mongo_active += p.active;
+            self.mongo_idle += p.idle;
+            self.mongo_max += p.max;
+        }
+        self.mongo_utilization = ratio(self.mongo_active, self.mongo_max);
+        self
+    }
 }
 
 /// Every live pool plus client gauges: what the admin server and metrics
@@ -167,6 +189,9 @@ impl Summary {
 #[derive(Default)]
 pub struct Registry {
     pools: RwLock<Vec<Arc<dyn PoolSource>>>,
+    /// MongoDB pools: kept apart so a Postgres reload ([`Registry::replace_all`]) leaves
+    /// them alone and the summary can total them separately.
+    mongo_pools: RwLock<Vec<Arc<dyn PoolSource>>>,
     clients: Arc<ClientGauges>,
 }
 
@@ -212,9 +237,29 @@ impl Registry {
         pools.iter().map(|p| p.snapshot()).collect()
     }
 
-    /// Totals over every pool.
+    /// Totals over every pool (Postgres and MongoDB).
     pub fn summary(&self) -> Summary {
-        Summary::from_snapshots(&self.pool_snapshots())
+        Summary::from_snapshots(&self.pool_snapshots()).with_mongo(&self.mongo_snapshots())
+    }
+
+    /// Adds a MongoDB pool.
+    pub fn register_mongo(&self, pool: Arc<dyn PoolSource>) {
+        self.mongo_pools.write().push(pool);
+    }
+
+    /// Snapshots every MongoDB pool.
+    pub fn mongo_snapshots(&self) -> Vec<PoolSnapshot> {
+        let pools = self.mongo_pools.read().clone();
+        pools.iter().map(|p| p.snapshot()).collect()
+    }
+
+    /// Health of every MongoDB pool, as (pool name, result).
+    pub fn mongo_health(&self) -> Vec<(String, Result<(), String>)> {
+        let pools = self.mongo_pools.read().clone();
+        pools
+            .iter()
+            .filter_map(|p| p.health().map(|h| (p.snapshot().name, h)))
+            .collect()
     }
 }
 

@@ -72,6 +72,17 @@ pub async fn run(
         "sluice ready"
     );
     ctx.start_pools();
+    // MongoDB side (only with a [mongo] section): its pool joins the same statistics.
+    let mongo = match &config.mongo {
+        Some(mongo_config) => {
+            let listener = sluice_mongo::Listener::bind(mongo_config.clone(), &ctx.stats)
+                .await
+                .context("starting the MongoDB listener")?;
+            tracing::info!(listen = %listener.local_addr()?, "mongo listener ready");
+            Some(listener)
+        }
+        None => None,
+    };
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     if config.admin.enabled {
@@ -96,6 +107,7 @@ pub async fn run(
     let _ = ctx.console_hooks.set(Arc::new(bridge));
     tokio::spawn(signal::reload_on_sighup(ctx.clone(), loader));
     let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
+    let mongo_accept = mongo.map(|m| tokio::spawn(m.run(token.clone(), tracker.clone())));
     tokio::select! {
         _ = shutdown => {}
         _ = stop.cancelled() => {}
@@ -103,6 +115,9 @@ pub async fn run(
     tracing::info!("shutting down: no new clients; waiting for running transactions");
     token.cancel();
     let _ = accept.await;
+    if let Some(mongo_accept) = mongo_accept {
+        let _ = mongo_accept.await;
+    }
     tracker.close();
     let grace = config.general.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

@@ -40,6 +40,23 @@ pub enum SessionError {
     /// Sluice is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// The client did not finish logging in within `client_login_timeout`.
+    #[error("client_login_timeout expired before the client authenticated")]
+    LoginTimeout,
+    /// The client held no server and sent nothing for `client_idle_timeout`.
+    #[error("client_idle_timeout expired")]
+    IdleTimeout,
+    /// The client sat in an open transaction for `idle_transaction_timeout`.
+    #[error("idle_transaction_timeout expired")]
+    IdleInTransactionTimeout,
+    /// A message exceeded `max_packet_size`.
+    #[error("message of {len} bytes exceeds max_packet_size {max}")]
+    PacketTooLarge {
+        /// Declared length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl SessionError {
@@ -86,6 +103,28 @@ impl SessionError {
                 (Fatal, code, msg)
             }
             SessionError::ServerLost(e) => (Fatal, "08006", format!("server connection lost: {e}")),
+            SessionError::LoginTimeout => (
+                Fatal,
+                "08006",
+                "terminating connection: client_login_timeout expired before authentication".into(),
+            ),
+            SessionError::IdleTimeout => (
+                Fatal,
+                "57P05",
+                "terminating connection due to idle-session timeout (client_idle_timeout)".into(),
+            ),
+            SessionError::IdleInTransactionTimeout => (
+                Fatal,
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout \
+                 (idle_transaction_timeout); the transaction was rolled back"
+                    .into(),
+            ),
+            SessionError::PacketTooLarge { len, max } => (
+                Fatal,
+                "08P01",
+                format!("message of {len} bytes exceeds max_packet_size ({max})"),
+            ),
             SessionError::Shutdown => (
                 Fatal,
                 "57P01",

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::SessionError;
-use crate::protocol::frame::{frame_len, MAX_FRAME_LEN};
+use crate::protocol::frame::frame_len;
 use crate::protocol::startup::startup_len;
 
 /// Longest message accepted from a client before it has authenticated.
@@ -88,6 +88,3 @@ impl ClientIo {
         Ok(())
     }
 }
-
-/// The largest frame accepted from an authenticated client (PostgreSQL's own limit).
-pub(crate) const MAX_CLIENT_FRAME: usize = MAX_FRAME_LEN;

@@ -71,10 +71,13 @@ async fn run(
     ctx: &Arc<Context>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let Some(params) = startup::read_startup(client, ctx).await? else {
+    let pg = &ctx.config.postgres;
+    // client_login_timeout bounds every wait on the client until it is authenticated.
+    let deadline = (!pg.client_login_timeout.is_zero())
+        .then(|| tokio::time::Instant::now() + pg.client_login_timeout);
+    let Some(params) = login_step(deadline, startup::read_startup(client, ctx)).await? else {
         return Ok(());
     };
-    let pg = &ctx.config.postgres;
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let _count = ClientCount(ctx);
     if count > pg.max_client_conn {
@@ -85,7 +88,11 @@ async fn run(
     if crate::console::CONSOLE_DATABASES.contains(&dbname.as_str()) {
         let mut out = BytesMut::new();
         let known = ctx.admin_users.get(&user);
-        auth::authenticate(client, &mut out, pg.auth_type, &user, known).await?;
+        login_step(
+            deadline,
+            auth::authenticate(client, &mut out, pg.auth_type, &user, known),
+        )
+        .await?;
         client.write(&out).await?;
         return crate::console::serve(client, ctx, shutdown).await;
     }
@@ -94,8 +101,11 @@ async fn run(
         .get(&dbname)
         .ok_or_else(|| SessionError::UnknownDatabase(dbname.clone()))?;
     let mut out = BytesMut::with_capacity(1024);
-    let auth_user =
-        auth::authenticate(client, &mut out, pg.auth_type, &user, db.users.get(&user)).await?;
+    let auth_user = login_step(
+        deadline,
+        auth::authenticate(client, &mut out, pg.auth_type, &user, db.users.get(&user)),
+    )
+    .await?;
     let pool = db
         .pools
         .get(&auth_user)
@@ -132,7 +142,26 @@ async fn run(
     out.clear();
 
     let gauge = ctx.stats.clients().track(sluice_stats::ClientState::Idle);
-    relay::Relay::new(client, pool, &registration.slot, state, who, gauge)
+    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+    let limits = relay::Limits {
+        max_packet: pg.max_packet_size,
+        client_idle: nonzero(pg.client_idle_timeout),
+        idle_transaction: nonzero(pg.idle_transaction_timeout),
+    };
+    relay::Relay::new(client, pool, &registration.slot, state, who, gauge, limits)
         .run(shutdown)
         .await
+}
+
+/// Runs one step of the login, failing with [`SessionError::LoginTimeout`] past `deadline`.
+async fn login_step<T>(
+    deadline: Option<tokio::time::Instant>,
+    step: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, step)
+            .await
+            .map_err(|_| SessionError::LoginTimeout)?,
+        None => step.await,
+    }
 }

@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::pool_error_fields;
 use super::exchange::{Exchange, Features, Io};
-use super::io::{ClientIo, MAX_CLIENT_FRAME};
+use super::io::ClientIo;
 use super::SessionError;
 use crate::cancel::CancelSlot;
 use crate::pool::{ClientMeta, Pool, PooledConn};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frame::frame_len;
+use crate::protocol::frame::{frame_len, ProtocolError};
 use crate::state::ClientState;
 use crate::upstream::UpstreamError;
 use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
@@ -47,6 +47,18 @@ pub(crate) struct Relay<'a> {
     who: Arc<ClientMeta>,
     /// This client's slot in the idle/waiting/active client gauges.
     gauge: ClientGuard,
+    limits: Limits,
+}
+
+/// Per-client limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// `max_packet_size`.
+    pub max_packet: usize,
+    /// `client_idle_timeout` (None: disabled).
+    pub client_idle: Option<std::time::Duration>,
+    /// `idle_transaction_timeout` (None: disabled).
+    pub idle_transaction: Option<std::time::Duration>,
 }
 
 enum Flow {
@@ -62,6 +74,7 @@ impl<'a> Relay<'a> {
         state: ClientState,
         who: Arc<ClientMeta>,
         gauge: ClientGuard,
+        limits: Limits,
     ) -> Self {
         let settings = pool.settings();
         let transaction = settings.mode == PoolMode::Transaction;
@@ -84,6 +97,7 @@ impl<'a> Relay<'a> {
             to_client: BytesMut::new(),
             who,
             gauge,
+            limits,
         }
     }
 
@@ -95,10 +109,18 @@ impl<'a> Relay<'a> {
             if shutting_down && (self.server.is_none() || self.exchange.idle()) {
                 break Err(SessionError::Shutdown);
             }
+            let idle_limit = self.idle_limit();
             let flow = tokio::select! {
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     continue;
+                }
+                _ = sleep_or_never(idle_limit) => {
+                    break Err(if self.server.is_some() {
+                        SessionError::IdleInTransactionTimeout
+                    } else {
+                        SessionError::IdleTimeout
+                    });
                 }
                 read = read_server(&mut self.server) => match read {
                     Ok(0) | Err(_) => self.server_lost(),
@@ -119,11 +141,23 @@ impl<'a> Relay<'a> {
         result
     }
 
+    /// The idle timeout that applies right now: `client_idle_timeout` between
+    /// transactions, `idle_transaction_timeout` inside one with nothing in flight.
+    fn idle_limit(&self) -> Option<std::time::Duration> {
+        match &self.server {
+            None => self.limits.client_idle,
+            Some(_) if !self.exchange.busy() && self.exchange.status() != b'I' => {
+                self.limits.idle_transaction
+            }
+            Some(_) => None,
+        }
+    }
+
     /// Handles bytes from the client: complete frames go through the exchange to a server
     /// (checked out first if none is held).
     async fn client_input(&mut self) -> Result<Flow, SessionError> {
         loop {
-            let (len, terminate) = scan_client(&self.client.buf)?;
+            let (len, terminate) = scan_client(&self.client.buf, self.limits.max_packet)?;
             if len > 0 {
                 if self.server.is_none() {
                     if let Some(consumed) = self.checkout(len).await? {
@@ -224,7 +258,7 @@ impl<'a> Relay<'a> {
         // Drop frames up to the end of the request, answering it with ReadyForQuery.
         let buf = &self.client.buf[..len];
         let mut pos = 0;
-        while let Ok(Some(total)) = frame_len(&buf[pos..], MAX_CLIENT_FRAME) {
+        while let Ok(Some(total)) = frame_len(&buf[pos..], self.limits.max_packet) {
             let tag = buf[pos];
             pos += total;
             if matches!(tag, b'S' | b'Q' | b'F') {
@@ -332,15 +366,34 @@ impl<'a> Relay<'a> {
 
 /// Length of the complete frames at the front of `buf` before any Terminate, and whether a
 /// Terminate was reached.
-fn scan_client(buf: &[u8]) -> Result<(usize, bool), SessionError> {
+fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), SessionError> {
     let mut pos = 0;
-    while let Some(total) = frame_len(&buf[pos..], MAX_CLIENT_FRAME)? {
+    loop {
+        let total = match frame_len(&buf[pos..], max) {
+            Ok(Some(total)) => total,
+            Ok(None) => break,
+            Err(ProtocolError::BadLength { len, .. }) if len > max as i64 => {
+                return Err(SessionError::PacketTooLarge {
+                    len: len as usize,
+                    max,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
         if buf[pos] == b'X' {
             return Ok((pos, true));
         }
         pos += total;
     }
     Ok((pos, false))
+}
+
+/// Sleeps for `limit`, or forever when there is none.
+async fn sleep_or_never(limit: Option<std::time::Duration>) {
+    match limit {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads from the held server, or waits forever when none is held.

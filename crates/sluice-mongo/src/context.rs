@@ -1,0 +1,121 @@
+//! What every MongoDB client session shares: the pool, transaction pins, client
+//! credentials, the long-poll bound and Sluice's router identity.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use bson::oid::ObjectId;
+use sluice_auth::{ScramVerifier, Secret};
+use sluice_config::MongoConfig;
+use sluice_stats::Registry;
+use thiserror::Error;
+use tokio::sync::Semaphore;
+
+use crate::pins::Pins;
+use crate::pool::{Pool, PoolSettings};
+use crate::upstream::{ServerInfo, Target, UpstreamError};
+
+/// A `[mongo]` section that cannot be started.
+#[derive(Debug, Error)]
+pub enum ContextError {
+    /// The upstream URI.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A `[[mongo.users]]` password is not a usable secret.
+    #[error(
+        "mongo.users: password of user \"{user}\" is not plaintext or a SCRAM-SHA-256 verifier"
+    )]
+    BadSecret {
+        /// The user.
+        user: String,
+    },
+}
+
+/// Shared state of the MongoDB listener.
+pub struct Context {
+    /// The `[mongo]` settings.
+    pub config: MongoConfig,
+    /// The upstream connection pool.
+    pub pool: Pool,
+    /// Pinned transactions.
+    pub pins: Pins,
+    /// Client credentials (SCRAM verifiers derived once).
+    pub users: Arc<HashMap<String, ScramVerifier>>,
+    /// Whether clients must log in before running commands.
+    pub auth_required: bool,
+    /// Bounds how many long-polling getMores may hold upstream connections at once:
+    /// `max(1, max_pool_size / 2)`, so change streams can never take the whole pool.
+    pub long_polls: Arc<Semaphore>,
+    /// Sluice's `topologyVersion.processId`.
+    pub process_id: ObjectId,
+    next_connection_id: AtomicI64,
+}
+
+impl Context {
+    /// Parses the upstream URI and builds the (empty) pool.
+    pub async fn new(config: MongoConfig, stats: &Registry) -> Result<Arc<Context>, ContextError> {
+        let target = Target::parse(&config.upstream).await?;
+        let mut users = HashMap::new();
+        for u in &config.users {
+            let verifier = Secret::parse(&u.password)
+                .ok()
+                .and_then(|s| s.scram_verifier())
+                .ok_or_else(|| ContextError::BadSecret {
+                    user: u.name.clone(),
+                })?;
+            users.insert(u.name.clone(), verifier);
+        }
+        let auth_required = !users.is_empty();
+        if users.is_empty() {
+            // Without [[mongo.users]] login is optional; a client that does log in (an
+            // unchanged MONGODB_URI) uses the upstream URI's credentials.
+            if let Some(c) = &target.credential {
+                if let Some(v) = Secret::Plain(c.password.clone()).scram_verifier() {
+                    users.insert(c.user.clone(), v);
+                }
+            }
+        }
+        let settings = PoolSettings {
+            name: "mongo".into(),
+            user: target
+                .credential
+                .as_ref()
+                .map(|c| c.user.clone())
+                .unwrap_or_default(),
+            max_size: config.max_pool_size,
+            min_size: config.min_pool_size,
+            timeout: config.pool_timeout,
+            connect_timeout: config.connect_timeout,
+        };
+        let pool = Pool::new(settings, target);
+        stats.register_mongo(Arc::new(pool.clone()));
+        Ok(Arc::new(Context {
+            long_polls: Arc::new(Semaphore::new((config.max_pool_size / 2).max(1))),
+            config,
+            pool,
+            pins: Pins::default(),
+            users: Arc::new(users),
+            auth_required,
+            process_id: ObjectId::new(),
+            next_connection_id: AtomicI64::new(1),
+        }))
+    }
+
+    /// A new client connection's `connectionId`.
+    pub fn next_connection_id(&self) -> i64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The upstream's wire versions and limits: from the pool, or (never reached yet) by
+    /// opening a connection, or conservative defaults when the upstream is down.
+    pub async fn server_info(&self) -> ServerInfo {
+        if let Some(info) = self.pool.server_info() {
+            return info;
+        }
+        match self.pool.checkout("hello").await {
+            Ok(conn) => conn.info.clone(),
+            Err(_) => ServerInfo::default(),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Sluice's MongoDB side: clients speak OP_MSG to Sluice, which answers `hello` itself (as
+//! a mongos-like router), authenticates clients (SCRAM-SHA-256, when `[[mongo.users]]` are
+//! configured) and forwards every other command's bytes — unchanged but for `requestID` /
+//! `responseTo` — over a bounded pool of upstream connections it opened and logged in
+//! itself.
+//!
+//! * [`wire`] — the sans-IO codec (header, OP_MSG, legacy OP_QUERY/OP_REPLY, error
+//!   documents).
+//! * [`scram_client`] — SCRAM-SHA-1/256 towards the upstream; [`client_auth`] — SCRAM-SHA-256
+//!   towards clients.
+//! * [`upstream`] / [`pool`] — connections and the bounded FIFO pool.
+//! * [`hello`], [`request`], [`pins`], [`session`], [`listener`] — the data path.
+//!
+//! Routing: a request holds an upstream connection for its round trip only. Cursors are
+//! server-wide in MongoDB (any connection of the same user may continue them), so a
+//! `getMore`/`killCursors` goes to the one upstream server over any pooled connection; a
+//! long-polling `getMore` (with `maxTimeMS`: change streams, tailable awaitData cursors)
+//! first takes one of `max(1, max_pool_size / 2)` long-poll permits, so they can never
+//! hold the whole pool. Transactions are pinned by session (see [`pins`]).
+#![forbid(unsafe_code)]
+
+pub mod client_auth;
+pub mod context;
+pub mod hello;
+pub mod listener;
+pub mod pins;
+pub mod pool;
+pub mod request;
+pub mod scram_client;
+pub mod session;
+pub mod upstream;
+pub mod wire;
+
+pub use context::Context;
+pub use listener::{Listener, StartError};

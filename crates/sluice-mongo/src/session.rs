@@ -1,0 +1,397 @@
+//! One client connection: read a whole message, answer it (hello, login) or forward it
+//! over an upstream connection checked out for that one round trip (or over the
+//! connection pinned to its transaction), write the reply back with the client's ids.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bson::{doc, Document};
+use bytes::BytesMut;
+use sluice_stats::ErrorKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::client_auth::ClientAuth;
+use crate::context::Context;
+use crate::hello::{hello_reply, is_hello, HelloRequest};
+use crate::pins::Pinned;
+use crate::pool::{PoolError, PooledConn};
+use crate::request::RequestInfo;
+use crate::upstream::UpstreamError;
+use crate::wire::{
+    encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, FrameDecoder, OpCode, OpMsg,
+    OpQuery, WireError,
+};
+
+/// Why a session ended abnormally (logged, never sent).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+/// Runs one client session to its end.
+pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, token: CancellationToken) {
+    let span = tracing::info_span!("mongo", client = %peer);
+    async move {
+        let mut session = Session::new(ctx, stream, peer);
+        match session.serve(token).await {
+            Ok(()) => tracing::debug!("client disconnected"),
+            Err(e) => tracing::debug!(error = %e, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Session {
+    ctx: Arc<Context>,
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    peer: String,
+    auth: ClientAuth,
+    connection_id: i64,
+    next_reply_id: i32,
+}
+
+impl Session {
+    fn new(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Self {
+        let max = ctx.pool.server_info().map_or(48_000_000, |i| {
+            usize::try_from(i.max_message_size_bytes).unwrap_or(48_000_000)
+        });
+        Session {
+            auth: ClientAuth::new(ctx.users.clone(), ctx.auth_required),
+            connection_id: ctx.next_connection_id(),
+            ctx,
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            decoder: FrameDecoder::new(max),
+            peer: peer.to_string(),
+            next_reply_id: 1,
+        }
+    }
+
+    async fn serve(&mut self, token: CancellationToken) -> Result<(), SessionError> {
+        loop {
+            let frame = tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                f = self.read_frame() => f,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(SessionError::Wire(e)) => {
+                    // The stream cannot be resynchronised: answer (if the header was
+                    // readable) and close.
+                    let code = match e {
+                        WireError::TooLarge { .. } => ErrorCode::BsonObjectTooLarge,
+                        _ => ErrorCode::FailedToParse,
+                    };
+                    let request_id =
+                        crate::wire::Header::parse(&self.buf).map_or(0, |h| h.request_id);
+                    self.pool_error_count(ErrorKind::Protocol);
+                    let _ = self
+                        .reply(request_id, &error_doc(code, e.to_string()))
+                        .await;
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e),
+            };
+            self.handle(frame).await?;
+        }
+    }
+
+    async fn read_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn pool_error_count(&self, kind: ErrorKind) {
+        self.ctx.pool.counters().inc_error(kind);
+    }
+
+    async fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let request_id = frame.header.request_id;
+        match frame.header.op_code {
+            OpCode::Msg => self.handle_msg(frame).await,
+            OpCode::Query => self.handle_legacy(&frame).await,
+            other => {
+                self.pool_error_count(ErrorKind::Protocol);
+                let msg = format!("unsupported opCode {}", other.as_i32());
+                self.reply(request_id, &error_doc(ErrorCode::FailedToParse, msg))
+                    .await?;
+                Err(WireError::UnsupportedOpCode(other.as_i32()).into())
+            }
+        }
+    }
+
+    /// Legacy OP_QUERY: only the `isMaster`/`hello` handshake.
+    async fn handle_legacy(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let request_id = frame.header.request_id;
+        let reply = match OpQuery::parse(frame.body()) {
+            Ok(q) if q.is_command() && is_hello(q.command_name()) => {
+                let req = HelloRequest::parse(q.command_name(), q.command());
+                self.hello(&req).await
+            }
+            Ok(_) => error_doc(
+                ErrorCode::FailedToParse,
+                "OP_QUERY is supported only for hello/isMaster; use OP_MSG",
+            ),
+            Err(e) => error_doc(ErrorCode::FailedToParse, e.to_string()),
+        };
+        let bytes = to_bytes(&reply);
+        let id = self.next_id();
+        self.write(&encode_op_reply(id, request_id, &bytes)).await
+    }
+
+    async fn hello(&self, req: &HelloRequest) -> Document {
+        let wait = req.wait(self.ctx.process_id);
+        if !wait.is_zero() {
+            // Awaitable hello: the topology never changes, so just wait, holding nothing.
+            tokio::time::sleep(wait).await;
+        }
+        let info = self.ctx.server_info().await;
+        hello_reply(
+            req,
+            &info,
+            self.ctx.process_id,
+            self.connection_id,
+            self.auth.enabled(),
+        )
+    }
+
+    async fn handle_msg(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let request_id = frame.header.request_id;
+        let msg = match OpMsg::parse(frame.body()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                self.pool_error_count(ErrorKind::Protocol);
+                return self
+                    .reply(
+                        request_id,
+                        &error_doc(ErrorCode::FailedToParse, e.to_string()),
+                    )
+                    .await;
+            }
+        };
+        let name = msg.command_name();
+        let local = match name {
+            n if is_hello(n) => Some(self.hello(&HelloRequest::parse(n, msg.body)).await),
+            "saslStart" => Some(self.auth.sasl_start(msg.body)),
+            "saslContinue" => Some(self.auth.sasl_continue(msg.body)),
+            "logout" => Some(doc! {"ok": 1.0}),
+            "authenticate" => Some(error_doc(
+                ErrorCode::MechanismUnavailable,
+                "Sluice accepts SCRAM-SHA-256 only",
+            )),
+            n if !self.auth.authorized() => {
+                if n != "saslStart" {
+                    self.pool_error_count(ErrorKind::Auth);
+                }
+                Some(error_doc(
+                    ErrorCode::Unauthorized,
+                    format!("command {n} requires authentication"),
+                ))
+            }
+            _ => None,
+        };
+        if let Some(reply) = local {
+            if msg.more_to_come() {
+                return Ok(());
+            }
+            return self.reply(request_id, &reply).await;
+        }
+        let info = RequestInfo::parse(name, msg.body);
+        let more_to_come = msg.more_to_come();
+        self.forward(frame, info, more_to_come).await
+    }
+
+    async fn forward(
+        &mut self,
+        frame: Frame,
+        info: RequestInfo,
+        more_to_come: bool,
+    ) -> Result<(), SessionError> {
+        let request_id = frame.header.request_id;
+        let counters = self.ctx.pool.counters();
+        counters.inc_queries();
+        counters.add_bytes_in(frame.data.len() as u64);
+        if !info.ended_sessions.is_empty() {
+            self.ctx.pins.end_sessions(&info.ended_sessions);
+        }
+        if let (Some(lsid), Some(txn)) = (&info.lsid, info.txn_number) {
+            let pinned = if info.start_transaction {
+                match self.ctx.pool.checkout(&self.peer).await {
+                    Ok(conn) => Some(self.ctx.pins.pin(lsid.clone(), txn, conn)),
+                    Err(e) => return self.checkout_failed(request_id, &e, more_to_come).await,
+                }
+            } else {
+                self.ctx.pins.get(lsid, txn)
+            };
+            if let Some(pinned) = pinned {
+                return self
+                    .forward_pinned(frame, &info, lsid, pinned, more_to_come)
+                    .await;
+            }
+        }
+        let _long_poll = if info.long_poll {
+            self.ctx.long_polls.clone().acquire_owned().await.ok()
+        } else {
+            None
+        };
+        let conn = match self.ctx.pool.checkout(&self.peer).await {
+            Ok(conn) => conn,
+            Err(e) => return self.checkout_failed(request_id, &e, more_to_come).await,
+        };
+        let (conn, result) = exchange(conn, frame, more_to_come).await;
+        drop(conn);
+        self.relay(request_id, result, info.txn_number.is_some())
+            .await
+    }
+
+    async fn forward_pinned(
+        &mut self,
+        frame: Frame,
+        info: &RequestInfo,
+        lsid: &[u8],
+        pinned: Arc<Pinned>,
+        more_to_come: bool,
+    ) -> Result<(), SessionError> {
+        let request_id = frame.header.request_id;
+        let mut slot = pinned.conn.lock().await;
+        pinned.touch();
+        let Some(conn) = slot.take() else {
+            drop(slot);
+            self.ctx.pins.unpin(lsid, &pinned);
+            let e = error_doc(
+                ErrorCode::HostUnreachable,
+                "the upstream connection of this transaction was lost",
+            );
+            return self.reply(request_id, &e).await;
+        };
+        let (conn, result) = exchange(conn, frame, more_to_come).await;
+        let ended = info.ends_transaction() || result.is_err();
+        if ended {
+            self.ctx.pins.unpin(lsid, &pinned);
+            if info.ends_transaction() {
+                self.ctx.pool.counters().inc_transactions();
+            }
+            drop(conn); // back to the pool if reusable, else closed
+        } else {
+            *slot = conn;
+        }
+        drop(slot);
+        self.relay(request_id, result, true).await
+    }
+
+    /// Writes an upstream reply (or an error for a broken round trip) to the client.
+    async fn relay(
+        &mut self,
+        request_id: i32,
+        result: Result<Option<Frame>, UpstreamError>,
+        in_transaction: bool,
+    ) -> Result<(), SessionError> {
+        match result {
+            Ok(Some(mut reply)) => {
+                self.ctx
+                    .pool
+                    .counters()
+                    .add_bytes_out(reply.data.len() as u64);
+                let id = self.next_id();
+                reply.set_ids(id, request_id);
+                reply.prepare_forward(false);
+                self.write(&reply.data).await
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.pool_error_count(ErrorKind::ServerLost);
+                tracing::warn!(error = %e, "upstream round trip failed");
+                let mut d = error_doc(
+                    ErrorCode::HostUnreachable,
+                    format!("sluice: upstream connection failed: {e}"),
+                );
+                let label = if in_transaction {
+                    "TransientTransactionError"
+                } else {
+                    "RetryableWriteError"
+                };
+                d.insert("errorLabels", vec![label]);
+                self.reply(request_id, &d).await
+            }
+        }
+    }
+
+    async fn checkout_failed(
+        &mut self,
+        request_id: i32,
+        e: &PoolError,
+        more_to_come: bool,
+    ) -> Result<(), SessionError> {
+        if more_to_come {
+            return Ok(());
+        }
+        let code = match e {
+            PoolError::Timeout { .. } => ErrorCode::NetworkInterfaceExceededTimeLimit,
+            PoolError::Connect(_) | PoolError::Closed => ErrorCode::HostUnreachable,
+        };
+        self.reply(request_id, &error_doc(code, format!("sluice: {e}")))
+            .await
+    }
+
+    fn next_id(&mut self) -> i32 {
+        let id = self.next_reply_id;
+        self.next_reply_id = self.next_reply_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    async fn reply(&mut self, request_id: i32, doc: &Document) -> Result<(), SessionError> {
+        let id = self.next_id();
+        let msg = encode_op_msg(id, request_id, 0, &to_bytes(doc));
+        self.write(&msg).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+}
+
+/// One round trip on `conn`. Returns the connection (unless it broke) and the reply
+/// (`None` for a `moreToCome` request).
+async fn exchange(
+    mut conn: PooledConn,
+    frame: Frame,
+    more_to_come: bool,
+) -> (Option<PooledConn>, Result<Option<Frame>, UpstreamError>) {
+    let result = if more_to_come {
+        conn.send_only(frame).await.map(|()| None)
+    } else {
+        conn.round_trip(frame).await.map(Some)
+    };
+    match result {
+        Ok(reply) => (Some(conn), Ok(reply)),
+        Err(e) => {
+            conn.discard();
+            (None, Err(e))
+        }
+    }
+}
+
+fn to_bytes(doc: &Document) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Err(e) = doc.to_writer(&mut out) {
+        tracing::error!(error = %e, "encoding a reply document");
+    }
+    out
+}

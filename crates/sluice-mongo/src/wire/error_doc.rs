@@ -1,0 +1,69 @@
+//! MongoDB error documents (`{ok: 0, errmsg, code, codeName}`), the way Sluice reports its
+//! own failures so drivers raise their usual exceptions.
+
+use bson::{doc, Document};
+
+/// The server error codes Sluice answers with (from MongoDB's `error_codes.yml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 2: a malformed command.
+    BadValue,
+    /// 6: the upstream cannot be reached (retryable).
+    HostUnreachable,
+    /// 9: a message that does not parse.
+    FailedToParse,
+    /// 13: not authenticated / not allowed.
+    Unauthorized,
+    /// 18: wrong user or password.
+    AuthenticationFailed,
+    /// 59: a command Sluice does not know (never used for forwarded commands).
+    CommandNotFound,
+    /// 202: no upstream connection within `pool_timeout` (as mongos reports it).
+    NetworkInterfaceExceededTimeLimit,
+    /// 334: authentication mechanism not supported.
+    MechanismUnavailable,
+    /// 10334: a message over `maxMessageSizeBytes`.
+    BsonObjectTooLarge,
+}
+
+impl ErrorCode {
+    /// The numeric code.
+    pub fn code(self) -> i32 {
+        match self {
+            Self::BadValue => 2,
+            Self::HostUnreachable => 6,
+            Self::FailedToParse => 9,
+            Self::Unauthorized => 13,
+            Self::AuthenticationFailed => 18,
+            Self::CommandNotFound => 59,
+            Self::NetworkInterfaceExceededTimeLimit => 202,
+            Self::MechanismUnavailable => 334,
+            Self::BsonObjectTooLarge => 10334,
+        }
+    }
+
+    /// The `codeName`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::BadValue => "BadValue",
+            Self::HostUnreachable => "HostUnreachable",
+            Self::FailedToParse => "FailedToParse",
+            Self::Unauthorized => "Unauthorized",
+            Self::AuthenticationFailed => "AuthenticationFailed",
+            Self::CommandNotFound => "CommandNotFound",
+            Self::NetworkInterfaceExceededTimeLimit => "NetworkInterfaceExceededTimeLimit",
+            Self::MechanismUnavailable => "MechanismUnavailable",
+            Self::BsonObjectTooLarge => "BSONObjectTooLarge",
+        }
+    }
+}
+
+/// `{ok: 0.0, errmsg, code, codeName}`.
+pub fn error_doc(code: ErrorCode, errmsg: impl Into<String>) -> Document {
+    doc! {
+        "ok": 0.0,
+        "errmsg": errmsg.into(),
+        "code": code.code(),
+        "codeName": code.name(),
+    }
+}
