@@ -10,6 +10,7 @@
 //! shares one cluster ([`shared_cluster`]) between its tests, each test isolating itself in
 //! its own database ([`PgCluster::create_database`]).
 
+pub mod mongo;
 pub mod pg;
 pub mod proxy;
 

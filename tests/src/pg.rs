@@ -308,6 +308,25 @@ impl PgCluster {
         }
     }
 
+    /// Turns TLS on with this certificate and key (PEM) and restarts the server.
+    ///
+    /// # Panics
+    /// If writing the files or the restart fails.
+    pub fn enable_ssl(&self, cert_pem: &str, key_pem: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.data.join("server.crt");
+        let key = self.data.join("server.key");
+        std::fs::write(&cert, cert_pem).expect("write server.crt");
+        std::fs::write(&key, key_pem).expect("write server.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+        if self.as_postgres {
+            chown_postgres(&cert);
+            chown_postgres(&key);
+        }
+        append(&self.data.join("postgresql.conf"), "ssl = on\n");
+        self.restart();
+    }
+
     /// Stops the server (`pg_ctl stop -m fast`), leaving the data directory in place.
     ///
     /// # Panics

@@ -73,6 +73,8 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<u32>,
     /// Per-database pool mode override.
     pub pool_mode: Option<PoolMode>,
+    /// Raw TOML lines added to this database's table (e.g. `sslmode = "verify-full"`).
+    pub extra: String,
 }
 
 impl DatabaseConfig {
@@ -84,6 +86,7 @@ impl DatabaseConfig {
             pool_size: None,
             min_pool_size: None,
             pool_mode: None,
+            extra: String::new(),
         }
     }
 }
@@ -269,6 +272,7 @@ impl SluiceBuilder {
             if let Some(m) = db.pool_mode {
                 let _ = writeln!(s, "pool_mode = {}", toml_str(m.as_str()));
             }
+            s.push_str(&db.extra);
         }
         for (name, password) in &self.users {
             let _ = writeln!(s, "\n[[postgres.users]]");

@@ -21,8 +21,8 @@ pub use duration::{parse_duration, InvalidDuration};
 pub use error::ConfigError;
 pub use load::{CONFIG_ENV, ENV_VARS, OVERRIDE_KEYS};
 pub use model::{
-    AdminConfig, AuthType, DatabaseConfig, GeneralConfig, MongoConfig, PoolMode, PostgresConfig,
-    UserConfig,
+    AdminConfig, AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, GeneralConfig,
+    MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig,
 };
 pub use upstream::{Upstream, UpstreamError, DEFAULT_PORT};
 pub use validate::RESERVED_DATABASE_NAMES;

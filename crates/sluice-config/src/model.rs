@@ -164,6 +164,8 @@ pub struct PostgresConfig {
     pub auth_type: AuthType,
     /// How long connecting (and logging in) to a server may take.
     pub server_connect_timeout: Duration,
+    /// TLS towards clients.
+    pub tls: ClientTlsConfig,
     /// Per-server cache of shared prepared statements in transaction mode; 0 disables
     /// statement mapping (named statements then only work inside one transaction).
     pub max_prepared_statements: usize,
@@ -203,6 +205,7 @@ impl Default for PostgresConfig {
             server_reset_query: "DISCARD ALL".to_owned(),
             auth_type: AuthType::ScramSha256,
             server_connect_timeout: Duration::from_secs(5),
+            tls: ClientTlsConfig::default(),
             max_prepared_statements: 200,
             max_packet_size: 64 * 1024 * 1024,
             client_login_timeout: Duration::from_secs(60),
@@ -232,7 +235,7 @@ impl PostgresConfig {
 
 /// MongoDB proxy settings (`[mongo]`); the MongoDB listener runs only when this section
 /// is present.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct MongoConfig {
     /// Address MongoDB clients connect to.
     pub listen: SocketAddr,
@@ -251,6 +254,38 @@ pub struct MongoConfig {
     /// Users who may log in to Sluice (SCRAM-SHA-256); empty means clients need not
     /// authenticate, which validation allows only on a loopback listener.
     pub users: Vec<UserConfig>,
+}
+
+impl MongoConfig {
+    /// The upstream URI with any password replaced by `***` (for logs and `Debug`).
+    pub fn upstream_redacted(&self) -> String {
+        let uri = &self.upstream;
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return uri.clone();
+        };
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let user = rest[..at].split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***{}", &rest[at..])
+            }
+            None => uri.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for MongoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MongoConfig")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream_redacted())
+            .field("max_pool_size", &self.max_pool_size)
+            .field("min_pool_size", &self.min_pool_size)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("users", &self.users)
+            .finish()
+    }
 }
 
 impl Default for MongoConfig {
@@ -280,6 +315,51 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<usize>,
     /// Per-database override of `postgres.pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// TLS towards this database's server.
+    pub sslmode: SslMode,
+    /// CA certificates (PEM) that verify the server for `verify-ca` / `verify-full`.
+    pub sslrootcert: Option<std::path::PathBuf>,
+}
+
+/// TLS towards an upstream server, with libpq's names and meanings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the server offers it, without verifying the certificate (the default).
+    #[default]
+    Prefer,
+    /// TLS always, without verifying the certificate.
+    Require,
+    /// TLS always; the certificate must chain to `sslrootcert`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the upstream host.
+    VerifyFull,
+}
+
+/// TLS towards clients (`[postgres.tls]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTlsConfig {
+    /// Whether clients may, must or cannot use TLS.
+    pub mode: ClientTlsMode,
+    /// Certificate chain (PEM) Sluice presents.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM) for `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// Whether clients use TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered `N` (the default).
+    #[default]
+    Disable,
+    /// TLS when the client asks for it, plaintext otherwise.
+    Allow,
+    /// Plaintext logins are refused.
+    Require,
 }
 
 impl DatabaseConfig {

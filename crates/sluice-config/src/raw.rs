@@ -7,7 +7,9 @@ use toml::{Spanned, Value};
 
 use crate::duration::{parse_duration, seconds_to_duration};
 use crate::load::{parse_listen, Builder};
-use crate::model::{AuthType, DatabaseConfig, MongoConfig, PoolMode, UserConfig};
+use crate::model::{
+    AuthType, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode, UserConfig,
+};
 use crate::upstream::Upstream;
 use crate::ConfigError;
 
@@ -54,6 +56,8 @@ struct RawGeneral {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPostgres {
+    #[serde(default)]
+    tls: RawTls,
     listen: Option<Spanned<String>>,
     pool_mode: Option<PoolMode>,
     max_client_conn: Option<usize>,
@@ -87,6 +91,16 @@ struct RawDatabase {
     pool_size: Option<usize>,
     min_pool_size: Option<usize>,
     pool_mode: Option<PoolMode>,
+    sslmode: Option<SslMode>,
+    sslrootcert: Option<std::path::PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    mode: Option<ClientTlsMode>,
+    cert_file: Option<std::path::PathBuf>,
+    key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +214,15 @@ pub(crate) fn apply_toml(
     if let Some(users) = postgres.admin_users {
         pg.admin_users = users;
     }
+    if let Some(mode) = postgres.tls.mode {
+        pg.tls.mode = mode;
+    }
+    if let Some(f) = postgres.tls.cert_file {
+        pg.tls.cert_file = Some(f);
+    }
+    if let Some(f) = postgres.tls.key_file {
+        pg.tls.key_file = Some(f);
+    }
     if let Some(n) = postgres.max_packet_size {
         pg.max_packet_size = n;
     }
@@ -251,6 +274,8 @@ pub(crate) fn apply_toml(
                 pool_size: db.pool_size,
                 min_pool_size: db.min_pool_size,
                 pool_mode: db.pool_mode,
+                sslmode: db.sslmode.unwrap_or_default(),
+                sslrootcert: db.sslrootcert,
             })
         })
         .collect::<Result<_, ConfigError>>()?;

@@ -385,3 +385,67 @@ fn debug_output_hides_secrets() {
     let debug = format!("{config:?}");
     assert!(!debug.contains("secret"), "{debug}");
 }
+
+const MONGO_ONLY: &str =
+    "[mongo]\nupstream = \"mongodb://u:p@127.0.0.1:27017/?authSource=admin\"\n";
+
+#[test]
+fn example_mongo_section_shows_the_defaults() {
+    let config = Config::from_toml_str(EXAMPLE).expect("example");
+    let mongo = config.mongo.expect("[mongo] in the example");
+    assert_eq!(mongo.users.len(), 1);
+    let expected = crate::MongoConfig {
+        upstream: mongo.upstream.clone(),
+        users: mongo.users.clone(),
+        ..crate::MongoConfig::default()
+    };
+    assert_eq!(mongo, expected);
+}
+
+#[test]
+fn mongo_only_configuration_and_env() {
+    let config = Config::from_toml_str(MONGO_ONLY).expect("mongo alone is enough");
+    assert!(config.postgres.databases.is_empty());
+    assert_eq!(config.mongo.as_ref().map(|m| m.max_pool_size), Some(20));
+    assert!(
+        Config::from_toml_str("").is_err(),
+        "still needs something to pool"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, MONGO_ONLY).expect("write");
+    let env = |var: &str| match var {
+        "MONGO_MAX_POOL_SIZE" => Some("3".to_owned()),
+        _ => None,
+    };
+    let config = Config::load(Some(&path), &env, &[]).expect("load");
+    let mongo = config.mongo.expect("mongo");
+    assert_eq!(mongo.max_pool_size, 3);
+    assert_eq!(
+        mongo.min_pool_size, 3,
+        "default minimum capped at the maximum"
+    );
+    let env = |var: &str| match var {
+        "MONGO_MAX_POOL_SIZE" => Some("3".to_owned()),
+        "MONGO_MIN_POOL_SIZE" => Some("4".to_owned()),
+        _ => None,
+    };
+    let err = Config::load(Some(&path), &env, &[]).expect_err("min > max");
+    assert_eq!(err.key(), Some("mongo.min_pool_size"));
+}
+
+#[test]
+fn mongo_validation() {
+    let err = |text: &str| Config::from_toml_str(text).expect_err(text).to_string();
+    assert!(err("[mongo]\nupstream = \"postgres://x\"\n")
+        .starts_with("mongo.upstream: expected a MongoDB URI"));
+    assert!(err(&format!("{MONGO_ONLY}listen = \"0.0.0.0:27018\"\n"))
+        .starts_with("mongo.listen: 0.0.0.0:27018 is not a loopback address"));
+    let with_user = format!(
+        "{MONGO_ONLY}listen = \"0.0.0.0:27018\"\n[[mongo.users]]\nname = \"a\"\npassword = \"b\"\n"
+    );
+    assert!(Config::from_toml_str(&with_user).is_ok());
+    assert!(err(&format!("{MONGO_ONLY}max_pool_size = 0\n")).starts_with("mongo.max_pool_size"));
+    assert!(err(&format!("{MONGO_ONLY}pool_timeout = 0\n")).starts_with("mongo.pool_timeout"));
+}

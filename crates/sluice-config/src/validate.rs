@@ -25,6 +25,26 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     positive("postgres.pool_timeout", pg.pool_timeout)?;
     positive("postgres.server_connect_timeout", pg.server_connect_timeout)?;
+    if pg.tls.mode != crate::ClientTlsMode::Disable
+        && (pg.tls.cert_file.is_none() || pg.tls.key_file.is_none())
+    {
+        return Err(ConfigError::invalid(
+            "postgres.tls",
+            "mode \"allow\" or \"require\" needs cert_file and key_file",
+        ));
+    }
+    for (i, db) in pg.databases.iter().enumerate() {
+        if matches!(
+            db.sslmode,
+            crate::SslMode::VerifyCa | crate::SslMode::VerifyFull
+        ) && db.sslrootcert.is_none()
+        {
+            return Err(ConfigError::invalid(
+                format!("postgres.databases[{i}].sslrootcert"),
+                "required with sslmode verify-ca or verify-full",
+            ));
+        }
+    }
     if !(16 * 1024..=0x3fff_ffff).contains(&pg.max_packet_size) {
         return Err(ConfigError::invalid(
             "postgres.max_packet_size",

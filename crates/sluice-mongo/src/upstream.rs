@@ -122,9 +122,11 @@ impl Target {
                     None => None,
                     Some(AuthMechanism::ScramSha256) => Some(Mechanism::Sha256),
                     Some(AuthMechanism::ScramSha1) => Some(Mechanism::Sha1),
-                    Some(other) => return Err(UpstreamError::Uri(format!(
+                    Some(other) => {
+                        return Err(UpstreamError::Uri(format!(
                         "authMechanism {other:?} is not supported (SCRAM-SHA-256 or SCRAM-SHA-1)"
-                    ))),
+                    )))
+                    }
                 };
                 let source = c
                     .source

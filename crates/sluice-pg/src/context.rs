@@ -36,6 +36,9 @@ pub struct Database {
 /// A configuration that cannot be turned into pools.
 #[derive(Debug, Error)]
 pub enum ContextError {
+    /// TLS certificates or keys could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A user's password field is not a valid secret.
     #[error("postgres.users: password of user \"{user}\": {source}")]
     BadSecret {
@@ -61,6 +64,8 @@ pub struct Context {
     pub stats: Arc<Registry>,
     /// Admin users allowed into the SQL console, with their credentials.
     pub admin_users: HashMap<String, UserAuth>,
+    /// The TLS acceptor for clients (replaced on reload so new certificates apply).
+    pub tls: parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>,
     /// Reload and shutdown for the console, set by the binary at start.
     pub console_hooks: std::sync::OnceLock<Arc<dyn crate::console::ConsoleHooks>>,
 }
@@ -90,6 +95,7 @@ impl Context {
             } else {
                 configured.clone()
             };
+            let tls = crate::tls::connector(db.sslmode, db.sslrootcert.as_deref())?;
             let pools = users
                 .keys()
                 .map(|user| {
@@ -106,6 +112,8 @@ impl Context {
                         server_idle_timeout: nonzero(pg.server_idle_timeout),
                         server_lifetime: nonzero(pg.server_lifetime),
                         server_login_retry: pg.server_login_retry,
+                        tls: tls.clone(),
+                        sslmode: db.sslmode,
                     };
                     (user.clone(), Pool::new(settings))
                 })
@@ -135,6 +143,7 @@ impl Context {
                 admin_users.insert(name.clone(), auth);
             }
         }
+        let acceptor = crate::tls::acceptor(&pg.tls)?;
         let stats = Arc::new(Registry::new());
         for db in databases.values() {
             for pool in db.pools.values() {
@@ -148,6 +157,7 @@ impl Context {
             clients: AtomicUsize::new(0),
             stats,
             admin_users,
+            tls: parking_lot::RwLock::new(acceptor),
             console_hooks: std::sync::OnceLock::new(),
         })
     }
@@ -159,6 +169,19 @@ impl Context {
                 pool.spawn_maintenance();
             }
         }
+    }
+
+    /// The current client TLS acceptor, if TLS is enabled.
+    pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls.read().clone()
+    }
+
+    /// Loads the client certificate and key again (on reload); keeps the old ones if the
+    /// new files are bad.
+    pub fn reload_tls(&self, config: &Config) -> Result<(), crate::tls::TlsError> {
+        let acceptor = crate::tls::acceptor(&config.postgres.tls)?;
+        *self.tls.write() = acceptor;
+        Ok(())
     }
 
     /// Every pool, for health reports and reload.

@@ -27,7 +27,7 @@ use crate::prepared::StatementRegistry;
 use crate::upstream::{ServerConn, ServerParams, UpstreamError};
 
 /// Settings of one pool, resolved from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolSettings {
     /// Display name, `database/user`, used in errors and logs.
     pub name: String,
@@ -53,6 +53,22 @@ pub struct PoolSettings {
     pub server_lifetime: Option<Duration>,
     /// Pause before retrying after the upstream refused a login.
     pub server_login_retry: Duration,
+    /// TLS towards the upstream (`None`: sslmode disable).
+    pub tls: Option<tokio_rustls::TlsConnector>,
+    /// libpq-style sslmode (prefer falls back to plaintext).
+    pub sslmode: sluice_config::SslMode,
+}
+
+impl std::fmt::Debug for PoolSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSettings")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream)
+            .field("max_size", &self.max_size)
+            .field("mode", &self.mode)
+            .field("sslmode", &self.sslmode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a checkout failed.
@@ -110,6 +126,9 @@ struct State {
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
     /// Checked-out connections by checkout id: since when, by whom, backend pid.
     active: HashMap<u64, (Instant, Arc<ClientMeta>, i32)>,
+    /// Clients held by PAUSE (they count as waiting), and since when the first of them.
+    paused_waiting: usize,
+    paused_since: Option<Instant>,
     next_id: u64,
     closed: bool,
 }
@@ -201,6 +220,19 @@ impl Pool {
                 st.total += 1;
             }
         }
+    }
+
+    async fn wait_while_paused(&self, deadline: Instant) -> Result<(), ()> {
+        while self.inner.paused.load(Ordering::Acquire) {
+            let resumed = self.inner.resumed.notified();
+            if !self.inner.paused.load(Ordering::Acquire) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, resumed).await.is_err() {
+                return Err(());
+            }
+        }
+        Ok(())
     }
 
     /// `PAUSE`: holds new checkouts and waits until no connection is checked out.
@@ -341,12 +373,21 @@ impl Pool {
 
     async fn checkout_inner(&self, start: Instant) -> Result<ServerConn, PoolError> {
         let deadline = start + self.timeout();
-        while self.inner.paused.load(Ordering::Acquire) {
-            let resumed = self.inner.resumed.notified();
-            if !self.inner.paused.load(Ordering::Acquire) {
-                break;
+        if self.inner.paused.load(Ordering::Acquire) {
+            {
+                let mut st = self.inner.state.lock();
+                st.paused_waiting += 1;
+                st.paused_since.get_or_insert(start);
             }
-            if tokio::time::timeout_at(deadline, resumed).await.is_err() {
+            let held = self.wait_while_paused(deadline).await;
+            {
+                let mut st = self.inner.state.lock();
+                st.paused_waiting -= 1;
+                if st.paused_waiting == 0 {
+                    st.paused_since = None;
+                }
+            }
+            if held.is_err() {
                 return Err(self.timeout_error(start));
             }
         }
@@ -416,7 +457,7 @@ impl Pool {
         loop {
             let attempt = tokio::time::timeout_at(
                 deadline,
-                ServerConn::connect(&s.upstream, s.connect_timeout),
+                ServerConn::connect(&s.upstream, s.connect_timeout, s.tls.as_ref(), s.sslmode),
             )
             .await;
             match attempt {
@@ -585,7 +626,9 @@ impl Pool {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                match ServerConn::connect(&s.upstream, s.connect_timeout).await {
+                match ServerConn::connect(&s.upstream, s.connect_timeout, s.tls.as_ref(), s.sslmode)
+                    .await
+                {
                     Ok(mut conn) => {
                         pool.remember_params(&conn);
                         pool.record_connect(Ok(()));
@@ -667,16 +710,21 @@ impl PoolSource for Pool {
                         application_name: who.application_name.clone(),
                         age_seconds: since.elapsed().as_secs_f64(),
                     });
+            // Clients held by PAUSE wait too.
             let longest = st
                 .waiters
                 .front()
-                .map(|(t, _)| t.elapsed().as_secs_f64())
+                .map(|(t, _)| *t)
+                .into_iter()
+                .chain(st.paused_since)
+                .min()
+                .map(|t| t.elapsed().as_secs_f64())
                 .unwrap_or(0.0);
             (
                 st.total,
                 st.idle.len(),
                 st.active.len(),
-                st.waiters.len(),
+                st.waiters.len() + st.paused_waiting,
                 longest,
                 oldest,
             )

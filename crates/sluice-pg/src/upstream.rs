@@ -18,6 +18,9 @@ use tokio::time::Instant;
 
 use crate::protocol::{backend, startup};
 use crate::state::ServerState;
+use crate::tls::{MaybeTls, ServerStream};
+use rustls::pki_types::ServerName;
+use sluice_config::SslMode;
 
 /// Parameters the server reported at startup (`server_version`, `TimeZone`, ...).
 pub type ServerParams = Arc<[(String, String)]>;
@@ -45,6 +48,9 @@ pub enum UpstreamError {
     /// The server asked for something Sluice cannot answer (no password, GSS, ...).
     #[error("upstream authentication not possible: {0}")]
     Auth(String),
+    /// The TLS handshake failed or the server refused TLS that sslmode requires.
+    #[error("upstream TLS: {0}")]
+    Tls(String),
     /// The server sent bytes that are not valid protocol.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
@@ -62,6 +68,7 @@ impl Clone for UpstreamError {
             },
             UpstreamError::Auth(m) => UpstreamError::Auth(m.clone()),
             UpstreamError::Protocol(m) => UpstreamError::Protocol(m.clone()),
+            UpstreamError::Tls(m) => UpstreamError::Tls(m.clone()),
         }
     }
 }
@@ -77,7 +84,7 @@ impl UpstreamError {
             UpstreamError::Server { code, .. } => {
                 matches!(code.as_str(), "57P03" | "53300" | "57P01")
             }
-            UpstreamError::Auth(_) | UpstreamError::Protocol(_) => false,
+            UpstreamError::Auth(_) | UpstreamError::Protocol(_) | UpstreamError::Tls(_) => false,
         }
     }
 }
@@ -99,8 +106,8 @@ pub struct CancelKey {
 /// when it sits in a pool.
 #[derive(Debug)]
 pub struct ServerConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket (TLS when the database's sslmode asked for it).
+    pub stream: ServerStream,
     /// Bytes read from the server but not yet forwarded (kept with the connection).
     pub buf: BytesMut,
     /// Parameters the server reported during startup.
@@ -119,15 +126,58 @@ pub struct ServerConn {
 
 impl ServerConn {
     /// Opens and authenticates a connection, bounded by `timeout`.
-    pub async fn connect(up: &Upstream, timeout: Duration) -> Result<ServerConn, UpstreamError> {
-        tokio::time::timeout(timeout, Self::connect_inner(up))
+    pub async fn connect(
+        up: &Upstream,
+        timeout: Duration,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        sslmode: SslMode,
+    ) -> Result<ServerConn, UpstreamError> {
+        tokio::time::timeout(timeout, Self::connect_inner(up, tls, sslmode))
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
 
-    async fn connect_inner(up: &Upstream) -> Result<ServerConn, UpstreamError> {
-        let mut stream = TcpStream::connect((up.host.as_str(), up.port)).await?;
-        stream.set_nodelay(true)?;
+    /// TCP connect, then SSLRequest and the TLS handshake when configured.
+    async fn open(
+        up: &Upstream,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        sslmode: SslMode,
+    ) -> Result<ServerStream, UpstreamError> {
+        let mut tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
+        tcp.set_nodelay(true)?;
+        let Some(connector) = tls else {
+            return Ok(MaybeTls::Plain(tcp));
+        };
+        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        match answer[0] {
+            b'S' => {
+                let name = ServerName::try_from(up.host.clone()).map_err(|e| {
+                    UpstreamError::Auth(format!("bad TLS server name {}: {e}", up.host))
+                })?;
+                let stream = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+                Ok(MaybeTls::Tls(Box::new(stream)))
+            }
+            b'N' if sslmode == SslMode::Prefer => Ok(MaybeTls::Plain(tcp)),
+            b'N' => Err(UpstreamError::Tls(format!(
+                "server does not support SSL, but sslmode is {sslmode:?}"
+            ))),
+            other => Err(UpstreamError::Protocol(format!(
+                "unexpected answer {other:#x} to SSLRequest"
+            ))),
+        }
+    }
+
+    async fn connect_inner(
+        up: &Upstream,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        sslmode: SslMode,
+    ) -> Result<ServerConn, UpstreamError> {
+        let mut stream = Self::open(up, tls, sslmode).await?;
         let mut out = Vec::with_capacity(128);
         startup::write_startup(
             &mut out,
@@ -224,8 +274,14 @@ impl ServerConn {
         if !self.buf.is_empty() {
             return false;
         }
+        let Some(tcp) = self.stream.tcp() else {
+            return false;
+        };
+        // Peek without consuming (a TLS stream's bytes must stay in the socket).
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        tcp.poll_peek(&mut cx, &mut buf).is_pending()
     }
 
     /// Runs `sql` as a simple query and waits for ReadyForQuery, discarding the results.
@@ -288,7 +344,7 @@ pub fn server_error(mut fields: ErrorFields<'_>) -> UpstreamError {
 
 /// Reads one whole backend message, buffering partial input in `buf`.
 async fn read_message(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut BytesMut,
 ) -> Result<Message, UpstreamError> {
     loop {

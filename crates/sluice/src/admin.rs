@@ -72,6 +72,10 @@ pub fn reload(ctx: &Context, loader: &Loader) -> Result<String, String> {
         tracing::error!(error = %e, "reload rejected; keeping the running configuration");
         e.to_string()
     })?;
+    ctx.reload_tls(&new).map_err(|e| {
+        tracing::error!(error = %e, "reload rejected: TLS files");
+        e.to_string()
+    })?;
     let old = &ctx.config;
     let (pg, new_pg) = (&old.postgres, &new.postgres);
     let mut applied = 0;
@@ -113,7 +117,7 @@ pub fn reload(ctx: &Context, loader: &Loader) -> Result<String, String> {
         restart.push("admin");
     }
     let detail = if restart.is_empty() {
-        format!("applied pool sizes and timeouts to {applied} pools")
+        format!("applied pool sizes, pool_timeout and TLS certificates to {applied} pools")
     } else {
         format!(
             "applied pool sizes and timeouts to {applied} pools; needs a restart to take effect: {}",

@@ -62,6 +62,22 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(sluice_pg::Context::new(config.clone()).context("building pools")?);
+    // The admin listener binds first: if its port is taken, Sluice fails before clients
+    // can reach it.
+    let mut admin_server = None;
+    if config.admin.enabled {
+        let hooks = Arc::new(admin::Hooks {
+            ctx: ctx.clone(),
+            loader: loader.clone(),
+        });
+        let state =
+            sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks);
+        let server = sluice_admin::AdminServer::bind(config.admin.listen, state)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        tracing::info!(listen = %config.admin.listen, "admin listener ready");
+        admin_server = Some(server);
+    }
     let listener = sluice_pg::Listener::bind(ctx.clone())
         .await
         .with_context(|| format!("binding postgres.listen {}", config.postgres.listen))?;
@@ -85,17 +101,7 @@ pub async fn run(
     };
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    if config.admin.enabled {
-        let hooks = Arc::new(admin::Hooks {
-            ctx: ctx.clone(),
-            loader: loader.clone(),
-        });
-        let state =
-            sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks);
-        let server = sluice_admin::AdminServer::bind(config.admin.listen, state)
-            .await
-            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-        tracing::info!(listen = %config.admin.listen, "admin listener ready");
+    if let Some(server) = admin_server {
         tokio::spawn(server.run(token.clone()));
     }
     let stop = CancellationToken::new();

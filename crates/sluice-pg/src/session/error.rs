@@ -40,6 +40,9 @@ pub enum SessionError {
     /// Sluice is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// `[postgres.tls] mode = "require"` and the client did not use TLS.
+    #[error("plaintext login refused: TLS is required")]
+    TlsRequired,
     /// The client did not finish logging in within `client_login_timeout`.
     #[error("client_login_timeout expired before the client authenticated")]
     LoginTimeout,
@@ -103,6 +106,11 @@ impl SessionError {
                 (Fatal, code, msg)
             }
             SessionError::ServerLost(e) => (Fatal, "08006", format!("server connection lost: {e}")),
+            SessionError::TlsRequired => (
+                Fatal,
+                "28000",
+                "SSL/TLS is required: connect with sslmode=require or stronger".into(),
+            ),
             SessionError::LoginTimeout => (
                 Fatal,
                 "08006",

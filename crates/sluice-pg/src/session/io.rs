@@ -5,6 +5,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls::{ClientStream, MaybeTls};
+
 use super::SessionError;
 use crate::protocol::frame::frame_len;
 use crate::protocol::startup::startup_len;
@@ -14,7 +16,7 @@ const MAX_AUTH_FRAME: usize = 16 * 1024;
 
 /// A client connection.
 pub(crate) struct ClientIo {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ClientStream,
     /// Bytes read from the client and not yet handled.
     pub(crate) buf: BytesMut,
 }
@@ -22,7 +24,7 @@ pub(crate) struct ClientIo {
 impl ClientIo {
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self {
-            stream,
+            stream: MaybeTls::Plain(stream),
             buf: BytesMut::with_capacity(4096),
         }
     }
@@ -80,6 +82,21 @@ impl ClientIo {
         } else {
             Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()))
         }
+    }
+
+    /// Performs the TLS handshake after Sluice answered an SSLRequest with `S`.
+    pub(crate) async fn upgrade(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> Result<(), SessionError> {
+        let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Detached) else {
+            return Err(SessionError::Protocol(
+                crate::protocol::ProtocolError::Unexpected('S'),
+            ));
+        };
+        let tls = acceptor.accept(tcp).await?;
+        self.stream = MaybeTls::Tls(Box::new(tls));
+        Ok(())
     }
 
     /// Writes all of `bytes` to the client.

@@ -21,6 +21,7 @@ pub(crate) async fn read_startup(
         };
         match parse_startup(&packet)? {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                let ssl = matches!(parse_startup(&packet), Ok(StartupPacket::SslRequest));
                 if !client.buf.is_empty() {
                     // Bytes after an encryption request before our answer: a protocol
                     // violation (and the CVE-2021-23214 buffer-stuffing pattern).
@@ -28,13 +29,29 @@ pub(crate) async fn read_startup(
                         crate::protocol::ProtocolError::Unexpected('?'),
                     ));
                 }
-                client.write(b"N").await?;
+                let acceptor = if ssl && !client.stream.is_tls() {
+                    ctx.tls_acceptor()
+                } else {
+                    None
+                };
+                match acceptor {
+                    Some(acceptor) => {
+                        client.write(b"S").await?;
+                        client.upgrade(&acceptor).await?;
+                    }
+                    None => client.write(b"N").await?,
+                }
             }
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancel.cancel(pid, secret).await;
                 return Ok(None);
             }
             StartupPacket::Startup(params) => {
+                if ctx.config.postgres.tls.mode == sluice_config::ClientTlsMode::Require
+                    && !client.stream.is_tls()
+                {
+                    return Err(SessionError::TlsRequired);
+                }
                 if params.minor_version > 0 || params.protocol_options().next().is_some() {
                     let mut out = BytesMut::new();
                     let opts: Vec<&str> = params.protocol_options().collect();

@@ -1,0 +1,353 @@
+//! The MongoDB side of the harness: a throwaway SecantusDB server (see
+//! `shared/MONGO-TESTING.md`; `.ci/run` installs it into `/opt/secantus`), or a genuine
+//! MongoDB named by `SLUICE_TEST_MONGODB_URI`, and the real sluice program with a `[mongo]`
+//! section in front of it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::doc;
+use mongodb::Client;
+
+use crate::free_port;
+use crate::proxy::sluice_binary;
+
+/// Environment variable with the URI of a real MongoDB to test against instead.
+pub const MONGODB_URI_ENV: &str = "SLUICE_TEST_MONGODB_URI";
+
+/// The SecantusDB program (override with `SLUICE_TEST_SECANTUS`).
+fn secantus_binary() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_SECANTUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/secantus/bin/secantusd-py"))
+}
+
+/// The Python with pymongo used by the driver tests (override with `SLUICE_TEST_PYTHON`).
+pub fn pymongo_python() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/secantus/bin/python"))
+}
+
+/// A MongoDB-wire server for tests.
+pub struct MongoServer {
+    uri: String,
+    child: Option<Child>,
+    log: Option<tempfile::NamedTempFile>,
+}
+
+/// The server shared by the tests of one test process, started on first use.
+pub fn shared_mongo() -> &'static MongoServer {
+    static SHARED: OnceLock<MongoServer> = OnceLock::new();
+    SHARED.get_or_init(|| MongoServer::start(&[]))
+}
+
+impl MongoServer {
+    /// Starts a fresh SecantusDB with extra arguments (e.g. `--auth`), or, with
+    /// `SLUICE_TEST_MONGODB_URI` set, uses that server.
+    ///
+    /// # Panics
+    /// If the server does not answer a ping within 60 s.
+    pub fn start(extra_args: &[&str]) -> MongoServer {
+        if let Ok(uri) = std::env::var(MONGODB_URI_ENV) {
+            return MongoServer {
+                uri,
+                child: None,
+                log: None,
+            };
+        }
+        let port = free_port();
+        let log = tempfile::NamedTempFile::new().expect("temp log file");
+        // The shell wrapper stops the server when the test process goes away, even if
+        // this value is never dropped (the shared server lives in a static).
+        let script = r#"
+            parent=$1; shift
+            "$@" &
+            child=$!
+            trap 'kill "$child" 2>/dev/null; wait "$child"; exit 0' TERM
+            while [ -d "/proc/$parent" ] && [ -d "/proc/$child" ]; do sleep 0.5; done
+            kill "$child" 2>/dev/null
+            wait "$child"
+        "#;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg("sluice-mongo-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(secantus_binary())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
+            .args(["--enable-test-commands"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(
+                log.reopen()
+                    .expect("log")
+                    .try_clone()
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
+            .stderr(log.reopen().map(Stdio::from).unwrap_or(Stdio::null()))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); install it as .ci/run does, or set {MONGODB_URI_ENV}",
+                    secantus_binary().display()
+                )
+            });
+        let server = MongoServer {
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            child: Some(child),
+            log: Some(log),
+        };
+        server.wait_ready(port);
+        server
+    }
+
+    fn wait_ready(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                panic!("SecantusDB did not listen on {addr}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the server logged so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l.path()).ok())
+            .unwrap_or_default()
+    }
+
+    /// The direct URI (no credentials).
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The direct URI with credentials inserted (`mongodb://user:pass@host/...`).
+    pub fn uri_with_user(&self, user: &str, password: &str) -> String {
+        self.uri
+            .replacen("mongodb://", &format!("mongodb://{user}:{password}@"), 1)
+            .replacen("/?", "/?authSource=admin&", 1)
+    }
+
+    /// A driver client connected directly (not through Sluice).
+    pub async fn direct_client(&self) -> Client {
+        let client = Client::with_uri_str(&self.uri)
+            .await
+            .expect("direct client");
+        client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .expect("direct ping");
+        client
+    }
+
+    /// `serverStatus().connections.current`.
+    pub async fn current_connections(client: &Client) -> i64 {
+        let status = client
+            .database("admin")
+            .run_command(doc! {"serverStatus": 1})
+            .await
+            .expect("serverStatus");
+        let conns = status.get_document("connections").expect("connections");
+        match conns.get("current") {
+            Some(mongodb::bson::Bson::Int32(n)) => i64::from(*n),
+            Some(mongodb::bson::Bson::Int64(n)) => *n,
+            Some(mongodb::bson::Bson::Double(n)) => *n as i64,
+            other => panic!("serverStatus.connections.current: {other:?}"),
+        }
+    }
+}
+
+impl Drop for MongoServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Builds a sluice configuration with a `[mongo]` section and starts the program.
+#[derive(Debug, Clone)]
+pub struct MongoSluiceBuilder {
+    upstream: String,
+    max_pool_size: u32,
+    min_pool_size: u32,
+    pool_timeout: String,
+    users: Vec<(String, String)>,
+}
+
+impl MongoSluiceBuilder {
+    /// Defaults: max_pool_size 5, min_pool_size 0, pool_timeout 30 s.
+    pub fn new(upstream: &str) -> Self {
+        MongoSluiceBuilder {
+            upstream: upstream.to_owned(),
+            max_pool_size: 5,
+            min_pool_size: 0,
+            pool_timeout: "30s".into(),
+            users: Vec::new(),
+        }
+    }
+    /// Sets `max_pool_size`.
+    pub fn max_pool_size(mut self, n: u32) -> Self {
+        self.max_pool_size = n;
+        self
+    }
+    /// Sets `min_pool_size`.
+    pub fn min_pool_size(mut self, n: u32) -> Self {
+        self.min_pool_size = n;
+        self
+    }
+    /// Sets `pool_timeout` (as the file spells it, e.g. `"1s"`).
+    pub fn pool_timeout(mut self, t: &str) -> Self {
+        self.pool_timeout = t.to_owned();
+        self
+    }
+    /// Adds a `[[mongo.users]]` entry.
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Writes the configuration and starts the program.
+    ///
+    /// # Panics
+    /// If it exits or does not listen within 15 s.
+    pub fn start(self) -> MongoSluice {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-mongo-")
+            .tempdir()
+            .expect("temp dir");
+        let (port, pg_port, admin_port) = (free_port(), free_port(), free_port());
+        let mut toml = String::new();
+        let _ = writeln!(toml, "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n");
+        let _ = writeln!(toml, "[postgres]\nlisten = \"127.0.0.1:{pg_port}\"\n");
+        let _ = writeln!(toml, "[mongo]\nlisten = \"127.0.0.1:{port}\"");
+        let _ = writeln!(toml, "upstream = {:?}", self.upstream);
+        let _ = writeln!(toml, "max_pool_size = {}", self.max_pool_size);
+        let _ = writeln!(toml, "min_pool_size = {}", self.min_pool_size);
+        let _ = writeln!(toml, "pool_timeout = {:?}", self.pool_timeout);
+        for (name, password) in &self.users {
+            let _ = writeln!(
+                toml,
+                "\n[[mongo.users]]\nname = {name:?}\npassword = {password:?}"
+            );
+        }
+        let config = dir.path().join("sluice.toml");
+        std::fs::write(&config, &toml).expect("write config");
+        let stderr_path = dir.path().join("sluice.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = Command::new(sluice_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn sluice");
+        let mut sluice = MongoSluice {
+            child,
+            port,
+            admin_port,
+            stderr_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = sluice.child.try_wait() {
+                panic!(
+                    "sluice exited with {status}\nconfig:\n{toml}\nstderr:\n{}",
+                    sluice.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "sluice did not listen on {addr}\nstderr:\n{}",
+                    sluice.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sluice
+    }
+}
+
+/// A running sluice with a MongoDB listener; killed on drop (its stderr is printed when
+/// the test is failing).
+pub struct MongoSluice {
+    child: Child,
+    port: u16,
+    admin_port: u16,
+    stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl MongoSluice {
+    /// The MongoDB listen port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The admin HTTP port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// `mongodb://127.0.0.1:PORT/` plus `options` (e.g. `"maxPoolSize=1"`).
+    pub fn uri(&self, options: &str) -> String {
+        format!("mongodb://127.0.0.1:{}/?{options}", self.port)
+    }
+
+    /// A driver client through Sluice.
+    pub async fn client(&self) -> Client {
+        Client::with_uri_str(self.uri("serverSelectionTimeoutMS=10000"))
+            .await
+            .expect("client through sluice")
+    }
+
+    /// What the program wrote to stderr.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// `GET path` on the admin listener; returns the body.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin");
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or(out)
+    }
+}
+
+impl Drop for MongoSluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("SLUICE_TEST_SHOW_LOG").is_some() {
+            eprintln!("---- sluice stderr ----\n{}\n---- end ----", self.stderr());
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The MongoDB side end to end: SecantusDB (or `SLUICE_TEST_MONGODB_URI`) behind the real
+//! sluice program, driven by the Rust `mongodb` driver, pymongo and raw OP_MSG/OP_QUERY.
+
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::error::ErrorKind;
+use mongodb::options::FindOptions;
+use mongodb::Client;
+use sluice_tests::mongo::{pymongo_python, shared_mongo, MongoServer, MongoSluiceBuilder};
+use sluice_tests::{unique_name, within};
+
+const HANG: Duration = Duration::from_secs(120);
+
+fn server_code(e: &mongodb::error::Error) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first())
+            .map(|w| w.code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_cursor_aggregation_and_errors() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri()).start();
+    within(HANG, "crud", async {
+        let client = sluice.client().await;
+        let db = client.database(&unique_name("crud"));
+        let coll = db.collection::<Document>("c");
+        coll.insert_one(doc! {"_id": 1, "v": "a"})
+            .await
+            .expect("insert");
+        let found = coll
+            .find_one(doc! {"_id": 1})
+            .await
+            .expect("find")
+            .expect("doc");
+        assert_eq!(found.get_str("v").expect("v"), "a");
+        let r = coll
+            .update_one(doc! {"_id": 1}, doc! {"$set": {"v": "b"}})
+            .await
+            .expect("update");
+        assert_eq!(r.modified_count, 1);
+        let r = coll.delete_one(doc! {"_id": 1}).await.expect("delete");
+        assert_eq!(r.deleted_count, 1);
+
+        // 1,000 documents read 10 at a time: 100 getMores.
+        let docs: Vec<Document> = (0..1000).map(|i| doc! {"_id": i, "n": i}).collect();
+        coll.insert_many(docs).await.expect("insert_many");
+        let cursor = coll
+            .find(doc! {})
+            .with_options(FindOptions::builder().batch_size(10).build())
+            .await
+            .expect("find");
+        let all: Vec<Document> = cursor.try_collect().await.expect("cursor");
+        assert_eq!(all.len(), 1000);
+
+        let agg: Vec<Document> = coll
+            .aggregate(vec![doc! {"$group": {"_id": null, "sum": {"$sum": "$n"}}}])
+            .await
+            .expect("aggregate")
+            .try_collect()
+            .await
+            .expect("agg cursor");
+        let sum = agg[0].get("sum").expect("sum");
+        assert!(
+            sum.as_i32() == Some(499_500) || sum.as_i64() == Some(499_500),
+            "{sum:?}"
+        );
+
+        let uniq = db.collection::<Document>("u");
+        uniq.create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"k": 1})
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .expect("index");
+        uniq.insert_one(doc! {"k": 1}).await.expect("first");
+        let dup = uniq.insert_one(doc! {"k": 1}).await.expect_err("duplicate");
+        assert_eq!(server_code(&dup), Some(11000), "{dup:?}");
+
+        let unknown = db
+            .run_command(doc! {"noSuchCommand": 1})
+            .await
+            .expect_err("unknown");
+        assert_eq!(server_code(&unknown), Some(59), "{unknown:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_commit_and_abort_with_isolation() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri()).start();
+    within(HANG, "transactions", async {
+        let client = sluice.client().await;
+        let other = Client::with_uri_str(sluice.uri(""))
+            .await
+            .expect("second client");
+        let name = unique_name("txn");
+        let coll = client.database(&name).collection::<Document>("t");
+        let seen = other.database(&name).collection::<Document>("t");
+        coll.insert_one(doc! {"_id": 0})
+            .await
+            .expect("create collection");
+
+        let mut session = client.start_session().await.expect("session");
+        session.start_transaction().await.expect("start");
+        coll.insert_one(doc! {"_id": 1})
+            .session(&mut session)
+            .await
+            .expect("insert in txn");
+        assert!(
+            seen.find_one(doc! {"_id": 1})
+                .await
+                .expect("peek")
+                .is_none(),
+            "uncommitted write visible to another client"
+        );
+        session.commit_transaction().await.expect("commit");
+        assert!(seen
+            .find_one(doc! {"_id": 1})
+            .await
+            .expect("after")
+            .is_some());
+
+        session.start_transaction().await.expect("start 2");
+        coll.insert_one(doc! {"_id": 2})
+            .session(&mut session)
+            .await
+            .expect("insert 2");
+        session.abort_transaction().await.expect("abort");
+        assert!(seen
+            .find_one(doc! {"_id": 2})
+            .await
+            .expect("aborted")
+            .is_none());
+        let stats = sluice.admin_get("/admin/pool-stats");
+        let v: serde_json::Value = serde_json::from_str(&stats).expect("json");
+        assert!(
+            v["mongo_pools"][0]["counters"]["transactions_total"].as_u64() >= Some(2),
+            "{v}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_clients_share_five_upstream_connections() {
+    // Its own server, so the connection count is not disturbed by other tests.
+    let server = MongoServer::start(&[]);
+    let direct = server.direct_client().await;
+    let baseline = MongoServer::current_connections(&direct).await;
+    let sluice = MongoSluiceBuilder::new(server.uri())
+        .max_pool_size(5)
+        .start();
+    let uri = sluice.uri("maxPoolSize=2");
+    let name = unique_name("many");
+    within(Duration::from_secs(300), "100 clients", async {
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let uri = uri.clone();
+            let name = name.clone();
+            tasks.push(tokio::spawn(async move {
+                let client = Client::with_uri_str(&uri).await.expect("client");
+                let coll = client.database(&name).collection::<Document>("c");
+                for j in 0..5 {
+                    coll.insert_one(doc! {"c": i, "j": j}).await.expect("insert");
+                    coll.find_one(doc! {"c": i}).await.expect("find");
+                }
+            }));
+        }
+        let mut peak = 0;
+        while tasks.iter().any(|t| !t.is_finished()) {
+            let now = MongoServer::current_connections(&direct).await;
+            peak = peak.max(now);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let count = direct
+            .database(&name)
+            .collection::<Document>("c")
+            .count_documents(doc! {})
+            .await
+            .expect("count");
+        assert_eq!(count, 500);
+        assert!(
+            peak - baseline <= 5,
+            "serverStatus.connections.current peaked at {peak} (baseline {baseline}): Sluice used more than 5"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&sluice.admin_get("/admin/pool-stats")).expect("json");
+        assert!(v["mongo_pools"][0]["size"].as_u64() <= Some(5), "{v}");
+        assert!(v["mongo_pools"][0]["counters"]["server_connects_total"].as_u64() <= Some(5), "{v}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_timeout_is_a_mongodb_error() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(1)
+        .pool_timeout("1s")
+        .start();
+    within(HANG, "pool timeout", async {
+        let client = sluice.client().await;
+        let name = unique_name("timeout");
+        let coll = client.database(&name).collection::<Document>("t");
+        coll.insert_one(doc! {"_id": 0}).await.expect("setup");
+        // An open transaction pins the only upstream connection.
+        let mut session = client.start_session().await.expect("session");
+        session.start_transaction().await.expect("start");
+        coll.insert_one(doc! {"_id": 1})
+            .session(&mut session)
+            .await
+            .expect("insert in txn");
+        let other = Client::with_uri_str(sluice.uri("retryReads=false&retryWrites=false"))
+            .await
+            .expect("other");
+        let err = other
+            .database(&name)
+            .run_command(doc! {"count": "t"})
+            .await
+            .expect_err("no connection left");
+        assert_eq!(server_code(&err), Some(202), "{err:?}");
+        assert!(err.to_string().contains("timed out"), "{err}");
+        session.abort_transaction().await.expect("abort");
+        other
+            .database(&name)
+            .run_command(doc! {"count": "t"})
+            .await
+            .expect("works again after the pin is released");
+        let metrics = sluice.admin_get("/metrics");
+        assert!(
+            metrics.contains("sluice_pool_errors_total{database=\"mongo\",user=\"\",pool=\"mongo\",kind=\"timeout\"} 1"),
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_scram_auth_accepted_and_rejected() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .user("app", "s3cret")
+        .start();
+    within(HANG, "client auth", async {
+        let good = Client::with_uri_str(format!(
+            "mongodb://app:s3cret@127.0.0.1:{}/?authSource=admin",
+            sluice.port()
+        ))
+        .await
+        .expect("client");
+        good.database("x")
+            .run_command(doc! {"ping": 1})
+            .await
+            .expect("authenticated ping");
+        let bad = Client::with_uri_str(format!(
+            "mongodb://app:wrong@127.0.0.1:{}/?authSource=admin&serverSelectionTimeoutMS=3000",
+            sluice.port()
+        ))
+        .await
+        .expect("client");
+        let err = bad
+            .database("x")
+            .run_command(doc! {"ping": 1})
+            .await
+            .expect_err("wrong password");
+        assert!(
+            matches!(err.kind.as_ref(), ErrorKind::Authentication { .. }),
+            "{err:?}"
+        );
+        let anonymous = Client::with_uri_str(sluice.uri("")).await.expect("client");
+        let err = anonymous
+            .database("x")
+            .collection::<Document>("c")
+            .find_one(doc! {})
+            .await
+            .expect_err("not logged in");
+        assert_eq!(server_code(&err), Some(13), "{err:?}");
+    })
+    .await;
+}
+
+/// Raw wire: legacy OP_QUERY isMaster, an OP_MSG hello, and a malformed message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_is_master_and_malformed_messages() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri()).start();
+    within(HANG, "raw wire", async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", sluice.port()))
+            .await
+            .expect("connect");
+        let mut query = Vec::new();
+        doc! {"isMaster": 1, "helloOk": true}
+            .to_writer(&mut query)
+            .expect("bson");
+        let mut body = Vec::new();
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(b"admin.$cmd\0");
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        body.extend_from_slice(&query);
+        let reply = round_trip(&mut s, 2004, 77, &body).await;
+        assert_eq!(reply.1, 1, "OP_REPLY");
+        assert_eq!(reply.0, 77, "responseTo");
+        let doc = Document::from_reader(&reply.2[20..]).expect("reply doc");
+        assert_eq!(doc.get_str("msg").expect("msg"), "isdbgrid");
+        assert!(doc.get_bool("ismaster").expect("ismaster"));
+        assert!(doc.get("hosts").is_none() && doc.get("setName").is_none());
+
+        // An OP_MSG whose document length runs past the message.
+        let mut bad = vec![0, 0, 0, 0, 0];
+        bad.extend_from_slice(&1000i32.to_le_bytes());
+        bad.extend_from_slice(&[0; 4]);
+        let reply = round_trip(&mut s, 2013, 78, &bad).await;
+        assert_eq!(reply.0, 78);
+        let doc = Document::from_reader(&reply.2[5..]).expect("error doc");
+        assert_eq!(doc.get_i32("code").expect("code"), 9, "{doc}");
+        assert_eq!(doc.get_f64("ok").expect("ok"), 0.0);
+
+        async fn round_trip(
+            s: &mut tokio::net::TcpStream,
+            op: i32,
+            id: i32,
+            body: &[u8],
+        ) -> (i32, i32, Vec<u8>) {
+            let len = i32::try_from(16 + body.len()).expect("len");
+            let mut msg = Vec::new();
+            for v in [len, id, 0, op] {
+                msg.extend_from_slice(&v.to_le_bytes());
+            }
+            msg.extend_from_slice(body);
+            s.write_all(&msg).await.expect("write");
+            let mut header = [0u8; 16];
+            s.read_exact(&mut header).await.expect("read header");
+            let field = |i: usize| {
+                i32::from_le_bytes(header[i * 4..i * 4 + 4].try_into().expect("4 bytes"))
+            };
+            let mut rest = vec![0u8; usize::try_from(field(0) - 16).expect("len")];
+            s.read_exact(&mut rest).await.expect("read body");
+            (field(2), field(3), rest)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymongo_through_sluice() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(3)
+        .start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/mongo_pymongo.py");
+    let out = tokio::process::Command::new(pymongo_python())
+        .arg(script)
+        .arg(sluice.uri(""))
+        .arg(unique_name("py"))
+        .output();
+    let out = within(HANG, "pymongo", out).await.expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "pymongo script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+}
