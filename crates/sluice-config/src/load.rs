@@ -19,6 +19,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("POSTGRES_POOL_MIN_SIZE", "postgres.min_pool_size"),
     ("POSTGRES_POOL_TIMEOUT", "postgres.pool_timeout"),
     ("SLUICE_ADMIN_LISTEN", "admin.listen"),
+    ("SLUICE_WORKER_THREADS", "general.worker_threads"),
     ("SLUICE_ADMIN_TOKEN", "admin.token"),
     ("MONGO_MAX_POOL_SIZE", "mongo.max_pool_size"),
     ("MONGO_MIN_POOL_SIZE", "mongo.min_pool_size"),
@@ -87,6 +88,12 @@ impl Builder {
                         self.mongo_min_pool_size_explicit = true;
                     }
                 }
+            }
+            "general.worker_threads" => {
+                self.config.general.worker_threads = raw
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(format!("not a thread count: {raw:?}")))?;
             }
             "general.shutdown_timeout" => {
                 self.config.general.shutdown_timeout =

@@ -102,12 +102,16 @@ impl FromStr for AuthType {
 pub struct GeneralConfig {
     /// How long a graceful shutdown waits for clients before closing them.
     pub shutdown_timeout: Duration,
+    /// Runtime threads: 0 = one per CPU; 1 = a single-threaded runtime (lowest latency
+    /// and CPU per query when one core is enough).
+    pub worker_threads: usize,
 }
 
 impl Default for GeneralConfig {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(30),
+            worker_threads: 0,
         }
     }
 }

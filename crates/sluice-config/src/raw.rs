@@ -51,6 +51,7 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawGeneral {
     shutdown_timeout: Option<Spanned<Value>>,
+    worker_threads: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -182,6 +183,9 @@ pub(crate) fn apply_toml(
         cfg_admin.token = Some(token);
     }
 
+    if let Some(n) = general.worker_threads {
+        builder.config.general.worker_threads = n;
+    }
     if let Some(value) = &general.shutdown_timeout {
         builder.config.general.shutdown_timeout =
             source.duration("general.shutdown_timeout", value)?;

@@ -26,6 +26,10 @@ use tokio::time::Instant;
 use crate::prepared::StatementRegistry;
 use crate::upstream::{ServerConn, ServerParams, UpstreamError};
 
+/// A server connection as the pool moves it around (boxed: cheap to move, and clients
+/// that hold none carry no room for one).
+type Conn = Box<ServerConn>;
+
 /// Settings of one pool, resolved from the configuration.
 #[derive(Clone)]
 pub struct PoolSettings {
@@ -100,10 +104,9 @@ pub enum PoolError {
 
 /// What a waiting client is handed. (Moved by value once per hand-off; boxing it would
 /// cost an allocation per checkout.)
-#[allow(clippy::large_enum_variant)]
 enum Grant {
     /// An idle connection, ready to use.
-    Conn(ServerConn),
+    Conn(Conn),
     /// Permission to open a connection in a freed slot.
     Slot,
 }
@@ -119,7 +122,7 @@ pub struct ClientMeta {
 
 #[derive(Default)]
 struct State {
-    idle: Vec<ServerConn>,
+    idle: Vec<Conn>,
     /// Connections that exist or are being opened (idle + checked out + connecting).
     total: usize,
     /// Queued clients, oldest first, with when they started waiting.
@@ -170,9 +173,8 @@ pub struct Pool {
     inner: Arc<Inner>,
 }
 
-#[allow(clippy::large_enum_variant)]
 enum Step {
-    Ready(ServerConn),
+    Ready(Conn),
     Connect,
     Wait(oneshot::Receiver<Grant>),
 }
@@ -371,7 +373,7 @@ impl Pool {
         }
     }
 
-    async fn checkout_inner(&self, start: Instant) -> Result<ServerConn, PoolError> {
+    async fn checkout_inner(&self, start: Instant) -> Result<Conn, PoolError> {
         let deadline = start + self.timeout();
         if self.inner.paused.load(Ordering::Acquire) {
             {
@@ -440,11 +442,7 @@ impl Pool {
 
     /// Opens a connection in a slot already counted in `total`, retrying transient
     /// failures (upstream restarting) until the deadline. Frees the slot on failure.
-    async fn connect_in_slot(
-        &self,
-        deadline: Instant,
-        start: Instant,
-    ) -> Result<ServerConn, PoolError> {
+    async fn connect_in_slot(&self, deadline: Instant, start: Instant) -> Result<Conn, PoolError> {
         let s = &self.inner.settings;
         let mut backoff = Duration::from_millis(50);
         if let Some(e) = self.login_blocked() {
@@ -457,7 +455,12 @@ impl Pool {
         loop {
             let attempt = tokio::time::timeout_at(
                 deadline,
-                ServerConn::connect(&s.upstream, s.connect_timeout, s.tls.as_ref(), s.sslmode),
+                Box::pin(ServerConn::connect(
+                    &s.upstream,
+                    s.connect_timeout,
+                    s.tls.as_ref(),
+                    s.sslmode,
+                )),
             )
             .await;
             match attempt {
@@ -465,7 +468,7 @@ impl Pool {
                     self.remember_params(&conn);
                     self.record_connect(Ok(()));
                     self.set_lifetime(&mut conn);
-                    return Ok(conn);
+                    return Ok(Box::new(conn));
                 }
                 Ok(Err(e)) if e.is_transient() && Instant::now() + backoff < deadline => {
                     self.record_connect(Err(e.to_string()));
@@ -533,7 +536,7 @@ impl Pool {
     }
 
     /// Puts a clean connection back: to the longest waiter, else onto the idle stack.
-    fn checkin_conn(&self, conn: ServerConn) {
+    fn checkin_conn(&self, conn: Conn) {
         let mut st = self.inner.state.lock();
         let expired = conn.expires.is_some_and(|t| Instant::now() >= t);
         if st.closed || expired {
@@ -626,14 +629,19 @@ impl Pool {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                match ServerConn::connect(&s.upstream, s.connect_timeout, s.tls.as_ref(), s.sslmode)
-                    .await
+                match Box::pin(ServerConn::connect(
+                    &s.upstream,
+                    s.connect_timeout,
+                    s.tls.as_ref(),
+                    s.sslmode,
+                ))
+                .await
                 {
                     Ok(mut conn) => {
                         pool.remember_params(&conn);
                         pool.record_connect(Ok(()));
                         pool.set_lifetime(&mut conn);
-                        pool.checkin_conn(conn);
+                        pool.checkin_conn(Box::new(conn));
                         backoff = Duration::from_millis(500);
                     }
                     Err(e) => {
@@ -665,7 +673,7 @@ impl Pool {
 /// A checked-out server connection. Dropping it closes the connection; call
 /// [`PooledConn::checkin`] to return it when it is clean.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Conn>,
     pool: Pool,
     /// Key in the pool's table of active checkouts.
     id: u64,

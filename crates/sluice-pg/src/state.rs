@@ -1,10 +1,71 @@
 //! Session state that must follow a client across server connections (its settings and
 //! prepared statements), and the matching state each server connection carries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::prepared::{ServerStatements, Statement};
+
+/// A small map of setting name → value, kept as a sorted vector: a session has a handful
+/// of settings, and a `BTreeMap` node would cost ~0.5 KiB per idle client.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settings(Vec<(String, String)>);
+
+impl Settings {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// True if `name` is set.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// Sets `name` to `value`.
+    pub fn insert(&mut self, name: String, value: String) {
+        match self.find(&name) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name, value)),
+        }
+    }
+
+    /// Unsets `name`.
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Unsets everything.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Number of settings.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Names, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// (name, value) pairs, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -13,9 +74,9 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 #[derive(Debug, Default)]
 pub struct ClientState {
     /// Settings (lower-case name → value) the client's session has beyond server defaults.
-    pub settings: BTreeMap<String, String>,
+    pub settings: Settings,
     /// The settings from the client's startup packet (what `RESET` returns to).
-    pub startup: BTreeMap<String, String>,
+    pub startup: Settings,
     /// The client's named prepared statements.
     pub statements: HashMap<String, Arc<Statement>>,
 }
@@ -24,7 +85,7 @@ impl ClientState {
     /// Builds the state from StartupMessage parameters: every parameter that is a setting
     /// (application_name, DateStyle, ...) plus `-c name=value` / `--name=value` in `options`.
     pub fn from_startup(params: &[(String, String)]) -> Self {
-        let mut startup = BTreeMap::new();
+        let mut startup = Settings::default();
         for (name, value) in params {
             if name == "options" {
                 for (n, v) in parse_options(value) {
@@ -40,7 +101,9 @@ impl ClientState {
         }
         // PostgreSQL's default is an empty application_name; without this a client would
         // see whatever the previous client on that server set.
-        startup.entry("application_name".to_owned()).or_default();
+        if !startup.contains_key("application_name") {
+            startup.insert("application_name".to_owned(), String::new());
+        }
         Self {
             settings: startup.clone(),
             startup,
@@ -60,7 +123,7 @@ impl ClientState {
 #[derive(Debug, Default)]
 pub struct ServerState {
     /// Settings Sluice (or a tracked client SET) applied beyond the server's defaults.
-    pub settings: BTreeMap<String, String>,
+    pub settings: Settings,
     /// Something changed settings in a way Sluice could not follow: `RESET ALL` first.
     pub settings_unknown: bool,
     /// Shared statements prepared on this server.
@@ -77,7 +140,7 @@ impl ServerState {
 
     /// SQL that turns this server's settings into `want`, or `None` if they already match.
     /// Values go through `set_config`, which parses them exactly like startup parameters.
-    pub fn sync_sql(&self, want: &BTreeMap<String, String>) -> Option<String> {
+    pub fn sync_sql(&self, want: &Settings) -> Option<String> {
         if !self.settings_unknown && &self.settings == want {
             return None;
         }
@@ -210,7 +273,7 @@ mod tests {
     #[test]
     fn sync_sql_diffs() {
         let mut s = ServerState::default();
-        let mut want = BTreeMap::new();
+        let mut want = Settings::default();
         assert_eq!(s.sync_sql(&want), None);
         want.insert("application_name".to_owned(), "it's".to_owned());
         assert_eq!(

@@ -11,6 +11,15 @@ use super::SessionError;
 use crate::protocol::frame::frame_len;
 use crate::protocol::startup::startup_len;
 
+/// Room made in a read buffer before each read: one read takes a typical request whole.
+const READ_CHUNK: usize = 8 * 1024;
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// Longest message accepted from a client before it has authenticated.
 const MAX_AUTH_FRAME: usize = 16 * 1024;
 
@@ -25,13 +34,41 @@ impl ClientIo {
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self {
             stream: MaybeTls::Plain(stream),
-            buf: BytesMut::with_capacity(4096),
+            buf: BytesMut::new(),
         }
     }
 
     /// Reads more bytes; `Ok(false)` on a clean end of stream.
     pub(crate) async fn fill(&mut self) -> Result<bool, SessionError> {
-        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+        Ok(self.read_more().await? > 0)
+    }
+
+    /// Reads whatever the client sent next into `buf` (0 on end of stream). Cancel-safe.
+    ///
+    /// On plaintext sockets it waits for readability *before* reserving buffer space, so an
+    /// idle client holds no read buffer at all (see [`ClientIo::release_buffer`]).
+    pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
+        match &mut self.stream {
+            MaybeTls::Plain(s) => loop {
+                s.readable().await?;
+                reserve(&mut self.buf);
+                match s.try_read_buf(&mut self.buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            stream => {
+                reserve(&mut self.buf);
+                stream.read_buf(&mut self.buf).await
+            }
+        }
+    }
+
+    /// Frees the read buffer when it holds nothing (an idle client costs no buffer).
+    pub(crate) fn release_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
     }
 
     /// Reads one untagged startup packet; `None` if the client closed first.

@@ -75,7 +75,8 @@ async fn run(
     // client_login_timeout bounds every wait on the client until it is authenticated.
     let deadline = (!pg.client_login_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + pg.client_login_timeout);
-    let Some(params) = login_step(deadline, startup::read_startup(client, ctx)).await? else {
+    let Some(params) = login_step(deadline, Box::pin(startup::read_startup(client, ctx))).await?
+    else {
         return Ok(());
     };
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
@@ -90,11 +91,17 @@ async fn run(
         let known = ctx.admin_users.get(&user);
         login_step(
             deadline,
-            auth::authenticate(client, &mut out, pg.auth_type, &user, known),
+            Box::pin(auth::authenticate(
+                client,
+                &mut out,
+                pg.auth_type,
+                &user,
+                known,
+            )),
         )
         .await?;
         client.write(&out).await?;
-        return crate::console::serve(client, ctx, shutdown).await;
+        return Box::pin(crate::console::serve(client, ctx, shutdown)).await;
     }
     let db = ctx
         .databases
@@ -103,7 +110,13 @@ async fn run(
     let mut out = BytesMut::with_capacity(1024);
     let auth_user = login_step(
         deadline,
-        auth::authenticate(client, &mut out, pg.auth_type, &user, db.users.get(&user)),
+        Box::pin(auth::authenticate(
+            client,
+            &mut out,
+            pg.auth_type,
+            &user,
+            db.users.get(&user),
+        )),
     )
     .await?;
     let pool = db
@@ -119,7 +132,9 @@ async fn run(
             .unwrap_or_default()
             .to_owned(),
     });
-    let server_params = pool.server_params(&who).await.map_err(SessionError::Pool)?;
+    let server_params = Box::pin(pool.server_params(&who))
+        .await
+        .map_err(SessionError::Pool)?;
     let registration = ctx.cancel.register(crate::cancel::ClientInfo {
         user: user.clone(),
         database: dbname.clone(),
@@ -141,6 +156,9 @@ async fn run(
     client.write(&out).await?;
     out.clear();
 
+    // Nothing from the login phase stays allocated while the client is served.
+    drop(out);
+    drop(params);
     let gauge = ctx.stats.clients().track(sluice_stats::ClientState::Idle);
     let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     let limits = relay::Limits {
@@ -163,5 +181,31 @@ async fn login_step<T>(
             .await
             .map_err(|_| SessionError::LoginTimeout)?,
         None => step.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle client is one of these futures plus its socket, so its size is the
+    /// floor of per-client memory (a regression here shows up in the idle-memory
+    /// benchmark).
+    #[tokio::test]
+    async fn session_future_stays_small() {
+        let config = sluice_config::Config::from_toml_str(
+            "[[postgres.databases]]\nname = \"a\"\nupstream = \"postgres://u:p@127.0.0.1:1/a\"\n",
+        )
+        .unwrap();
+        let ctx = Arc::new(Context::new(Arc::new(config)).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let peer = stream.local_addr().unwrap();
+        let fut = serve(stream, peer, ctx, CancellationToken::new());
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("session future: {size} bytes");
+        assert!(size < 3072, "session future grew to {size} bytes");
     }
 }

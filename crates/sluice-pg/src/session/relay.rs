@@ -109,6 +109,12 @@ impl<'a> Relay<'a> {
             if shutting_down && (self.server.is_none() || self.exchange.idle()) {
                 break Err(SessionError::Shutdown);
             }
+            if self.server.is_none() {
+                // Between transactions: hold no buffers while waiting.
+                self.client.release_buffer();
+                release(&mut self.to_server);
+                release(&mut self.to_client);
+            }
             let idle_limit = self.idle_limit();
             let flow = tokio::select! {
                 _ = shutdown.cancelled(), if !shutting_down => {
@@ -124,11 +130,11 @@ impl<'a> Relay<'a> {
                 }
                 read = read_server(&mut self.server) => match read {
                     Ok(0) | Err(_) => self.server_lost(),
-                    Ok(_) => self.server_input().await,
+                    Ok(_) => Box::pin(self.server_input()).await,
                 },
-                read = self.client.stream.read_buf(&mut self.client.buf) => match read {
+                read = self.client.read_more() => match read {
                     Ok(0) | Err(_) => Ok(Flow::Done),
-                    Ok(_) => self.client_input().await,
+                    Ok(_) => Box::pin(self.client_input()).await,
                 },
             };
             match flow {
@@ -137,7 +143,7 @@ impl<'a> Relay<'a> {
                 Err(e) => break Err(e),
             }
         };
-        self.finish().await;
+        Box::pin(self.finish()).await;
         result
     }
 
@@ -237,7 +243,8 @@ impl<'a> Relay<'a> {
     async fn checkout(&mut self, len: usize) -> Result<Option<usize>, SessionError> {
         if !self.skip_until_sync {
             self.gauge.set(GaugeState::Waiting);
-            let checkout = self.pool.checkout(&self.who).await;
+            // Boxed: the connect path is large and rare; idle clients should not carry it.
+            let checkout = Box::pin(self.pool.checkout(&self.who)).await;
             match checkout {
                 Ok(server) => {
                     self.gauge.set(GaugeState::Active);
@@ -327,7 +334,7 @@ impl<'a> Relay<'a> {
         self.cancel_slot.set(None);
         let reset = &self.pool.settings().reset_query;
         if self.exchange.needs_reset() && !reset.is_empty() {
-            match server.run_simple(reset).await {
+            match Box::pin(server.run_simple(reset)).await {
                 Ok(b'I') => server.state.clear(),
                 other => {
                     tracing::warn!(result = ?other, "server reset failed; closing it");
@@ -351,7 +358,7 @@ impl<'a> Relay<'a> {
             return;
         }
         if self.exchange.status() != b'I' {
-            if !matches!(server.run_simple("ROLLBACK").await, Ok(b'I')) {
+            if !matches!(Box::pin(server.run_simple("ROLLBACK")).await, Ok(b'I')) {
                 return;
             }
             self.exchange.force_reset();
@@ -386,6 +393,13 @@ fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), SessionError> {
         pos += total;
     }
     Ok((pos, false))
+}
+
+/// Frees an empty output buffer's memory.
+fn release(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
 }
 
 /// Sleeps for `limit`, or forever when there is none.
