@@ -152,7 +152,7 @@ impl ServerState {
             Some(&self.settings)
         };
         if let Some(current) = current {
-            for name in current.keys().filter(|n| !want.contains_key(*n)) {
+            for name in current.keys().filter(|n| !want.contains_key(n)) {
                 sql.push_str("RESET ");
                 sql.push_str(name);
                 sql.push(';');
@@ -160,7 +160,7 @@ impl ServerState {
         }
         let sets: Vec<String> = want
             .iter()
-            .filter(|(n, v)| current.and_then(|c| c.get(*n)) != Some(v))
+            .filter(|(n, v)| current.and_then(|c| c.get(n)) != Some(v))
             .map(|(n, v)| {
                 format!(
                     "pg_catalog.set_config({}, {}, false)",
