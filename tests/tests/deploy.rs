@@ -1,7 +1,9 @@
 //! The operator files under `deploy/` (Prometheus alerting rules, Grafana dashboard) parse,
 //! and every metric, label and label value their queries use is one the real program
 //! exports on GET /metrics. The alert thresholds are checked with `promtool test rules`
-//! on series that carry the label sets Sluice really exports.
+//! on series that carry the label sets Sluice really exports. The Kubernetes manifests,
+//! the Dockerfile and the systemd unit use the ports, paths, commands and configuration
+//! the program really serves and accepts.
 #![allow(clippy::unwrap_used, clippy::vec_init_then_push)]
 
 mod common;
@@ -45,6 +47,28 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Every document of a (possibly multi-document) YAML file.
+fn load_yaml_docs(path: &Path) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().unwrap();
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.iter()
+        .map(|d| {
+            serde_yaml::from_str(d)
+                .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
+        })
+        .filter(|d: &Yaml| !d.is_null())
+        .collect()
 }
 
 fn load_yaml(path: &Path) -> Yaml {
@@ -366,7 +390,7 @@ fn every_deploy_file_parses() {
     for f in &files {
         match f.extension().and_then(|e| e.to_str()) {
             Some("yml" | "yaml") => {
-                load_yaml(f);
+                assert!(!load_yaml_docs(f).is_empty(), "{}: empty", f.display());
                 yaml += 1;
             }
             Some("json") => {
@@ -776,4 +800,437 @@ fn promtool_alert_tests(exported: &Exported) {
             a.severity
         );
     }
+}
+
+// ---- Kubernetes, Dockerfile, systemd ------------------------------------------------
+
+/// The ports the program serves by default or as the deploy files configure it.
+const POSTGRES_PORT: i64 = 6432;
+const MONGO_PORT: i64 = 27018;
+const ADMIN_PORT: i64 = 9930;
+/// Where the image and the unit put the binary and the configuration.
+const BINARY: &str = "/usr/local/bin/sluice";
+const CONFIG_PATH: &str = "/etc/sluice/proxy.toml";
+
+/// Runs the program under test; returns (success, stdout + stderr).
+fn run_sluice(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-e2e"))
+        .args(args)
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A command line of the program (`[binary, args...]` with `binary` the installed path):
+/// the program accepts those arguments (checked with `--help` appended, which parses them
+/// first).
+fn assert_command_accepted(origin: &str, argv: &[String]) {
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let (ok, text) = run_sluice(&[&args[..], &["--help"]].concat());
+    assert!(
+        ok,
+        "{origin}: `sluice {}` is not accepted: {text}",
+        args.join(" ")
+    );
+}
+
+fn str_list(v: &Yaml) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|x| x.as_str().expect("a string").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The port a probe or Service targets: a number, or the name of a container port.
+fn resolve_port(port: &Yaml, container: &Yaml) -> i64 {
+    if let Some(n) = port.as_i64() {
+        return n;
+    }
+    let name = port.as_str().expect("port: number or name");
+    container["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some(name))
+        .and_then(|p| p["containerPort"].as_i64())
+        .unwrap_or_else(|| panic!("no container port named {name}"))
+}
+
+/// Runs the init container's renderer (its real command) on the ConfigMap's proxy.toml
+/// with `env`, and parses the result as the program does.
+fn render_config(init: &Yaml, template: &str, env: &[(String, String)]) -> sluice::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let argv = str_list(&init["command"]);
+    assert!(argv.len() >= 3, "init command {argv:?}");
+    // The last two arguments are the template and the rendered file.
+    let (program, rest) = argv.split_first().unwrap();
+    let n = rest.len();
+    assert_eq!(rest[n - 2], "/etc/sluice-template/proxy.toml");
+    assert_eq!(rest[n - 1], CONFIG_PATH);
+    let src = dir.path().join("template.toml");
+    let dst = dir.path().join("proxy.toml");
+    std::fs::write(&src, template).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.args(&rest[..n - 2]).arg(&src).arg(&dst).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "init container command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&dst).unwrap();
+    sluice::Config::from_toml_str(&text)
+        .unwrap_or_else(|e| panic!("rendered proxy.toml is invalid: {e}\n{text}"))
+}
+
+fn perl_available() -> bool {
+    let found = Command::new("perl").arg("-v").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "perl is missing (it is part of every Debian system)"
+        );
+        eprintln!("perl not found: skipping the config rendering check");
+    }
+    found
+}
+
+#[test]
+fn k8s_manifests_match_the_program() {
+    let dir = deploy_dir().join("k8s");
+    let mut checked = Vec::new();
+    for file in ["sidecar.yaml", "standalone.yaml"] {
+        let path = dir.join(file);
+        let docs = load_yaml_docs(&path);
+        let kind = |k: &str| -> Vec<&Yaml> { docs.iter().filter(|d| d["kind"] == k).collect() };
+        let config_maps = kind("ConfigMap");
+        let secrets = kind("Secret");
+        let deployments = kind("Deployment");
+        assert_eq!(config_maps.len(), 1, "{file}: one ConfigMap");
+        assert_eq!(secrets.len(), 1, "{file}: one Secret");
+        assert_eq!(deployments.len(), 1, "{file}: one Deployment");
+        for d in &docs {
+            assert!(d["apiVersion"].is_string(), "{file}: apiVersion");
+            assert!(d["metadata"]["name"].is_string(), "{file}: metadata.name");
+        }
+        let template = config_maps[0]["data"]["proxy.toml"]
+            .as_str()
+            .expect("ConfigMap data proxy.toml");
+        let secret = secrets[0]["stringData"]
+            .as_mapping()
+            .expect("Secret stringData");
+        let secret_name = secrets[0]["metadata"]["name"].as_str().unwrap();
+        let deployment = deployments[0];
+        let pod = &deployment["spec"]["template"];
+        assert_eq!(
+            pod["metadata"]["labels"], deployment["spec"]["selector"]["matchLabels"],
+            "{file}: selector matches the pod labels"
+        );
+        // Prometheus scrapes the admin listener's /metrics.
+        let ann = &pod["metadata"]["annotations"];
+        assert_eq!(ann["prometheus.io/scrape"], "true", "{file}");
+        assert_eq!(
+            ann["prometheus.io/port"],
+            ADMIN_PORT.to_string().as_str(),
+            "{file}"
+        );
+        assert_eq!(ann["prometheus.io/path"], "/metrics", "{file}");
+
+        let containers = pod["spec"]["containers"].as_sequence().unwrap();
+        let sluice = containers
+            .iter()
+            .find(|c| c["name"] == "sluice")
+            .unwrap_or_else(|| panic!("{file}: no sluice container"));
+        let args = str_list(&sluice["args"]);
+        assert_eq!(args, ["run", "--config", CONFIG_PATH], "{file}: args");
+        assert_command_accepted(file, &args);
+        assert!(
+            sluice["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|m| m["mountPath"] == "/etc/sluice"),
+            "{file}: the config volume is mounted at /etc/sluice"
+        );
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let get = &sluice[probe]["httpGet"];
+            assert_eq!(get["path"], "/health", "{file}: {probe} path");
+            assert_eq!(
+                resolve_port(&get["port"], sluice),
+                ADMIN_PORT,
+                "{file}: {probe} port"
+            );
+        }
+        // Secrets come in through the environment, from this file's Secret.
+        let mut secret_env = Vec::new();
+        for c in containers.iter().chain(
+            pod["spec"]["initContainers"]
+                .as_sequence()
+                .into_iter()
+                .flatten(),
+        ) {
+            for e in c["env"].as_sequence().into_iter().flatten() {
+                let Some(r) = e["valueFrom"]["secretKeyRef"].as_mapping() else {
+                    continue;
+                };
+                let r = Yaml::Mapping(r.clone());
+                assert_eq!(r["name"], secret_name, "{file}: secretKeyRef name");
+                let key = r["key"].as_str().unwrap();
+                assert!(secret.contains_key(key), "{file}: Secret has no key {key}");
+                secret_env.push((e["name"].as_str().unwrap().to_string(), key.to_string()));
+            }
+        }
+        assert!(
+            secret_env.iter().any(|(n, _)| n == "SLUICE_ADMIN_TOKEN"),
+            "{file}: admin token from the Secret"
+        );
+
+        // The init container renders the ConfigMap with the Secret's values into a file
+        // the program accepts, on the ports the probes and annotations use.
+        let init = pod["spec"]["initContainers"]
+            .as_sequence()
+            .and_then(|s| s.first())
+            .unwrap_or_else(|| panic!("{file}: no init container"));
+        let mut env: Vec<(String, String)> = Vec::new();
+        for e in init["env"].as_sequence().unwrap() {
+            let name = e["name"].as_str().unwrap().to_string();
+            // A password that needs percent-encoding in a URL.
+            env.push((name, "p@ss:w/rd%\"#".to_string()));
+        }
+        if perl_available() {
+            let config = render_config(init, template, &env);
+            assert_eq!(config.admin.listen.port() as i64, ADMIN_PORT, "{file}");
+            assert_eq!(
+                config.postgres.listen.port() as i64,
+                POSTGRES_PORT,
+                "{file}"
+            );
+            assert!(!config.postgres.databases.is_empty(), "{file}");
+            for db in &config.postgres.databases {
+                assert_eq!(
+                    db.upstream.password.as_deref(),
+                    Some("p@ss:w/rd%\"#"),
+                    "{file}: the Secret's password reaches the upstream URL intact"
+                );
+            }
+            if file == "sidecar.yaml" {
+                assert!(config.postgres.listen.ip().is_loopback(), "{file}");
+                // The application connects to the sidecar on localhost.
+                let app = containers.iter().find(|c| c["name"] != "sluice").unwrap();
+                let url = app["env"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["name"] == "DATABASE_URL")
+                    .and_then(|e| e["value"].as_str())
+                    .expect("DATABASE_URL");
+                let rest = url.split('@').nth(1).unwrap();
+                let (hostport, db) = rest.split_once('/').unwrap();
+                assert_eq!(hostport, format!("127.0.0.1:{POSTGRES_PORT}"), "{url}");
+                assert!(config.database(db).is_some(), "{url}: no database {db}");
+            } else {
+                assert!(config.postgres.listen.ip().is_unspecified(), "{file}");
+            }
+            assert!(
+                config.admin.listen.ip().is_unspecified(),
+                "{file}: probes reach it"
+            );
+        }
+
+        if file == "standalone.yaml" {
+            let services = kind("Service");
+            assert_eq!(services.len(), 1, "{file}: one Service");
+            let svc = &services[0]["spec"];
+            assert_eq!(
+                svc["selector"], pod["metadata"]["labels"],
+                "{file}: Service selects the pods"
+            );
+            let mut ports = BTreeSet::new();
+            for p in svc["ports"].as_sequence().unwrap() {
+                let target = resolve_port(&p["targetPort"], sluice);
+                assert_eq!(p["port"].as_i64(), Some(target), "{file}: Service port");
+                ports.insert(target);
+            }
+            assert_eq!(ports, BTreeSet::from([POSTGRES_PORT, ADMIN_PORT]), "{file}");
+        }
+        checked.push(file);
+    }
+    assert_eq!(checked.len(), 2);
+}
+
+#[test]
+fn dockerfile_matches_the_program() {
+    let text = std::fs::read_to_string(deploy_dir().join("Dockerfile")).unwrap();
+    // Instructions, with line continuations joined.
+    let joined = text.replace("\\\n", " ");
+    let lines: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let all = |kw: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(kw).map(str::trim))
+            .collect()
+    };
+    let froms = all("FROM ");
+    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    assert!(
+        froms[0].starts_with("rust:") && froms[0].ends_with(" AS builder"),
+        "{froms:?}"
+    );
+    assert!(
+        froms[1].starts_with("debian:") && froms[1].contains("slim"),
+        "{froms:?}"
+    );
+    assert!(
+        all("COPY ")
+            .iter()
+            .any(|c| c.starts_with("--from=builder") && c.ends_with(BINARY)),
+        "the runtime stage gets {BINARY} from the builder"
+    );
+    let user = all("USER ");
+    assert_eq!(user.len(), 1, "{user:?}");
+    assert!(
+        !["root", "0", "0:0"].contains(&user[0]),
+        "non-root user: {user:?}"
+    );
+    let mut exposed: Vec<i64> = all("EXPOSE ")
+        .iter()
+        .flat_map(|e| e.split_whitespace().map(|p| p.parse::<i64>().unwrap()))
+        .collect();
+    exposed.sort();
+    assert_eq!(exposed, [POSTGRES_PORT, ADMIN_PORT, MONGO_PORT], "EXPOSE");
+    assert!(
+        all("ENV ")
+            .iter()
+            .any(|e| e.contains(&format!("SLUICE_CONFIG={CONFIG_PATH}"))),
+        "the image reads {CONFIG_PATH}"
+    );
+
+    // exec-form JSON arrays of HEALTHCHECK CMD, ENTRYPOINT and CMD.
+    let json_array = |s: &str| -> Vec<String> {
+        serde_json::from_str::<Vec<String>>(s.trim())
+            .unwrap_or_else(|e| panic!("not an exec-form array: {s}: {e}"))
+    };
+    let health = all("HEALTHCHECK ");
+    assert_eq!(health.len(), 1);
+    let check = json_array(
+        health[0]
+            .split(" CMD ")
+            .nth(1)
+            .expect("HEALTHCHECK ... CMD"),
+    );
+    assert_eq!(check[0], BINARY);
+    assert_eq!(check[1..], ["health"]);
+    assert_command_accepted("HEALTHCHECK", &check[1..]);
+    let entrypoint = json_array(all("ENTRYPOINT ")[0]);
+    assert_eq!(entrypoint, [BINARY]);
+    let cmd = json_array(all("CMD ")[0]);
+    assert_command_accepted("CMD", &cmd);
+}
+
+/// `[Section]` → key → values (keys may repeat) of a systemd unit file.
+fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        assert!(!section.is_empty(), "a key outside any section: {line}");
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not key=value: {line}"));
+        out.entry(section.clone())
+            .or_default()
+            .entry(k.trim().to_string())
+            .or_default()
+            .push(v.trim().to_string());
+    }
+    out
+}
+
+#[test]
+fn systemd_unit_is_hardened_and_runs_the_program() {
+    let path = deploy_dir().join("systemd/sluice.service");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let unit = parse_unit(&text);
+    assert!(unit.contains_key("Unit") && unit.contains_key("Install"));
+    let service = &unit["Service"];
+    let one = |k: &str| -> &str {
+        let v = service.get(k).unwrap_or_else(|| panic!("no {k}="));
+        assert_eq!(v.len(), 1, "{k}= given {} times", v.len());
+        &v[0]
+    };
+    assert_eq!(
+        one("ExecStart"),
+        format!("{BINARY} run --config {CONFIG_PATH}")
+    );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(one("Restart"), "on-failure");
+    assert_eq!(one("DynamicUser"), "yes");
+    assert_eq!(one("ProtectSystem"), "strict");
+    assert_eq!(one("LimitNOFILE"), "65536");
+    assert_eq!(one("NoNewPrivileges"), "yes");
+    // A configuration error (exit 78) is not retried.
+    assert_eq!(one("RestartPreventExitStatus"), "78");
+    // Stopping waits longer than the default shutdown_timeout (30 s) of the drain.
+    let stop = one("TimeoutStopSec")
+        .trim_end_matches('s')
+        .parse::<u64>()
+        .unwrap();
+    assert!(stop > 30, "TimeoutStopSec {stop}");
+    let args: Vec<String> = one("ExecStart")
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert_command_accepted("ExecStart", &args);
+
+    // systemd's own verdict, with ExecStart pointing at the program under test.
+    let Some(analyze) = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        eprintln!("systemd-analyze not found: skipping `systemd-analyze verify`");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("sluice.service");
+    std::fs::write(
+        &copy,
+        text.replace(BINARY, env!("CARGO_BIN_EXE_sluice-e2e")),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("sluice.service:"),
+        "systemd-analyze verify: {}\n{stderr}",
+        out.status
+    );
 }

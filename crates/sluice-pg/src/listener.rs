@@ -10,6 +10,23 @@ use tokio_util::task::TaskTracker;
 use crate::context::Context;
 use crate::session;
 
+/// Accept queue length. Tokio's default (128) overflows when hundreds of clients connect
+/// at once (an application fleet restarting), and each overflow costs the client a 1 s
+/// SYN retry; the kernel caps this at `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` with a long accept queue (and SO_REUSEADDR, for quick restarts).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// The Postgres listener: a bound socket plus the shared context.
 pub struct Listener {
     socket: TcpListener,
@@ -19,7 +36,7 @@ pub struct Listener {
 impl Listener {
     /// Binds `ctx.config.postgres.listen`.
     pub async fn bind(ctx: Arc<Context>) -> std::io::Result<Self> {
-        let socket = TcpListener::bind(ctx.config.postgres.listen).await?;
+        let socket = bind(ctx.config.postgres.listen)?;
         Ok(Self { socket, ctx })
     }
 

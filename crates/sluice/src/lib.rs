@@ -5,14 +5,18 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod check;
 mod cli;
+mod demo;
 mod signal;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use sluice_config::Config;
+/// The configuration [`run`] takes (re-exported so callers need not depend on
+/// `sluice-config` themselves).
+pub use sluice_config::Config;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,7 +29,21 @@ const EXIT_CONFIG: u8 = 78;
 /// Runs the `sluice` command line program and returns its exit code.
 pub fn cli_main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
-    init_tracing();
+    match &cli.command {
+        Some(cli::Command::Demo(args)) => {
+            // Sluice's own log lines would tear the progress bars: errors only.
+            init_tracing("error");
+            raise_fd_limit();
+            return with_runtime(demo::main(args.clone()));
+        }
+        Some(cli::Command::Check(args)) => {
+            init_tracing("error");
+            return with_runtime(check::main(args.clone()));
+        }
+        Some(cli::Command::Health(args)) => return with_runtime(check::health(args.clone())),
+        Some(cli::Command::Run(_)) | None => {}
+    }
+    init_tracing("info");
     let config = match cli.load_config() {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -137,9 +155,24 @@ pub async fn run(
     Ok(())
 }
 
-fn init_tracing() {
+/// Runs `fut` on a fresh multi-threaded runtime and returns its exit code.
+fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("sluice: cannot start runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default`.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

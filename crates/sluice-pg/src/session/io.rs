@@ -53,7 +53,13 @@ impl ClientIo {
                 s.readable().await?;
                 reserve(&mut self.buf);
                 match s.try_read_buf(&mut self.buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    // Readiness was stale (tokio clears it only on WouldBlock): give the
+                    // buffer back before waiting again, or every idle client keeps one.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if self.buf.is_empty() {
+                            self.buf = BytesMut::new();
+                        }
+                    }
                     other => return other,
                 }
             },
