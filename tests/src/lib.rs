@@ -108,3 +108,37 @@ pub fn running_as_root() -> bool {
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
 }
+
+/// Sends one HTTP/1.1 request (`headers`: extra header lines, each ending in `\r\n`) to
+/// 127.0.0.1:`port` and returns (status, body). Used against the admin listener.
+///
+/// # Panics
+/// If the connection fails or the answer takes more than 10 s.
+pub async fn http(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the admin listener");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .expect("send HTTP request");
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("HTTP answer within 10 s")
+        .expect("read HTTP answer");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -7,35 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::sluice_for;
-use sluice_tests::{scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Sends one HTTP/1.1 request and returns (status, body).
-async fn http(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+use sluice_tests::{http, scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_stats_metrics_and_errors() {

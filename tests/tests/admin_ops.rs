@@ -13,38 +13,10 @@ use std::time::{Duration, Instant};
 use common::sluice_for;
 use prometheus_parse::{Sample, Scrape, Value};
 use sluice_tests::{
-    rows, scalar, shared_cluster, within, PgCluster, PoolMode, Sluice, APP_PASSWORD, APP_USER,
+    http, rows, scalar, shared_cluster, within, PgCluster, PoolMode, Sluice, APP_PASSWORD, APP_USER,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(60);
-
-/// Sends one HTTP/1.1 request and returns (status, body).
-async fn http(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// One parsed scrape of GET /metrics.
 struct Metrics {
@@ -54,7 +26,7 @@ struct Metrics {
 
 impl Metrics {
     async fn fetch(sluice: &Sluice) -> Metrics {
-        let (status, text) = http(sluice.admin_port(), "GET", "/metrics").await;
+        let (status, text) = http(sluice.admin_port(), "GET", "/metrics", "").await;
         assert_eq!(status, 200, "{text}");
         let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
         Metrics { text, scrape }
@@ -389,7 +361,7 @@ async fn reload_raises_pool_size_under_load() {
         config.replacen("pool_size = 2", "pool_size = 6", 1),
     )
     .unwrap();
-    let (status, body) = http(sluice.admin_port(), "POST", "/admin/reload").await;
+    let (status, body) = http(sluice.admin_port(), "POST", "/admin/reload", "").await;
     assert_eq!(status, 200, "{body}");
 
     let mut max_after = 0;
@@ -504,7 +476,7 @@ async fn health_is_503_while_postgres_is_stopped_and_200_after_it_returns() {
     let poll = |want: u16, limit: Duration| async move {
         let deadline = Instant::now() + limit;
         loop {
-            let (status, body) = http(port, "GET", "/health").await;
+            let (status, body) = http(port, "GET", "/health", "").await;
             if status == want {
                 return (status, body, deadline - limit);
             }

@@ -11,13 +11,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::sluice_for;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 use sluice_tests::{scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -358,30 +356,6 @@ fn family_of(name: &str, types: &BTreeMap<String, String>) -> String {
     name.to_string()
 }
 
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn every_deploy_file_parses() {
     let files = files_under(&deploy_dir());
@@ -421,7 +395,7 @@ async fn referenced_metrics_are_exported() {
         .batch_execute("begin; select 1; select 2; commit")
         .await
         .unwrap();
-    let (status, text) = http_get(sluice.admin_port(), "/metrics").await;
+    let (status, text) = sluice_tests::http(sluice.admin_port(), "GET", "/metrics", "").await;
     assert_eq!(status, 200, "{text}");
     let exported = Exported::parse(&text);
 

@@ -20,6 +20,9 @@ use crate::protocol::messages;
 use crate::session::{ClientIo, SessionError};
 use command::Command;
 
+/// Longest console statement accepted.
+const MAX_CONSOLE_FRAME: usize = 1 << 20;
+
 /// Database names that reach the console instead of a pool.
 pub const CONSOLE_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
 
@@ -49,7 +52,7 @@ pub(crate) async fn serve(
     loop {
         out.clear();
         let frame = tokio::select! {
-            f = client.read_console_frame() => f?,
+            f = client.read_frame(MAX_CONSOLE_FRAME) => f?,
             _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
         };
         let Some((tag, body)) = frame else {

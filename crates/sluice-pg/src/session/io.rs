@@ -21,7 +21,7 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 /// Longest message accepted from a client before it has authenticated.
-const MAX_AUTH_FRAME: usize = 16 * 1024;
+pub(crate) const MAX_AUTH_FRAME: usize = 16 * 1024;
 
 /// A client connection.
 pub(crate) struct ClientIo {
@@ -89,25 +89,14 @@ impl ClientIo {
         }
     }
 
-    /// Reads one tagged frame during authentication; `None` if the client closed first.
-    pub(crate) async fn read_frame(&mut self) -> Result<Option<(u8, Bytes)>, SessionError> {
+    /// Reads one whole tagged frame of at most `max` bytes (authentication, admin
+    /// console); `None` if the client closed first.
+    pub(crate) async fn read_frame(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<(u8, Bytes)>, SessionError> {
         loop {
-            if let Some(total) = frame_len(&self.buf, MAX_AUTH_FRAME)? {
-                let mut frame = self.buf.split_to(total);
-                let tag = frame[0];
-                frame.advance(5);
-                return Ok(Some((tag, frame.freeze())));
-            }
-            if !self.fill().await? {
-                return self.eof();
-            }
-        }
-    }
-
-    /// Reads one tagged frame in the admin console (bounded like an auth frame, but larger).
-    pub(crate) async fn read_console_frame(&mut self) -> Result<Option<(u8, Bytes)>, SessionError> {
-        loop {
-            if let Some(total) = frame_len(&self.buf, 1 << 20)? {
+            if let Some(total) = frame_len(&self.buf, max)? {
                 let mut frame = self.buf.split_to(total);
                 let tag = frame[0];
                 frame.advance(5);
