@@ -332,10 +332,23 @@ impl PgCluster {
     /// # Panics
     /// If pg_ctl fails.
     pub fn stop(&self) {
+        self.stop_with("fast");
+    }
+
+    /// Kills the server like a crash (`pg_ctl stop -m immediate`): the postmaster and every
+    /// backend die at once.
+    ///
+    /// # Panics
+    /// If pg_ctl fails.
+    pub fn kill(&self) {
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&self, mode: &str) {
         let mut cmd = self.tool("pg_ctl");
         cmd.arg("-D")
             .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", "60", "stop"]);
+            .args(["-m", mode, "-w", "-t", "60", "stop"]);
         check("pg_ctl stop", cmd.output());
     }
 

@@ -18,16 +18,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{sluice_for, wait_backends};
-use sluice_tests::{
-    running_as_root, shared_cluster, within, PgCluster, PoolMode, Sluice, APP_PASSWORD, APP_USER,
-};
+use sluice_tests::{shared_cluster, within, PgCluster, PoolMode, Sluice, APP_PASSWORD, APP_USER};
 use tokio::sync::{Barrier, Semaphore};
 use tokio_postgres::{Client, NoTls};
 
@@ -214,44 +210,6 @@ async fn ten_thousand_clients() {
     many_clients(clients, active, 20, 20).await;
 }
 
-/// Where the PostgreSQL server programs are (as the harness finds them).
-fn pg_bindir() -> PathBuf {
-    if let Ok(dir) = std::env::var("PG_BINDIR") {
-        return PathBuf::from(dir);
-    }
-    let default = PathBuf::from("/usr/lib/postgresql/15/bin");
-    if default.join("pg_ctl").exists() {
-        return default;
-    }
-    let out = Command::new("pg_config").arg("--bindir").output().unwrap();
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// `pg_ctl stop -m immediate`: the postmaster and every backend die at once, like a crash.
-fn kill_postgres(cluster: &PgCluster) {
-    let pg_ctl = pg_bindir().join("pg_ctl");
-    let mut cmd = if running_as_root() {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]);
-        c.arg(pg_ctl);
-        c
-    } else {
-        Command::new(pg_ctl)
-    };
-    let out = cmd
-        .arg("-D")
-        .arg(cluster.root().join("data"))
-        .args(["-m", "immediate", "-w", "-t", "60", "stop"])
-        .current_dir(cluster.root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pg_ctl stop -m immediate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// One client's view of the fault test: when each query finished and whether it failed.
 #[derive(Default)]
 struct Outcome {
@@ -344,7 +302,7 @@ async fn postgres_killed_under_load() {
     drop(su_before);
     *stop_at.lock().unwrap() = Some(Instant::now());
     let cluster = tokio::task::spawn_blocking(move || {
-        kill_postgres(&cluster);
+        cluster.kill();
         std::thread::sleep(Duration::from_secs(1));
         cluster.start_again();
         cluster
