@@ -37,6 +37,9 @@ pub struct MongoServer {
     uri: String,
     child: Option<Child>,
     log: Option<tempfile::NamedTempFile>,
+    /// Port and extra arguments, for [`MongoServer::restart`] (port 0: external server).
+    port: u16,
+    extra_args: Vec<String>,
 }
 
 /// The server shared by the tests of one test process, started on first use.
@@ -57,10 +60,27 @@ impl MongoServer {
                 uri,
                 child: None,
                 log: None,
+                port: 0,
+                extra_args: Vec::new(),
             };
         }
         let port = free_port();
         let log = tempfile::NamedTempFile::new().expect("temp log file");
+        let mut server = MongoServer {
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            child: None,
+            log: Some(log),
+            port,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the server process on `self.port` and waits until it listens.
+    fn spawn(&mut self) {
+        let port = self.port;
+        let log = self.log.as_ref().expect("log file of a spawned server");
         // The shell wrapper stops the server when the test process goes away, even if
         // this value is never dropped (the shared server lives in a static).
         let script = r#"
@@ -81,7 +101,7 @@ impl MongoServer {
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
             .args(["--enable-test-commands"])
-            .args(extra_args)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(
                 log.reopen()
@@ -98,13 +118,48 @@ impl MongoServer {
                     secantus_binary().display()
                 )
             });
-        let server = MongoServer {
-            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-            child: Some(child),
-            log: Some(log),
-        };
-        server.wait_ready(port);
-        server
+        self.child = Some(child);
+        self.wait_ready(port);
+    }
+
+    /// Whether this harness owns the server process (so it can stop and restart it);
+    /// false with `SLUICE_TEST_MONGODB_URI`.
+    pub fn is_managed(&self) -> bool {
+        self.port != 0
+    }
+
+    /// Stops the server process and waits until the port refuses connections. The
+    /// storage is `:memory:`, so data is lost.
+    ///
+    /// # Panics
+    /// For an external server (`SLUICE_TEST_MONGODB_URI`).
+    pub fn stop(&mut self) {
+        assert!(self.is_managed(), "cannot stop an external MongoDB");
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "SecantusDB still listens on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts the server again on the same port (after [`MongoServer::stop`]).
+    ///
+    /// # Panics
+    /// For an external server, or if it does not listen within 60 s.
+    pub fn restart(&mut self) {
+        assert!(self.is_managed(), "cannot restart an external MongoDB");
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
     }
 
     fn wait_ready(&self, port: u16) {
