@@ -10,39 +10,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::sluice_for;
+use common::{run, sluice_for, text};
 use sluice_tests::{shared_cluster, PoolMode, Sluice, APP_PASSWORD, APP_USER};
 
 fn drivers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("drivers")
-}
-
-/// Runs a program without blocking the async runtime (hang guard 300 s).
-async fn run(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null()).env("PGCONNECT_TIMEOUT", "20");
-    let what = format!("{cmd:?}");
-    tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::task::spawn_blocking(move || {
-            cmd.output()
-                .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
-        }),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("hang guard: {what} ran over 300 s"))
-    .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A fresh database behind a transaction-mode proxy with `pool_size` servers.
@@ -107,43 +81,6 @@ async fn node_postgres_named_queries() {
     driver("node", dir.join("named_queries.js"), &url, "node-postgres").await;
 }
 
-/// Runs pgbench (as in tools.rs) and checks that all transactions succeeded.
-async fn pgbench(port: u16, db: &str, args: &[&str]) {
-    let cluster = shared_cluster();
-    let mut cmd = Command::new(cluster.client_tool("pgbench"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
-        .args(args)
-        .arg(db)
-        .env("PGPASSWORD", APP_PASSWORD);
-    let out = run(cmd).await;
-    let all = text(&out);
-    assert!(out.status.success(), "pgbench {args:?} failed: {all}");
-    if args.contains(&"-i") {
-        return;
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let c: u64 = args[args.iter().position(|a| *a == "-c").unwrap() + 1]
-        .parse()
-        .unwrap();
-    let t: u64 = args[args.iter().position(|a| *a == "-t").unwrap() + 1]
-        .parse()
-        .unwrap();
-    let want = format!(
-        "number of transactions actually processed: {}/{}",
-        c * t,
-        c * t
-    );
-    assert!(stdout.contains(&want), "pgbench {args:?}: {want:?}: {all}");
-    assert!(
-        stdout.contains("number of failed transactions: 0 "),
-        "pgbench {args:?}: failed transactions: {all}"
-    );
-    assert!(
-        !all.contains("aborted"),
-        "pgbench {args:?}: aborted clients: {all}"
-    );
-}
-
 /// pgbench -M prepared in transaction mode. `-j` equals `-c` on purpose: pgbench 15
 /// prepares its statements with a blocking PQprepare() the first time each client runs
 /// them, so a thread serving several clients can block on one client's Parse while the
@@ -153,7 +90,7 @@ async fn pgbench(port: u16, db: &str, args: &[&str]) {
 async fn pgbench_prepared_in_transaction_mode() {
     let cluster = shared_cluster();
     let db = cluster.fresh_database("drv_pgbench").await;
-    pgbench(cluster.port(), &db, &["-i", "-s", "1", "-q"]).await;
+    common::pgbench(cluster, cluster.port(), &db, &["-i", "-s", "1", "-q"]).await;
     let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
         .pool_size(3)
         .start();
@@ -161,6 +98,6 @@ async fn pgbench_prepared_in_transaction_mode() {
     for script in [&["-S"][..], &[][..]] {
         let mut args = vec!["-n", "-M", "prepared", "-c", "10", "-j", "10", "-t", "200"];
         args.extend_from_slice(script);
-        pgbench(sluice.port(), &db, &args).await;
+        common::pgbench(cluster, sluice.port(), &db, &args).await;
     }
 }

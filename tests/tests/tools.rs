@@ -3,33 +3,10 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::sluice_for;
+use common::{pgbench, run, sluice_for, text};
 use sluice_tests::{shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
-
-/// Runs a client program without blocking the async runtime, returning its output.
-async fn run(mut cmd: Command) -> Output {
-    cmd.stdin(Stdio::null()).env("PGCONNECT_TIMEOUT", "20");
-    let what = format!("{cmd:?}");
-    tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("hang guard: {what} ran over 300 s"))
-    .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test]
 async fn psql_select_and_script() {
@@ -111,48 +88,6 @@ async fn psql_select_and_script() {
             text(&out)
         );
     }
-}
-
-/// Runs pgbench against `port` and checks that every transaction succeeded.
-async fn pgbench(cluster: &sluice_tests::PgCluster, port: u16, db: &str, args: &[&str]) {
-    let mut cmd = Command::new(cluster.client_tool("pgbench"));
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
-        .args(args)
-        .arg(db)
-        .env("PGPASSWORD", APP_PASSWORD);
-    let out = run(cmd).await;
-    let all = text(&out);
-    assert!(out.status.success(), "pgbench {args:?} failed: {all}");
-    if args.contains(&"-i") {
-        return;
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if args.contains(&"-t") {
-        // -c C -t N: all C*N transactions processed.
-        let c: u64 = args[args.iter().position(|a| *a == "-c").unwrap() + 1]
-            .parse()
-            .unwrap();
-        let t: u64 = args[args.iter().position(|a| *a == "-t").unwrap() + 1]
-            .parse()
-            .unwrap();
-        let want = format!(
-            "number of transactions actually processed: {}/{}",
-            c * t,
-            c * t
-        );
-        assert!(
-            stdout.contains(&want),
-            "pgbench {args:?}: missing {want:?}: {all}"
-        );
-    }
-    assert!(
-        stdout.contains("number of failed transactions: 0 "),
-        "pgbench {args:?}: failed transactions: {all}"
-    );
-    assert!(
-        !all.contains("aborted"),
-        "pgbench {args:?}: aborted clients: {all}"
-    );
 }
 
 #[tokio::test]

@@ -48,3 +48,77 @@ pub async fn wait_backends(su: &tokio_postgres::Client, db: &str, want: i64) -> 
     }
     n
 }
+
+/// Runs a client program without blocking the async runtime (hang guard 300 s).
+pub async fn run(mut cmd: std::process::Command) -> std::process::Output {
+    cmd.stdin(std::process::Stdio::null())
+        .env("PGCONNECT_TIMEOUT", "20");
+    let what = format!("{cmd:?}");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        tokio::task::spawn_blocking(move || {
+            cmd.output()
+                .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"))
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("hang guard: {what} ran over 300 s"))
+    .expect("client program task")
+}
+
+/// A program's status, stdout and stderr, for assertion messages.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs pgbench against 127.0.0.1:`port` as the app user and checks that it succeeded: no
+/// failed transactions, no aborted clients, and with `-c C -t N` all C×N transactions done.
+pub async fn pgbench(cluster: &PgCluster, port: u16, db: &str, args: &[&str]) {
+    let mut cmd = std::process::Command::new(cluster.client_tool("pgbench"));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        sluice_tests::APP_USER,
+    ])
+    .args(args)
+    .arg(db)
+    .env("PGPASSWORD", sluice_tests::APP_PASSWORD);
+    let out = run(cmd).await;
+    let all = text(&out);
+    assert!(out.status.success(), "pgbench {args:?} failed: {all}");
+    if args.contains(&"-i") {
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = |flag: &str| -> Option<u64> {
+        let i = args.iter().position(|a| *a == flag)?;
+        args.get(i + 1)?.parse().ok()
+    };
+    if let (Some(c), Some(t)) = (value("-c"), value("-t")) {
+        let want = format!(
+            "number of transactions actually processed: {}/{}",
+            c * t,
+            c * t
+        );
+        assert!(
+            stdout.contains(&want),
+            "pgbench {args:?}: missing {want:?}: {all}"
+        );
+    }
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "pgbench {args:?}: failed transactions: {all}"
+    );
+    assert!(
+        !all.contains("aborted"),
+        "pgbench {args:?}: aborted clients: {all}"
+    );
+}
