@@ -130,11 +130,11 @@ impl<'a> Relay<'a> {
                 }
                 read = read_server(&mut self.server) => match read {
                     Ok(0) | Err(_) => self.server_lost(),
-                    Ok(_) => Box::pin(self.server_input()).await,
+                    Ok(_) => self.server_input().await,
                 },
                 read = self.client.read_more() => match read {
                     Ok(0) | Err(_) => Ok(Flow::Done),
-                    Ok(_) => Box::pin(self.client_input()).await,
+                    Ok(_) => self.client_input().await,
                 },
             };
             match flow {

@@ -34,6 +34,26 @@ pub(crate) enum Statement {
 
 /// Classifies one simple query's text.
 pub(crate) fn classify(sql: &str) -> Statement {
+    // Runs on every simple query: decide from the first keyword, without allocating, that
+    // the common statements (SELECT, INSERT, BEGIN, ...) are none of ours.
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default();
+    const OURS: [&str; 8] = [
+        "SET",
+        "RESET",
+        "DEALLOCATE",
+        "DISCARD",
+        "LISTEN",
+        "SAVEPOINT",
+        "RELEASE",
+        "ROLLBACK",
+    ];
+    if !OURS.iter().any(|k| k.eq_ignore_ascii_case(first)) {
+        return Statement::Other;
+    }
     let sql = sql.trim();
     let sql = sql.strip_suffix(';').unwrap_or(sql).trim_end();
     if sql.contains(';') || sql.starts_with("--") || sql.starts_with("/*") {
@@ -108,11 +128,24 @@ fn savepoint_name(word: &str) -> Option<String> {
 /// True if the SQL text calls a function that changes session state invisibly to the
 /// protocol (`set_config`, session-level advisory locks): the server then needs a reset.
 pub(crate) fn has_hidden_session_effects(sql: &str) -> bool {
-    const NEEDLES: [&[u8]; 3] = [b"set_config", b"pg_advisory_lock", b"pg_try_advisory_lock"];
+    // Runs on every query, so anchor on '_' (each needle has one at a known offset; most
+    // queries have few) instead of comparing every window against every needle.
+    const NEEDLES: [(&[u8], usize); 3] = [
+        (b"set_config", 3),
+        (b"pg_advisory_lock", 2),
+        (b"pg_try_advisory_lock", 2),
+    ];
     let hay = sql.as_bytes();
-    NEEDLES
-        .iter()
-        .any(|n| hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
+    hay.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'_')
+        .any(|(i, _)| {
+            NEEDLES.iter().any(|(needle, underscore)| {
+                i.checked_sub(*underscore)
+                    .and_then(|start| hay.get(start..start + needle.len()))
+                    .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+            })
+        })
 }
 
 fn classify_set(words: &[&str]) -> Statement {
@@ -196,6 +229,9 @@ mod tests {
             "select pg_advisory_xact_lock(1)"
         ));
         assert!(!has_hidden_session_effects("select 1"));
+        assert!(!has_hidden_session_effects("select set_conf, x_y from a_b"));
+        assert!(has_hidden_session_effects("_set_config"));
+        assert!(!has_hidden_session_effects("_"));
     }
 
     #[test]
