@@ -112,25 +112,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
 
-    let mut seen = HashMap::new();
-    for (i, user) in pg.users.iter().enumerate() {
-        let key = |field: &str| format!("postgres.users[{i}].{field}");
-        if user.name.is_empty() {
-            return Err(ConfigError::invalid(key("name"), "must not be empty"));
-        }
-        if let Some(first) = seen.insert(user.name.as_str(), i) {
-            return Err(ConfigError::invalid(
-                key("name"),
-                format!(
-                    "duplicate user name {:?} (also postgres.users[{first}])",
-                    user.name
-                ),
-            ));
-        }
-        if user.password.is_empty() {
-            return Err(ConfigError::invalid(key("password"), "must not be empty"));
-        }
-    }
+    let seen = users("postgres", &pg.users)?;
     for (i, admin) in pg.admin_users.iter().enumerate() {
         let known = if pg.users.is_empty() {
             pg.databases.iter().any(|d| &d.upstream.user == admin)
@@ -174,25 +156,7 @@ fn validate_mongo(mongo: &MongoConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
-    let mut seen = HashMap::new();
-    for (i, user) in mongo.users.iter().enumerate() {
-        let key = |field: &str| format!("mongo.users[{i}].{field}");
-        if user.name.is_empty() {
-            return Err(ConfigError::invalid(key("name"), "must not be empty"));
-        }
-        if let Some(first) = seen.insert(user.name.as_str(), i) {
-            return Err(ConfigError::invalid(
-                key("name"),
-                format!(
-                    "duplicate user name {:?} (also mongo.users[{first}])",
-                    user.name
-                ),
-            ));
-        }
-        if user.password.is_empty() {
-            return Err(ConfigError::invalid(key("password"), "must not be empty"));
-        }
-    }
+    users("mongo", &mongo.users)?;
     Ok(())
 }
 
@@ -211,4 +175,32 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(key, "must be greater than zero"));
     }
     Ok(())
+}
+
+/// Checks a `[[<section>.users]]` list (names present and unique, passwords present) and
+/// returns the names with their index.
+fn users<'a>(
+    section: &str,
+    list: &'a [crate::model::UserConfig],
+) -> Result<HashMap<&'a str, usize>, ConfigError> {
+    let mut seen = HashMap::new();
+    for (i, user) in list.iter().enumerate() {
+        let key = |field: &str| format!("{section}.users[{i}].{field}");
+        if user.name.is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if let Some(first) = seen.insert(user.name.as_str(), i) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "duplicate user name {:?} (also {section}.users[{first}])",
+                    user.name
+                ),
+            ));
+        }
+        if user.password.is_empty() {
+            return Err(ConfigError::invalid(key("password"), "must not be empty"));
+        }
+    }
+    Ok(seen)
 }
