@@ -302,9 +302,11 @@ async fn show_pools_through_psql() {
     assert_eq!(row["cl_waiting"], "0", "{stdout}");
     assert_eq!(row["pool_mode"], "transaction", "{stdout}");
     assert_eq!(row["maxwait"], "0", "{stdout}");
-    // The transaction-mode client holds no server between queries: it sits idle.
+    // The transaction-mode client holds no server between queries: it sits idle. The pool's
+    // health upkeep opens one connection at start, which may race the client's first
+    // checkout, so one or two idle servers are both right.
     assert_eq!(row["sv_active"], "0", "{stdout}");
-    assert_eq!(row["sv_idle"], "1", "{stdout}");
+    assert!(matches!(row["sv_idle"], "1" | "2"), "{stdout}");
     drop(app);
 }
 
