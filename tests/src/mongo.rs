@@ -40,6 +40,8 @@ pub struct MongoServer {
     /// Port and extra arguments, for [`MongoServer::restart`] (port 0: external server).
     port: u16,
     extra_args: Vec<String>,
+    /// `--storage-path`: `:memory:`, or a directory kept across restarts.
+    storage: String,
 }
 
 /// The server shared by the tests of one test process, started on first use.
@@ -55,6 +57,12 @@ impl MongoServer {
     /// # Panics
     /// If the server does not answer a ping within 60 s.
     pub fn start(extra_args: &[&str]) -> MongoServer {
+        Self::start_with_storage(extra_args, ":memory:")
+    }
+
+    /// Like [`MongoServer::start`], with data kept in `storage` (a directory), so that
+    /// users created before a [`MongoServer::restart_with`] survive it.
+    pub fn start_with_storage(extra_args: &[&str], storage: &str) -> MongoServer {
         if let Ok(uri) = std::env::var(MONGODB_URI_ENV) {
             return MongoServer {
                 uri,
@@ -62,6 +70,7 @@ impl MongoServer {
                 log: None,
                 port: 0,
                 extra_args: Vec::new(),
+                storage: String::new(),
             };
         }
         let port = free_port();
@@ -72,6 +81,7 @@ impl MongoServer {
             log: Some(log),
             port,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            storage: storage.to_owned(),
         };
         server.spawn();
         server
@@ -99,7 +109,7 @@ impl MongoServer {
             .arg(std::process::id().to_string())
             .arg(secantus_binary())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--storage-path", ":memory:", "--log-level", "WARNING"])
+            .args(["--storage-path", &self.storage, "--log-level", "WARNING"])
             .args(["--enable-test-commands"])
             .args(&self.extra_args)
             .stdin(Stdio::null())
@@ -160,6 +170,16 @@ impl MongoServer {
             self.stop();
         }
         self.spawn();
+    }
+
+    /// Stops the server and starts it again on the same port and storage with other
+    /// extra arguments (e.g. `--auth` once a user exists).
+    ///
+    /// # Panics
+    /// As [`MongoServer::restart`].
+    pub fn restart_with(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        self.restart();
     }
 
     fn wait_ready(&self, port: u16) {

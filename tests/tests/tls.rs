@@ -5,47 +5,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{expect_sqlstate, sluice};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedKey, IsCa, KeyPair};
+use common::{ca, expect_sqlstate, leaf, sluice, write_file as write};
 use sluice_tests::{scalar, DatabaseConfig, PgCluster, APP_PASSWORD, APP_USER};
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    Ca { cert, key }
-}
-
-/// A server certificate for localhost / 127.0.0.1 signed by `ca`.
-fn leaf(ca: &Ca) -> CertifiedKey {
-    let params =
-        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    CertifiedKey {
-        cert,
-        key_pair: key,
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
 
 fn psql(cluster: &PgCluster, conninfo: &str, sql: &str) -> (bool, String) {
     let out = Command::new(cluster.client_tool("psql"))

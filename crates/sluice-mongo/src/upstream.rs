@@ -8,6 +8,7 @@ use std::time::Duration;
 use bson::{doc, spec::BinarySubtype, Binary, Document, RawDocumentBuf};
 use bytes::BytesMut;
 use mongodb::options::{AuthMechanism, ClientOptions, ServerAddress};
+use sluice_tls::{MaybeTls, MongoTlsOptions, ServerStream};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,6 +28,8 @@ pub struct Target {
     pub credential: Option<Credential>,
     /// `appName` sent in the handshake.
     pub app_name: String,
+    /// Set when the URI asks for TLS (`tls=true` / `ssl=true`, or `mongodb+srv`).
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// Login data for the upstream.
@@ -47,6 +50,7 @@ impl std::fmt::Debug for Target {
         f.debug_struct("Target")
             .field("hosts", &self.hosts)
             .field("user", &self.credential.as_ref().map(|c| &c.user))
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -86,6 +90,18 @@ pub enum UpstreamError {
     /// The SCRAM exchange failed on Sluice's side.
     #[error("upstream login: {0}")]
     Scram(#[from] ScramError),
+    /// The URI's TLS files could not be loaded.
+    #[error("mongo.upstream TLS: {0}")]
+    Tls(#[from] sluice_tls::TlsError),
+    /// The TLS handshake with the upstream failed (certificate not trusted, wrong host...).
+    #[error("{addr}: TLS handshake: {source}")]
+    Handshake {
+        /// Which host.
+        addr: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// No seed host is a writable primary.
     #[error("no writable primary among {0:?}")]
     NoPrimary(Vec<String>),
@@ -98,11 +114,16 @@ impl Target {
         let options = ClientOptions::parse(uri)
             .await
             .map_err(|e| UpstreamError::Uri(e.to_string()))?;
-        if matches!(&options.tls, Some(mongodb::options::Tls::Enabled(_))) {
-            return Err(UpstreamError::Uri(
-                "TLS to the upstream is not supported yet (remove tls=true)".into(),
-            ));
-        }
+        let tls = match &options.tls {
+            Some(mongodb::options::Tls::Enabled(t)) => {
+                Some(sluice_tls::mongo_connector(&MongoTlsOptions {
+                    ca_file: t.ca_file_path.clone(),
+                    allow_invalid_certificates: t.allow_invalid_certificates.unwrap_or(false),
+                    certificate_key_file: t.cert_key_file_path.clone(),
+                })?)
+            }
+            _ => None,
+        };
         let hosts = options
             .hosts
             .iter()
@@ -146,6 +167,7 @@ impl Target {
             hosts,
             credential,
             app_name: options.app_name.unwrap_or_else(|| "sluice".into()),
+            tls,
         })
     }
 }
@@ -211,7 +233,7 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One authenticated upstream connection.
 pub struct UpstreamConn {
-    stream: TcpStream,
+    stream: ServerStream,
     buf: BytesMut,
     decoder: FrameDecoder,
     next_request_id: i32,
@@ -257,8 +279,24 @@ impl UpstreamConn {
             addr: addr.to_owned(),
             source,
         };
-        let stream = TcpStream::connect(addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let stream = match &target.tls {
+            None => MaybeTls::Plain(tcp),
+            Some(connector) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| UpstreamError::Uri(format!("host {host}: {e}")))?;
+                let tls = connector.connect(name, tcp).await.map_err(|source| {
+                    UpstreamError::Handshake {
+                        addr: addr.to_owned(),
+                        source,
+                    }
+                })?;
+                MaybeTls::Tls(Box::new(tls))
+            }
+        };
         let mut conn = UpstreamConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
@@ -428,8 +466,13 @@ impl UpstreamConn {
         if self.in_flight || !self.buf.is_empty() {
             return false;
         }
+        let Some(tcp) = self.stream.tcp() else {
+            return false;
+        };
+        // Any byte (data, or a TLS alert) or EOF on an idle connection means it is unusable;
+        // reading it is harmless because the connection is then dropped.
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 

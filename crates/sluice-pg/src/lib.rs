@@ -21,7 +21,7 @@ pub mod prepared;
 pub mod protocol;
 pub mod session;
 pub mod state;
-pub mod tls;
+pub use sluice_tls as tls;
 pub mod upstream;
 
 pub use context::Context;

@@ -1,6 +1,9 @@
 //! Shared helpers of the integration tests (each test file includes this module).
 #![allow(dead_code)]
 
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedKey, IsCa, KeyPair};
 use sluice_tests::{PgCluster, PoolMode, Sluice, SluiceBuilder};
 
 /// Both pool modes, for tests that run in each.
@@ -121,4 +124,44 @@ pub async fn pgbench(cluster: &PgCluster, port: u16, db: &str, args: &[&str]) {
         !all.contains("aborted"),
         "pgbench {args:?}: aborted clients: {all}"
     );
+}
+
+/// A throwaway certificate authority for TLS tests.
+pub struct Ca {
+    /// Its self-signed certificate.
+    pub cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A new CA named `name`.
+pub fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let key = KeyPair::generate().expect("key pair");
+    let cert = params.self_signed(&key).expect("self-signed CA");
+    Ca { cert, key }
+}
+
+/// A server certificate for localhost / 127.0.0.1 signed by `ca`.
+pub fn leaf(ca: &Ca) -> CertifiedKey {
+    let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("leaf params");
+    let key = KeyPair::generate().expect("key pair");
+    let cert = params
+        .signed_by(&key, &ca.cert, &ca.key)
+        .expect("signed leaf");
+    CertifiedKey {
+        cert,
+        key_pair: key,
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write test file");
+    p.display().to_string()
 }

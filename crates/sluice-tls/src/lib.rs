@@ -1,6 +1,7 @@
 //! TLS on both sides, with rustls (no OpenSSL): the acceptor clients reach after an
-//! SSLRequest (`[postgres.tls]`), the per-database connector towards upstream servers
-//! (libpq's `sslmode` semantics), and [`MaybeTls`], one stream type for plaintext and TLS.
+//! SSLRequest (`[postgres.tls]`), the per-database connector towards PostgreSQL servers
+//! (libpq's `sslmode` semantics), the connector towards a MongoDB upstream (the URI's `tls*`
+//! options), and [`MaybeTls`], one stream type for plaintext and TLS.
 
 use std::io;
 use std::path::Path;
@@ -65,6 +66,16 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Empty(format!("{}: no private key found", path.display())))
+}
+
 /// The acceptor for client TLS, or `None` when `mode = "disable"`.
 pub fn acceptor(cfg: &ClientTlsConfig) -> Result<Option<tokio_rustls::TlsAcceptor>, TlsError> {
     let (ClientTlsMode::Allow | ClientTlsMode::Require, Some(cert), Some(key)) =
@@ -73,13 +84,7 @@ pub fn acceptor(cfg: &ClientTlsConfig) -> Result<Option<tokio_rustls::TlsAccepto
         return Ok(None);
     };
     let chain = certs(cert)?;
-    let pem = read(key)?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Read {
-            path: key.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::Empty(format!("{}: no private key found", key.display())))?;
+    let key = private_key(key)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -117,6 +122,53 @@ pub fn connector(
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
+/// How a MongoDB upstream's certificate is checked, from the URI's TLS options
+/// (`tlsCAFile`, `tlsAllowInvalidCertificates` / `tlsInsecure`, `tlsCertificateKeyFile`),
+/// with the semantics the MongoDB drivers' rustls builds give them (which, like this one,
+/// have no `tlsAllowInvalidHostnames`).
+#[derive(Debug, Clone, Default)]
+pub struct MongoTlsOptions {
+    /// Roots to trust; `None` trusts the Mozilla roots (as the drivers' rustls builds do).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Encrypt without checking the certificate at all.
+    pub allow_invalid_certificates: bool,
+    /// A PEM file holding Sluice's client certificate and its private key.
+    pub certificate_key_file: Option<std::path::PathBuf>,
+}
+
+/// The connector for a MongoDB upstream that asked for TLS (`tls=true`).
+pub fn mongo_connector(opts: &MongoTlsOptions) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let verifier: Arc<dyn ServerCertVerifier> = if opts.allow_invalid_certificates {
+        Arc::new(NoVerify(provider()))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &opts.ca_file {
+            Some(path) => {
+                for c in certs(path)? {
+                    roots.add(c)?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Empty(e.to_string()))?
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match &opts.certificate_key_file {
+        Some(path) => {
+            let chain = certs(path)?;
+            let key = private_key(path)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// `prefer`/`require`: encryption without authentication, as libpq does for these modes.
