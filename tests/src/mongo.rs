@@ -340,6 +340,7 @@ impl MongoSluiceBuilder {
             port,
             admin_port,
             stderr_path,
+            config,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -370,6 +371,7 @@ pub struct MongoSluice {
     port: u16,
     admin_port: u16,
     stderr_path: PathBuf,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -403,11 +405,34 @@ impl MongoSluice {
 
     /// `GET path` on the admin listener; returns the body.
     pub fn admin_get(&self, path: &str) -> String {
+        self.admin_request("GET", path)
+    }
+
+    /// Rewrites `key = value` lines of the `[mongo]` section in the config file and asks
+    /// Sluice to reload it (`POST /admin/reload`); returns the reply body.
+    ///
+    /// # Panics
+    /// If the config file cannot be read or written, or a key is not in it.
+    pub fn reload_with(&self, changes: &[(&str, &str)]) -> String {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        for (key, value) in changes {
+            let line = lines
+                .iter_mut()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap_or_else(|| panic!("{key} not in the config:\n{text}"));
+            *line = format!("{key} = {value}");
+        }
+        std::fs::write(&self.config, lines.join("\n") + "\n").expect("write config");
+        self.admin_request("POST", "/admin/reload")
+    }
+
+    fn admin_request(&self, method: &str, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin");
         let _ = write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);

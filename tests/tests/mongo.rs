@@ -209,6 +209,91 @@ async fn hundred_clients_share_five_upstream_connections() {
     .await;
 }
 
+/// Runs `n` concurrent insert+find pairs through `client` and returns the pool's peak
+/// `size` seen in `/admin/pool-stats` while they ran.
+async fn burst(sluice: &sluice_tests::mongo::MongoSluice, client: &Client, n: usize) -> u64 {
+    let coll = client.database("reload").collection::<Document>("c");
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let coll = coll.clone();
+            tokio::spawn(async move {
+                for j in 0..5 {
+                    coll.insert_one(doc! {"i": i as i64, "j": j})
+                        .await
+                        .expect("insert");
+                    coll.find_one(doc! {"i": i as i64}).await.expect("find");
+                }
+            })
+        })
+        .collect();
+    let mut peak = 0;
+    while tasks.iter().any(|t| !t.is_finished()) {
+        let v: serde_json::Value =
+            serde_json::from_str(&sluice.admin_get("/admin/pool-stats")).expect("json");
+        peak = peak.max(v["mongo_pools"][0]["size"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.expect("burst task");
+    }
+    peak
+}
+
+fn pool_stats(sluice: &sluice_tests::mongo::MongoSluice) -> serde_json::Value {
+    serde_json::from_str(&sluice.admin_get("/admin/pool-stats")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_resizes_the_pool_online() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(2)
+        .start();
+    let client = Client::with_uri_str(sluice.uri("maxPoolSize=30"))
+        .await
+        .expect("client");
+    within(HANG, "reload grow and shrink", async {
+        let peak = burst(&sluice, &client, 24).await;
+        assert!(peak <= 2, "peak {peak} over max_pool_size 2");
+
+        // Grow while the client stays connected.
+        let reply = sluice.reload_with(&[("max_pool_size", "6")]);
+        assert!(reply.contains("reloaded"), "{reply}");
+        assert_eq!(pool_stats(&sluice)["mongo_max"].as_u64(), Some(6));
+        let peak = burst(&sluice, &client, 24).await;
+        assert!(
+            (3..=6).contains(&peak),
+            "after growing to 6 the pool peaked at {peak}"
+        );
+
+        // Shrink: surplus connections close as they come back; requests keep working.
+        let reply = sluice.reload_with(&[("max_pool_size", "1"), ("min_pool_size", "0")]);
+        assert!(reply.contains("reloaded"), "{reply}");
+        let peak_during = burst(&sluice, &client, 8).await;
+        assert!(peak_during <= 6, "{peak_during}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = pool_stats(&sluice);
+            if v["mongo_pools"][0]["size"].as_u64() <= Some(1) {
+                assert_eq!(v["mongo_max"].as_u64(), Some(1), "{v}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool did not shrink: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let peak = burst(&sluice, &client, 8).await;
+        assert!(peak <= 1, "after shrinking to 1 the pool peaked at {peak}");
+
+        // A bad file is refused and the running pool kept.
+        let reply = sluice.reload_with(&[("max_pool_size", "0")]);
+        assert!(reply.contains("max_pool_size"), "{reply}");
+        assert_eq!(pool_stats(&sluice)["mongo_max"].as_u64(), Some(1));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_timeout_is_a_mongodb_error() {
     let sluice = MongoSluiceBuilder::new(shared_mongo().uri())

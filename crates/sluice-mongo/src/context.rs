@@ -91,7 +91,7 @@ impl Context {
         let pool = Pool::new(settings, target);
         stats.register_mongo(Arc::new(pool.clone()));
         Ok(Arc::new(Context {
-            long_polls: Arc::new(Semaphore::new((config.max_pool_size / 2).max(1))),
+            long_polls: Arc::new(Semaphore::new(long_poll_limit(config.max_pool_size))),
             config,
             pool,
             pins: Pins::default(),
@@ -100,6 +100,33 @@ impl Context {
             process_id: ObjectId::new(),
             next_connection_id: AtomicI64::new(1),
         }))
+    }
+
+    /// Applies a reloaded `[mongo]` section: pool sizes and `pool_timeout` change online
+    /// (and the long-poll bound with them). Returns the keys whose change needs a restart.
+    pub fn reload(&self, new: &MongoConfig) -> Vec<&'static str> {
+        let old_max = self.pool.max_size();
+        self.pool
+            .resize(new.max_pool_size, new.min_pool_size, new.pool_timeout);
+        crate::pool::resize_semaphore(
+            &self.long_polls,
+            long_poll_limit(old_max),
+            long_poll_limit(self.pool.max_size()),
+        );
+        let mut restart = Vec::new();
+        if new.listen != self.config.listen {
+            restart.push("mongo.listen");
+        }
+        if new.upstream != self.config.upstream {
+            restart.push("mongo.upstream");
+        }
+        if new.users != self.config.users {
+            restart.push("mongo.users");
+        }
+        if new.connect_timeout != self.config.connect_timeout {
+            restart.push("mongo.connect_timeout");
+        }
+        restart
     }
 
     /// A new client connection's `connectionId`.
@@ -118,4 +145,9 @@ impl Context {
             Err(_) => ServerInfo::default(),
         }
     }
+}
+
+/// How many long-polling getMores may hold upstream connections: half the pool, at least 1.
+fn long_poll_limit(max_pool_size: usize) -> usize {
+    (max_pool_size / 2).max(1)
 }

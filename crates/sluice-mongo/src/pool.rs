@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::upstream::{ServerInfo, Target, UpstreamConn, UpstreamError};
 
-/// Sizes and timeouts of the pool.
+/// Sizes and timeouts of the pool (at creation: [`Pool::resize`] changes the first three).
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// Name in statistics (`mongo`).
@@ -58,6 +58,10 @@ pub enum PoolError {
 
 struct Inner {
     settings: PoolSettings,
+    /// Current `max_pool_size`, `min_pool_size` and `pool_timeout` (reloadable).
+    max_size: AtomicUsize,
+    min_size: AtomicUsize,
+    timeout: Mutex<Duration>,
     target: Target,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<UpstreamConn>>,
@@ -90,6 +94,9 @@ impl Pool {
         Pool {
             inner: Arc::new(Inner {
                 permits: Arc::new(Semaphore::new(settings.max_size)),
+                max_size: AtomicUsize::new(settings.max_size),
+                min_size: AtomicUsize::new(settings.min_size),
+                timeout: Mutex::new(settings.timeout),
                 settings,
                 target,
                 idle: Mutex::new(Vec::new()),
@@ -106,9 +113,47 @@ impl Pool {
         }
     }
 
-    /// The settings in force.
+    /// The settings the pool was created with.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
+    }
+
+    /// The `max_pool_size` in force.
+    pub fn max_size(&self) -> usize {
+        self.inner.max_size.load(Ordering::Relaxed)
+    }
+
+    /// Applies new sizes and `pool_timeout` online (config reload). Growing takes effect at
+    /// once; shrinking takes the surplus permits as checkouts return them (queueing like a
+    /// request, so no running request is disturbed) and closes surplus idle connections.
+    pub fn resize(&self, max: usize, min: usize, timeout: Duration) {
+        let inner = &self.inner;
+        let max = max.max(1);
+        inner.min_size.store(min.min(max), Ordering::Relaxed);
+        *inner.timeout.lock() = timeout;
+        let old = inner.max_size.swap(max, Ordering::Relaxed);
+        resize_semaphore(&inner.permits, old, max);
+        if max < old {
+            self.trim_idle();
+        }
+        tracing::info!(
+            max_pool_size = max,
+            min_pool_size = min,
+            ?timeout,
+            "mongo pool resized"
+        );
+    }
+
+    /// Closes idle connections while more than `max_pool_size` are open.
+    fn trim_idle(&self) {
+        let inner = &self.inner;
+        let mut idle = inner.idle.lock();
+        while inner.open.load(Ordering::Relaxed) > inner.max_size.load(Ordering::Relaxed) {
+            if idle.pop().is_none() {
+                break;
+            }
+            inner.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Counters shared with the statistics.
@@ -135,11 +180,8 @@ impl Pool {
         let start = Instant::now();
         let ticket = inner.next_ticket.fetch_add(1, Ordering::Relaxed);
         inner.waiters.lock().insert(ticket, start);
-        let acquired = tokio::time::timeout(
-            inner.settings.timeout,
-            inner.permits.clone().acquire_owned(),
-        )
-        .await;
+        let timeout = *inner.timeout.lock();
+        let acquired = tokio::time::timeout(timeout, inner.permits.clone().acquire_owned()).await;
         inner.waiters.lock().remove(&ticket);
         inner.counters.record_checkout_wait(start.elapsed());
         let permit = match acquired {
@@ -149,14 +191,14 @@ impl Pool {
                 inner.counters.inc_error(ErrorKind::Timeout);
                 return Err(PoolError::Timeout {
                     waited: start.elapsed(),
-                    max: inner.settings.max_size,
+                    max: inner.max_size.load(Ordering::Relaxed),
                 });
             }
         };
         let conn = match self.take_idle() {
             Some(conn) => conn,
             None => {
-                let left = inner.settings.timeout.saturating_sub(start.elapsed());
+                let left = timeout.saturating_sub(start.elapsed());
                 let limit = left
                     .min(inner.settings.connect_timeout)
                     .max(Duration::from_millis(100));
@@ -237,13 +279,14 @@ impl Pool {
         let kept: Vec<UpstreamConn> = alive.into_iter().filter(|c| c.is_reusable()).collect();
         inner.open.fetch_sub(before - kept.len(), Ordering::Relaxed);
         inner.idle.lock().extend(kept);
-        while inner.open.load(Ordering::Relaxed) < inner.settings.min_size
-            && !inner.closed.load(Ordering::Relaxed)
+        self.trim_idle();
+        let min_size = inner.min_size.load(Ordering::Relaxed);
+        while inner.open.load(Ordering::Relaxed) < min_size && !inner.closed.load(Ordering::Relaxed)
         {
             let Ok(permit) = inner.permits.clone().try_acquire_owned() else {
                 break;
             };
-            if inner.open.load(Ordering::Relaxed) >= inner.settings.min_size {
+            if inner.open.load(Ordering::Relaxed) >= min_size {
                 break;
             }
             match self.open_connection(inner.settings.connect_timeout).await {
@@ -260,6 +303,26 @@ impl Pool {
         self.inner.permits.close();
         let idle = std::mem::take(&mut *self.inner.idle.lock());
         self.inner.open.fetch_sub(idle.len(), Ordering::Relaxed);
+    }
+}
+
+/// Changes a semaphore's capacity from `old` to `new` permits: growing at once, shrinking by
+/// taking (in FIFO turn, like any other holder) and forgetting the surplus as holders return
+/// permits, so no current holder is disturbed.
+pub(crate) fn resize_semaphore(sem: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        sem.add_permits(new - old);
+    } else if new < old {
+        let sem = sem.clone();
+        let surplus = old - new;
+        tokio::spawn(async move {
+            for _ in 0..surplus {
+                match sem.clone().acquire_owned().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                }
+            }
+        });
     }
 }
 
@@ -290,7 +353,7 @@ impl PoolSource for Pool {
             database: "mongo".into(),
             user: inner.settings.user.clone(),
             mode: "request".into(),
-            max: inner.settings.max_size as u64,
+            max: inner.max_size.load(Ordering::Relaxed) as u64,
             size: inner.open.load(Ordering::Relaxed) as u64,
             idle,
             active: inner.active.load(Ordering::Relaxed) as u64,
@@ -348,7 +411,8 @@ impl Drop for PooledConn {
         pool.active.fetch_sub(1, Ordering::Relaxed);
         pool.checkouts.lock().remove(&self.ticket);
         if let Some(conn) = self.conn.take() {
-            if conn.is_reusable() && !pool.closed.load(Ordering::Relaxed) {
+            let surplus = pool.open.load(Ordering::Relaxed) > pool.max_size.load(Ordering::Relaxed);
+            if conn.is_reusable() && !surplus && !pool.closed.load(Ordering::Relaxed) {
                 // Back to idle before the permit is released (field drop order), so the
                 // next permit holder finds it.
                 pool.idle.lock().push(conn);

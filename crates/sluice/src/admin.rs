@@ -10,10 +10,15 @@ use sluice_pg::Context;
 /// Re-reads the configuration with the same file, environment and flags as at start.
 pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
+/// The MongoDB side's shared state, when a `[mongo]` section runs.
+pub type MongoCtx = Option<Arc<sluice_mongo::Context>>;
+
 /// The admin listener's view of the running proxy.
 pub struct Hooks {
     /// Shared Postgres state.
     pub ctx: Arc<Context>,
+    /// Shared MongoDB state.
+    pub mongo: MongoCtx,
     /// How to load the configuration again.
     pub loader: Loader,
 }
@@ -36,7 +41,7 @@ impl AdminHooks for Hooks {
     }
 
     fn reload(&self) -> ReloadFuture {
-        let result = reload(&self.ctx, &self.loader);
+        let result = reload(&self.ctx, self.mongo.as_deref(), &self.loader);
         Box::pin(async move { result })
     }
 }
@@ -45,6 +50,8 @@ impl AdminHooks for Hooks {
 pub struct ConsoleBridge {
     /// Shared Postgres state.
     pub ctx: std::sync::Weak<Context>,
+    /// Shared MongoDB state.
+    pub mongo: MongoCtx,
     /// How to load the configuration again.
     pub loader: Loader,
     /// Cancelled by SHUTDOWN.
@@ -54,7 +61,7 @@ pub struct ConsoleBridge {
 impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
     fn reload(&self) -> Result<String, String> {
         let ctx = self.ctx.upgrade().ok_or("shutting down")?;
-        reload(&ctx, &self.loader)
+        reload(&ctx, self.mongo.as_deref(), &self.loader)
     }
 
     fn shutdown(&self) {
@@ -64,10 +71,14 @@ impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
 }
 
 /// Loads the configuration again and applies what can change online: pool sizes,
-/// `min_pool_size` and `pool_timeout`. Changes that need a restart (listen address,
+/// `min_pool_size` and `pool_timeout` (Postgres and MongoDB), and certificates. Changes that need a restart (listen address,
 /// databases, users, pool mode, auth) are named in the result. An invalid file changes
 /// nothing and is returned as the error.
-pub fn reload(ctx: &Context, loader: &Loader) -> Result<String, String> {
+pub fn reload(
+    ctx: &Context,
+    mongo: Option<&sluice_mongo::Context>,
+    loader: &Loader,
+) -> Result<String, String> {
     let new = loader().map_err(|e| {
         tracing::error!(error = %e, "reload rejected; keeping the running configuration");
         e.to_string()
@@ -115,6 +126,14 @@ pub fn reload(ctx: &Context, loader: &Loader) -> Result<String, String> {
     }
     if old.admin != new.admin {
         restart.push("admin");
+    }
+    match (mongo, &new.mongo) {
+        (Some(running), Some(new_mongo)) => {
+            restart.extend(running.reload(new_mongo));
+            applied += 1;
+        }
+        (None, None) => {}
+        _ => restart.push("mongo (section added or removed)"),
     }
     let detail = if restart.is_empty() {
         format!("applied pool sizes, pool_timeout and TLS certificates to {applied} pools")

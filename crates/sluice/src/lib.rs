@@ -80,12 +80,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(sluice_pg::Context::new(config.clone()).context("building pools")?);
-    // The admin listener binds first: if its port is taken, Sluice fails before clients
-    // can reach it.
+    // MongoDB side (only with a [mongo] section): its pool joins the same statistics.
+    // Bound before the admin listener so reloads reach it; nothing is accepted until `run`.
+    let mongo = match &config.mongo {
+        Some(mongo_config) => {
+            let listener = sluice_mongo::Listener::bind(mongo_config.clone(), &ctx.stats)
+                .await
+                .context("starting the MongoDB listener")?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let mongo_ctx: admin::MongoCtx = mongo.as_ref().map(|m| m.context().clone());
+    // The admin listener binds before the Postgres one: if its port is taken, Sluice fails
+    // before Postgres clients can reach it.
     let mut admin_server = None;
     if config.admin.enabled {
         let hooks = Arc::new(admin::Hooks {
             ctx: ctx.clone(),
+            mongo: mongo_ctx.clone(),
             loader: loader.clone(),
         });
         let state =
@@ -106,17 +119,9 @@ pub async fn run(
         "sluice ready"
     );
     ctx.start_pools();
-    // MongoDB side (only with a [mongo] section): its pool joins the same statistics.
-    let mongo = match &config.mongo {
-        Some(mongo_config) => {
-            let listener = sluice_mongo::Listener::bind(mongo_config.clone(), &ctx.stats)
-                .await
-                .context("starting the MongoDB listener")?;
-            tracing::info!(listen = %listener.local_addr()?, "mongo listener ready");
-            Some(listener)
-        }
-        None => None,
-    };
+    if let Some(m) = &mongo {
+        tracing::info!(listen = %m.local_addr()?, "mongo listener ready");
+    }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     if let Some(server) = admin_server {
@@ -125,11 +130,12 @@ pub async fn run(
     let stop = CancellationToken::new();
     let bridge = admin::ConsoleBridge {
         ctx: Arc::downgrade(&ctx),
+        mongo: mongo_ctx.clone(),
         loader: loader.clone(),
         stop: stop.clone(),
     };
     let _ = ctx.console_hooks.set(Arc::new(bridge));
-    tokio::spawn(signal::reload_on_sighup(ctx.clone(), loader));
+    tokio::spawn(signal::reload_on_sighup(ctx.clone(), mongo_ctx, loader));
     let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
     let mongo_accept = mongo.map(|m| tokio::spawn(m.run(token.clone(), tracker.clone())));
     tokio::select! {

@@ -6,14 +6,18 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Reloads the configuration on every SIGHUP.
-pub async fn reload_on_sighup(ctx: Arc<sluice_pg::Context>, loader: crate::admin::Loader) {
+pub async fn reload_on_sighup(
+    ctx: Arc<sluice_pg::Context>,
+    mongo: crate::admin::MongoCtx,
+    loader: crate::admin::Loader,
+) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install a SIGHUP handler; use POST /admin/reload");
         return;
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading configuration");
-        let _ = crate::admin::reload(&ctx, &loader);
+        let _ = crate::admin::reload(&ctx, mongo.as_deref(), &loader);
     }
 }
 
