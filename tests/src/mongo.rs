@@ -206,6 +206,13 @@ impl MongoServer {
         &self.uri
     }
 
+    /// `host:port` of the server.
+    pub fn host(&self) -> String {
+        let rest = self.uri.trim_start_matches("mongodb://");
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+    }
+
     /// The direct URI with credentials inserted (`mongodb://user:pass@host/...`).
     pub fn uri_with_user(&self, user: &str, password: &str) -> String {
         self.uri
@@ -448,6 +455,163 @@ impl Drop for MongoSluice {
         let _ = self.child.wait();
         if std::thread::panicking() || std::env::var_os("SLUICE_TEST_SHOW_LOG").is_some() {
             eprintln!("---- sluice stderr ----\n{}\n---- end ----", self.stderr());
+        }
+    }
+}
+
+/// A TCP relay in front of a real server that rewrites the server's `hello` replies (the
+/// rest of the traffic passes unchanged): it lets one single-node test server play a
+/// replica-set secondary, so Sluice's replica-set monitor and `$readPreference` routing
+/// can be driven with real data on real servers. Stops when dropped.
+pub struct HelloRewriter {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HelloRewriter {
+    /// Listens on a free port and relays to `backend` (`host:port`), passing each `hello`
+    /// reply body through `rewrite`. Must be called inside a tokio runtime.
+    ///
+    /// # Panics
+    /// If it cannot listen.
+    pub async fn start(backend: &str, rewrite: fn(&mut mongodb::bson::Document)) -> HelloRewriter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind rewriter");
+        let port = listener.local_addr().expect("addr").port();
+        let backend = backend.to_owned();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(&backend).await {
+                        relay_rewriting(client, server, rewrite).await;
+                    }
+                });
+            }
+        });
+        HelloRewriter { port, task }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HelloRewriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const OP_MSG: i32 = 2013;
+
+async fn read_message(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 16];
+    r.read_exact(&mut header).await?;
+    let len = i32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| (16..=64 << 20).contains(l))
+        .ok_or_else(|| std::io::Error::other("bad message length"))?;
+    let mut msg = header.to_vec();
+    msg.resize(len, 0);
+    r.read_exact(&mut msg[16..]).await?;
+    Ok(msg)
+}
+
+fn field(msg: &[u8], at: usize) -> i32 {
+    i32::from_le_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]])
+}
+
+/// The kind-0 body of an OP_MSG (flags at 16, section kind at 20, document at 21).
+fn op_msg_body(msg: &[u8]) -> Option<mongodb::bson::Document> {
+    if field(msg, 12) != OP_MSG || msg.len() < 26 || msg[20] != 0 {
+        return None;
+    }
+    mongodb::bson::Document::from_reader(&msg[21..]).ok()
+}
+
+async fn relay_rewriting(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    rewrite: fn(&mut mongodb::bson::Document),
+) {
+    use tokio::io::AsyncWriteExt;
+    let hellos = std::sync::Arc::new(hello_ids::Pending::default());
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let seen = hellos.clone();
+    let up = async move {
+        while let Ok(msg) = read_message(&mut cr).await {
+            let is_hello = op_msg_body(&msg).is_some_and(|d| {
+                d.keys()
+                    .next()
+                    .is_some_and(|k| ["hello", "isMaster", "ismaster"].contains(&k.as_str()))
+            });
+            if is_hello {
+                seen.insert(field(&msg, 4));
+            }
+            if sw.write_all(&msg).await.is_err() {
+                break;
+            }
+        }
+    };
+    let down = async move {
+        while let Ok(msg) = read_message(&mut sr).await {
+            let out = match op_msg_body(&msg) {
+                Some(mut body) if hellos.take(field(&msg, 8)) => {
+                    rewrite(&mut body);
+                    let mut doc = Vec::new();
+                    let _ = body.to_writer(&mut doc);
+                    let len = 16 + 4 + 1 + doc.len();
+                    let mut out = Vec::with_capacity(len);
+                    out.extend_from_slice(&(len as i32).to_le_bytes());
+                    out.extend_from_slice(&msg[4..16]);
+                    out.extend_from_slice(&0u32.to_le_bytes()); // flags: no checksum
+                    out.push(0);
+                    out.extend_from_slice(&doc);
+                    out
+                }
+                _ => msg,
+            };
+            if cw.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+mod hello_ids {
+    /// The request ids of `hello`s waiting for their reply.
+    #[derive(Default)]
+    pub struct Pending(std::sync::Mutex<Vec<i32>>);
+
+    impl Pending {
+        pub fn insert(&self, id: i32) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(id);
+            }
+        }
+
+        /// Removes `id`; true when it was there.
+        pub fn take(&self, id: i32) -> bool {
+            let Ok(mut v) = self.0.lock() else {
+                return false;
+            };
+            match v.iter().position(|x| *x == id) {
+                Some(i) => {
+                    v.swap_remove(i);
+                    true
+                }
+                None => false,
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::pins::Pins;
 use crate::pool::{Pool, PoolSettings};
+use crate::replicas::Replicas;
 use crate::upstream::{ServerInfo, Target, UpstreamError};
 
 /// A `[mongo]` section that cannot be started.
@@ -36,8 +37,10 @@ pub enum ContextError {
 pub struct Context {
     /// The `[mongo]` settings.
     pub config: MongoConfig,
-    /// The upstream connection pool.
+    /// The pool of connections to the primary (or the one upstream server).
     pub pool: Pool,
+    /// Replica-set state: the primary's address, member pools, cursors on members.
+    pub replicas: Arc<Replicas>,
     /// Pinned transactions.
     pub pins: Pins,
     /// Client credentials (SCRAM verifiers derived once).
@@ -54,7 +57,10 @@ pub struct Context {
 
 impl Context {
     /// Parses the upstream URI and builds the (empty) pool.
-    pub async fn new(config: MongoConfig, stats: &Registry) -> Result<Arc<Context>, ContextError> {
+    pub async fn new(
+        config: MongoConfig,
+        stats: &Arc<Registry>,
+    ) -> Result<Arc<Context>, ContextError> {
         let target = Target::parse(&config.upstream).await?;
         let mut users = HashMap::new();
         for u in &config.users {
@@ -87,13 +93,20 @@ impl Context {
             min_size: config.min_pool_size,
             timeout: config.pool_timeout,
             connect_timeout: config.connect_timeout,
+            tracks_health: true,
         };
+        let replicas = Arc::new(Replicas::new(
+            target.clone(),
+            settings.clone(),
+            stats.clone(),
+        ));
         let pool = Pool::new(settings, target);
         stats.register_mongo(Arc::new(pool.clone()));
         Ok(Arc::new(Context {
             long_polls: Arc::new(Semaphore::new(long_poll_limit(config.max_pool_size))),
             config,
             pool,
+            replicas,
             pins: Pins::default(),
             users: Arc::new(users),
             auth_required,
@@ -108,6 +121,7 @@ impl Context {
         let old_max = self.pool.max_size();
         self.pool
             .resize(new.max_pool_size, new.min_pool_size, new.pool_timeout);
+        self.replicas.resize(new.max_pool_size, new.pool_timeout);
         crate::pool::resize_semaphore(
             &self.long_polls,
             long_poll_limit(old_max),

@@ -10,6 +10,8 @@
 //!   towards clients.
 //! * [`upstream`] / [`pool`] — connections and the bounded FIFO pool.
 //! * [`hello`], [`request`], [`pins`], [`session`], [`listener`] — the data path.
+//! * [`topology`] (sans-IO) / [`replicas`] — replica sets: following the primary after a
+//!   failover and routing `$readPreference`.
 //!
 //! Routing: a request holds an upstream connection for its round trip only. Cursors are
 //! server-wide in MongoDB (any connection of the same user may continue them), so a
@@ -25,9 +27,11 @@ pub mod hello;
 pub mod listener;
 pub mod pins;
 pub mod pool;
+pub mod replicas;
 pub mod request;
 pub mod scram_client;
 pub mod session;
+pub mod topology;
 pub mod upstream;
 pub mod wire;
 

@@ -39,7 +39,7 @@ pub struct Listener {
 
 impl Listener {
     /// Builds the shared state (registering the pool in `stats`) and binds `mongo.listen`.
-    pub async fn bind(config: MongoConfig, stats: &Registry) -> Result<Listener, StartError> {
+    pub async fn bind(config: MongoConfig, stats: &Arc<Registry>) -> Result<Listener, StartError> {
         let addr = config.listen;
         let ctx = Context::new(config, stats).await?;
         let tcp = TcpListener::bind(addr)
@@ -63,6 +63,7 @@ impl Listener {
     pub async fn run(self, token: CancellationToken, tracker: TaskTracker) {
         let ctx = self.ctx;
         ctx.pool.spawn_maintenance();
+        ctx.replicas.spawn_monitor(ctx.pool.clone());
         let reaper = ctx.clone();
         let reaper_token = token.clone();
         tokio::spawn(async move {

@@ -35,6 +35,9 @@ pub struct PoolSettings {
     pub timeout: Duration,
     /// Longest connect + handshake + login.
     pub connect_timeout: Duration,
+    /// Whether this pool's connect failures make `/health` fail (the primary pool: yes; a
+    /// secondary's pool: no, reads fall back or get a clear error).
+    pub tracks_health: bool,
 }
 
 /// Why no connection could be checked out.
@@ -80,6 +83,16 @@ struct Inner {
     /// The upstream's wire versions and limits, once known.
     info: Mutex<Option<ServerInfo>>,
     closed: AtomicBool,
+    /// The member this pool connects to; `None`: the first writable primary among the
+    /// seeds. Connections to any other address are closed instead of reused.
+    address: Mutex<Option<String>>,
+}
+
+impl Inner {
+    /// Whether `conn` goes to the member this pool is pointed at.
+    fn wants(&self, conn: &UpstreamConn) -> bool {
+        self.address.lock().as_ref().is_none_or(|a| *a == conn.addr)
+    }
 }
 
 /// A cheap-to-clone handle on the pool.
@@ -109,8 +122,27 @@ impl Pool {
                 health: Mutex::new(Ok(())),
                 info: Mutex::new(None),
                 closed: AtomicBool::new(false),
+                address: Mutex::new(None),
             }),
         }
+    }
+
+    /// Points the pool at one member (the replica-set monitor found the primary there, or
+    /// this is a secondary's pool); idle connections to another address are closed.
+    pub fn set_address(&self, address: Option<String>) {
+        let inner = &self.inner;
+        *inner.address.lock() = address.clone();
+        if let Some(addr) = address {
+            let mut idle = inner.idle.lock();
+            let before = idle.len();
+            idle.retain(|c| c.addr == addr);
+            inner.open.fetch_sub(before - idle.len(), Ordering::Relaxed);
+        }
+    }
+
+    /// The address set by [`Pool::set_address`].
+    pub fn address(&self) -> Option<String> {
+        self.inner.address.lock().clone()
     }
 
     /// The settings the pool was created with.
@@ -221,11 +253,12 @@ impl Pool {
         })
     }
 
-    /// Pops a live idle connection, closing dead ones on the way.
+    /// Pops a live idle connection, closing dead ones (and ones to a former primary) on
+    /// the way.
     fn take_idle(&self) -> Option<UpstreamConn> {
         loop {
             let conn = self.inner.idle.lock().pop()?;
-            if conn.is_reusable() {
+            if conn.is_reusable() && self.inner.wants(&conn) {
                 return Some(conn);
             }
             self.inner.open.fetch_sub(1, Ordering::Relaxed);
@@ -238,7 +271,12 @@ impl Pool {
 
     async fn open_connection(&self, limit: Duration) -> Result<UpstreamConn, UpstreamError> {
         let inner = &self.inner;
-        match UpstreamConn::connect(&inner.target, limit).await {
+        let address = inner.address.lock().clone();
+        let connected = match &address {
+            Some(addr) => UpstreamConn::connect_to(&inner.target, addr, limit).await,
+            None => UpstreamConn::connect(&inner.target, limit).await,
+        };
+        match connected {
             Ok(conn) => {
                 inner.open.fetch_add(1, Ordering::Relaxed);
                 inner.counters.inc_server_connects();
@@ -249,7 +287,10 @@ impl Pool {
             }
             Err(e) => {
                 inner.counters.inc_error(ErrorKind::Connect);
-                *inner.health.lock() = Err(e.to_string());
+                *inner.health.lock() = Err(match &address {
+                    Some(addr) if !e.to_string().contains(addr.as_str()) => format!("{addr}: {e}"),
+                    _ => e.to_string(),
+                });
                 tracing::warn!(error = %e, "cannot open an upstream connection");
                 Err(e)
             }
@@ -295,6 +336,11 @@ impl Pool {
             }
             drop(permit);
         }
+    }
+
+    /// Whether [`Pool::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Relaxed)
     }
 
     /// Closes idle connections and refuses new checkouts.
@@ -366,7 +412,10 @@ impl PoolSource for Pool {
     }
 
     fn health(&self) -> Option<Result<(), String>> {
-        Some(Pool::health(self))
+        self.inner
+            .settings
+            .tracks_health
+            .then(|| Pool::health(self))
     }
 }
 
@@ -412,7 +461,11 @@ impl Drop for PooledConn {
         pool.checkouts.lock().remove(&self.ticket);
         if let Some(conn) = self.conn.take() {
             let surplus = pool.open.load(Ordering::Relaxed) > pool.max_size.load(Ordering::Relaxed);
-            if conn.is_reusable() && !surplus && !pool.closed.load(Ordering::Relaxed) {
+            if conn.is_reusable()
+                && !surplus
+                && pool.wants(&conn)
+                && !pool.closed.load(Ordering::Relaxed)
+            {
                 // Back to idle before the permit is released (field drop order), so the
                 // next permit holder finds it.
                 pool.idle.lock().push(conn);

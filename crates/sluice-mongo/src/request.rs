@@ -1,6 +1,7 @@
 //! The few facts Sluice reads from a forwarded command to route it: its session (`lsid`),
-//! transaction number and state, and whether it is a long-polling `getMore`. Everything is
-//! read through `bson::RawDocument` without copying the command.
+//! transaction number and state, whether it is a long-polling `getMore`, its
+//! `$readPreference`, and the cursors a `getMore`/`killCursors` continues. Everything is read
+//! through `bson::RawDocument` without copying the command.
 
 use bson::{RawBsonRef, RawDocument};
 
@@ -20,6 +21,104 @@ pub struct RequestInfo {
     pub long_poll: bool,
     /// For `endSessions`: the sessions ended.
     pub ended_sessions: Vec<Vec<u8>>,
+    /// `$readPreference` when it allows more than the primary (`None`: primary).
+    pub read_pref: Option<ReadPref>,
+    /// A `$readPreference` Sluice cannot use (unknown mode, malformed tags): the reason.
+    pub bad_read_pref: Option<String>,
+    /// For `getMore` / `killCursors`: the cursor ids continued or killed.
+    pub cursor_ids: Vec<i64>,
+}
+
+/// `$readPreference.mode`, as the server-selection spec names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Only the primary (the default).
+    Primary,
+    /// The primary, or a secondary when there is none.
+    PrimaryPreferred,
+    /// Only a secondary.
+    Secondary,
+    /// A secondary, or the primary when there is none.
+    SecondaryPreferred,
+    /// Whichever member answers fastest.
+    Nearest,
+}
+
+impl ReadMode {
+    fn parse(mode: &str) -> Option<ReadMode> {
+        Some(match mode {
+            "primary" => ReadMode::Primary,
+            "primaryPreferred" => ReadMode::PrimaryPreferred,
+            "secondary" => ReadMode::Secondary,
+            "secondaryPreferred" => ReadMode::SecondaryPreferred,
+            "nearest" => ReadMode::Nearest,
+            _ => return None,
+        })
+    }
+}
+
+/// A non-primary `$readPreference`: the mode and its tag sets (tried in order; an empty set
+/// matches any member).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPref {
+    /// The mode.
+    pub mode: ReadMode,
+    /// Tag sets; empty means "any member".
+    pub tag_sets: Vec<Vec<(String, String)>>,
+}
+
+/// Reads `$readPreference`: `Ok(None)` for primary (or absent).
+fn read_pref(value: Option<RawBsonRef<'_>>) -> Result<Option<ReadPref>, String> {
+    let doc = match value {
+        None => return Ok(None),
+        Some(RawBsonRef::Document(d)) => d,
+        Some(_) => return Err("$readPreference must be a document".into()),
+    };
+    let mode = match doc.get_str("mode") {
+        Ok(m) => ReadMode::parse(m).ok_or_else(|| format!("unknown read preference mode {m:?}"))?,
+        Err(_) => return Err("$readPreference needs a string mode".into()),
+    };
+    if mode == ReadMode::Primary {
+        return Ok(None);
+    }
+    let mut tag_sets = Vec::new();
+    // The wire name is `tags`; the Rust driver 3.x sends `tagSets`, so both are read.
+    let sets = match doc.get("tags") {
+        Ok(Some(v)) => Some(v),
+        _ => doc.get("tagSets").ok().flatten(),
+    };
+    if let Some(RawBsonRef::Array(sets)) = sets {
+        for set in sets {
+            let Ok(RawBsonRef::Document(set)) = set else {
+                return Err("$readPreference.tags must be an array of documents".into());
+            };
+            let mut tags = Vec::new();
+            for entry in set {
+                match entry {
+                    Ok((k, RawBsonRef::String(v))) => tags.push((k.to_owned(), v.to_owned())),
+                    _ => return Err("$readPreference tag values must be strings".into()),
+                }
+            }
+            tag_sets.push(tags);
+        }
+    }
+    Ok(Some(ReadPref { mode, tag_sets }))
+}
+
+fn as_i64(v: RawBsonRef<'_>) -> Option<i64> {
+    match v {
+        RawBsonRef::Int64(n) => Some(n),
+        RawBsonRef::Int32(n) => Some(i64::from(n)),
+        _ => None,
+    }
+}
+
+/// The `cursor.id` of a reply (find, aggregate, getMore...), if it has one.
+pub fn reply_cursor_id(body: &RawDocument) -> Option<i64> {
+    match body.get("cursor").ok().flatten()? {
+        RawBsonRef::Document(c) => as_i64(c.get("id").ok().flatten()?),
+        _ => None,
+    }
 }
 
 impl RequestInfo {
@@ -48,6 +147,21 @@ impl RequestInfo {
                 .collect(),
             _ => Vec::new(),
         };
+        let (read_pref, bad_read_pref) = match read_pref(get("$readPreference")) {
+            Ok(p) => (p, None),
+            Err(e) => (None, Some(e)),
+        };
+        let cursor_ids = match (name, get(name)) {
+            ("getMore", Some(v)) => as_i64(v).into_iter().collect(),
+            ("killCursors", _) => match get("cursors") {
+                Some(RawBsonRef::Array(ids)) => ids
+                    .into_iter()
+                    .filter_map(|v| v.ok().and_then(as_i64))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         RequestInfo {
             name: name.to_owned(),
             lsid,
@@ -55,6 +169,9 @@ impl RequestInfo {
             start_transaction,
             long_poll,
             ended_sessions,
+            read_pref,
+            bad_read_pref,
+            cursor_ids,
         }
     }
 
@@ -91,6 +208,44 @@ mod tests {
         let commit = RequestInfo::parse("commitTransaction", &commit);
         assert!(commit.ends_transaction());
         assert_eq!(commit.lsid, info.lsid);
+    }
+
+    #[test]
+    fn read_preference_and_cursor_ids() {
+        let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "primary"}};
+        assert_eq!(RequestInfo::parse("find", &cmd).read_pref, None);
+        let cmd = rawdoc! {
+            "find": "c",
+            "$readPreference": {"mode": "secondaryPreferred", "tags": [{"dc": "east"}, {}]},
+        };
+        let info = RequestInfo::parse("find", &cmd);
+        assert_eq!(
+            info.read_pref,
+            Some(ReadPref {
+                mode: ReadMode::SecondaryPreferred,
+                tag_sets: vec![vec![("dc".into(), "east".into())], vec![]],
+            })
+        );
+        let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "secondary", "tagSets": [{"dc": "west"}]}};
+        let info = RequestInfo::parse("find", &cmd);
+        assert_eq!(
+            info.read_pref.unwrap().tag_sets,
+            vec![vec![("dc".to_owned(), "west".to_owned())]]
+        );
+        let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "sometimes"}};
+        let info = RequestInfo::parse("find", &cmd);
+        assert!(info.read_pref.is_none());
+        assert!(info.bad_read_pref.unwrap().contains("sometimes"));
+        let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "nearest", "tags": [{"n": 1}]}};
+        assert!(RequestInfo::parse("find", &cmd).bad_read_pref.is_some());
+
+        let g = rawdoc! {"getMore": 42_i64, "collection": "c"};
+        assert_eq!(RequestInfo::parse("getMore", &g).cursor_ids, vec![42]);
+        let k = rawdoc! {"killCursors": "c", "cursors": [7_i64, 8_i64]};
+        assert_eq!(RequestInfo::parse("killCursors", &k).cursor_ids, vec![7, 8]);
+        let reply = rawdoc! {"cursor": {"id": 99_i64, "ns": "t.c", "firstBatch": []}, "ok": 1.0};
+        assert_eq!(reply_cursor_id(&reply), Some(99));
+        assert_eq!(reply_cursor_id(&rawdoc! {"ok": 1.0}), None);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::context::Context;
 use crate::hello::{hello_reply, is_hello, HelloRequest};
 use crate::pins::Pinned;
 use crate::pool::{PoolError, PooledConn};
-use crate::request::RequestInfo;
+use crate::replicas::Choice;
+use crate::request::{reply_cursor_id, RequestInfo};
 use crate::upstream::UpstreamError;
 use crate::wire::{
     encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, FrameDecoder, OpCode, OpMsg,
@@ -224,6 +225,13 @@ impl Session {
         more_to_come: bool,
     ) -> Result<(), SessionError> {
         let request_id = frame.header.request_id;
+        if let Some(reason) = &info.bad_read_pref {
+            if more_to_come {
+                return Ok(());
+            }
+            let e = error_doc(ErrorCode::FailedToParse, reason.clone());
+            return self.reply(request_id, &e).await;
+        }
         let counters = self.ctx.pool.counters();
         counters.inc_queries();
         counters.add_bytes_in(frame.data.len() as u64);
@@ -245,19 +253,77 @@ impl Session {
                     .await;
             }
         }
+        // A cursor opened on a non-primary member continues there; a non-primary
+        // $readPreference picks a member. Everything else goes to the primary.
+        let replicas = &self.ctx.replicas;
+        let member = if let Some(addr) = replicas.cursor_home(&info.cursor_ids) {
+            Some((replicas.member_pool(&addr), addr))
+        } else if let Some(pref) = &info.read_pref {
+            tracing::trace!(?pref, command = %info.name, "read preference");
+            match replicas.choose(pref).await {
+                Choice::Primary => None,
+                Choice::Member(pool, addr) => Some((pool, addr)),
+                Choice::Unsatisfiable => {
+                    if more_to_come {
+                        return Ok(());
+                    }
+                    let e = error_doc(
+                        ErrorCode::FailedToSatisfyReadPreference,
+                        format!(
+                            "sluice: no replica-set member matches the read preference {pref:?}"
+                        ),
+                    );
+                    return self.reply(request_id, &e).await;
+                }
+            }
+        } else {
+            None
+        };
         let _long_poll = if info.long_poll {
             self.ctx.long_polls.clone().acquire_owned().await.ok()
         } else {
             None
         };
-        let conn = match self.ctx.pool.checkout(&self.peer).await {
+        let checkout = match &member {
+            Some((pool, _)) => pool.checkout(&self.peer).await,
+            None => self.ctx.pool.checkout(&self.peer).await,
+        };
+        let conn = match checkout {
             Ok(conn) => conn,
             Err(e) => return self.checkout_failed(request_id, &e, more_to_come).await,
         };
         let (conn, result) = exchange(conn, frame, more_to_come).await;
         drop(conn);
+        if let Some((_, addr)) = &member {
+            self.track_cursors(&info, &result, addr);
+        }
         self.relay(request_id, result, info.txn_number.is_some())
             .await
+    }
+
+    /// Remembers where a member's cursors live, and forgets exhausted or killed ones.
+    fn track_cursors(
+        &self,
+        info: &RequestInfo,
+        result: &Result<Option<Frame>, UpstreamError>,
+        addr: &str,
+    ) {
+        let replicas = &self.ctx.replicas;
+        if info.name == "killCursors" {
+            replicas.forget_cursors(&info.cursor_ids);
+            return;
+        }
+        let Ok(Some(reply)) = result else {
+            return;
+        };
+        let id = OpMsg::parse(reply.body())
+            .ok()
+            .and_then(|m| reply_cursor_id(m.body));
+        match id {
+            Some(0) => replicas.forget_cursors(&info.cursor_ids),
+            Some(id) => replicas.remember_cursor(id, addr),
+            None => {}
+        }
     }
 
     async fn forward_pinned(
@@ -317,6 +383,7 @@ impl Session {
             Err(e) => {
                 self.pool_error_count(ErrorKind::ServerLost);
                 tracing::warn!(error = %e, "upstream round trip failed");
+                self.ctx.replicas.check_soon();
                 let mut d = error_doc(
                     ErrorCode::HostUnreachable,
                     format!("sluice: upstream connection failed: {e}"),
@@ -338,6 +405,9 @@ impl Session {
         e: &PoolError,
         more_to_come: bool,
     ) -> Result<(), SessionError> {
+        if matches!(e, PoolError::Connect(_)) {
+            self.ctx.replicas.check_soon();
+        }
         if more_to_come {
             return Ok(());
         }

@@ -30,6 +30,11 @@ pub struct Target {
     pub app_name: String,
     /// Set when the URI asks for TLS (`tls=true` / `ssl=true`, or `mongodb+srv`).
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// Watch the replica set (follow the primary, route `$readPreference`): several seed
+    /// hosts or `replicaSet=`, and no `directConnection=true`.
+    pub monitor: bool,
+    /// How often the replica set is checked (`heartbeatFrequencyMS`, default 10 s).
+    pub heartbeat: Duration,
 }
 
 /// Login data for the upstream.
@@ -163,9 +168,13 @@ impl Target {
             }
             None => None,
         };
+        let monitor = options.direct_connection != Some(true)
+            && (hosts.len() > 1 || options.repl_set_name.is_some());
         Ok(Target {
             hosts,
             credential,
+            monitor,
+            heartbeat: options.heartbeat_freq.unwrap_or(Duration::from_secs(10)),
             app_name: options.app_name.unwrap_or_else(|| "sluice".into()),
             tls,
         })
@@ -259,6 +268,31 @@ impl UpstreamConn {
             .map_err(|_| UpstreamError::Timeout)?
     }
 
+    /// Connects to `addr` (whatever its role: the replica-set monitor chose it) and logs in.
+    pub async fn connect_to(
+        target: &Target,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        tokio::time::timeout(timeout, Self::connect_one(target, addr))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map(|(conn, _)| conn)
+    }
+
+    /// The `hello` reply of `addr`, on a connection opened for it and closed after (the
+    /// replica-set monitor's heartbeat; no login is needed for `hello`).
+    pub async fn probe(
+        target: &Target,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Document, UpstreamError> {
+        tokio::time::timeout(timeout, Self::handshake(target, addr))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map(|(_, reply)| reply)
+    }
+
     async fn connect_any(target: &Target) -> Result<UpstreamConn, UpstreamError> {
         let mut last = None;
         for addr in &target.hosts {
@@ -275,6 +309,21 @@ impl UpstreamConn {
         target: &Target,
         addr: &str,
     ) -> Result<(UpstreamConn, bool), UpstreamError> {
+        let (mut conn, reply) = Self::handshake(target, addr).await?;
+        let primary = reply.get_bool("isWritablePrimary").unwrap_or(false)
+            || reply.get_bool("ismaster").unwrap_or(false);
+        if let Some(c) = &target.credential {
+            let mechanism = c.mechanism.unwrap_or_else(|| negotiate(&reply));
+            conn.login(c, mechanism).await?;
+        }
+        Ok((conn, primary))
+    }
+
+    /// TCP (+ TLS) connect and the `hello` handshake; returns the connection and the reply.
+    async fn handshake(
+        target: &Target,
+        addr: &str,
+    ) -> Result<(UpstreamConn, Document), UpstreamError> {
         let io = |source| UpstreamError::Io {
             addr: addr.to_owned(),
             source,
@@ -324,13 +373,7 @@ impl UpstreamConn {
         conn.info = ServerInfo::from_hello(&reply);
         let max = usize::try_from(conn.info.max_message_size_bytes).unwrap_or(DEFAULT_MAX_MESSAGE);
         conn.decoder = FrameDecoder::new(max.max(DEFAULT_MAX_MESSAGE));
-        let primary = reply.get_bool("isWritablePrimary").unwrap_or(false)
-            || reply.get_bool("ismaster").unwrap_or(false);
-        if let Some(c) = &target.credential {
-            let mechanism = c.mechanism.unwrap_or_else(|| negotiate(&reply));
-            conn.login(c, mechanism).await?;
-        }
-        Ok((conn, primary))
+        Ok((conn, reply))
     }
 
     async fn login(&mut self, c: &Credential, mechanism: Mechanism) -> Result<(), UpstreamError> {

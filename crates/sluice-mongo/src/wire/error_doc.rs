@@ -18,6 +18,8 @@ pub enum ErrorCode {
     AuthenticationFailed,
     /// 59: a command Sluice does not know (never used for forwarded commands).
     CommandNotFound,
+    /// 133: no replica-set member satisfies the request's `$readPreference`.
+    FailedToSatisfyReadPreference,
     /// 202: no upstream connection within `pool_timeout` (as mongos reports it).
     NetworkInterfaceExceededTimeLimit,
     /// 334: authentication mechanism not supported.
@@ -36,6 +38,7 @@ impl ErrorCode {
             Self::Unauthorized => 13,
             Self::AuthenticationFailed => 18,
             Self::CommandNotFound => 59,
+            Self::FailedToSatisfyReadPreference => 133,
             Self::NetworkInterfaceExceededTimeLimit => 202,
             Self::MechanismUnavailable => 334,
             Self::BsonObjectTooLarge => 10334,
@@ -46,6 +49,7 @@ impl ErrorCode {
     pub fn name(self) -> &'static str {
         match self {
             Self::BadValue => "BadValue",
+            Self::FailedToSatisfyReadPreference => "FailedToSatisfyReadPreference",
             Self::HostUnreachable => "HostUnreachable",
             Self::FailedToParse => "FailedToParse",
             Self::Unauthorized => "Unauthorized",

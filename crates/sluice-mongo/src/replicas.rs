@@ -1,0 +1,237 @@
+//! Replica sets, the I/O side: a heartbeat task sends `hello` to every member every
+//! `heartbeatFrequencyMS` (and at once after a failed round trip), feeds
+//! [`TopologyState`], and points the primary pool at the new primary after a failover.
+//! Reads with a non-primary `$readPreference` go to a per-member pool (created on first
+//! use, same sizes as the primary's, never failing `/health`), and the cursors they open are
+//! remembered so their `getMore`/`killCursors` reach the same member.
+//!
+//! Only active when the upstream URI names several hosts or a `replicaSet` (and not
+//! `directConnection=true`); otherwise every request goes to the one pool as before.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use sluice_stats::Registry;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::pool::{Pool, PoolSettings};
+use crate::request::ReadPref;
+use crate::topology::{Route, TopologyState};
+use crate::upstream::{Target, UpstreamConn};
+
+/// Most cursors remembered on non-primary members; past it, a new cursor's `getMore`
+/// goes to the primary and gets the server's own CursorNotFound.
+const MAX_CURSORS: usize = 100_000;
+
+/// Shortest pause between two heartbeat rounds, even when woken by failures.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Where one request goes.
+pub enum Choice {
+    /// The primary pool.
+    Primary,
+    /// A non-primary member's pool, with its address.
+    Member(Pool, String),
+    /// Nothing satisfies the read preference.
+    Unsatisfiable,
+}
+
+/// Replica-set state shared by every session.
+pub struct Replicas {
+    target: Target,
+    state: RwLock<TopologyState>,
+    wake: Notify,
+    /// Flips to true after the first heartbeat round.
+    ready: watch::Sender<bool>,
+    turn: AtomicUsize,
+    members: Mutex<HashMap<String, Pool>>,
+    cursors: Mutex<HashMap<i64, String>>,
+    template: Mutex<PoolSettings>,
+    stats: Arc<Registry>,
+}
+
+impl Replicas {
+    /// State for `target`; member pools copy `template`'s sizes and register in `stats`.
+    pub fn new(target: Target, template: PoolSettings, stats: Arc<Registry>) -> Replicas {
+        Replicas {
+            state: RwLock::new(TopologyState::new(target.hosts.clone())),
+            target,
+            wake: Notify::new(),
+            ready: watch::channel(false).0,
+            turn: AtomicUsize::new(0),
+            members: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+            template: Mutex::new(template),
+            stats,
+        }
+    }
+
+    /// Whether the URI asked for replica-set behaviour.
+    pub fn enabled(&self) -> bool {
+        self.target.monitor
+    }
+
+    /// Asks for a heartbeat round now (after a round trip failed).
+    pub fn check_soon(&self) {
+        if self.enabled() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The current primary's address, when known.
+    pub fn primary(&self) -> Option<String> {
+        self.state.read().primary().map(str::to_owned)
+    }
+
+    /// Chooses the pool for a request with a non-primary read preference. Waits for the
+    /// first heartbeat round (at most `connect_timeout`) right after start.
+    pub async fn choose(&self, pref: &ReadPref) -> Choice {
+        if !self.enabled() {
+            return Choice::Primary;
+        }
+        let mut ready = self.ready.subscribe();
+        let limit = self.template.lock().connect_timeout;
+        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let route = self.state.read().select(pref, turn);
+        match route {
+            Route::Primary => Choice::Primary,
+            Route::Unsatisfiable => Choice::Unsatisfiable,
+            Route::Member(addr) => Choice::Member(self.member_pool(&addr), addr),
+        }
+    }
+
+    /// The pool of a non-primary member (created on first use).
+    pub fn member_pool(&self, addr: &str) -> Pool {
+        let mut members = self.members.lock();
+        if let Some(pool) = members.get(addr) {
+            return pool.clone();
+        }
+        let mut settings = self.template.lock().clone();
+        settings.name = format!("mongo@{addr}");
+        settings.min_size = 0;
+        settings.tracks_health = false;
+        let pool = Pool::new(settings, self.target.clone());
+        pool.set_address(Some(addr.to_owned()));
+        pool.spawn_maintenance();
+        self.stats.register_mongo(Arc::new(pool.clone()));
+        members.insert(addr.to_owned(), pool.clone());
+        pool
+    }
+
+    /// The member that holds any of these cursors, if it is not the primary.
+    pub fn cursor_home(&self, ids: &[i64]) -> Option<String> {
+        if ids.is_empty() || !self.enabled() {
+            return None;
+        }
+        let cursors = self.cursors.lock();
+        ids.iter().find_map(|id| cursors.get(id).cloned())
+    }
+
+    /// Records that cursor `id` lives on `addr`.
+    pub fn remember_cursor(&self, id: i64, addr: &str) {
+        let mut cursors = self.cursors.lock();
+        if cursors.len() < MAX_CURSORS {
+            cursors.insert(id, addr.to_owned());
+        } else {
+            tracing::warn!(
+                cursor = id,
+                member = addr,
+                "too many cursors on secondaries to track; its getMore will go to the primary"
+            );
+        }
+    }
+
+    /// Forgets exhausted or killed cursors.
+    pub fn forget_cursors(&self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut cursors = self.cursors.lock();
+        for id in ids {
+            cursors.remove(id);
+        }
+    }
+
+    /// Applies reloaded sizes to the member pools (and to pools made later).
+    pub fn resize(&self, max: usize, timeout: Duration) {
+        {
+            let mut t = self.template.lock();
+            t.max_size = max;
+            t.timeout = timeout;
+        }
+        for pool in self.members.lock().values() {
+            pool.resize(max, 0, timeout);
+        }
+    }
+
+    /// Closes the member pools.
+    pub fn close(&self) {
+        for pool in self.members.lock().values() {
+            pool.close();
+        }
+    }
+
+    /// Starts the heartbeat task; it points `primary` at the primary it finds and stops
+    /// when `primary` is closed.
+    pub fn spawn_monitor(self: &Arc<Self>, primary: Pool) {
+        if !self.enabled() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            while !primary.is_closed() {
+                this.round(&primary).await;
+                let heartbeat = this.target.heartbeat.max(MIN_HEARTBEAT);
+                tokio::select! {
+                    _ = tokio::time::sleep(heartbeat) => {}
+                    _ = this.wake.notified() => tokio::time::sleep(MIN_HEARTBEAT).await,
+                }
+            }
+            this.close();
+        });
+    }
+
+    /// One heartbeat round over every known host.
+    async fn round(&self, primary: &Pool) {
+        let hosts = self.state.read().hosts();
+        let limit = self.template.lock().connect_timeout;
+        let mut probes = JoinSet::new();
+        for host in hosts {
+            let target = self.target.clone();
+            probes.spawn(async move {
+                let start = Instant::now();
+                let reply = UpstreamConn::probe(&target, &host, limit).await;
+                let result = match reply {
+                    Ok(doc) => Some((doc, start.elapsed())),
+                    Err(e) => {
+                        tracing::debug!(host = %host, error = %e, "replica-set heartbeat failed");
+                        None
+                    }
+                };
+                (host, result)
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = probes.join_next().await {
+            if let Ok(r) = done {
+                results.push(r);
+            }
+        }
+        let (changed, now) = {
+            let mut state = self.state.write();
+            let changed = state.update(results);
+            (changed, state.primary().map(str::to_owned))
+        };
+        if changed {
+            tracing::info!(primary = ?now, "replica-set primary changed");
+            primary.set_address(now);
+        }
+        self.ready.send_replace(true);
+    }
+}
