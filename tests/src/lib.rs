@@ -17,16 +17,30 @@ pub mod proxy;
 pub use pg::{shared_cluster, PgCluster, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
 pub use proxy::{DatabaseConfig, PoolMode, Sluice, SluiceBuilder};
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago and that this process has not
+/// handed out before: the kernel may offer a just-released port again, and two listeners of
+/// one test (a proxy's listen and admin ports, say) must not get the same one.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port that this process has not used yet");
 }
 
 /// A name unique within this test process, such as `prefix_3`: lowercase, usable unquoted

@@ -556,17 +556,29 @@ async fn clients_held_by_pause_count_as_waiting() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!held.is_finished(), "a query ran while paused");
 
-    let pools = admin.simple_query("SHOW POOLS").await.unwrap();
-    let cl_waiting = rows(&pools)
-        .into_iter()
-        .find(|r| r[0].as_deref() == Some(db.as_str()) && r[1].as_deref() == Some(APP_USER))
-        .and_then(|r| r[3].clone());
-    let m = Metrics::fetch(&sluice).await;
-    let gauge = m.value(
-        "sluice_pool_waiting_clients",
-        &[("database", &db), ("user", APP_USER)],
-    );
-    let clients = m.value("sluice_client_connections", &[("state", "waiting")]);
+    // The held query reaches the proxy asynchronously (a loaded machine may take longer than
+    // the pause above): poll until it is counted, up to a generous deadline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (cl_waiting, gauge, clients) = loop {
+        assert!(!held.is_finished(), "a query ran while paused");
+        let pools = admin.simple_query("SHOW POOLS").await.unwrap();
+        let cl_waiting = rows(&pools)
+            .into_iter()
+            .find(|r| r[0].as_deref() == Some(db.as_str()) && r[1].as_deref() == Some(APP_USER))
+            .and_then(|r| r[3].clone());
+        let m = Metrics::fetch(&sluice).await;
+        let gauge = m.value(
+            "sluice_pool_waiting_clients",
+            &[("database", &db), ("user", APP_USER)],
+        );
+        let clients = m.value("sluice_client_connections", &[("state", "waiting")]);
+        if (cl_waiting.as_deref(), gauge, clients) == (Some("1"), 1.0, 1.0)
+            || Instant::now() > deadline
+        {
+            break (cl_waiting, gauge, clients);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     admin.simple_query(&format!("RESUME {db}")).await.unwrap();
     assert_eq!(
         within(Duration::from_secs(10), "held query after RESUME", held)

@@ -7,7 +7,34 @@ use std::time::{Duration, Instant};
 
 use common::{expect_sqlstate, sluice_for, MODES};
 use sluice_tests::{scalar, shared_cluster, within, PoolMode};
-use tokio_postgres::NoTls;
+use tokio_postgres::{Client, NoTls};
+
+/// Hang guard for a cancelled `pg_sleep(30)`: well under the 30 s it would run uncancelled.
+const CANCELLED: Duration = Duration::from_secs(20);
+
+/// Waits until PostgreSQL runs `pg_sleep(30)` in database `db` (seen by the superuser client
+/// `su`): a CancelRequest that arrives before the query does is ignored by PostgreSQL (or
+/// finds no server to cancel in transaction mode), so a fixed sleep is not enough on a slow
+/// machine.
+async fn wait_until_running(su: &Client, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND state = 'active' AND query LIKE '%pg_sleep(30)%'",
+                &[&db],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pg_sleep(30) did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 #[tokio::test]
 async fn cancel_running_query() {
@@ -15,24 +42,25 @@ async fn cancel_running_query() {
     for mode in MODES {
         let db = cluster.fresh_database("cancel_run").await;
         let sluice = sluice_for(cluster, &db, mode).pool_size(2).start();
+        let su = cluster.superuser().await;
         let c = sluice.client(&db).await;
         let token = c.cancel_token();
         let started = Instant::now();
         let (res, ()) = tokio::join!(
             within(
-                Duration::from_secs(10),
+                CANCELLED,
                 "cancelled pg_sleep(30)",
                 c.simple_query("SELECT pg_sleep(30)")
             ),
             async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                wait_until_running(&su, &db).await;
                 within(Duration::from_secs(10), "cancel", token.cancel_query(NoTls))
                     .await
                     .unwrap();
             }
         );
         expect_sqlstate(res, &["57014"]);
-        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(started.elapsed() < CANCELLED);
         // The client goes on.
         assert_eq!(scalar(&c, "SELECT 1").await, "1", "{mode:?}");
 
@@ -41,12 +69,12 @@ async fn cancel_running_query() {
         let token = c.cancel_token();
         let (res, ()) = tokio::join!(
             within(
-                Duration::from_secs(10),
+                CANCELLED,
                 "cancelled pg_sleep(30)",
                 c.query_typed("SELECT pg_sleep(30)", &[])
             ),
             async {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                wait_until_running(&su, &db).await;
                 token.cancel_query(NoTls).await.unwrap();
             }
         );

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::sluice_for;
 use sluice_tests::{rows, scalar, within, PgCluster, PoolMode};
@@ -31,7 +31,28 @@ async fn restart_while_clients_run(mode: PoolMode) {
     // An idle transaction-mode client that holds no server across the restart.
     let idle = sluice.client(&db).await;
     assert_eq!(scalar(&idle, "SELECT 1").await, "1");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The three queries run on PostgreSQL before it restarts (a query still waiting for a
+    // server would run after the restart and succeed).
+    {
+        let su = cluster.superuser().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: i64 = su
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND state = 'active' AND query LIKE '%pg_sleep(20)%'",
+                    &[&db],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{n} of 3 pg_sleep(20) running");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     let restarter = tokio::task::spawn_blocking(move || {
         cluster.restart();

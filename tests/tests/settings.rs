@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{expect_sqlstate, sluice_for};
 use sluice_tests::{scalar, scalar_opt, shared_cluster, within, PoolMode, Sluice};
@@ -49,19 +49,23 @@ async fn setup(prefix: &str, pool_size: u32) -> (Sluice, String) {
 }
 
 /// `n` clients running short transactions and checking they always see `want` (their own
-/// settings, which they do not change), until `stop`.
-fn load(
+/// settings, which they do not change), until `stop`. Returns once each of them has run a
+/// first round (their logins can take longer than what the test does next), so the load
+/// really runs alongside the test.
+async fn load(
     sluice: &Sluice,
     db: &str,
     n: usize,
     want: [String; 4],
     stop: Arc<AtomicBool>,
 ) -> Vec<JoinHandle<usize>> {
-    (0..n)
+    let running = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<JoinHandle<usize>> = (0..n)
         .map(|k| {
             let config = sluice.pg_config("app", "secret", db);
             let want = want.clone();
             let stop = stop.clone();
+            let running = running.clone();
             tokio::spawn(async move {
                 let (c, conn) = config.connect(NoTls).await.unwrap();
                 tokio::spawn(conn);
@@ -80,11 +84,24 @@ fn load(
                             .unwrap();
                     }
                     rounds += 1;
+                    if rounds == 1 {
+                        running.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 rounds
             })
         })
-        .collect()
+        .collect();
+    let deadline = Instant::now() + T;
+    // A task that ended early (a failed check) is reported by `finish`.
+    while running.load(Ordering::Relaxed) < n && !tasks.iter().any(JoinHandle::is_finished) {
+        assert!(
+            Instant::now() < deadline,
+            "the load clients did not start within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tasks
 }
 
 async fn finish(stop: &AtomicBool, tasks: Vec<JoinHandle<usize>>) {
@@ -102,7 +119,7 @@ async fn set_follows_the_client_and_does_not_leak() {
     let baseline = settings(&a).await;
     assert_eq!(baseline[1], "0");
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&sluice, &db, 4, baseline.clone(), stop.clone());
+    let tasks = load(&sluice, &db, 4, baseline.clone(), stop.clone()).await;
 
     a.simple_query("SET search_path = sa, public")
         .await
@@ -165,7 +182,7 @@ async fn startup_parameters_follow_the_client_and_reset_returns_to_them() {
     let baseline = settings(&plain).await;
     drop(plain);
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&sluice, &db, 4, baseline.clone(), stop.clone());
+    let tasks = load(&sluice, &db, 4, baseline.clone(), stop.clone()).await;
 
     let mut config = sluice.pg_config("app", "secret", &db);
     config
@@ -218,7 +235,7 @@ async fn rolled_back_set_is_forgotten_committed_set_is_kept() {
     let a = sluice.client(&db).await;
     let base = settings(&a).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&sluice, &db, 3, base.clone(), stop.clone());
+    let tasks = load(&sluice, &db, 3, base.clone(), stop.clone()).await;
 
     a.batch_execute("BEGIN").await.unwrap();
     a.simple_query("SET work_mem = '3MB'").await.unwrap();
@@ -278,7 +295,7 @@ async fn set_rolled_back_to_a_savepoint_is_undone() {
     let a = sluice.client(&db).await;
     let base = settings(&a).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = load(&sluice, &db, 3, base.clone(), stop.clone());
+    let tasks = load(&sluice, &db, 3, base.clone(), stop.clone()).await;
     // Savepoint rolled back: its SET is undone, the outer one kept.
     a.batch_execute("BEGIN").await.unwrap();
     a.simple_query("SET work_mem = '8MB'").await.unwrap();

@@ -59,9 +59,17 @@ async fn idle_clients_and_idle_transactions_are_ended() {
     setup.simple_query("create table t(a int)").await.unwrap();
     drop(setup);
 
-    // Idle between transactions: closed with 57P05.
+    // Idle between transactions: closed with 57P05 (waited for rather than assumed after a
+    // fixed sleep: a loaded machine may be late).
     let idle = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !idle.is_closed() {
+        assert!(
+            Instant::now() < deadline,
+            "an idle client is still connected 20 s into client_idle_timeout 1s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(idle.simple_query("select 1").await.is_err());
 
     // Idle inside a transaction: rolled back, the server goes back to the pool.
@@ -167,8 +175,16 @@ async fn refused_logins_are_not_retried_in_a_tight_loop() {
                 && l.contains("kind=\"connect\"")
         })
         .unwrap_or_else(|| panic!("no connect error counter in {body}"));
+    // The pool's health upkeep tries one login when it starts; the first client's login may
+    // run before that attempt is refused, so two refusals are legitimate. After a refusal,
+    // nothing else reaches the upstream within server_login_retry.
+    let refused: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value: {line}"));
     assert!(
-        line.ends_with(" 1"),
-        "expected exactly one refused login: {line}"
+        (1.0..=2.0).contains(&refused),
+        "expected one refused login (two if the first client's raced the pool's own): {line}"
     );
 }
