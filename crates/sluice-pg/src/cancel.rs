@@ -21,17 +21,16 @@ pub struct CancelSlot {
     pub info: ClientInfo,
 }
 
-/// A connected client, as the admin console lists it.
+/// A connected client, as the admin console lists it. Names are shared (interned), not
+/// copied per client.
 #[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
     /// User name it logged in as.
-    pub user: String,
+    pub user: Arc<str>,
     /// Database it asked for.
-    pub database: String,
-    /// Its address.
-    pub addr: Option<std::net::SocketAddr>,
-    /// Its application_name.
-    pub application_name: String,
+    pub database: Arc<str>,
+    /// Its address and application_name.
+    pub who: Option<Arc<crate::pool::ClientMeta>>,
     /// When it connected (seconds since the Unix epoch).
     pub connected_at: u64,
 }

@@ -68,9 +68,38 @@ pub struct Context {
     pub tls: parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>,
     /// Reload and shutdown for the console, set by the binary at start.
     pub console_hooks: std::sync::OnceLock<Arc<dyn crate::console::ConsoleHooks>>,
+    /// The startup settings of the latest client: clients of one application send the
+    /// same startup packet, so they share one copy (see [`Context::intern_startup`]).
+    last_startup: parking_lot::Mutex<crate::state::Settings>,
+    /// Database and user names of logged-in clients, shared by every client that uses them
+    /// (only names that passed authentication get here, so the set stays small).
+    names: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Context {
+    /// The shared copy of a database or user name.
+    pub(crate) fn intern_name(&self, name: &str) -> Arc<str> {
+        let mut names = self.names.lock();
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        names.insert(n.clone());
+        n
+    }
+
+    /// Points `state`'s startup and current settings at the previous client's copy when
+    /// they are equal, so thousands of identical clients hold one allocation.
+    pub(crate) fn intern_startup(&self, state: &mut crate::state::ClientState) {
+        let mut last = self.last_startup.lock();
+        if state.startup == *last {
+            state.startup.share_with(&last);
+        } else {
+            *last = state.startup.clone();
+        }
+        state.settings = state.startup.clone();
+    }
+
     /// Builds pools and credentials from a validated configuration. Pools are empty until
     /// [`Context::start_pools`] is called.
     pub fn new(config: Arc<Config>) -> Result<Self, ContextError> {
@@ -159,6 +188,8 @@ impl Context {
             admin_users,
             tls: parking_lot::RwLock::new(acceptor),
             console_hooks: std::sync::OnceLock::new(),
+            last_startup: parking_lot::Mutex::default(),
+            names: parking_lot::Mutex::default(),
         })
     }
 

@@ -6,12 +6,28 @@ use std::sync::Arc;
 
 use crate::prepared::{ServerStatements, Statement};
 
-/// A small map of setting name → value, kept as a sorted vector: a session has a handful
-/// of settings, and a `BTreeMap` node would cost ~0.5 KiB per idle client.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Settings(Vec<(String, String)>);
+/// A small map of setting name → value, kept as a sorted vector (a session has a handful
+/// of settings, and a `BTreeMap` node would cost ~0.5 KiB per idle client) and shared
+/// copy-on-write: a client's startup settings, its current settings, the settings of the
+/// server it lands on, and every other client that sent the same startup packet all point
+/// at one allocation until one of them changes.
+#[derive(Debug, Default, Clone, Eq)]
+pub struct Settings(Arc<Vec<(String, String)>>);
+
+impl PartialEq for Settings {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
 
 impl Settings {
+    /// Makes `self` share `other`'s allocation when they are equal (interning).
+    pub fn share_with(&mut self, other: &Settings) {
+        if *self == *other {
+            self.0 = other.0.clone();
+        }
+    }
+
     fn find(&self, name: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
@@ -29,21 +45,24 @@ impl Settings {
     /// Sets `name` to `value`.
     pub fn insert(&mut self, name: String, value: String) {
         match self.find(&name) {
-            Ok(i) => self.0[i].1 = value,
-            Err(i) => self.0.insert(i, (name, value)),
+            Ok(i) if self.0[i].1 == value => {}
+            Ok(i) => Arc::make_mut(&mut self.0)[i].1 = value,
+            Err(i) => Arc::make_mut(&mut self.0).insert(i, (name, value)),
         }
     }
 
     /// Unsets `name`.
     pub fn remove(&mut self, name: &str) {
         if let Ok(i) = self.find(name) {
-            self.0.remove(i);
+            Arc::make_mut(&mut self.0).remove(i);
         }
     }
 
     /// Unsets everything.
     pub fn clear(&mut self) {
-        self.0.clear();
+        if !self.0.is_empty() {
+            self.0 = Arc::default();
+        }
     }
 
     /// Number of settings.

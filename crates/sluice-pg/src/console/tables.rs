@@ -110,7 +110,9 @@ fn pools(ctx: &Context) -> ResultSet {
     ]);
     let mut clients: HashMap<(String, String), u64> = HashMap::new();
     for c in ctx.cancel.list() {
-        *clients.entry((c.info.database, c.info.user)).or_default() += 1;
+        *clients
+            .entry((c.info.database.to_string(), c.info.user.to_string()))
+            .or_default() += 1;
     }
     for (db, d) in sorted(ctx) {
         for (user, pool) in sorted_pools(d) {
@@ -188,13 +190,14 @@ fn clients(ctx: &Context) -> ResultSet {
     for c in list {
         let (addr, port) = c
             .info
-            .addr
-            .map(|a| (a.ip().to_string(), a.port().to_string()))
+            .who
+            .as_ref()
+            .map(|w| (w.addr.ip().to_string(), w.addr.port().to_string()))
             .unwrap_or_default();
         rs.row(vec![
             "C".into(),
-            c.info.user,
-            c.info.database,
+            c.info.user.to_string(),
+            c.info.database.to_string(),
             if c.server_pid.is_some() {
                 "active"
             } else {
@@ -204,7 +207,11 @@ fn clients(ctx: &Context) -> ResultSet {
             addr,
             port,
             c.info.connected_at.to_string(),
-            c.info.application_name,
+            c.info
+                .who
+                .as_ref()
+                .map(|w| w.application_name.clone())
+                .unwrap_or_default(),
             c.pid.to_string(),
             c.server_pid.map(|p| p.to_string()).unwrap_or_default(),
         ]);

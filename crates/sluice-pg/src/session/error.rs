@@ -64,14 +64,14 @@ pub enum SessionError {
 
 impl SessionError {
     /// Logs the error once, at a level that fits who caused it.
-    pub fn log(&self) {
+    pub fn log(&self, client: std::net::SocketAddr) {
         match self {
-            SessionError::Io(_) => tracing::debug!(error = %self, "client session ended"),
-            SessionError::Shutdown => tracing::debug!("client closed for shutdown"),
+            SessionError::Io(_) => tracing::debug!(%client, error = %self, "client session ended"),
+            SessionError::Shutdown => tracing::debug!(%client, "client closed for shutdown"),
             SessionError::Pool(_) | SessionError::ServerLost(_) => {
-                tracing::warn!(error = %self, "client session failed")
+                tracing::warn!(%client, error = %self, "client session failed")
             }
-            _ => tracing::info!(error = %self, "client rejected"),
+            _ => tracing::info!(%client, error = %self, "client rejected"),
         }
     }
 

@@ -50,7 +50,9 @@ impl ClientIo {
     pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
         match &mut self.stream {
             MaybeTls::Plain(s) => loop {
-                s.readable().await?;
+                // poll_read_ready uses the socket's own waker slot: a far smaller future
+                // than `readable()` (which carries a waiter node), and one per idle client.
+                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 reserve(&mut self.buf);
                 match s.try_read_buf(&mut self.buf) {
                     // Readiness was stale (tokio clears it only on WouldBlock): give the

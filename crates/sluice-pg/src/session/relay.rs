@@ -20,7 +20,6 @@ use super::error::pool_error_fields;
 use super::exchange::{Exchange, Features, Io};
 use super::io::ClientIo;
 use super::SessionError;
-use crate::cancel::CancelSlot;
 use crate::pool::{ClientMeta, Pool, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{frame_len, ProtocolError};
@@ -34,7 +33,10 @@ pub(crate) struct Relay<'a> {
     client: &'a mut ClientIo,
     pool: &'a Pool,
     mode: PoolMode,
-    cancel_slot: &'a CancelSlot,
+    /// This client's cancel-key registration (its slot names the server it is on).
+    registration: crate::cancel::Registration,
+    /// Counts the client as connected until the relay ends.
+    _count: super::ClientCount<'a>,
     server: Option<PooledConn>,
     exchange: Exchange,
     state: ClientState,
@@ -48,6 +50,11 @@ pub(crate) struct Relay<'a> {
     /// This client's slot in the idle/waiting/active client gauges.
     gauge: ClientGuard,
     limits: Limits,
+    /// The idle timer, allocated only when an idle timeout is configured and then reset
+    /// rather than rebuilt (keeps the per-client future small).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Whether `timer` applies to the current wait.
+    timer_armed: bool,
 }
 
 /// Per-client limits from the configuration.
@@ -69,13 +76,24 @@ enum Flow {
 impl<'a> Relay<'a> {
     pub(crate) fn new(
         client: &'a mut ClientIo,
-        pool: &'a Pool,
-        cancel_slot: &'a CancelSlot,
-        state: ClientState,
-        who: Arc<ClientMeta>,
-        gauge: ClientGuard,
-        limits: Limits,
+        logged_in: super::LoggedIn<'a>,
+        ctx: &crate::context::Context,
     ) -> Self {
+        let super::LoggedIn {
+            pool,
+            registration,
+            state,
+            who,
+            count,
+        } = logged_in;
+        let pg = &ctx.config.postgres;
+        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        let limits = Limits {
+            max_packet: pg.max_packet_size,
+            client_idle: nonzero(pg.client_idle_timeout),
+            idle_transaction: nonzero(pg.idle_transaction_timeout),
+        };
+        let gauge = ctx.stats.clients().track(sluice_stats::ClientState::Idle);
         let settings = pool.settings();
         let transaction = settings.mode == PoolMode::Transaction;
         let features = Features {
@@ -88,7 +106,8 @@ impl<'a> Relay<'a> {
             client,
             pool,
             mode: settings.mode,
-            cancel_slot,
+            registration,
+            _count: count,
             server: None,
             exchange: Exchange::new(features),
             state,
@@ -98,12 +117,14 @@ impl<'a> Relay<'a> {
             who,
             gauge,
             limits,
+            timer: None,
+            timer_armed: false,
         }
     }
 
     /// Relays until the client leaves or, after `shutdown`, until the client is between
     /// transactions.
-    pub(crate) async fn run(mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
         let mut shutting_down = false;
         let result = loop {
             if shutting_down && (self.server.is_none() || self.exchange.idle()) {
@@ -115,13 +136,13 @@ impl<'a> Relay<'a> {
                 release(&mut self.to_server);
                 release(&mut self.to_client);
             }
-            let idle_limit = self.idle_limit();
+            self.arm_timer();
             let flow = tokio::select! {
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     continue;
                 }
-                _ = sleep_or_never(idle_limit) => {
+                _ = timer_or_never(&mut self.timer), if self.timer_armed => {
                     break Err(if self.server.is_some() {
                         SessionError::IdleInTransactionTimeout
                     } else {
@@ -145,6 +166,24 @@ impl<'a> Relay<'a> {
         };
         Box::pin(self.finish()).await;
         result
+    }
+
+    /// Sets the idle timer for the wait that starts now (or disarms it).
+    fn arm_timer(&mut self) {
+        match self.idle_limit() {
+            Some(limit) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                match &mut self.timer {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            None => {
+                self.timer_armed = false;
+                return;
+            }
+        }
+        self.timer_armed = true;
     }
 
     /// The idle timeout that applies right now: `client_idle_timeout` between
@@ -204,7 +243,7 @@ impl<'a> Relay<'a> {
             self.to_server.clear();
             if let Err(e) = sent {
                 self.server = None;
-                self.cancel_slot.set(None);
+                self.registration.slot.set(None);
                 return Err(SessionError::ServerLost(e.into()));
             }
         }
@@ -248,14 +287,14 @@ impl<'a> Relay<'a> {
             match checkout {
                 Ok(server) => {
                     self.gauge.set(GaugeState::Active);
-                    self.cancel_slot.set(Some(server.cancel.clone()));
+                    self.registration.slot.set(Some(server.cancel.clone()));
                     self.server = Some(server);
                     self.exchange.on_checkout();
                     return Ok(None);
                 }
                 Err(e) => {
                     self.gauge.set(GaugeState::Idle);
-                    tracing::warn!(error = %e, "checkout failed");
+                    tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");
                     let (code, message) = pool_error_fields(&e);
                     backend::error_response(&mut self.to_client, Severity::Error, code, &message);
                     self.skip_until_sync = true;
@@ -297,7 +336,7 @@ impl<'a> Relay<'a> {
             Ok(n) => n,
             Err(e) => {
                 self.server = None;
-                self.cancel_slot.set(None);
+                self.registration.slot.set(None);
                 return Err(SessionError::ServerLost(UpstreamError::Protocol(
                     e.to_string(),
                 )));
@@ -317,7 +356,7 @@ impl<'a> Relay<'a> {
         self.server = None;
         self.gauge.set(GaugeState::Idle);
         self.pool.counters().inc_error(ErrorKind::ServerLost);
-        self.cancel_slot.set(None);
+        self.registration.slot.set(None);
         if self.exchange.last_was_error() {
             // The server already told the client why (e.g. FATAL 57P01 on shutdown).
             return Ok(Flow::Done);
@@ -331,13 +370,13 @@ impl<'a> Relay<'a> {
             return;
         };
         self.gauge.set(GaugeState::Idle);
-        self.cancel_slot.set(None);
+        self.registration.slot.set(None);
         let reset = &self.pool.settings().reset_query;
         if self.exchange.needs_reset() && !reset.is_empty() {
             match Box::pin(server.run_simple(reset)).await {
                 Ok(b'I') => server.state.clear(),
                 other => {
-                    tracing::warn!(result = ?other, "server reset failed; closing it");
+                    tracing::warn!(client = %self.who.addr, result = ?other, "server reset failed; closing it");
                     return;
                 }
             }
@@ -350,7 +389,7 @@ impl<'a> Relay<'a> {
         let Some(mut server) = self.server.take() else {
             return;
         };
-        self.cancel_slot.set(None);
+        self.registration.slot.set(None);
         if self.exchange.busy() {
             // Mid request: stop the work on the server and close the connection.
             let key = server.cancel.clone();
@@ -402,10 +441,10 @@ fn release(buf: &mut BytesMut) {
     }
 }
 
-/// Sleeps for `limit`, or forever when there is none.
-async fn sleep_or_never(limit: Option<std::time::Duration>) {
-    match limit {
-        Some(d) => tokio::time::sleep(d).await,
+/// Waits for the idle timer (forever when there is none).
+async fn timer_or_never(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
         None => std::future::pending().await,
     }
 }
