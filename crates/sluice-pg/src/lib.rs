@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod bufpool;
 pub mod cancel;
 pub mod console;
 pub mod context;

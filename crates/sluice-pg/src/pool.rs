@@ -120,6 +120,29 @@ pub struct ClientMeta {
     pub application_name: String,
 }
 
+/// Checkout ids are unique counters: hashing them with SipHash (per checkout and checkin)
+/// buys nothing, so the id is its own hash.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
 #[derive(Default)]
 struct State {
     idle: Vec<Conn>,
@@ -128,7 +151,7 @@ struct State {
     /// Queued clients, oldest first, with when they started waiting.
     waiters: VecDeque<(Instant, oneshot::Sender<Grant>)>,
     /// Checked-out connections by checkout id: since when, by whom, backend pid.
-    active: HashMap<u64, (Instant, Arc<ClientMeta>, i32)>,
+    active: HashMap<u64, (Instant, Arc<ClientMeta>, i32), IdHash>,
     /// Clients held by PAUSE (they count as waiting), and since when the first of them.
     paused_waiting: usize,
     paused_since: Option<Instant>,
@@ -341,6 +364,40 @@ impl Pool {
         &self.inner.statements
     }
 
+    /// Checks out an idle connection without waiting, when one is ready: the common case,
+    /// done under one lock with one clock read and no future. `None`: call
+    /// [`Pool::checkout`].
+    pub fn try_checkout(&self, who: &Arc<ClientMeta>) -> Option<PooledConn> {
+        if self.inner.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = Instant::now();
+        let (conn, id) = {
+            let mut st = self.inner.state.lock();
+            if st.closed || !st.waiters.is_empty() {
+                return None;
+            }
+            let conn = st.idle.pop()?;
+            if !conn.looks_alive() {
+                // Let the slow path drop it and open a new one in its slot.
+                st.idle.push(conn);
+                return None;
+            }
+            st.next_id += 1;
+            let id = st.next_id;
+            st.active.insert(id, (now, who.clone(), conn.cancel.pid));
+            (conn, id)
+        };
+        let counters = &self.inner.counters;
+        counters.record_checkout_wait(Duration::ZERO);
+        counters.inc_checkouts();
+        Some(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            id,
+        })
+    }
+
     /// Checks a connection out, waiting in line at most `pool_timeout`.
     pub async fn checkout(&self, who: &Arc<ClientMeta>) -> Result<PooledConn, PoolError> {
         let start = Instant::now();
@@ -537,8 +594,14 @@ impl Pool {
 
     /// Puts a clean connection back: to the longest waiter, else onto the idle stack.
     fn checkin_conn(&self, conn: Conn) {
-        let mut st = self.inner.state.lock();
-        let expired = conn.expires.is_some_and(|t| Instant::now() >= t);
+        let st = self.inner.state.lock();
+        self.checkin_locked(st, conn);
+    }
+
+    /// [`Pool::checkin_conn`] with the state already locked (one lock per checkin).
+    fn checkin_locked(&self, mut st: parking_lot::MutexGuard<'_, State>, conn: Conn) {
+        let now = Instant::now();
+        let expired = conn.expires.is_some_and(|t| now >= t);
         if st.closed || expired {
             drop(st);
             if expired {
@@ -548,7 +611,7 @@ impl Pool {
             return;
         }
         let mut conn = conn;
-        conn.idle_since = Instant::now();
+        conn.idle_since = now;
         while let Some((_, tx)) = st.waiters.pop_front() {
             match tx.send(Grant::Conn(conn)) {
                 Ok(()) => return,
@@ -683,8 +746,9 @@ impl PooledConn {
     /// Returns a clean connection (at ReadyForQuery `I`, reset as the mode requires).
     pub fn checkin(mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.inner.state.lock().active.remove(&self.id);
-            self.pool.checkin_conn(conn);
+            let mut st = self.pool.inner.state.lock();
+            st.active.remove(&self.id);
+            self.pool.checkin_locked(st, conn);
         }
     }
 

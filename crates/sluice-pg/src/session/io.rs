@@ -15,7 +15,9 @@ use crate::protocol::startup::startup_len;
 const READ_CHUNK: usize = 8 * 1024;
 
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+    if buf.capacity() == 0 {
+        *buf = crate::bufpool::take();
+    } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
 }
@@ -54,13 +56,24 @@ impl ClientIo {
                 // than `readable()` (which carries a waiter node), and one per idle client.
                 std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 reserve(&mut self.buf);
+                let room = self.buf.capacity() - self.buf.len();
                 match s.try_read_buf(&mut self.buf) {
                     // Readiness was stale (tokio clears it only on WouldBlock): give the
                     // buffer back before waiting again, or every idle client keeps one.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if self.buf.is_empty() {
-                            self.buf = BytesMut::new();
+                            crate::bufpool::give(&mut self.buf);
                         }
+                    }
+                    // A short read drained the socket: forget the readiness now, so the
+                    // next wait goes straight to the poller instead of spending a recv
+                    // that returns EAGAIN (one syscall per transaction). Data that arrives
+                    // later raises a newer readiness event, which this does not clear.
+                    Ok(n) if n > 0 && n < room => {
+                        let _ = s.try_io(tokio::io::Interest::READABLE, || {
+                            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                        });
+                        return Ok(n);
                     }
                     other => return other,
                 }
@@ -75,7 +88,7 @@ impl ClientIo {
     /// Frees the read buffer when it holds nothing (an idle client costs no buffer).
     pub(crate) fn release_buffer(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
+            crate::bufpool::give(&mut self.buf);
         }
     }
 

@@ -281,12 +281,23 @@ impl<'a> Relay<'a> {
     /// of the request) and must be dropped.
     async fn checkout(&mut self, len: usize) -> Result<Option<usize>, SessionError> {
         if !self.skip_until_sync {
-            self.gauge.set(GaugeState::Waiting);
-            // Boxed: the connect path is large and rare; idle clients should not carry it.
-            let checkout = Box::pin(self.pool.checkout(&self.who)).await;
+            let checkout = match self.pool.try_checkout(&self.who) {
+                Some(server) => Ok(server),
+                None => {
+                    self.gauge.set(GaugeState::Waiting);
+                    // Boxed: the waiting and connect paths are large and rarer; idle
+                    // clients should not carry them.
+                    Box::pin(self.pool.checkout(&self.who)).await
+                }
+            };
             match checkout {
                 Ok(server) => {
                     self.gauge.set(GaugeState::Active);
+                    for buf in [&mut self.to_server, &mut self.to_client] {
+                        if buf.capacity() == 0 {
+                            *buf = crate::bufpool::take();
+                        }
+                    }
                     self.registration.slot.set(Some(server.cancel.clone()));
                     self.server = Some(server);
                     self.exchange.on_checkout();
@@ -434,10 +445,10 @@ fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), SessionError> {
     Ok((pos, false))
 }
 
-/// Frees an empty output buffer's memory.
+/// Gives an empty output buffer's memory back to the buffer cache.
 fn release(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 {
-        *buf = BytesMut::new();
+        crate::bufpool::give(buf);
     }
 }
 
