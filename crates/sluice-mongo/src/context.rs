@@ -118,14 +118,16 @@ impl Context {
     /// Applies a reloaded `[mongo]` section: pool sizes and `pool_timeout` change online
     /// (and the long-poll bound with them). Returns the keys whose change needs a restart.
     pub fn reload(&self, new: &MongoConfig) -> Vec<&'static str> {
-        let old_max = self.pool.max_size();
-        self.pool
+        // The old size from the same atomic swap, so concurrent reloads (SIGHUP, HTTP,
+        // console) never apply one long-poll delta twice.
+        let old_max = self
+            .pool
             .resize(new.max_pool_size, new.min_pool_size, new.pool_timeout);
         self.replicas.resize(new.max_pool_size, new.pool_timeout);
         crate::pool::resize_semaphore(
             &self.long_polls,
             long_poll_limit(old_max),
-            long_poll_limit(self.pool.max_size()),
+            long_poll_limit(new.max_pool_size),
         );
         let mut restart = Vec::new();
         if new.listen != self.config.listen {

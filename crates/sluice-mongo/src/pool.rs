@@ -128,16 +128,19 @@ impl Pool {
     }
 
     /// Points the pool at one member (the replica-set monitor found the primary there, or
-    /// this is a secondary's pool); idle connections to another address are closed.
+    /// this is a secondary's pool); idle connections to another address are closed. With
+    /// `None` (no primary known) every idle connection is closed: they go to a server that
+    /// is no longer known to be the primary, and new ones look for a writable seed.
     pub fn set_address(&self, address: Option<String>) {
         let inner = &self.inner;
         *inner.address.lock() = address.clone();
-        if let Some(addr) = address {
-            let mut idle = inner.idle.lock();
-            let before = idle.len();
-            idle.retain(|c| c.addr == addr);
-            inner.open.fetch_sub(before - idle.len(), Ordering::Relaxed);
+        let mut idle = inner.idle.lock();
+        let before = idle.len();
+        match &address {
+            Some(addr) => idle.retain(|c| c.addr == *addr),
+            None => idle.clear(),
         }
+        inner.open.fetch_sub(before - idle.len(), Ordering::Relaxed);
     }
 
     /// The address set by [`Pool::set_address`].
@@ -158,7 +161,8 @@ impl Pool {
     /// Applies new sizes and `pool_timeout` online (config reload). Growing takes effect at
     /// once; shrinking takes the surplus permits as checkouts return them (queueing like a
     /// request, so no running request is disturbed) and closes surplus idle connections.
-    pub fn resize(&self, max: usize, min: usize, timeout: Duration) {
+    /// Returns the previous `max_pool_size`.
+    pub fn resize(&self, max: usize, min: usize, timeout: Duration) -> usize {
         let inner = &self.inner;
         let max = max.max(1);
         inner.min_size.store(min.min(max), Ordering::Relaxed);
@@ -174,6 +178,7 @@ impl Pool {
             ?timeout,
             "mongo pool resized"
         );
+        old
     }
 
     /// Closes idle connections while more than `max_pool_size` are open.

@@ -28,6 +28,11 @@ use crate::upstream::{Target, UpstreamConn};
 /// goes to the primary and gets the server's own CursorNotFound.
 const MAX_CURSORS: usize = 100_000;
 
+/// A remembered cursor not continued for this long is dropped when the table is full (the
+/// server's default `cursorTimeoutMillis`): cursors that errored or were abandoned without
+/// `killCursors` would otherwise fill it for good.
+const CURSOR_IDLE: Duration = Duration::from_secs(600);
+
 /// Shortest pause between two heartbeat rounds, even when woken by failures.
 const MIN_HEARTBEAT: Duration = Duration::from_millis(500);
 
@@ -50,7 +55,7 @@ pub struct Replicas {
     ready: watch::Sender<bool>,
     turn: AtomicUsize,
     members: Mutex<HashMap<String, Pool>>,
-    cursors: Mutex<HashMap<i64, String>>,
+    cursors: Mutex<HashMap<i64, (String, Instant)>>,
     template: Mutex<PoolSettings>,
     stats: Arc<Registry>,
 }
@@ -130,14 +135,19 @@ impl Replicas {
             return None;
         }
         let cursors = self.cursors.lock();
-        ids.iter().find_map(|id| cursors.get(id).cloned())
+        ids.iter()
+            .find_map(|id| cursors.get(id).map(|(a, _)| a.clone()))
     }
 
     /// Records that cursor `id` lives on `addr`.
     pub fn remember_cursor(&self, id: i64, addr: &str) {
         let mut cursors = self.cursors.lock();
-        if cursors.len() < MAX_CURSORS {
-            cursors.insert(id, addr.to_owned());
+        if cursors.len() >= MAX_CURSORS && !cursors.contains_key(&id) {
+            let now = Instant::now();
+            cursors.retain(|_, (_, t)| now.duration_since(*t) < CURSOR_IDLE);
+        }
+        if cursors.len() < MAX_CURSORS || cursors.contains_key(&id) {
+            cursors.insert(id, (addr.to_owned(), Instant::now()));
         } else {
             tracing::warn!(
                 cursor = id,

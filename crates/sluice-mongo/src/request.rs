@@ -113,6 +113,24 @@ fn as_i64(v: RawBsonRef<'_>) -> Option<i64> {
     }
 }
 
+/// Whether a reply is an error saying the server is not (or no longer) the primary: a
+/// failover is under way and the replica-set monitor should look now.
+pub fn reply_says_not_primary(body: &RawDocument) -> bool {
+    let failed = match body.get("ok").ok().flatten() {
+        Some(RawBsonRef::Double(v)) => v == 0.0,
+        Some(RawBsonRef::Int32(v)) => v == 0,
+        Some(RawBsonRef::Int64(v)) => v == 0,
+        _ => false,
+    };
+    // NotWritablePrimary, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary,
+    // PrimarySteppedDown, InterruptedDueToReplStateChange.
+    failed
+        && matches!(
+            body.get("code").ok().flatten().and_then(as_i64),
+            Some(10107 | 13435 | 13436 | 189 | 11602)
+        )
+}
+
 /// The `cursor.id` of a reply (find, aggregate, getMore...), if it has one.
 pub fn reply_cursor_id(body: &RawDocument) -> Option<i64> {
     match body.get("cursor").ok().flatten()? {
@@ -246,6 +264,10 @@ mod tests {
         let reply = rawdoc! {"cursor": {"id": 99_i64, "ns": "t.c", "firstBatch": []}, "ok": 1.0};
         assert_eq!(reply_cursor_id(&reply), Some(99));
         assert_eq!(reply_cursor_id(&rawdoc! {"ok": 1.0}), None);
+        let stepped_down = rawdoc! {"ok": 0.0, "errmsg": "not primary", "code": 10107};
+        assert!(reply_says_not_primary(&stepped_down));
+        assert!(!reply_says_not_primary(&rawdoc! {"ok": 0.0, "code": 11000}));
+        assert!(!reply_says_not_primary(&rawdoc! {"ok": 1.0, "code": 10107}));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::hello::{hello_reply, is_hello, HelloRequest};
 use crate::pins::Pinned;
 use crate::pool::{PoolError, PooledConn};
 use crate::replicas::Choice;
-use crate::request::{reply_cursor_id, RequestInfo};
+use crate::request::{reply_cursor_id, reply_says_not_primary, RequestInfo};
 use crate::upstream::UpstreamError;
 use crate::wire::{
     encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, FrameDecoder, OpCode, OpMsg,
@@ -258,6 +258,9 @@ impl Session {
         let replicas = &self.ctx.replicas;
         let member = if let Some(addr) = replicas.cursor_home(&info.cursor_ids) {
             Some((replicas.member_pool(&addr), addr))
+        } else if !info.cursor_ids.is_empty() {
+            // An untracked cursor lives on the primary, whatever $readPreference says.
+            None
         } else if let Some(pref) = &info.read_pref {
             tracing::trace!(?pref, command = %info.name, "read preference");
             match replicas.choose(pref).await {
@@ -294,11 +297,25 @@ impl Session {
         };
         let (conn, result) = exchange(conn, frame, more_to_come).await;
         drop(conn);
-        if let Some((_, addr)) = &member {
-            self.track_cursors(&info, &result, addr);
+        match &member {
+            Some((_, addr)) => self.track_cursors(&info, &result, addr),
+            None => self.watch_for_failover(&result),
         }
         self.relay(request_id, result, info.txn_number.is_some())
             .await
+    }
+
+    /// A primary that answers "not primary" has stepped down: look for the new one now
+    /// instead of at the next heartbeat.
+    fn watch_for_failover(&self, result: &Result<Option<Frame>, UpstreamError>) {
+        if !self.ctx.replicas.enabled() {
+            return;
+        }
+        if let Ok(Some(reply)) = result {
+            if OpMsg::parse(reply.body()).is_ok_and(|m| reply_says_not_primary(m.body)) {
+                self.ctx.replicas.check_soon();
+            }
+        }
     }
 
     /// Remembers where a member's cursors live, and forgets exhausted or killed ones.

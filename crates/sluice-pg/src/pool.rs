@@ -368,13 +368,12 @@ impl Pool {
     /// done under one lock with one clock read and no future. `None`: call
     /// [`Pool::checkout`].
     pub fn try_checkout(&self, who: &Arc<ClientMeta>) -> Option<PooledConn> {
-        if self.inner.paused.load(Ordering::Acquire) {
-            return None;
-        }
         let now = Instant::now();
         let (conn, id) = {
             let mut st = self.inner.state.lock();
-            if st.closed || !st.waiters.is_empty() {
+            // `paused` is read under the state lock: PAUSE sets it before it checks
+            // `active` under this lock, so either it sees this checkout or we see it.
+            if st.closed || !st.waiters.is_empty() || self.inner.paused.load(Ordering::Acquire) {
                 return None;
             }
             let conn = st.idle.pop()?;

@@ -57,23 +57,31 @@ impl ClientIo {
                 std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 reserve(&mut self.buf);
                 let room = self.buf.capacity() - self.buf.len();
-                match s.try_read_buf(&mut self.buf) {
+                // A short read drained the socket: forget the readiness, so the next wait
+                // goes straight to the poller instead of spending a recv that returns
+                // EAGAIN (one syscall per transaction). The outer `try_io` snapshots the
+                // readiness tick *before* the recv, so an event that arrives after it
+                // (new data) has a newer tick and is not cleared (no lost wakeup).
+                let buf = &mut self.buf;
+                let mut drained = None;
+                let read = s.try_io(tokio::io::Interest::READABLE, || {
+                    let n = s.try_read_buf(buf)?;
+                    if n > 0 && n < room {
+                        drained = Some(n);
+                        return Err(std::io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(n)
+                });
+                if let Some(n) = drained {
+                    return Ok(n);
+                }
+                match read {
                     // Readiness was stale (tokio clears it only on WouldBlock): give the
                     // buffer back before waiting again, or every idle client keeps one.
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         if self.buf.is_empty() {
                             crate::bufpool::give(&mut self.buf);
                         }
-                    }
-                    // A short read drained the socket: forget the readiness now, so the
-                    // next wait goes straight to the poller instead of spending a recv
-                    // that returns EAGAIN (one syscall per transaction). Data that arrives
-                    // later raises a newer readiness event, which this does not clear.
-                    Ok(n) if n > 0 && n < room => {
-                        let _ = s.try_io(tokio::io::Interest::READABLE, || {
-                            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                        });
-                        return Ok(n);
                     }
                     other => return other,
                 }
