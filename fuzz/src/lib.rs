@@ -6,8 +6,8 @@
 //! round trips through the matching writers for whatever decodes successfully. Anything
 //! else is a bug.
 //!
-//! Only dependencies the tests crate also has are used here (sluice-pg, sluice-auth, bytes,
-//! base64, hmac, sha2).
+//! Only dependencies the tests crate also has are used here (sluice-pg, sluice-mongo,
+//! sluice-auth, bytes, base64, hmac, sha2).
 
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -29,6 +29,10 @@ use sluice_pg::protocol::startup::{
     parse_startup, startup_len, write_cancel, write_startup, StartupPacket, MAX_STARTUP_LEN,
 };
 use sluice_pg::state::{setting_name, ClientState};
+
+use sluice_mongo::hello::HelloRequest;
+use sluice_mongo::request::{reply_cursor_id, reply_says_not_primary, RequestInfo};
+use sluice_mongo::wire::{Frame as MongoFrame, FrameDecoder, OpMsg, OpQuery};
 
 // ------------------------------------------------------------------------------------------
 // Frontend frames
@@ -509,5 +513,94 @@ pub fn fuzz_scram(data: &[u8]) {
             let flip = b.first().copied().unwrap_or(0);
             check_scram_valid(mode / 3, a, b, flip);
         }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// MongoDB wire messages
+// ------------------------------------------------------------------------------------------
+
+/// Decodes `data` as a stream of MongoDB messages fed in `pieces` (cut at the given
+/// offsets); returns the frames and whether the stream ended in an error.
+fn mongo_frames(data: &[u8], limit: usize, cuts: &[usize]) -> (Vec<MongoFrame>, bool) {
+    let decoder = FrameDecoder::new(limit);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut start = 0;
+    let mut ends: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();
+    ends.sort_unstable();
+    ends.push(data.len());
+    for end in ends {
+        buf.extend_from_slice(&data[start..end.max(start)]);
+        start = end.max(start);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    assert_eq!(frame.data.len(), frame.header.length as usize);
+                    assert!(frame.data.len() <= limit);
+                    frames.push(frame);
+                }
+                Ok(None) => break,
+                Err(_) => return (frames, true),
+            }
+        }
+        // Room is reserved as bytes arrive, never for a whole claimed length up front.
+        assert!(
+            buf.capacity() <= buf.len() + 64 * 1024 + 8 * 1024,
+            "reserved {}",
+            buf.capacity()
+        );
+    }
+    (frames, false)
+}
+
+/// MongoDB wire: the frame decoder (the same frames at any split point, lengths checked,
+/// no up-front allocation of a claimed length), then every view Sluice takes of a frame —
+/// OP_MSG sections, OP_QUERY, the routing facts (`lsid`, `txnNumber`, `$readPreference`,
+/// cursor ids), `hello` options, reply inspection, and the header rewrite.
+pub fn fuzz_mongo(data: &[u8]) {
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let limit = if first == 0 {
+        48_000_000
+    } else {
+        16 + usize::from(first) * 8
+    };
+    let (whole, whole_err) = mongo_frames(rest, limit, &[]);
+    let cut = usize::from(first) * 7;
+    let (split, split_err) = mongo_frames(rest, limit, &[cut, cut / 3]);
+    assert_eq!(whole_err, split_err);
+    assert_eq!(whole, split, "split points changed the frames");
+    for frame in whole {
+        let _ = frame.msg_flags();
+        if let Ok(msg) = OpMsg::parse(frame.body()) {
+            let name = msg.command_name();
+            let info = RequestInfo::parse(name, msg.body);
+            assert_eq!(info.name, name);
+            let _ = reply_cursor_id(msg.body);
+            let _ = reply_says_not_primary(msg.body);
+            let _ = HelloRequest::parse(name, msg.body);
+            let _ = msg.more_to_come();
+        }
+        if let Ok(q) = OpQuery::parse(frame.body()) {
+            if q.is_command() {
+                let _ = q.command_name();
+                let _ = HelloRequest::parse(q.command_name(), q.command());
+            }
+        }
+        let mut forwarded = frame.clone();
+        forwarded.prepare_forward(true);
+        forwarded.set_ids(7, 9);
+        let n = forwarded.data.len();
+        // Only the ids, the OP_MSG flags and a stripped checksum may change.
+        assert!(n == frame.data.len() || n + 4 == frame.data.len());
+        assert_eq!(forwarded.header.length as usize, n);
+        assert_eq!(
+            (forwarded.header.request_id, forwarded.header.response_to),
+            (7, 9)
+        );
+        let from = if frame.msg_flags().is_some() { 20 } else { 16 };
+        assert_eq!(&forwarded.data[from.min(n)..], &frame.data[from.min(n)..n]);
     }
 }

@@ -11,7 +11,8 @@ mod oracles;
 
 use oracles::{
     check_body, check_frames, check_scram_raw, check_scram_tail, check_scram_valid,
-    check_split_invariance, check_startup, frame, frame_limit, fuzz_frontend, fuzz_scram,
+    check_split_invariance, check_startup, frame, frame_limit, fuzz_frontend, fuzz_mongo,
+    fuzz_scram,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -202,5 +203,35 @@ proptest! {
         flip in any::<u8>(),
     ) {
         check_scram_valid(flags, &nonce, &ext, flip);
+    }
+
+    #[test]
+    fn mongo_random_bytes_never_panic(data in vec(any::<u8>(), 0..512)) {
+        fuzz_mongo(&data);
+    }
+
+    #[test]
+    fn mongo_mutated_messages(
+        limit in any::<u8>(),
+        flags in any::<u32>(),
+        name in "[a-zA-Z$]{1,12}",
+        flips in vec((0usize..256, any::<u8>()), 0..4),
+    ) {
+        // A well-formed OP_MSG (kind-0 body with a few routing fields), then byte flips.
+        let body = mongodb::bson::doc! {
+            name: 1, "lsid": {"id": 1}, "txnNumber": 3_i64, "autocommit": false,
+            "$readPreference": {"mode": "secondary", "tags": [{"dc": "x"}]},
+            "getMore": 5_i64, "cursors": [1_i64, 2_i64],
+        };
+        let mut doc = Vec::new();
+        body.to_writer(&mut doc).unwrap();
+        let mut msg = sluice_mongo::wire::encode_op_msg(1, 0, flags & 0x3, &doc).to_vec();
+        for (at, b) in flips {
+            let i = at % msg.len();
+            msg[i] ^= b;
+        }
+        let mut input = vec![limit];
+        input.extend_from_slice(&msg);
+        fuzz_mongo(&input);
     }
 }

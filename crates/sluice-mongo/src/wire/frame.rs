@@ -7,6 +7,9 @@ use super::header::{Header, HEADER_LEN};
 use super::op_msg::flags;
 use super::{OpCode, WireError};
 
+/// Most buffer space reserved ahead of bytes that have not arrived yet.
+const MAX_RESERVE: usize = 64 * 1024;
+
 /// One whole message: its header and every byte of it, header included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -107,7 +110,9 @@ impl FrameDecoder {
             });
         }
         if buf.len() < len {
-            buf.reserve(len - buf.len());
+            // Room for the rest arrives as the bytes do: a header that merely claims a large
+            // message must not make Sluice allocate it up front (10k such clients would).
+            buf.reserve((len - buf.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         let data = buf.split_to(len);

@@ -91,6 +91,13 @@ fn lengths_are_checked_before_buffering() {
     buf.put_i32_le(-1);
     buf.put_slice(&[0; 12]);
     assert_eq!(decoder.decode(&mut buf), Err(WireError::TooShort(-1)));
+    // A legal but large claimed length reserves room only as bytes arrive.
+    let decoder = FrameDecoder::new(48_000_000);
+    let mut buf = BytesMut::new();
+    buf.put_i32_le(40_000_000);
+    buf.put_slice(&[0; 12]);
+    assert_eq!(decoder.decode(&mut buf), Ok(None));
+    assert!(buf.capacity() <= 128 * 1024, "reserved {}", buf.capacity());
 }
 
 #[test]

@@ -7,6 +7,8 @@
 mod auth;
 mod error;
 mod exchange;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod io;
 mod relay;
 mod sql;
