@@ -276,11 +276,15 @@ impl Pool {
 
     async fn open_connection(&self, limit: Duration) -> Result<UpstreamConn, UpstreamError> {
         let inner = &self.inner;
-        let address = inner.address.lock().clone();
-        let connected = match &address {
-            Some(addr) => UpstreamConn::connect_to(&inner.target, addr, limit).await,
-            None => UpstreamConn::connect(&inner.target, limit).await,
-        };
+        let mut address = inner.address.lock().clone();
+        let mut connected = self.connect_once(address.as_deref(), limit).await;
+        // The replica-set monitor moved the pool to a new primary while this connection was
+        // being opened: it goes to the former one, so open one to the new primary instead.
+        if matches!(&connected, Ok(conn) if !inner.wants(conn)) {
+            tracing::debug!("primary changed while connecting; reconnecting");
+            address = inner.address.lock().clone();
+            connected = self.connect_once(address.as_deref(), limit).await;
+        }
         match connected {
             Ok(conn) => {
                 inner.open.fetch_add(1, Ordering::Relaxed);
@@ -299,6 +303,17 @@ impl Pool {
                 tracing::warn!(error = %e, "cannot open an upstream connection");
                 Err(e)
             }
+        }
+    }
+
+    async fn connect_once(
+        &self,
+        address: Option<&str>,
+        limit: Duration,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        match address {
+            Some(addr) => UpstreamConn::connect_to(&self.inner.target, addr, limit).await,
+            None => UpstreamConn::connect(&self.inner.target, limit).await,
         }
     }
 
