@@ -143,19 +143,9 @@ impl Pool {
         inner.open.fetch_sub(before - idle.len(), Ordering::Relaxed);
     }
 
-    /// The address set by [`Pool::set_address`].
-    pub fn address(&self) -> Option<String> {
-        self.inner.address.lock().clone()
-    }
-
     /// The settings the pool was created with.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
-    }
-
-    /// The `max_pool_size` in force.
-    pub fn max_size(&self) -> usize {
-        self.inner.max_size.load(Ordering::Relaxed)
     }
 
     /// Applies new sizes and `pool_timeout` online (config reload). Growing takes effect at

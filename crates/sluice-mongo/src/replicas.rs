@@ -88,11 +88,6 @@ impl Replicas {
         }
     }
 
-    /// The current primary's address, when known.
-    pub fn primary(&self) -> Option<String> {
-        self.state.read().primary().map(str::to_owned)
-    }
-
     /// Chooses the pool for a request with a non-primary read preference. Waits for the
     /// first heartbeat round (at most `connect_timeout`) right after start.
     pub async fn choose(&self, pref: &ReadPref) -> Choice {

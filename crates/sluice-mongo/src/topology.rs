@@ -122,11 +122,6 @@ impl TopologyState {
         self.primary.as_deref()
     }
 
-    /// The members that answered the last heartbeat.
-    pub fn members(&self) -> &[Member] {
-        &self.members
-    }
-
     /// Applies one heartbeat round (each checked host with its `hello` reply and RTT, or
     /// nothing when it did not answer). Returns true when the primary changed.
     pub fn update(&mut self, results: Vec<(String, Option<(Document, Duration)>)>) -> bool {

@@ -93,7 +93,7 @@ impl Context {
     pub(crate) fn intern_startup(&self, state: &mut crate::state::ClientState) {
         let mut last = self.last_startup.lock();
         if state.startup == *last {
-            state.startup.share_with(&last);
+            state.startup = last.clone();
         } else {
             *last = state.startup.clone();
         }

@@ -21,13 +21,6 @@ impl PartialEq for Settings {
 }
 
 impl Settings {
-    /// Makes `self` share `other`'s allocation when they are equal (interning).
-    pub fn share_with(&mut self, other: &Settings) {
-        if *self == *other {
-            self.0 = other.0.clone();
-        }
-    }
-
     fn find(&self, name: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(k, _)| k.as_str().cmp(name))
     }
