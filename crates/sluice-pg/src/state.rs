@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use crate::prepared::{ServerStatements, Statement};
 
-/// A small map of setting name → value, kept as a sorted vector (a session has a handful
+/// A small map of setting name → value (the value as bytes in the client's encoding, which
+/// need not be UTF-8), kept as a sorted vector (a session has a handful
 /// of settings, and a `BTreeMap` node would cost ~0.5 KiB per idle client) and shared
 /// copy-on-write: a client's startup settings, its current settings, the settings of the
 /// server it lands on, and every other client that sent the same startup packet all point
 /// at one allocation until one of them changes.
 #[derive(Debug, Default, Clone, Eq)]
-pub struct Settings(Arc<Vec<(String, String)>>);
+pub struct Settings(Arc<Vec<(String, Vec<u8>)>>);
 
 impl PartialEq for Settings {
     fn eq(&self, other: &Self) -> bool {
@@ -26,7 +27,7 @@ impl Settings {
     }
 
     /// The value of `name`.
-    pub fn get(&self, name: &str) -> Option<&String> {
+    pub fn get(&self, name: &str) -> Option<&Vec<u8>> {
         self.find(name).ok().map(|i| &self.0[i].1)
     }
 
@@ -36,7 +37,7 @@ impl Settings {
     }
 
     /// Sets `name` to `value`.
-    pub fn insert(&mut self, name: String, value: String) {
+    pub fn insert(&mut self, name: String, value: Vec<u8>) {
         match self.find(&name) {
             Ok(i) if self.0[i].1 == value => {}
             Ok(i) => Arc::make_mut(&mut self.0)[i].1 = value,
@@ -74,7 +75,7 @@ impl Settings {
     }
 
     /// (name, value) pairs, in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
         self.0.iter().map(|(k, v)| (k, v))
     }
 }
@@ -89,8 +90,8 @@ pub struct ClientState {
     pub settings: Settings,
     /// The settings from the client's startup packet (what `RESET` returns to).
     pub startup: Settings,
-    /// The client's named prepared statements.
-    pub statements: HashMap<String, Arc<Statement>>,
+    /// The client's named prepared statements (names as the client's bytes).
+    pub statements: HashMap<Vec<u8>, Arc<Statement>>,
 }
 
 impl ClientState {
@@ -102,19 +103,19 @@ impl ClientState {
             if name == "options" {
                 for (n, v) in parse_options(value) {
                     if let Some(n) = setting_name(&n) {
-                        startup.insert(n, v);
+                        startup.insert(n, v.into_bytes());
                     }
                 }
             } else if !NOT_SETTINGS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
                 if let Some(n) = setting_name(name) {
-                    startup.insert(n, value.clone());
+                    startup.insert(n, value.clone().into_bytes());
                 }
             }
         }
         // PostgreSQL's default is an empty application_name; without this a client would
         // see whatever the previous client on that server set.
         if !startup.contains_key("application_name") {
-            startup.insert("application_name".to_owned(), String::new());
+            startup.insert("application_name".to_owned(), Vec::new());
         }
         Self {
             settings: startup.clone(),
@@ -124,10 +125,10 @@ impl ClientState {
     }
 
     /// The value the client set for `name` (case-insensitive), if any.
-    pub fn setting(&self, name: &str) -> Option<&str> {
+    pub fn setting(&self, name: &str) -> Option<&[u8]> {
         self.settings
             .get(&name.to_ascii_lowercase())
-            .map(String::as_str)
+            .map(Vec::as_slice)
     }
 }
 
@@ -150,44 +151,113 @@ impl ServerState {
         self.statements.clear();
     }
 
-    /// SQL that turns this server's settings into `want`, or `None` if they already match.
-    /// Values go through `set_config`, which parses them exactly like startup parameters.
-    pub fn sync_sql(&self, want: &Settings) -> Option<String> {
+    /// The queries that turn this server's settings into `want` (none if they already
+    /// match). Values go through `set_config`, which parses them exactly like startup
+    /// parameters.
+    ///
+    /// Values are bytes in the client's encoding and PostgreSQL converts a whole Query
+    /// message from the connection's `client_encoding` before parsing it, so a change of
+    /// `client_encoding` goes first, in a message of its own; values are dollar-quoted,
+    /// which needs no escaping (no multibyte encoding has `$` as a trailing byte, unlike
+    /// `\\` in SJIS).
+    pub fn sync_sql(&self, want: &Settings) -> Vec<Vec<u8>> {
+        const ENCODING: &str = "client_encoding";
         if !self.settings_unknown && &self.settings == want {
-            return None;
+            return Vec::new();
         }
-        let mut sql = String::new();
-        let current = if self.settings_unknown {
-            sql.push_str("RESET ALL;");
-            None
-        } else {
-            Some(&self.settings)
-        };
-        if let Some(current) = current {
-            for name in current.keys().filter(|n| !want.contains_key(n)) {
-                sql.push_str("RESET ");
-                sql.push_str(name);
-                sql.push(';');
+        let mut queries = Vec::new();
+        let current = (!self.settings_unknown).then_some(&self.settings);
+        let mut first = Vec::new();
+        if self.settings_unknown {
+            first.extend_from_slice(b"RESET ALL;");
+        }
+        let have_encoding = current.and_then(|c| c.get(ENCODING));
+        if self.settings_unknown || have_encoding != want.get(ENCODING) {
+            match want.get(ENCODING) {
+                Some(v) => {
+                    first.extend_from_slice(b"SELECT ");
+                    set_config(&mut first, ENCODING, v);
+                    first.push(b';');
+                }
+                None if have_encoding.is_some() => {
+                    first.extend_from_slice(b"RESET client_encoding;")
+                }
+                None => {}
             }
         }
-        let sets: Vec<String> = want
-            .iter()
-            .filter(|(n, v)| current.and_then(|c| c.get(n)) != Some(v))
-            .map(|(n, v)| {
-                format!(
-                    "pg_catalog.set_config({}, {}, false)",
-                    literal(n),
-                    literal(v)
-                )
-            })
-            .collect();
-        if !sets.is_empty() {
-            sql.push_str("SELECT ");
-            sql.push_str(&sets.join(", "));
-            sql.push(';');
+        if !first.is_empty() {
+            queries.push(first);
         }
-        Some(sql)
+        let mut rest = Vec::new();
+        if let Some(current) = current {
+            for name in current
+                .keys()
+                .filter(|n| *n != ENCODING && !want.contains_key(n))
+            {
+                rest.extend_from_slice(b"RESET ");
+                rest.extend_from_slice(name.as_bytes());
+                rest.push(b';');
+            }
+        }
+        let mut sets = want
+            .iter()
+            .filter(|(n, v)| *n != ENCODING && current.and_then(|c| c.get(n)) != Some(v))
+            .peekable();
+        if sets.peek().is_some() {
+            rest.extend_from_slice(b"SELECT ");
+            for (i, (n, v)) in sets.enumerate() {
+                if i > 0 {
+                    rest.extend_from_slice(b", ");
+                }
+                set_config(&mut rest, n, v);
+            }
+            rest.push(b';');
+        }
+        if !rest.is_empty() {
+            queries.push(rest);
+        }
+        queries
     }
+}
+
+/// The query that reads a session's settings back: every setting the session changed
+/// (`source = 'session'`: SET, `set_config(..., false)`, Sluice's own sync). Its rows are
+/// (name, value as `SHOW` prints it, which `set_config` parses back to the same value).
+pub const READ_BACK_SQL: &[u8] = b"SELECT name, pg_catalog.current_setting(name) \
+FROM pg_catalog.pg_settings WHERE source = 'session' \
+AND name NOT IN ('transaction_isolation', 'transaction_read_only', 'transaction_deferrable')";
+
+/// Appends `pg_catalog.set_config('name', <value>, false)`; `name` is a checked
+/// [`setting_name`].
+fn set_config(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(b"pg_catalog.set_config('");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"', ");
+    dollar_quote(out, value);
+    out.extend_from_slice(b", false)");
+}
+
+/// Appends `value` as a dollar-quoted literal: the first occurrence of the tag after the
+/// opening one is the closing one.
+fn dollar_quote(out: &mut Vec<u8>, value: &[u8]) {
+    let mut n = 0u32;
+    let tag = loop {
+        let tag = if n == 0 {
+            b"$s$".to_vec()
+        } else {
+            format!("$s{n}$").into_bytes()
+        };
+        let mut closed = value.to_vec();
+        closed.extend_from_slice(&tag);
+        let first = closed.windows(tag.len()).position(|w| w == tag.as_slice());
+        if first == Some(value.len()) {
+            break tag;
+        }
+        n += 1;
+    };
+    out.extend_from_slice(&tag);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&tag);
 }
 
 /// A configuration parameter name Sluice is willing to put into SQL, lower-cased.
@@ -197,20 +267,6 @@ pub fn setting_name(name: &str) -> Option<String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
     ok.then(|| name.to_ascii_lowercase())
-}
-
-/// An escape-string literal (`E'...'`), safe whatever `standard_conforming_strings` is.
-fn literal(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 3);
-    out.push_str("E'");
-    for c in s.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
 }
 
 /// Splits a startup `options` string into `name=value` settings (`-c name=value`,
@@ -271,34 +327,83 @@ mod tests {
             ),
             p("bad name", "x"),
         ]);
-        assert_eq!(c.setting("application_name"), Some("web"));
-        assert_eq!(c.setting("datestyle"), Some("ISO"));
-        assert_eq!(c.setting("search_path"), Some("a,b"));
-        assert_eq!(c.setting("statement_timeout"), Some("5s"));
-        assert_eq!(c.setting("some.x"), Some("1"));
-        assert_eq!(c.setting("x"), Some("a b"));
+        assert_eq!(c.setting("application_name"), Some(&b"web"[..]));
+        assert_eq!(c.setting("datestyle"), Some(&b"ISO"[..]));
+        assert_eq!(c.setting("search_path"), Some(&b"a,b"[..]));
+        assert_eq!(c.setting("statement_timeout"), Some(&b"5s"[..]));
+        assert_eq!(c.setting("some.x"), Some(&b"1"[..]));
+        assert_eq!(c.setting("x"), Some(&b"a b"[..]));
         assert_eq!(c.settings.len(), 6);
         let bare = ClientState::from_startup(&[p("user", "app")]);
-        assert_eq!(bare.setting("application_name"), Some(""));
+        assert_eq!(bare.setting("application_name"), Some(&b""[..]));
+    }
+
+    fn texts(q: Vec<Vec<u8>>) -> Vec<String> {
+        q.into_iter()
+            .map(|q| String::from_utf8_lossy(&q).into_owned())
+            .collect()
     }
 
     #[test]
     fn sync_sql_diffs() {
         let mut s = ServerState::default();
         let mut want = Settings::default();
-        assert_eq!(s.sync_sql(&want), None);
-        want.insert("application_name".to_owned(), "it's".to_owned());
+        assert!(s.sync_sql(&want).is_empty());
+        want.insert("application_name".to_owned(), b"it's".to_vec());
         assert_eq!(
-            s.sync_sql(&want).as_deref(),
-            Some("SELECT pg_catalog.set_config(E'application_name', E'it\\'s', false);")
+            texts(s.sync_sql(&want)),
+            ["SELECT pg_catalog.set_config('application_name', $s$it's$s$, false);"]
         );
         s.settings = want.clone();
-        assert_eq!(s.sync_sql(&want), None);
-        s.settings.insert("work_mem".into(), "8MB".into());
-        assert_eq!(s.sync_sql(&want).as_deref(), Some("RESET work_mem;"));
+        assert!(s.sync_sql(&want).is_empty());
+        s.settings.insert("work_mem".into(), b"8MB".to_vec());
+        assert_eq!(texts(s.sync_sql(&want)), ["RESET work_mem;"]);
         s.settings_unknown = true;
-        assert!(s
-            .sync_sql(&want)
-            .is_some_and(|q| q.starts_with("RESET ALL;SELECT")));
+        let q = texts(s.sync_sql(&want));
+        assert_eq!(q[0], "RESET ALL;");
+        assert!(q[1].starts_with("SELECT"));
+    }
+
+    #[test]
+    fn a_client_encoding_change_goes_first_in_its_own_query() {
+        let s = ServerState::default();
+        let mut want = Settings::default();
+        want.insert("client_encoding".into(), b"LATIN9".to_vec());
+        want.insert("application_name".into(), b"caf\xe9 \xa4".to_vec());
+        let q = s.sync_sql(&want);
+        assert_eq!(q.len(), 2);
+        assert_eq!(
+            q[0],
+            b"SELECT pg_catalog.set_config('client_encoding', $s$LATIN9$s$, false);"
+        );
+        assert_eq!(
+            q[1],
+            b"SELECT pg_catalog.set_config('application_name', $s$caf\xe9 \xa4$s$, false);"
+        );
+        let mut on = ServerState {
+            settings: want.clone(),
+            ..ServerState::default()
+        };
+        on.settings
+            .insert("client_encoding".into(), b"UTF8".to_vec());
+        assert_eq!(texts(on.sync_sql(&want)).len(), 1);
+        want.remove("client_encoding");
+        assert_eq!(texts(on.sync_sql(&want))[0], "RESET client_encoding;");
+    }
+
+    #[test]
+    fn dollar_quote_tag_never_occurs_in_the_value() {
+        for v in [&b"plain"[..], b"$s$", b"a$s$b$s1$", b"ends $s", b"\x95\x5c"] {
+            let mut out = Vec::new();
+            dollar_quote(&mut out, v);
+            let tag_len = out.iter().skip(1).position(|&b| b == b'$').unwrap() + 2;
+            let (tag, rest) = out.split_at(tag_len);
+            let body = &rest[..rest.len() - tag_len];
+            assert_eq!(body, v);
+            let mut closed = body.to_vec();
+            closed.extend_from_slice(tag);
+            let first = closed.windows(tag_len).position(|w| w == tag);
+            assert_eq!(first, Some(body.len()), "{v:?}");
+        }
     }
 }

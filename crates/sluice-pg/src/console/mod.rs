@@ -42,11 +42,11 @@ pub(crate) async fn serve(
 ) -> Result<(), SessionError> {
     let mut out = BytesMut::new();
     backend::auth_ok(&mut out);
-    backend::parameter_status(&mut out, "server_version", tables::VERSION);
-    backend::parameter_status(&mut out, "client_encoding", "UTF8");
-    backend::parameter_status(&mut out, "server_encoding", "UTF8");
-    backend::parameter_status(&mut out, "DateStyle", "ISO, MDY");
-    backend::parameter_status(&mut out, "standard_conforming_strings", "on");
+    backend::parameter_status(&mut out, "server_version", tables::VERSION.as_bytes());
+    backend::parameter_status(&mut out, "client_encoding", b"UTF8");
+    backend::parameter_status(&mut out, "server_encoding", b"UTF8");
+    backend::parameter_status(&mut out, "DateStyle", b"ISO, MDY");
+    backend::parameter_status(&mut out, "standard_conforming_strings", b"on");
     backend::ready_for_query(&mut out, b'I');
     client.write(&out).await?;
     loop {
@@ -61,8 +61,9 @@ pub(crate) async fn serve(
         match tag {
             b'X' => return Ok(()),
             b'Q' => {
-                let sql = messages::query_text(&body)?;
-                let shutdown = run(sql, ctx, &mut out).await;
+                // Console commands are ASCII; other bytes only end up in an error message.
+                let sql = String::from_utf8_lossy(messages::query_text(&body)?);
+                let shutdown = run(&sql, ctx, &mut out).await;
                 backend::ready_for_query(&mut out, b'I');
                 client.write(&out).await?;
                 if shutdown {

@@ -59,10 +59,12 @@ pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
 }
 
 /// ParameterStatus `name = value`.
-pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &[u8]) {
     let at = begin(buf, b'S');
     put_cstr(buf, name);
-    put_cstr(buf, value);
+    // A value is bytes in the client's encoding; a NUL would end the field early.
+    buf.extend(value.iter().copied().filter(|&b| b != 0));
+    buf.put_u8(0);
     finish(buf, at);
 }
 
@@ -150,7 +152,7 @@ mod tests {
         auth_ok(&mut buf);
         auth_md5(&mut buf, [1, 2, 3, 4]);
         auth_sasl(&mut buf, "SCRAM-SHA-256");
-        parameter_status(&mut buf, "server_version", "15.8");
+        parameter_status(&mut buf, "server_version", b"15.8");
         backend_key_data(&mut buf, 42, 7);
         error_response(&mut buf, Severity::Fatal, "28P01", "bad");
         ready_for_query(&mut buf, b'I');

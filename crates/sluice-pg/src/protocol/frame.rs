@@ -121,17 +121,30 @@ impl<'a> Iterator for Frames<'a> {
     }
 }
 
-/// Reads a NUL-terminated string from the front of `buf`, returning it and the rest.
+/// Reads a NUL-terminated string from the front of `buf`, returning its bytes and the rest.
+///
+/// Strings in the query phase (SQL text, statement and portal names, setting values) are in
+/// the client's `client_encoding`, which need not be UTF-8: they stay bytes.
 pub fn read_cstr<'a>(
     buf: &'a [u8],
     what: &'static str,
-) -> Result<(&'a str, &'a [u8]), ProtocolError> {
+) -> Result<(&'a [u8], &'a [u8]), ProtocolError> {
     let nul = buf
         .iter()
         .position(|&b| b == 0)
         .ok_or(ProtocolError::Malformed(what))?;
-    let s = std::str::from_utf8(&buf[..nul]).map_err(|_| ProtocolError::Malformed(what))?;
-    Ok((s, &buf[nul + 1..]))
+    Ok((&buf[..nul], &buf[nul + 1..]))
+}
+
+/// Reads a NUL-terminated string that must be UTF-8 (startup parameters, SASL mechanism
+/// names: sent before any client encoding applies).
+pub fn read_cstr_utf8<'a>(
+    buf: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a str, &'a [u8]), ProtocolError> {
+    let (s, rest) = read_cstr(buf, what)?;
+    let s = std::str::from_utf8(s).map_err(|_| ProtocolError::Malformed(what))?;
+    Ok((s, rest))
 }
 
 #[cfg(test)]
@@ -194,7 +207,10 @@ mod tests {
 
     #[test]
     fn cstr() {
-        assert_eq!(read_cstr(b"ab\0c", "t"), Ok(("ab", &b"c"[..])));
+        assert_eq!(read_cstr(b"ab\0c", "t"), Ok((&b"ab"[..], &b"c"[..])));
+        assert_eq!(read_cstr(b"\xa4\0", "t"), Ok((&b"\xa4"[..], &b""[..])));
         assert!(read_cstr(b"ab", "t").is_err());
+        assert_eq!(read_cstr_utf8(b"ab\0c", "t"), Ok(("ab", &b"c"[..])));
+        assert!(read_cstr_utf8(b"\xa4\0", "t").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The frontend (client → Sluice) messages Sluice decodes itself during authentication:
 //! PasswordMessage, SASLInitialResponse and SASLResponse, all tag `p` (§55.7).
 
-use super::frame::{read_cstr, ProtocolError};
+use super::frame::{read_cstr_utf8, ProtocolError};
 
 /// Body of a SASLInitialResponse: the mechanism chosen and the client-first-message.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub struct SaslInitial<'a> {
 
 /// Decodes a SASLInitialResponse body.
 pub fn parse_sasl_initial(body: &[u8]) -> Result<SaslInitial<'_>, ProtocolError> {
-    let (mechanism, rest) = read_cstr(body, "SASLInitialResponse")?;
+    let (mechanism, rest) = read_cstr_utf8(body, "SASLInitialResponse")?;
     let len = rest
         .get(..4)
         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))

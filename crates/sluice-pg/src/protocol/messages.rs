@@ -1,6 +1,8 @@
 //! Views and rewriters for the extended-query frontend messages whose statement names
 //! Sluice maps in transaction mode: Parse (`P`), Bind (`B`), Describe (`D`) and Close (`C`)
-//! (§55.7). Each view borrows the frame body; each writer emits a whole new frame.
+//! (§55.7), and readers for the backend bodies the relay looks into (DataRow of its own
+//! injected queries, CommandComplete tags). Each view borrows the frame body; each writer
+//! emits a whole new frame. Text is bytes in the client's encoding throughout.
 
 use bytes::{BufMut, BytesMut};
 
@@ -9,8 +11,8 @@ use super::frame::{read_cstr, ProtocolError};
 /// A Parse message: statement name, and the rest (query text, parameter types) verbatim.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Parse<'a> {
-    /// Statement name ("" for the unnamed statement).
-    pub name: &'a str,
+    /// Statement name ("" for the unnamed statement), in the client's encoding.
+    pub name: &'a [u8],
     /// Everything after the name: `query\0`, `i16` count, `i32` type oids.
     pub rest: &'a [u8],
 }
@@ -32,8 +34,8 @@ impl<'a> Parse<'a> {
         Ok(Self { name, rest })
     }
 
-    /// The query text.
-    pub fn query(&self) -> &'a str {
+    /// The query text, in the client's encoding.
+    pub fn query(&self) -> &'a [u8] {
         read_cstr(self.rest, "Parse")
             .map(|(q, _)| q)
             .unwrap_or_default()
@@ -41,10 +43,10 @@ impl<'a> Parse<'a> {
 }
 
 /// Writes a Parse frame for statement `name` with the given rest.
-pub fn write_parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
+pub fn write_parse(out: &mut BytesMut, name: &[u8], rest: &[u8]) {
     out.put_u8(b'P');
     out.put_i32((4 + name.len() + 1 + rest.len()) as i32);
-    out.put_slice(name.as_bytes());
+    out.put_slice(name);
     out.put_u8(0);
     out.put_slice(rest);
 }
@@ -53,9 +55,9 @@ pub fn write_parse(out: &mut BytesMut, name: &str, rest: &[u8]) {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Bind<'a> {
     /// Destination portal name.
-    pub portal: &'a str,
+    pub portal: &'a [u8],
     /// Source statement name.
-    pub statement: &'a str,
+    pub statement: &'a [u8],
     /// Everything after the statement name.
     pub rest: &'a [u8],
 }
@@ -73,12 +75,12 @@ impl<'a> Bind<'a> {
     }
 
     /// Writes this Bind with the statement name replaced.
-    pub fn write_renamed(&self, out: &mut BytesMut, statement: &str) {
+    pub fn write_renamed(&self, out: &mut BytesMut, statement: &[u8]) {
         out.put_u8(b'B');
         out.put_i32((4 + self.portal.len() + 1 + statement.len() + 1 + self.rest.len()) as i32);
-        out.put_slice(self.portal.as_bytes());
+        out.put_slice(self.portal);
         out.put_u8(0);
-        out.put_slice(statement.as_bytes());
+        out.put_slice(statement);
         out.put_u8(0);
         out.put_slice(self.rest);
     }
@@ -90,7 +92,7 @@ pub struct Target<'a> {
     /// `b'S'` or `b'P'`.
     pub kind: u8,
     /// Statement or portal name.
-    pub name: &'a str,
+    pub name: &'a [u8],
 }
 
 impl<'a> Target<'a> {
@@ -111,11 +113,11 @@ impl<'a> Target<'a> {
 }
 
 /// Writes a Describe (`tag = b'D'`) or Close (`tag = b'C'`) frame.
-pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
     out.put_u8(tag);
     out.put_i32((4 + 1 + name.len() + 1) as i32);
     out.put_u8(kind);
-    out.put_slice(name.as_bytes());
+    out.put_slice(name);
     out.put_u8(0);
 }
 
@@ -133,17 +135,43 @@ pub fn write_command_complete(out: &mut BytesMut, tag_text: &str) {
     out.put_u8(0);
 }
 
-/// Writes a simple Query frame.
-pub fn write_query(out: &mut BytesMut, sql: &str) {
+/// Writes a simple Query frame (`sql` in the connection's client encoding).
+pub fn write_query(out: &mut BytesMut, sql: &[u8]) {
     out.put_u8(b'Q');
     out.put_i32((4 + sql.len() + 1) as i32);
-    out.put_slice(sql.as_bytes());
+    out.put_slice(sql);
     out.put_u8(0);
 }
 
-/// The text of a simple Query body.
-pub fn query_text(body: &[u8]) -> Result<&str, ProtocolError> {
+/// The text of a simple Query body: bytes in the client's encoding, not necessarily UTF-8.
+pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
     read_cstr(body, "Query").map(|(q, _)| q)
+}
+
+/// The columns of a DataRow body (`None` for SQL NULL), or `None` if it is malformed.
+pub fn data_row_columns(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut rest = body.get(2..)?;
+    let mut columns = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            columns.push(None);
+            continue;
+        }
+        let (value, tail) = (rest.get(..len as usize)?, &rest[len as usize..]);
+        columns.push(Some(value));
+        rest = tail;
+    }
+    Some(columns)
+}
+
+/// The tag text of a CommandComplete body (empty if malformed).
+pub fn command_tag(body: &[u8]) -> &[u8] {
+    read_cstr(body, "CommandComplete")
+        .map(|(t, _)| t)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -160,18 +188,39 @@ mod tests {
         rest.extend_from_slice(&1i16.to_be_bytes());
         rest.extend_from_slice(&23i32.to_be_bytes());
         let mut out = BytesMut::new();
-        write_parse(&mut out, "s0", &rest);
+        write_parse(&mut out, b"s0", &rest);
         let p = Parse::decode(body(&out)).unwrap();
-        assert_eq!(p.name, "s0");
-        assert_eq!(p.query(), "select $1");
+        assert_eq!(p.name, b"s0");
+        assert_eq!(p.query(), b"select $1");
         let mut renamed = BytesMut::new();
-        write_parse(&mut renamed, "sluice_1", p.rest);
+        write_parse(&mut renamed, b"sluice_1", p.rest);
         let q = Parse::decode(body(&renamed)).unwrap();
-        assert_eq!((q.name, q.rest), ("sluice_1", p.rest));
+        assert_eq!((q.name, q.rest), (&b"sluice_1"[..], p.rest));
         assert_eq!(
             i32::from_be_bytes([renamed[1], renamed[2], renamed[3], renamed[4]]) as usize,
             renamed.len() - 1
         );
+    }
+
+    #[test]
+    fn data_rows() {
+        let body = b"\x00\x03\x00\x00\x00\x02ab\xff\xff\xff\xff\x00\x00\x00\x01\xa4";
+        let cols = data_row_columns(body).unwrap();
+        assert_eq!(cols, [Some(&b"ab"[..]), None, Some(&b"\xa4"[..])]);
+        assert!(data_row_columns(&body[..body.len() - 1]).is_none());
+        assert!(data_row_columns(b"\x00").is_none());
+        assert_eq!(command_tag(b"SELECT 1\0"), b"SELECT 1");
+    }
+
+    #[test]
+    fn non_utf8_text_and_names_are_bytes() {
+        // LATIN9 '€' is 0xa4: not UTF-8, and fine for PostgreSQL.
+        let p = Parse::decode(b"n\xe9\0select '\xa4'\0\0\0").unwrap();
+        assert_eq!((p.name, p.query()), (&b"n\xe9"[..], &b"select '\xa4'"[..]));
+        assert_eq!(query_text(b"select '\xa4'\0").unwrap(), b"select '\xa4'");
+        let b = Bind::decode(b"\xff\0\xfe\0\0\0").unwrap();
+        assert_eq!((b.portal, b.statement), (&b"\xff"[..], &b"\xfe"[..]));
+        assert_eq!(Target::decode(b"S\xa4\0").unwrap().name, b"\xa4");
     }
 
     #[test]
@@ -185,11 +234,14 @@ mod tests {
     #[test]
     fn bind_rename() {
         let b = Bind::decode(b"p\0s0\0\0\0\0\0\0\0").unwrap();
-        assert_eq!((b.portal, b.statement), ("p", "s0"));
+        assert_eq!((b.portal, b.statement), (&b"p"[..], &b"s0"[..]));
         let mut out = BytesMut::new();
-        b.write_renamed(&mut out, "sluice_9");
+        b.write_renamed(&mut out, b"sluice_9");
         let c = Bind::decode(body(&out)).unwrap();
-        assert_eq!((c.portal, c.statement, c.rest), ("p", "sluice_9", b.rest));
+        assert_eq!(
+            (c.portal, c.statement, c.rest),
+            (&b"p"[..], &b"sluice_9"[..], b.rest)
+        );
     }
 
     #[test]
@@ -198,13 +250,13 @@ mod tests {
             Target::decode(b"Ss1\0").unwrap(),
             Target {
                 kind: b'S',
-                name: "s1"
+                name: b"s1"
             }
         );
         assert!(Target::decode(b"Xs1\0").is_err());
         assert!(Target::decode(b"S").is_err());
         let mut out = BytesMut::new();
-        write_target(&mut out, b'C', b'S', "x");
+        write_target(&mut out, b'C', b'S', b"x");
         assert_eq!(&out[..], b"C\0\0\0\x07Sx\0");
     }
 }

@@ -4,7 +4,7 @@
 //! (80877102) or a StartupMessage (protocol version, then `name\0value\0` pairs and a final
 //! `\0`). See PostgreSQL docs §55.2.1 and §55.7.
 
-use super::frame::{read_cstr, ProtocolError};
+use super::frame::{read_cstr_utf8, ProtocolError};
 
 /// Longest startup packet accepted (PostgreSQL's own limit, `MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_LEN: usize = 10_000;
@@ -123,8 +123,8 @@ fn parse_params(mut rest: &[u8], minor_version: u16) -> Result<StartupParams, Pr
             Some(0) => break,
             None => return Err(ProtocolError::Malformed("StartupMessage")),
             Some(_) => {
-                let (name, after) = read_cstr(rest, "StartupMessage")?;
-                let (value, after) = read_cstr(after, "StartupMessage")?;
+                let (name, after) = read_cstr_utf8(rest, "StartupMessage")?;
+                let (value, after) = read_cstr_utf8(after, "StartupMessage")?;
                 params.push((name.to_owned(), value.to_owned()));
                 rest = after;
             }

@@ -13,7 +13,11 @@
 //! * **Settings**: before a batch starts on a server whose settings differ from the
 //!   client's, one `set_config` query is injected and its responses swallowed; a client's
 //!   `SET name ...` is followed by an injected `current_setting(name)` whose answer becomes
-//!   the client's value (kept only if the transaction commits).
+//!   the client's value (kept only if the transaction commits). Settings changed any other
+//!   way (`set_config()`, a `SET` in a multi-statement string, `SET SESSION
+//!   CHARACTERISTICS`, anything the server reports with an unexplained ParameterStatus or
+//!   CommandComplete `SET`) are read back from `pg_settings` once the transaction is over,
+//!   before the server is released, and follow the client from then on.
 //! * **Release**: [`Exchange::idle`] says when every request has been answered outside an
 //!   extended-protocol batch; [`Exchange::needs_reset`] says the server picked up state
 //!   Sluice cannot carry (temp tables, cursors, SQL PREPARE, untracked SETs, ...).
@@ -23,10 +27,10 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use super::sql::{classify, has_hidden_session_effects, Statement as Sql};
+use super::sql::{classify, hidden_effects, Statement as Sql};
 use crate::prepared::{Statement, StatementRegistry};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frame::{read_cstr, Frames, ProtocolError, MAX_FRAME_LEN};
+use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
 use crate::protocol::messages::{self, Bind, Parse, Target};
 use crate::state::{ClientState, ServerState};
 
@@ -74,16 +78,18 @@ pub(crate) struct Io<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Effect {
     /// Captured `current_setting(name)` (None: unset custom option).
-    Value(String, Option<String>),
+    Value(String, Option<Vec<u8>>),
+    /// The session's settings as read back from `pg_settings` (name, value).
+    ReadBack(Vec<(String, Vec<u8>)>),
     Reset(String),
     ResetAll,
     DiscardAll,
     DeallocateAll,
     /// Savepoint bookkeeping, so settings changed after a savepoint that is rolled back
     /// to are forgotten.
-    Savepoint(String),
-    RollbackTo(String),
-    Release(String),
+    Savepoint(Vec<u8>),
+    RollbackTo(Vec<u8>),
+    Release(Vec<u8>),
 }
 
 /// Something emitted to the client without a server message behind it.
@@ -91,9 +97,9 @@ enum Effect {
 enum Synthetic {
     /// For a Parse of a statement the server already has (the client name is forgotten
     /// again if the server turns out to skip this point after an error).
-    ParseComplete(String),
+    ParseComplete(Vec<u8>),
     /// For a Close of a client statement (restored if skipped).
-    CloseComplete(Option<(String, Arc<Statement>)>),
+    CloseComplete(Option<(Vec<u8>, Arc<Statement>)>),
     /// CommandComplete + ReadyForQuery for a query Sluice answered itself.
     Command(&'static str),
     /// ErrorResponse for a frame Sluice refused; ReadyForQuery follows for a simple query.
@@ -110,7 +116,7 @@ enum Expect {
     Parse {
         forward: bool,
         server_name: Option<Arc<str>>,
-        client_name: Option<String>,
+        client_name: Option<Vec<u8>>,
     },
     /// The shared statement bound or described, if mapped (invalidated on 0A000).
     Bind(Option<Arc<Statement>>),
@@ -149,6 +155,9 @@ pub(crate) struct Exchange {
     syncs_since_command: usize,
     /// The server holds state that needs `server_reset_query` before reuse.
     needs_reset: bool,
+    /// Settings changed in a way Sluice could not follow message by message: read them
+    /// back before the server is released.
+    settings_dirty: bool,
     /// The last frame forwarded to the client was an ErrorResponse.
     last_was_error: bool,
     /// Whether the last transaction-ending command committed.
@@ -156,9 +165,11 @@ pub(crate) struct Exchange {
     /// Setting changes made inside the open transaction block.
     tentative: Vec<Effect>,
     /// Open savepoints: name and how many tentative effects preceded it.
-    savepoints: Vec<(String, usize)>,
+    savepoints: Vec<(Vec<u8>, usize)>,
     /// Value captured from the DataRow of an injected `current_setting` query.
-    captured: Option<Option<String>>,
+    captured: Option<Option<Vec<u8>>>,
+    /// Rows of an injected read-back query.
+    read_back: Vec<(String, Vec<u8>)>,
     /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
     /// [`Exchange::take_counts`], for the pool's statistics.
     counts: (u64, u64),
@@ -175,11 +186,13 @@ impl Exchange {
             client_skipping: false,
             syncs_since_command: 0,
             needs_reset: false,
+            settings_dirty: false,
             last_was_error: false,
             last_commit: false,
             tentative: Vec::new(),
             savepoints: Vec::new(),
             captured: None,
+            read_back: Vec::new(),
             counts: (0, 0),
         }
     }
@@ -187,7 +200,7 @@ impl Exchange {
     /// Every request has been answered, no batch is open and no transaction is open: the
     /// server may go back to the pool.
     pub(crate) fn idle(&self) -> bool {
-        self.queue.is_empty() && !self.extended && self.status == b'I'
+        self.queue.is_empty() && !self.extended && self.status == b'I' && !self.settings_dirty
     }
 
     /// Requests are in flight (the server is busy on the client's behalf).
@@ -205,6 +218,11 @@ impl Exchange {
         self.needs_reset
     }
 
+    /// Settings changed in a way not yet read back (the client left before they were).
+    pub(crate) fn settings_dirty(&self) -> bool {
+        self.settings_dirty
+    }
+
     /// The last frame sent to the client was an ErrorResponse.
     pub(crate) fn last_was_error(&self) -> bool {
         self.last_was_error
@@ -219,6 +237,7 @@ impl Exchange {
     pub(crate) fn on_checkout(&mut self) {
         self.status = b'I';
         self.needs_reset = false;
+        self.settings_dirty = false;
         self.skipping = false;
         self.tentative.clear();
         self.savepoints.clear();
@@ -280,26 +299,25 @@ impl Exchange {
             b'P' => {
                 self.begin_batch(io);
                 let p = Parse::decode(body)?;
-                if self.features.track_settings && has_hidden_session_effects(p.query()) {
-                    self.needs_reset = true;
-                }
+                self.note_hidden_effects(p.query());
                 if map && !p.name.is_empty() {
                     if io.client.statements.contains_key(p.name) {
                         self.refuse(
                             "42P05",
-                            format!("prepared statement \"{}\" already exists", p.name),
+                            format!(
+                                "prepared statement \"{}\" already exists",
+                                String::from_utf8_lossy(p.name)
+                            ),
                             io,
                         );
                         return Ok(());
                     }
                     let stmt = io.registry.intern(p.rest);
-                    io.client.statements.insert(p.name.to_owned(), stmt.clone());
+                    io.client.statements.insert(p.name.to_vec(), stmt.clone());
                     if io.server.statements.touch(&stmt.server_name) {
-                        self.push(Expect::Synthetic(Synthetic::ParseComplete(
-                            p.name.to_owned(),
-                        )));
+                        self.push(Expect::Synthetic(Synthetic::ParseComplete(p.name.to_vec())));
                     } else {
-                        self.prepare_on_server(&stmt, Some(p.name.to_owned()), io);
+                        self.prepare_on_server(&stmt, Some(p.name.to_vec()), io);
                     }
                 } else {
                     if !p.name.is_empty() {
@@ -320,7 +338,7 @@ impl Exchange {
                 match &stmt {
                     Some(stmt) => {
                         self.ensure_prepared(stmt, io);
-                        b.write_renamed(io.to_server, &stmt.server_name);
+                        b.write_renamed(io.to_server, stmt.server_name.as_bytes());
                     }
                     None => io.to_server.put_slice(raw),
                 }
@@ -333,7 +351,12 @@ impl Exchange {
                 match &stmt {
                     Some(stmt) => {
                         self.ensure_prepared(stmt, io);
-                        messages::write_target(io.to_server, b'D', b'S', &stmt.server_name);
+                        messages::write_target(
+                            io.to_server,
+                            b'D',
+                            b'S',
+                            stmt.server_name.as_bytes(),
+                        );
                     }
                     None => io.to_server.put_slice(raw),
                 }
@@ -422,8 +445,13 @@ impl Exchange {
             Sql::Release(n) => (Some(Effect::Release(n.clone())), false),
             _ => (None, false),
         };
-        if self.features.track_settings && has_hidden_session_effects(sql) {
-            self.needs_reset = true;
+        self.note_hidden_effects(sql);
+        if matches!(&stmt, Sql::Set(name) if name == "client_encoding")
+            && self.features.track_settings
+        {
+            // Every value Sluice holds for this client is in its old encoding: read them
+            // all back in the new one.
+            self.settings_dirty = true;
         }
         self.sync_settings(io);
         io.to_server.put_slice(raw);
@@ -436,7 +464,7 @@ impl Exchange {
         });
         if let (Sql::Set(name), true) = (&stmt, self.features.track_settings) {
             let sql = format!("SELECT pg_catalog.current_setting('{name}', true)");
-            messages::write_query(io.to_server, &sql);
+            messages::write_query(io.to_server, sql.as_bytes());
             self.push(Expect::Query {
                 swallow: true,
                 effect: Some(Effect::Value(name.clone(), None)),
@@ -447,8 +475,35 @@ impl Exchange {
         Ok(())
     }
 
+    /// Records what a query's text may do behind the protocol's back (transaction mode).
+    fn note_hidden_effects(&mut self, sql: &[u8]) {
+        if !self.features.track_settings {
+            return;
+        }
+        let hidden = hidden_effects(sql);
+        self.settings_dirty |= hidden.settings;
+        self.needs_reset |= hidden.state;
+    }
+
+    /// Injects the read-back of the session's settings once the transaction that changed
+    /// them invisibly is over and nothing else is in flight; the server is released only
+    /// after its answer (see [`Exchange::idle`]).
+    pub(crate) fn read_back_settings(&mut self, io: &mut Io<'_>) {
+        if !self.settings_dirty || !self.queue.is_empty() || self.extended || self.status != b'I' {
+            return;
+        }
+        self.settings_dirty = false;
+        messages::write_query(io.to_server, crate::state::READ_BACK_SQL);
+        self.push(Expect::Query {
+            swallow: true,
+            effect: Some(Effect::ReadBack(Vec::new())),
+            explains_set: true,
+            failed: false,
+        });
+    }
+
     /// The shared statement behind a client statement name, when mapping applies.
-    fn mapped(&self, name: &str, io: &Io<'_>) -> Option<Arc<Statement>> {
+    fn mapped(&self, name: &[u8], io: &Io<'_>) -> Option<Arc<Statement>> {
         if !self.features.map_statements || name.is_empty() {
             return None;
         }
@@ -469,18 +524,17 @@ impl Exchange {
         if !self.queue.is_empty() || self.status != b'I' {
             return;
         }
-        let Some(sql) = io.server.sync_sql(&io.client.settings) else {
-            return;
-        };
-        messages::write_query(io.to_server, &sql);
+        for sql in io.server.sync_sql(&io.client.settings) {
+            messages::write_query(io.to_server, &sql);
+            self.push(Expect::Query {
+                swallow: true,
+                effect: None,
+                explains_set: true,
+                failed: false,
+            });
+        }
         io.server.settings = io.client.settings.clone();
         io.server.settings_unknown = false;
-        self.push(Expect::Query {
-            swallow: true,
-            effect: None,
-            explains_set: true,
-            failed: false,
-        });
     }
 
     fn ensure_prepared(&mut self, stmt: &Arc<Statement>, io: &mut Io<'_>) {
@@ -494,7 +548,7 @@ impl Exchange {
     fn prepare_on_server(
         &mut self,
         stmt: &Arc<Statement>,
-        client_name: Option<String>,
+        client_name: Option<Vec<u8>>,
         io: &mut Io<'_>,
     ) {
         if let Some(victim) = io
@@ -502,12 +556,12 @@ impl Exchange {
             .statements
             .insert(stmt.server_name.clone(), self.features.cache_size)
         {
-            messages::write_target(io.to_server, b'C', b'S', &victim);
+            messages::write_target(io.to_server, b'C', b'S', victim.as_bytes());
             self.push(Expect::Close {
                 evicted: Some(victim),
             });
         }
-        messages::write_parse(io.to_server, &stmt.server_name, &stmt.rest);
+        messages::write_parse(io.to_server, stmt.server_name.as_bytes(), &stmt.rest);
         self.push(Expect::Parse {
             forward: client_name.is_some(),
             server_name: Some(stmt.server_name.clone()),
@@ -572,24 +626,3 @@ mod server_side;
 #[cfg(test)]
 #[path = "exchange_tests.rs"]
 mod tests;
-
-/// Reads the text of a DataRow's first column (for captured settings).
-fn first_column(body: &[u8]) -> Option<Option<String>> {
-    let n = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
-    if n < 1 {
-        return None;
-    }
-    let len = i32::from_be_bytes([*body.get(2)?, *body.get(3)?, *body.get(4)?, *body.get(5)?]);
-    if len < 0 {
-        return Some(None);
-    }
-    let v = body.get(6..6 + len as usize)?;
-    Some(Some(String::from_utf8_lossy(v).into_owned()))
-}
-
-/// The CommandComplete tag text of a body.
-fn command_tag(body: &[u8]) -> &[u8] {
-    read_cstr(body, "CommandComplete")
-        .map(|(t, _)| t.as_bytes())
-        .unwrap_or_default()
-}

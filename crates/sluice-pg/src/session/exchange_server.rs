@@ -4,8 +4,9 @@
 
 use bytes::BufMut;
 
-use super::{command_tag, first_column, Effect, Exchange, Expect, Io, Synthetic, STATEFUL_TAGS};
+use super::{Effect, Exchange, Expect, Io, Synthetic, STATEFUL_TAGS};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
+use crate::protocol::messages::{command_tag, data_row_columns};
 
 /// What to do with one backend frame.
 enum Fate {
@@ -44,6 +45,7 @@ impl Exchange {
         if let Some(e) = it.error() {
             return Err(e.clone());
         }
+        self.read_back_settings(io);
         Ok(pos)
     }
 
@@ -91,13 +93,7 @@ impl Exchange {
             }
             b'D' => {
                 if self.swallowing() {
-                    if let Some(Expect::Query {
-                        effect: Some(Effect::Value(..)),
-                        ..
-                    }) = self.queue.front()
-                    {
-                        self.captured = first_column(body);
-                    }
+                    self.capture(body);
                 }
                 self.fate()
             }
@@ -122,9 +118,8 @@ impl Exchange {
                 );
                 if !explained && self.features.track_settings {
                     // A setting changed behind Sluice's back (set_config, a SET inside a
-                    // function or multi-statement query): reset before anyone else.
-                    io.server.settings_unknown = true;
-                    self.needs_reset = true;
+                    // function or multi-statement query): read the settings back.
+                    self.settings_dirty = true;
                 }
                 self.fate()
             }
@@ -137,6 +132,30 @@ impl Exchange {
             Fate::Swallow
         } else {
             Fate::Forward
+        }
+    }
+
+    /// Keeps what a DataRow of one of Sluice's own queries says.
+    fn capture(&mut self, body: &[u8]) {
+        let Some(Expect::Query {
+            effect: Some(effect),
+            ..
+        }) = self.queue.front()
+        else {
+            return;
+        };
+        let Some(columns) = data_row_columns(body) else {
+            return;
+        };
+        match (effect, columns.as_slice()) {
+            (Effect::Value(..), [value, ..]) => self.captured = Some(value.map(<[u8]>::to_vec)),
+            (Effect::ReadBack(_), [Some(name), Some(value)]) => {
+                let name = String::from_utf8_lossy(name);
+                if let Some(name) = crate::state::setting_name(&name) {
+                    self.read_back.push((name, value.to_vec()));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -155,8 +174,7 @@ impl Exchange {
                     })
                 );
                 if !explained {
-                    io.server.settings_unknown = true;
-                    self.needs_reset = true;
+                    self.settings_dirty = true;
                 }
             }
             t if STATEFUL_TAGS.contains(&t) => self.needs_reset = true,
@@ -181,6 +199,8 @@ impl Exchange {
                 if *swallow {
                     tracing::warn!("a query Sluice injected to sync settings failed");
                     io.server.settings_unknown = true;
+                    // What the session holds is unknown now: nobody else may get it as is.
+                    self.needs_reset = true;
                     return Fate::Swallow;
                 }
                 return Fate::Forward;
@@ -271,6 +291,7 @@ impl Exchange {
             }
             let effect = effect.filter(|_| !failed).map(|e| match e {
                 Effect::Value(name, _) => Effect::Value(name, self.captured.take().flatten()),
+                Effect::ReadBack(_) => Effect::ReadBack(std::mem::take(&mut self.read_back)),
                 e => e,
             });
             match (effect, status) {
@@ -297,6 +318,7 @@ impl Exchange {
             }
         }
         self.captured = None;
+        self.read_back.clear();
         if status == b'I' {
             self.savepoints.clear();
             let effects = std::mem::take(&mut self.tentative);
@@ -354,6 +376,21 @@ fn apply(e: Effect, io: &mut Io<'_>) {
             client.statements.clear();
         }
         Effect::DeallocateAll => client.statements.clear(),
+        Effect::ReadBack(rows) => {
+            // The server's session now holds exactly these; the client holds them on top
+            // of its startup values (a RESET returns there, as on a direct connection).
+            let mut now = crate::state::Settings::default();
+            for (name, value) in rows {
+                now.insert(name, value);
+            }
+            let mut mine = client.startup.clone();
+            for (name, value) in now.iter() {
+                mine.insert(name.clone(), value.clone());
+            }
+            server.settings = now;
+            server.settings_unknown = false;
+            client.settings = mine;
+        }
         Effect::Savepoint(_) | Effect::RollbackTo(_) | Effect::Release(_) => {}
     }
 }

@@ -4,7 +4,7 @@ use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::frontend;
 
 use super::*;
-use crate::protocol::frame::Frames;
+use crate::protocol::frame::{read_cstr, Frames};
 
 /// Decoded frames: (tag, body).
 type Out = Vec<(u8, Vec<u8>)>;
@@ -63,6 +63,21 @@ impl Fixture {
         assert_eq!(n, bytes.len());
         assert!(to_server.is_empty());
         frames(&to_client)
+    }
+
+    /// Feeds server bytes; returns (frames to the client, frames Sluice injected).
+    fn server_injecting(&mut self, bytes: &[u8]) -> (Out, Out) {
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+        let mut io = Io {
+            client: &mut self.client,
+            server: &mut self.server,
+            registry: &self.registry,
+            to_server: &mut to_server,
+            to_client: &mut to_client,
+        };
+        let n = self.ex.on_server(bytes, &mut io).unwrap();
+        assert_eq!(n, bytes.len());
+        (frames(&to_client), frames(&to_server))
     }
 
     /// A new server connection for the next transaction.
@@ -157,9 +172,9 @@ fn stmt_name(frame: &(u8, Vec<u8>)) -> String {
     let body = &frame.1;
     let (first, rest) = read_cstr(body, "t").unwrap();
     if frame.0 == b'B' {
-        read_cstr(rest, "t").unwrap().0.to_owned()
+        String::from_utf8_lossy(read_cstr(rest, "t").unwrap().0).into_owned()
     } else {
-        first.to_owned()
+        String::from_utf8_lossy(first).into_owned()
     }
 }
 
@@ -255,7 +270,7 @@ fn failed_replay_reports_the_error_and_forgets_the_server_copy() {
     assert!(f.ex.idle());
     assert!(f.server.statements.is_empty());
     assert!(
-        f.client.statements.contains_key("s0"),
+        f.client.statements.contains_key(&b"s0"[..]),
         "the client's name survives"
     );
     // Next time it is prepared again.
@@ -269,7 +284,7 @@ fn parse_error_forgets_the_client_statement() {
     f.client(&cat(&[&parse("bad", "selec 1"), &bind_execute_sync("bad")]));
     let out = f.server(&cat(&[&error(), &ready(b'I')]));
     assert_eq!(tags(&out), "EZ");
-    assert!(!f.client.statements.contains_key("bad"));
+    assert!(!f.client.statements.contains_key(&b"bad"[..]));
     assert!(f.server.statements.is_empty());
 }
 
@@ -287,8 +302,8 @@ fn error_before_a_synthetic_parse_complete_drops_it() {
     assert!(to_client.is_empty());
     let out = f.server(&cat(&[&error(), &ready(b'I')]));
     assert_eq!(tags(&out), "EZ");
-    assert!(!f.client.statements.contains_key("b"));
-    assert!(f.client.statements.contains_key("a"));
+    assert!(!f.client.statements.contains_key(&b"b"[..]));
+    assert!(f.client.statements.contains_key(&b"a"[..]));
 }
 
 #[test]
@@ -374,15 +389,15 @@ fn settings_follow_the_client_to_the_next_server() {
         &ready(b'I'),
     ]));
     assert_eq!(tags(&out), "CZ", "the capture is invisible");
-    assert_eq!(f.client.setting("search_path"), Some("a, b"));
+    assert_eq!(f.client.setting("search_path"), Some(&b"a, b"[..]));
     assert!(!f.ex.needs_reset());
 
     f.switch_server();
     let (to_server, _) = f.client(&query("select 1"));
     assert_eq!(tags(&to_server), "QQ");
-    let sync_sql = messages::query_text(&to_server[0].1).unwrap();
+    let sync_sql = String::from_utf8_lossy(messages::query_text(&to_server[0].1).unwrap());
     assert!(
-        sync_sql.contains("set_config(E'search_path', E'a, b', false)"),
+        sync_sql.contains("set_config('search_path', $s$a, b$s$, false)"),
         "{sync_sql}"
     );
     let out = f.server(&cat(&[
@@ -422,13 +437,129 @@ fn untracked_state_asks_for_a_reset() {
     assert!(f.ex.needs_reset());
 
     let mut f = Fixture::new(10);
-    f.client(&query("select set_config('a.b', '1', false)"));
-    f.server(&cat(&[
-        &be(b'S', b"a.b\x001\0"),
+    f.client(&query("select pg_advisory_lock(1)"));
+    f.server(&cat(&[&complete("SELECT 1"), &ready(b'I')]));
+    assert!(f.ex.needs_reset());
+}
+
+/// Answers the read-back query with `rows` (name, value).
+fn read_back_answer(rows: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = be(
+        b'T',
+        b"\0\x02name\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0\
+          v\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0",
+    );
+    for (name, value) in rows {
+        let mut body = BytesMut::new();
+        body.put_i16(2);
+        body.put_i32(name.len() as i32);
+        body.put_slice(name.as_bytes());
+        body.put_i32(value.len() as i32);
+        body.put_slice(value);
+        out.extend(be(b'D', &body));
+    }
+    out.extend(complete(&format!("SELECT {}", rows.len())));
+    out.extend(ready(b'I'));
+    out
+}
+
+#[test]
+fn settings_changed_invisibly_are_read_back_and_follow_the_client() {
+    for sql in [
+        "select set_config('work_mem', '9MB', false)",
+        "SET work_mem = '9MB'; SELECT 1",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        let mut f = Fixture::new(10);
+        f.client(&query(sql));
+        // The client's own answer is forwarded; Sluice then reads the settings back
+        // before the server may go.
+        let (out, injected) = f.server_injecting(&cat(&[&complete("SET"), &ready(b'I')]));
+        assert_eq!(tags(&out), "CZ", "{sql}");
+        assert_eq!(tags(&injected), "Q", "{sql}");
+        assert_eq!(
+            messages::query_text(&injected[0].1).unwrap(),
+            crate::state::READ_BACK_SQL
+        );
+        assert!(!f.ex.idle(), "{sql}: not released before the read-back");
+        let out = f.server(&read_back_answer(&[
+            ("work_mem", b"9MB"),
+            ("DateStyle", b"ISO, DMY"),
+        ]));
+        assert!(out.is_empty(), "{sql}: the read-back is invisible");
+        assert!(f.ex.idle() && !f.ex.needs_reset(), "{sql}");
+        assert_eq!(f.client.setting("work_mem"), Some(&b"9MB"[..]));
+        assert_eq!(f.client.setting("datestyle"), Some(&b"ISO, DMY"[..]));
+
+        f.switch_server();
+        let (to_server, _) = f.client(&query("select 1"));
+        assert_eq!(
+            tags(&to_server),
+            "QQ",
+            "{sql}: re-applied on the next server"
+        );
+        let sync_sql = messages::query_text(&to_server[0].1).unwrap();
+        let sync_sql = String::from_utf8_lossy(sync_sql);
+        assert!(
+            sync_sql.contains("set_config('work_mem', $s$9MB$s$, false)"),
+            "{sync_sql}"
+        );
+        assert!(sync_sql.contains("set_config('datestyle', $s$ISO, DMY$s$, false)"));
+    }
+}
+
+#[test]
+fn read_back_waits_for_the_end_of_the_transaction() {
+    let mut f = Fixture::new(10);
+    f.client(&query("BEGIN"));
+    f.server(&cat(&[&complete("BEGIN"), &ready(b'T')]));
+    f.client(&query("select set_config('work_mem', '9MB', false)"));
+    let (_, injected) = f.server_injecting(&cat(&[&complete("SELECT 1"), &ready(b'T')]));
+    assert!(
+        injected.is_empty(),
+        "nothing is read inside the transaction"
+    );
+    f.client(&query("ROLLBACK"));
+    let (_, injected) = f.server_injecting(&cat(&[&complete("ROLLBACK"), &ready(b'I')]));
+    assert_eq!(tags(&injected), "Q");
+    f.server(&read_back_answer(&[]));
+    assert_eq!(f.client.setting("work_mem"), None, "rolled back");
+    assert!(f.ex.idle());
+}
+
+#[test]
+fn non_utf8_queries_pass_and_set_client_encoding_reads_everything_back() {
+    let mut f = Fixture::new(10);
+    let mut q = BytesMut::new();
+    q.put_u8(b'Q');
+    let sql = b"select '\xa4'\0";
+    q.put_i32(4 + sql.len() as i32);
+    q.put_slice(sql);
+    let (to_server, _) = f.client(&q);
+    assert_eq!(to_server[0].1, sql);
+    f.server(&cat(&[&complete("SELECT 1"), &ready(b'I')]));
+    assert!(f.ex.idle());
+
+    f.client(&query("SET client_encoding = 'LATIN9'"));
+    let (_, injected) = f.server_injecting(&cat(&[
+        &complete("SET"),
+        &be(b'S', b"client_encoding\0LATIN9\0"),
+        &ready(b'I'),
+        &data_row("LATIN9"),
         &complete("SELECT 1"),
         &ready(b'I'),
     ]));
-    assert!(f.ex.needs_reset());
+    assert_eq!(tags(&injected), "Q");
+    f.server(&read_back_answer(&[
+        ("client_encoding", b"LATIN9"),
+        ("application_name", b"caf\xe9"),
+    ]));
+    assert_eq!(f.client.setting("application_name"), Some(&b"caf\xe9"[..]));
+    f.switch_server();
+    let (to_server, _) = f.client(&query("select 1"));
+    assert_eq!(tags(&to_server), "QQQ", "encoding first, alone");
+    assert!(String::from_utf8_lossy(&to_server[0].1).contains("'client_encoding', $s$LATIN9$s$"));
+    assert!(to_server[1].1.windows(4).any(|w| w == b"caf\xe9"));
 }
 
 #[test]

@@ -185,7 +185,7 @@ async fn login<'a>(
     let mut state = ClientState::from_startup(&params.params);
     ctx.intern_startup(&mut state);
     for (name, value) in server_params.iter() {
-        let value = state.setting(name).unwrap_or(value);
+        let value = state.setting(name).unwrap_or(value.as_bytes());
         backend::parameter_status(&mut out, name, value);
     }
     backend::backend_key_data(&mut out, registration.pid, registration.secret);

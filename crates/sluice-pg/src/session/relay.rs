@@ -354,6 +354,16 @@ impl<'a> Relay<'a> {
             }
         };
         server.buf.advance(consumed);
+        if !self.to_server.is_empty() {
+            // The exchange injected a query of its own (the read-back of settings).
+            let sent = server.stream.write_all(&self.to_server).await;
+            self.to_server.clear();
+            if let Err(e) = sent {
+                self.server = None;
+                self.registration.slot.set(None);
+                return Err(SessionError::ServerLost(e.into()));
+            }
+        }
         self.count();
         self.flush_client().await?;
         if self.mode == PoolMode::Transaction && self.exchange.idle() {
@@ -382,6 +392,10 @@ impl<'a> Relay<'a> {
         };
         self.gauge.set(GaugeState::Idle);
         self.registration.slot.set(None);
+        if self.exchange.settings_dirty() {
+            // The client left before its settings were read back: they are unknown.
+            server.state.settings_unknown = true;
+        }
         let reset = &self.pool.settings().reset_query;
         if self.exchange.needs_reset() && !reset.is_empty() {
             match Box::pin(server.run_simple(reset)).await {

@@ -6,16 +6,18 @@
 /// What a simple query does to session state, as far as Sluice cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Statement {
-    /// `SET [SESSION] name {TO|=} value` / `SET TIME ZONE value` (not `SET LOCAL`).
+    /// `SET [SESSION] name {TO|=} value` / `SET TIME ZONE value` / `SET NAMES value`
+    /// (as `client_encoding`), not `SET LOCAL`.
     Set(String),
-    /// `SET LOCAL ...`: lasts until the transaction ends, nothing to track.
+    /// `SET LOCAL ...` or `SET TRANSACTION ...`: lasts until the transaction ends, nothing
+    /// to track.
     SetLocal,
     /// `RESET name` or `SET name TO DEFAULT`.
     Reset(String),
     /// `RESET ALL`.
     ResetAll,
-    /// `DEALLOCATE [PREPARE] name`.
-    Deallocate(String),
+    /// `DEALLOCATE [PREPARE] name` (the name as the client's bytes).
+    Deallocate(Vec<u8>),
     /// `DEALLOCATE [PREPARE] ALL`.
     DeallocateAll,
     /// `DISCARD ALL`.
@@ -23,175 +25,217 @@ pub(crate) enum Statement {
     /// `LISTEN channel`, which cannot work in transaction mode.
     Listen,
     /// `SAVEPOINT name`.
-    Savepoint(String),
+    Savepoint(Vec<u8>),
     /// `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name`.
-    RollbackTo(String),
+    RollbackTo(Vec<u8>),
     /// `RELEASE [SAVEPOINT] name`.
-    Release(String),
+    Release(Vec<u8>),
     /// Anything else (including several statements).
     Other,
 }
 
-/// Classifies one simple query's text.
-pub(crate) fn classify(sql: &str) -> Statement {
+/// Classifies one simple query's text (bytes in the client's encoding: keywords are ASCII
+/// in every encoding PostgreSQL allows for clients, and nothing here needs UTF-8).
+pub(crate) fn classify(sql: &[u8]) -> Statement {
     // Runs on every simple query: decide from the first keyword, without allocating, that
     // the common statements (SELECT, INSERT, BEGIN, ...) are none of ours.
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or_default();
-    const OURS: [&str; 8] = [
-        "SET",
-        "RESET",
-        "DEALLOCATE",
-        "DISCARD",
-        "LISTEN",
-        "SAVEPOINT",
-        "RELEASE",
-        "ROLLBACK",
+    let trimmed = sql.trim_ascii_start();
+    let first_len = trimmed
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(trimmed.len());
+    let first = &trimmed[..first_len];
+    const OURS: [&[u8]; 8] = [
+        b"SET",
+        b"RESET",
+        b"DEALLOCATE",
+        b"DISCARD",
+        b"LISTEN",
+        b"SAVEPOINT",
+        b"RELEASE",
+        b"ROLLBACK",
     ];
     if !OURS.iter().any(|k| k.eq_ignore_ascii_case(first)) {
         return Statement::Other;
     }
-    let sql = sql.trim();
-    let sql = sql.strip_suffix(';').unwrap_or(sql).trim_end();
-    if sql.contains(';') || sql.starts_with("--") || sql.starts_with("/*") {
+    let sql = sql.trim_ascii();
+    let sql = sql.strip_suffix(b";").unwrap_or(sql).trim_ascii_end();
+    if sql.contains(&b';') || sql.starts_with(b"--") || sql.starts_with(b"/*") {
         return Statement::Other;
     }
-    let words: Vec<&str> = sql.split_whitespace().collect();
-    let upper = |i: usize| {
+    let words: Vec<&[u8]> = sql
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let is = |i: usize, k: &str| {
         words
             .get(i)
-            .map(|w| w.to_ascii_uppercase())
-            .unwrap_or_default()
+            .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
     };
-    match upper(0).as_str() {
-        "SET" => classify_set(&words),
-        "RESET" if words.len() == 2 => match upper(1).as_str() {
-            "ALL" => Statement::ResetAll,
-            _ => ident(words[1]).map_or(Statement::Other, Statement::Reset),
-        },
-        "DEALLOCATE" => {
-            let i = if upper(1) == "PREPARE" { 2 } else { 1 };
-            match (words.len() == i + 1, upper(i).as_str()) {
-                (true, "ALL") => Statement::DeallocateAll,
-                (true, _) => ident(words[i]).map_or(Statement::Other, Statement::Deallocate),
-                _ => Statement::Other,
-            }
-        }
-        "DISCARD" if words.len() == 2 && upper(1) == "ALL" => Statement::DiscardAll,
-        "LISTEN" => Statement::Listen,
-        "SAVEPOINT" if words.len() == 2 => {
-            savepoint_name(words[1]).map_or(Statement::Other, Statement::Savepoint)
-        }
-        "RELEASE" => {
-            let i = if upper(1) == "SAVEPOINT" { 2 } else { 1 };
-            match words.get(i) {
-                Some(w) if words.len() == i + 1 => {
-                    savepoint_name(w).map_or(Statement::Other, Statement::Release)
-                }
-                _ => Statement::Other,
-            }
-        }
-        "ROLLBACK" => {
-            let mut i = 1;
-            if matches!(upper(i).as_str(), "WORK" | "TRANSACTION") {
-                i += 1;
-            }
-            if upper(i) != "TO" {
-                return Statement::Other;
-            }
+    if is(0, "SET") {
+        return classify_set(&words);
+    }
+    if is(0, "RESET") && words.len() == 2 {
+        return if is(1, "ALL") {
+            Statement::ResetAll
+        } else {
+            ident(words[1]).map_or(Statement::Other, Statement::Reset)
+        };
+    }
+    if is(0, "DEALLOCATE") {
+        let i = if is(1, "PREPARE") { 2 } else { 1 };
+        return match (words.len() == i + 1, is(i, "ALL")) {
+            (true, true) => Statement::DeallocateAll,
+            (true, false) => Statement::Deallocate(unquote(words[i])),
+            _ => Statement::Other,
+        };
+    }
+    if is(0, "DISCARD") && words.len() == 2 && is(1, "ALL") {
+        return Statement::DiscardAll;
+    }
+    if is(0, "LISTEN") {
+        return Statement::Listen;
+    }
+    if is(0, "SAVEPOINT") && words.len() == 2 {
+        return Statement::Savepoint(savepoint_name(words[1]));
+    }
+    if is(0, "RELEASE") {
+        let i = if is(1, "SAVEPOINT") { 2 } else { 1 };
+        return match words.get(i) {
+            Some(w) if words.len() == i + 1 => Statement::Release(savepoint_name(w)),
+            _ => Statement::Other,
+        };
+    }
+    if is(0, "ROLLBACK") {
+        let mut i = 1;
+        if is(i, "WORK") || is(i, "TRANSACTION") {
             i += 1;
-            if upper(i) == "SAVEPOINT" {
-                i += 1;
-            }
-            match words.get(i) {
-                Some(w) if words.len() == i + 1 => {
-                    savepoint_name(w).map_or(Statement::Other, Statement::RollbackTo)
-                }
-                _ => Statement::Other,
-            }
         }
-        _ => Statement::Other,
+        if !is(i, "TO") {
+            return Statement::Other;
+        }
+        i += 1;
+        if is(i, "SAVEPOINT") {
+            i += 1;
+        }
+        return match words.get(i) {
+            Some(w) if words.len() == i + 1 => Statement::RollbackTo(savepoint_name(w)),
+            _ => Statement::Other,
+        };
+    }
+    Statement::Other
+}
+
+/// A name as PostgreSQL folds it: unquoted ASCII lower-cased, quoted kept (bytes in the
+/// client's encoding either way).
+fn unquote(word: &[u8]) -> Vec<u8> {
+    match word.strip_prefix(b"\"").and_then(|w| w.strip_suffix(b"\"")) {
+        Some(q) => {
+            let mut out = Vec::with_capacity(q.len());
+            let mut i = 0;
+            while i < q.len() {
+                out.push(q[i]);
+                i += if q[i] == b'"' && q.get(i + 1) == Some(&b'"') {
+                    2
+                } else {
+                    1
+                };
+            }
+            out
+        }
+        None => word.to_ascii_lowercase(),
     }
 }
 
-/// A savepoint name as PostgreSQL folds it: unquoted lower-cased, quoted kept.
-fn savepoint_name(word: &str) -> Option<String> {
-    if let Some(q) = word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
-        return (!q.is_empty()).then(|| q.replace("\"\"", "\""));
-    }
-    ident(word)
+/// A savepoint name as PostgreSQL folds it.
+fn savepoint_name(word: &[u8]) -> Vec<u8> {
+    unquote(word)
 }
 
-/// True if the SQL text calls a function that changes session state invisibly to the
-/// protocol (`set_config`, session-level advisory locks): the server then needs a reset.
-pub(crate) fn has_hidden_session_effects(sql: &str) -> bool {
+/// What a query may do to session state behind the protocol's back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Hidden {
+    /// It may change settings (`set_config`): read them back before the server is released.
+    pub settings: bool,
+    /// It may take session state that cannot follow a client (session-level advisory
+    /// locks): the server needs a reset.
+    pub state: bool,
+}
+
+/// Scans SQL text for functions that change session state invisibly to the protocol.
+pub(crate) fn hidden_effects(sql: &[u8]) -> Hidden {
     // Runs on every query, so anchor on '_' (each needle has one at a known offset; most
     // queries have few) instead of comparing every window against every needle.
-    const NEEDLES: [(&[u8], usize); 3] = [
-        (b"set_config", 3),
-        (b"pg_advisory_lock", 2),
-        (b"pg_try_advisory_lock", 2),
+    const NEEDLES: [(&[u8], usize, bool); 3] = [
+        (b"set_config", 3, true),
+        (b"pg_advisory_lock", 2, false),
+        (b"pg_try_advisory_lock", 2, false),
     ];
-    let hay = sql.as_bytes();
-    hay.iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'_')
-        .any(|(i, _)| {
-            NEEDLES.iter().any(|(needle, underscore)| {
-                i.checked_sub(*underscore)
-                    .and_then(|start| hay.get(start..start + needle.len()))
-                    .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-            })
-        })
-}
-
-fn classify_set(words: &[&str]) -> Statement {
-    let mut i = 1;
-    match words.get(i).map(|w| w.to_ascii_uppercase()).as_deref() {
-        Some("LOCAL") => return Statement::SetLocal,
-        None => return Statement::Other,
-        Some("SESSION") => {
-            i += 1;
-            if words.get(i).is_some_and(|w| {
-                w.eq_ignore_ascii_case("AUTHORIZATION") || w.eq_ignore_ascii_case("CHARACTERISTICS")
-            }) {
-                return Statement::Other;
+    let mut found = Hidden::default();
+    for (i, _) in sql.iter().enumerate().filter(|(_, &b)| b == b'_') {
+        for (needle, underscore, settings) in NEEDLES {
+            let hit = i
+                .checked_sub(underscore)
+                .and_then(|start| sql.get(start..start + needle.len()))
+                .is_some_and(|w| w.eq_ignore_ascii_case(needle));
+            if hit {
+                if settings {
+                    found.settings = true;
+                } else {
+                    found.state = true;
+                }
             }
         }
-        _ => {}
+    }
+    found
+}
+
+fn classify_set(words: &[&[u8]]) -> Statement {
+    let is = |i: usize, k: &str| {
+        words
+            .get(i)
+            .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+    };
+    let mut i = 1;
+    if is(i, "LOCAL") {
+        return Statement::SetLocal;
+    }
+    if is(i, "SESSION") {
+        i += 1;
+        // SET SESSION AUTHORIZATION / CHARACTERISTICS: not one named setting (the
+        // server's CommandComplete "SET" then says settings changed; they are read back).
+        if is(i, "AUTHORIZATION") || is(i, "CHARACTERISTICS") {
+            return Statement::Other;
+        }
     }
     let Some(first) = words.get(i) else {
         return Statement::Other;
     };
-    if first.eq_ignore_ascii_case("TIME")
-        && words
-            .get(i + 1)
-            .is_some_and(|w| w.eq_ignore_ascii_case("ZONE"))
-    {
+    if is(i, "TIME") && is(i + 1, "ZONE") {
         return Statement::Set("timezone".into());
     }
-    if first.eq_ignore_ascii_case("TRANSACTION") {
-        return Statement::Other;
+    if is(i, "TRANSACTION") {
+        // SET TRANSACTION ...: lasts until the transaction ends.
+        return Statement::SetLocal;
+    }
+    if is(i, "NAMES") {
+        return Statement::Set("client_encoding".into());
     }
     // `name=value`, `name = value` and `name TO value` all start with the name.
-    let name_part = first.split('=').next().unwrap_or_default();
+    let name_part = first.split(|&b| b == b'=').next().unwrap_or_default();
     let Some(name) = ident(name_part) else {
         return Statement::Other;
     };
-    let rest: Vec<&str> = words[i + 1..].to_vec();
-    let value_is_default = match (first.contains('='), rest.as_slice()) {
-        (true, [v]) if first.ends_with('=') => v.eq_ignore_ascii_case("DEFAULT"),
-        (true, []) => first
-            .split('=')
-            .nth(1)
-            .is_some_and(|v| v.eq_ignore_ascii_case("DEFAULT")),
-        (false, [op, v]) if op.eq_ignore_ascii_case("TO") || *op == "=" => {
-            v.eq_ignore_ascii_case("DEFAULT")
+    let has_eq = first.contains(&b'=');
+    let after_eq = first.splitn(2, |&b| b == b'=').nth(1);
+    let rest = &words[i + 1..];
+    let value_is_default = match (has_eq, rest) {
+        (true, [v]) if first.ends_with(b"=") => v.eq_ignore_ascii_case(b"DEFAULT"),
+        (true, []) => after_eq.is_some_and(|v| v.eq_ignore_ascii_case(b"DEFAULT")),
+        (false, [op, v]) if op.eq_ignore_ascii_case(b"TO") || *op == b"=" => {
+            v.eq_ignore_ascii_case(b"DEFAULT")
         }
-        (false, [op, v]) if op.starts_with('=') && op.len() > 1 => v.is_empty(),
+        (false, [op, v]) if op.starts_with(b"=") && op.len() > 1 => v.is_empty(),
         (false, []) => return Statement::Other,
         _ => false,
     };
@@ -203,12 +247,12 @@ fn classify_set(words: &[&str]) -> Statement {
 }
 
 /// A plain (unquoted) configuration parameter name, lower-cased; `None` for anything else.
-fn ident(word: &str) -> Option<String> {
+fn ident(word: &[u8]) -> Option<String> {
     let ok = !word.is_empty()
         && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    ok.then(|| word.to_ascii_lowercase())
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.');
+    ok.then(|| String::from_utf8_lossy(word).to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -216,63 +260,85 @@ mod tests {
     use super::*;
     use Statement::*;
 
+    fn h(sql: &str) -> Hidden {
+        hidden_effects(sql.as_bytes())
+    }
+
     #[test]
-    fn hidden_effects() {
-        assert!(has_hidden_session_effects(
-            "SELECT SET_CONFIG('a','b',false)"
-        ));
-        assert!(has_hidden_session_effects("select pg_advisory_lock(1)"));
-        assert!(has_hidden_session_effects(
-            "select pg_try_advisory_lock_shared(1)"
-        ));
-        assert!(!has_hidden_session_effects(
-            "select pg_advisory_xact_lock(1)"
-        ));
-        assert!(!has_hidden_session_effects("select 1"));
-        assert!(!has_hidden_session_effects("select set_conf, x_y from a_b"));
-        assert!(has_hidden_session_effects("_set_config"));
-        assert!(!has_hidden_session_effects("_"));
+    fn hidden_effects_are_split_by_kind() {
+        let settings = Hidden {
+            settings: true,
+            state: false,
+        };
+        let state = Hidden {
+            settings: false,
+            state: true,
+        };
+        assert_eq!(h("SELECT SET_CONFIG('a','b',false)"), settings);
+        assert_eq!(h("select pg_advisory_lock(1)"), state);
+        assert_eq!(h("select pg_try_advisory_lock_shared(1)"), state);
+        assert_eq!(h("select pg_advisory_xact_lock(1)"), Hidden::default());
+        assert_eq!(h("select 1"), Hidden::default());
+        assert_eq!(h("select set_conf, x_y from a_b"), Hidden::default());
+        assert_eq!(h("_set_config"), settings);
+        assert_eq!(h("_"), Hidden::default());
+        assert_eq!(
+            hidden_effects(b"select '\xa4', set_config('a', '\xe9', false)"),
+            settings
+        );
     }
 
     #[test]
     fn classifies() {
-        let cases = [
-            ("SET search_path TO a, b", Set("search_path".into())),
-            ("set TimeZone = 'UTC';", Set("timezone".into())),
+        let cases: [(&[u8], Statement); 33] = [
+            (b"SET search_path TO a, b", Set("search_path".into())),
+            (b"set TimeZone = 'UTC';", Set("timezone".into())),
             (
-                "SET statement_timeout=5000",
+                b"SET statement_timeout=5000",
                 Set("statement_timeout".into()),
             ),
-            ("SET SESSION work_mem TO '8MB'", Set("work_mem".into())),
-            ("SET TIME ZONE 'Europe/Paris'", Set("timezone".into())),
+            (b"SET SESSION work_mem TO '8MB'", Set("work_mem".into())),
+            (b"SET TIME ZONE 'Europe/Paris'", Set("timezone".into())),
             (
-                "SET application_name TO DEFAULT",
+                b"SET application_name TO DEFAULT",
                 Reset("application_name".into()),
             ),
-            ("SET LOCAL work_mem = '1MB'", SetLocal),
-            ("SET SESSION AUTHORIZATION bob", Other),
-            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Other),
-            ("RESET work_mem", Reset("work_mem".into())),
-            ("reset all", ResetAll),
-            ("DEALLOCATE s1", Deallocate("s1".into())),
-            ("DEALLOCATE PREPARE ALL", DeallocateAll),
-            ("deallocate all;", DeallocateAll),
-            ("DISCARD ALL", DiscardAll),
-            ("LISTEN chan", Listen),
-            ("SET a = 1; SELECT 1", Other),
-            ("SELECT 1", Other),
-            ("", Other),
-            ("SET", Other),
-            ("SAVEPOINT s1", Savepoint("s1".into())),
-            ("savepoint \"Ab\"", Savepoint("Ab".into())),
-            ("ROLLBACK TO SAVEPOINT s1", RollbackTo("s1".into())),
-            ("rollback work to S1", RollbackTo("s1".into())),
-            ("ROLLBACK", Other),
-            ("RELEASE SAVEPOINT s1", Release("s1".into())),
-            ("release s1;", Release("s1".into())),
+            (b"SET LOCAL work_mem = '1MB'", SetLocal),
+            (b"SET SESSION AUTHORIZATION bob", Other),
+            (
+                b"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                Other,
+            ),
+            (b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", SetLocal),
+            (b"SET NAMES 'LATIN1'", Set("client_encoding".into())),
+            (
+                b"SET application_name = 'caf\xe9'",
+                Set("application_name".into()),
+            ),
+            (b"RESET work_mem", Reset("work_mem".into())),
+            (b"reset all", ResetAll),
+            (b"DEALLOCATE s1", Deallocate(b"s1".to_vec())),
+            (b"DEALLOCATE \"S\xe91\"", Deallocate(b"S\xe91".to_vec())),
+            (b"DEALLOCATE PREPARE ALL", DeallocateAll),
+            (b"deallocate all;", DeallocateAll),
+            (b"DISCARD ALL", DiscardAll),
+            (b"LISTEN chan", Listen),
+            (b"SET a = 1; SELECT 1", Other),
+            (b"SELECT 1", Other),
+            (b"select '\xa4'", Other),
+            (b"", Other),
+            (b"SET", Other),
+            (b"SAVEPOINT s1", Savepoint(b"s1".to_vec())),
+            (b"savepoint \"Ab\"", Savepoint(b"Ab".to_vec())),
+            (b"ROLLBACK TO SAVEPOINT s1", RollbackTo(b"s1".to_vec())),
+            (b"rollback work to S1", RollbackTo(b"s1".to_vec())),
+            (b"ROLLBACK", Other),
+            (b"RELEASE SAVEPOINT s1", Release(b"s1".to_vec())),
+            (b"release s1;", Release(b"s1".to_vec())),
+            (b"savepoint \"a\"\"b\"", Savepoint(b"a\"b".to_vec())),
         ];
         for (sql, want) in cases {
-            assert_eq!(classify(sql), want, "{sql}");
+            assert_eq!(classify(sql), want, "{}", String::from_utf8_lossy(sql));
         }
     }
 }
