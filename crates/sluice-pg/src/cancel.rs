@@ -1,6 +1,12 @@
-//! CancelRequest routing. Every client gets a BackendKeyData that Sluice owns; the registry
-//! maps it to the upstream backend the client is using right now (if any), so a cancel
-//! reaches exactly that server and a cancel for an idle client does nothing.
+//! CancelRequest routing. Every client gets a BackendKeyData whose secret Sluice owns; the
+//! registry maps it to the upstream backend the client is using right now (if any), so a
+//! cancel reaches exactly that server and a cancel for an idle client does nothing.
+//!
+//! In transaction mode the process id is Sluice's own too. In session mode a client owns one
+//! server for its whole life, so its process id is that server's real one (what
+//! `pg_backend_pid()` and a NOTIFY's sender pid say), with a secret of Sluice's: a cancel
+//! still comes through Sluice and cannot be forged from the pid alone. Keys are (pid,
+//! secret) pairs, since real pids of different upstreams may coincide.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +62,7 @@ impl CancelSlot {
 /// All live client keys.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    clients: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+    clients: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
 }
 
 /// Removes a client's key from the registry when the client goes away.
@@ -73,13 +79,17 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.clients.lock().remove(&self.pid);
+        self.registry
+            .clients
+            .lock()
+            .remove(&(self.pid, self.secret));
     }
 }
 
 impl CancelRegistry {
-    /// Allocates a fresh, unused (pid, secret) pair for a new client.
-    pub fn register(self: &Arc<Self>, info: ClientInfo) -> Registration {
+    /// Allocates a fresh, unused (pid, secret) pair for a new client: with the given process
+    /// id (a session-mode client's server's real one), else a random one.
+    pub fn register(self: &Arc<Self>, info: ClientInfo, pid: Option<i32>) -> Registration {
         let mut rng = rand::thread_rng();
         let slot = Arc::new(CancelSlot {
             current: Mutex::new(None),
@@ -87,12 +97,12 @@ impl CancelRegistry {
         });
         let mut clients = self.clients.lock();
         loop {
-            let pid = rng.gen_range(1..i32::MAX);
-            if clients.contains_key(&pid) {
+            let pid = pid.unwrap_or_else(|| rng.gen_range(1..i32::MAX));
+            let secret = rng.gen();
+            if clients.contains_key(&(pid, secret)) {
                 continue;
             }
-            let secret = rng.gen();
-            clients.insert(pid, (secret, slot.clone()));
+            clients.insert((pid, secret), slot.clone());
             return Registration {
                 registry: self.clone(),
                 pid,
@@ -107,7 +117,7 @@ impl CancelRegistry {
         let clients = self.clients.lock();
         clients
             .iter()
-            .map(|(pid, (_, slot))| ClientRow {
+            .map(|((pid, _), slot)| ClientRow {
                 pid: *pid,
                 info: slot.info.clone(),
                 server_pid: slot.current.lock().as_ref().map(|k| k.pid),
@@ -121,9 +131,9 @@ impl CancelRegistry {
     pub async fn cancel(&self, pid: i32, secret: i32) {
         let target = {
             let clients = self.clients.lock();
-            match clients.get(&pid) {
-                Some((s, slot)) if *s == secret => slot.current.lock().clone(),
-                _ => {
+            match clients.get(&(pid, secret)) {
+                Some(slot) => slot.current.lock().clone(),
+                None => {
                     tracing::debug!(pid, "cancel request with unknown key ignored");
                     return;
                 }
@@ -148,5 +158,40 @@ pub async fn send_cancel(key: &CancelKey) {
     match result.await {
         Ok(()) => tracing::info!(server_pid = key.pid, "sent cancel request to server"),
         Err(e) => tracing::warn!(server_pid = key.pid, error = %e, "could not send cancel request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pid: i32) -> CancelKey {
+        CancelKey {
+            host: "127.0.0.1".into(),
+            port: 1,
+            pid,
+            secret: 7,
+        }
+    }
+
+    #[test]
+    fn keys_are_pid_and_secret_pairs() {
+        let registry = Arc::new(CancelRegistry::default());
+        let a = registry.register(ClientInfo::default(), Some(42));
+        let b = registry.register(ClientInfo::default(), Some(42));
+        assert_eq!(
+            (a.pid, b.pid),
+            (42, 42),
+            "a session client's real server pid"
+        );
+        assert_ne!(a.secret, b.secret);
+        a.slot.set(Some(key(42)));
+        let c = registry.register(ClientInfo::default(), None);
+        assert!(c.pid > 0);
+        let rows = registry.list();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.iter().filter(|r| r.server_pid == Some(42)).count(), 1);
+        drop(a);
+        assert_eq!(registry.list().len(), 2, "only the dropped pair is gone");
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct LoggedIn<'a> {
     pub(crate) state: ClientState,
     pub(crate) who: Arc<ClientMeta>,
     pub(crate) count: ClientCount<'a>,
+    /// Session mode: the server this client owns for its whole life.
+    pub(crate) server: Option<crate::pool::PooledConn>,
 }
 
 async fn run(
@@ -169,10 +171,25 @@ async fn login<'a>(
             .unwrap_or_default()
             .to_owned(),
     });
-    let server_params = Box::pin(pool.server_params(&who))
-        .await
-        .map_err(SessionError::Pool)?;
-    let registration = ctx.cancel.register(crate::cancel::ClientInfo {
+    // Session mode: the client owns one server from now on, and learns its real backend
+    // pid (and the parameters that very server reported).
+    let server = if pool.settings().mode == sluice_config::PoolMode::Session {
+        Some(match pool.try_checkout(&who) {
+            Some(server) => server,
+            None => Box::pin(pool.checkout(&who))
+                .await
+                .map_err(SessionError::Pool)?,
+        })
+    } else {
+        None
+    };
+    let server_params = match &server {
+        Some(server) => server.params.clone(),
+        None => Box::pin(pool.server_params(&who))
+            .await
+            .map_err(SessionError::Pool)?,
+    };
+    let info = crate::cancel::ClientInfo {
         user: ctx.intern_name(&user),
         database: ctx.intern_name(&dbname),
         who: Some(who.clone()),
@@ -180,7 +197,10 @@ async fn login<'a>(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default(),
-    });
+    };
+    let registration = ctx
+        .cancel
+        .register(info, server.as_ref().map(|s| s.cancel.pid));
     backend::auth_ok(&mut out);
     let mut state = ClientState::from_startup(&params.params);
     ctx.intern_startup(&mut state);
@@ -197,6 +217,7 @@ async fn login<'a>(
         state,
         who,
         count: count_guard,
+        server,
     };
     Ok(Some(relay::Relay::new(client, logged_in, ctx)))
 }

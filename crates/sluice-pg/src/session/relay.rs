@@ -85,6 +85,7 @@ impl<'a> Relay<'a> {
             state,
             who,
             count,
+            server,
         } = logged_in;
         let pg = &ctx.config.postgres;
         let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
@@ -93,7 +94,11 @@ impl<'a> Relay<'a> {
             client_idle: nonzero(pg.client_idle_timeout),
             idle_transaction: nonzero(pg.idle_transaction_timeout),
         };
-        let gauge = ctx.stats.clients().track(sluice_stats::ClientState::Idle);
+        let gauge = ctx.stats.clients().track(match server {
+            Some(_) => sluice_stats::ClientState::Active,
+            None => sluice_stats::ClientState::Idle,
+        });
+
         let settings = pool.settings();
         let transaction = settings.mode == PoolMode::Transaction;
         let features = Features {
@@ -102,14 +107,19 @@ impl<'a> Relay<'a> {
             cache_size: settings.max_prepared_statements,
             refuse_listen: transaction,
         };
+        let mut exchange = Exchange::new(features);
+        if let Some(server) = &server {
+            registration.slot.set(Some(server.cancel.clone()));
+            exchange.on_checkout();
+        }
         Self {
             client,
             pool,
             mode: settings.mode,
             registration,
             _count: count,
-            server: None,
-            exchange: Exchange::new(features),
+            server,
+            exchange,
             state,
             skip_until_sync: false,
             to_server: BytesMut::new(),
