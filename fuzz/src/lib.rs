@@ -202,22 +202,22 @@ pub fn check_body(body: &[u8]) {
         assert!(q.len() < p.rest.len(), "query text longer than the body");
         // Renaming (what the relay does for mapped statements) keeps the rest verbatim.
         let mut out = BytesMut::new();
-        write_parse(&mut out, "sluice_42", p.rest);
+        write_parse(&mut out, b"sluice_42", p.rest);
         assert_eq!(frame_len(&out, MAX_FRAME_LEN), Ok(Some(out.len())));
         let again = Parse::decode(&out[5..]).unwrap();
         assert_eq!(
             (again.name, again.rest, again.query()),
-            ("sluice_42", p.rest, q)
+            (&b"sluice_42"[..], p.rest, q)
         );
     }
     if let Ok(b) = Bind::decode(body) {
         let mut out = BytesMut::new();
-        b.write_renamed(&mut out, "sluice_7");
+        b.write_renamed(&mut out, b"sluice_7");
         assert_eq!(frame_len(&out, MAX_FRAME_LEN), Ok(Some(out.len())));
         let again = Bind::decode(&out[5..]).unwrap();
         assert_eq!(
             (again.portal, again.statement, again.rest),
-            (b.portal, "sluice_7", b.rest)
+            (b.portal, &b"sluice_7"[..], b.rest)
         );
     }
     if let Ok(t) = Target::decode(body) {
