@@ -6,6 +6,8 @@
   in setting values, and after the client moved to another server;
 * settings however they are changed (set_config(), SET SESSION CHARACTERISTICS, a SET inside
   a multi-statement string or a function) follow the client and never leak to another one;
+* ParameterStatus at login in PostgreSQL's own form (`euc-jp` is reported `EUC_JP`), and a
+  startup value PostgreSQL refuses fails the login with its SQLSTATE;
 * backend pid (session mode): BackendKeyData, pg_backend_pid() and a NOTIFY's sender pid
   agree; pg_terminate_backend() of that pid ends the connection with the server's error;
   cancel still works.
@@ -226,7 +228,35 @@ def backend_pid():
         check("terminating one's own backend raises", raised is not None, True)
 
 
+def reported_parameters():
+    """ParameterStatus at login says what PostgreSQL says, not what the client sent."""
+    for _ in range(2):  # the second login is answered from Sluice's cache
+        with psycopg.connect(
+            URL,
+            autocommit=True,
+            client_encoding="euc-jp",
+            options="-c DateStyle=iso -c TimeZone=europe/rome -c IntervalStyle=SQL_standard",
+        ) as conn:
+            got = [
+                conn.info.parameter_status(k)
+                for k in ("client_encoding", "DateStyle", "TimeZone", "IntervalStyle")
+            ]
+            check(
+                "reported startup parameters",
+                got,
+                ["EUC_JP", "ISO, MDY", "Europe/Rome", "sql_standard"],
+            )
+            check("driver's time zone", str(conn.info.timezone), "Europe/Rome")
+    err = None
+    try:
+        psycopg.connect(URL, options="-c TimeZone=nowhere/bogus").close()
+    except psycopg.OperationalError as e:
+        err = 'FATAL:  invalid value for parameter "TimeZone": "nowhere/bogus"' in str(e)
+    check("a startup value PostgreSQL refuses fails the login with its error", err, True)
+
+
 def main():
+    reported_parameters()
     encodings()
     settings()
     if MODE == "session":

@@ -188,7 +188,13 @@ struct Inner {
     params: Mutex<Option<ServerParams>>,
     /// Prepared statements shared by this pool's clients.
     statements: StatementRegistry,
+    /// Startup setting (name, value as a client sent it) → the value the server reports
+    /// for it (`euc-jp` → `EUC_JP`), so a client is told at login what PostgreSQL would say.
+    reported: Mutex<HashMap<(String, Vec<u8>), Vec<u8>>>,
 }
+
+/// Most distinct startup values whose reported form a pool remembers.
+const REPORTED_CACHE_CAP: usize = 1024;
 
 /// A handle to one pool; clones share it.
 #[derive(Clone)]
@@ -218,6 +224,7 @@ impl Pool {
                 state: Mutex::new(State::default()),
                 params: Mutex::new(None),
                 statements: StatementRegistry::default(),
+                reported: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -581,6 +588,25 @@ impl Pool {
         let params = conn.params.clone();
         conn.checkin();
         Ok(params)
+    }
+
+    /// The reported form of a startup setting, if a server already told this pool.
+    pub fn reported_value(&self, name: &str, value: &[u8]) -> Option<Vec<u8>> {
+        self.inner
+            .reported
+            .lock()
+            .get(&(name.to_owned(), value.to_vec()))
+            .cloned()
+    }
+
+    /// Remembers the reported form of a startup setting (a bounded cache: when full, it
+    /// starts over, which costs one more lookup per distinct value).
+    pub fn remember_reported(&self, name: &str, value: &[u8], reported: Vec<u8>) {
+        let mut cache = self.inner.reported.lock();
+        if cache.len() >= REPORTED_CACHE_CAP {
+            cache.clear();
+        }
+        cache.insert((name.to_owned(), value.to_vec()), reported);
     }
 
     /// Returns a connection (or a slot) that a timed-out waiter received too late.

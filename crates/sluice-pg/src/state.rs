@@ -230,11 +230,17 @@ AND name NOT IN ('transaction_isolation', 'transaction_read_only', 'transaction_
 /// Appends `pg_catalog.set_config('name', <value>, false)`; `name` is a checked
 /// [`setting_name`].
 fn set_config(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    set_config_call(out, name, value, false);
+}
+
+/// Appends `pg_catalog.set_config('name', <value>, <is_local>)`; `name` is a checked
+/// [`setting_name`], `value` any bytes (dollar-quoted).
+pub(crate) fn set_config_call(out: &mut Vec<u8>, name: &str, value: &[u8], local: bool) {
     out.extend_from_slice(b"pg_catalog.set_config('");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"', ");
     dollar_quote(out, value);
-    out.extend_from_slice(b", false)");
+    out.extend_from_slice(if local { b", true)" } else { b", false)" });
 }
 
 /// Appends `value` as a dollar-quoted literal: the first occurrence of the tag after the

@@ -293,6 +293,40 @@ impl ServerConn {
         self.drain_until_ready().await
     }
 
+    /// Runs a simple query (bytes in this connection's client encoding) and returns the
+    /// columns of its first row (`None` if it returned no row). An ErrorResponse is
+    /// returned as [`UpstreamError::Server`] once ReadyForQuery has arrived.
+    pub async fn query_first_row(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError> {
+        let mut out = BytesMut::new();
+        crate::protocol::messages::write_query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let (mut row, mut err) = (None, None);
+        loop {
+            match read_message(&mut self.stream, &mut self.buf).await? {
+                Message::ReadyForQuery(_) => {
+                    return match err {
+                        Some(e) => Err(e),
+                        None => Ok(row),
+                    }
+                }
+                Message::DataRow(body) if row.is_none() => {
+                    let data = body.buffer();
+                    let mut columns = Vec::new();
+                    let mut ranges = body.ranges();
+                    while let Some(r) = ranges.next().map_err(proto)? {
+                        columns.push(r.map(|r| data[r].to_vec()));
+                    }
+                    row = Some(columns);
+                }
+                Message::ErrorResponse(body) => err = Some(server_error(body.fields())),
+                _ => {}
+            }
+        }
+    }
+
     /// Reads and discards messages until a ReadyForQuery; returns its status. An
     /// ErrorResponse along the way is returned as an error (after reaching ReadyForQuery).
     pub async fn drain_until_ready(&mut self) -> Result<u8, UpstreamError> {

@@ -37,6 +37,15 @@ pub enum SessionError {
     /// The server connection broke while the client was using it.
     #[error("server connection lost: {0}")]
     ServerLost(#[from] UpstreamError),
+    /// PostgreSQL refused a setting of the client's startup packet (as its own startup
+    /// would: `FATAL: invalid value for parameter ...`).
+    #[error("startup setting refused by the server: {code} {message}")]
+    BadStartupSetting {
+        /// The server's SQLSTATE.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
     /// Sluice is shutting down.
     #[error("shutting down")]
     Shutdown,
@@ -106,6 +115,16 @@ impl SessionError {
                 (Fatal, code, msg)
             }
             SessionError::ServerLost(e) => (Fatal, "08006", format!("server connection lost: {e}")),
+            SessionError::BadStartupSetting { code, message } => {
+                // The SQLSTATEs set_config() raises; the field must be 'static here.
+                let code = match code.as_str() {
+                    "42704" => "42704",
+                    "42501" => "42501",
+                    "55P02" => "55P02",
+                    _ => "22023",
+                };
+                (Fatal, code, message.clone())
+            }
             SessionError::TlsRequired => (
                 Fatal,
                 "28000",

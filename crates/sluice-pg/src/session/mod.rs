@@ -9,6 +9,7 @@ mod error;
 mod exchange;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+mod greeting;
 mod io;
 mod relay;
 mod sql;
@@ -173,7 +174,7 @@ async fn login<'a>(
     });
     // Session mode: the client owns one server from now on, and learns its real backend
     // pid (and the parameters that very server reported).
-    let server = if pool.settings().mode == sluice_config::PoolMode::Session {
+    let mut server = if pool.settings().mode == sluice_config::PoolMode::Session {
         Some(match pool.try_checkout(&who) {
             Some(server) => server,
             None => Box::pin(pool.checkout(&who))
@@ -201,11 +202,22 @@ async fn login<'a>(
     let registration = ctx
         .cancel
         .register(info, server.as_ref().map(|s| s.cancel.pid));
-    backend::auth_ok(&mut out);
     let mut state = ClientState::from_startup(&params.params);
     ctx.intern_startup(&mut state);
+    let reported = Box::pin(greeting::reported_values(
+        pool,
+        &who,
+        server.as_mut(),
+        &state,
+        &server_params,
+    ))
+    .await?;
+    backend::auth_ok(&mut out);
     for (name, value) in server_params.iter() {
-        let value = state.setting(name).unwrap_or(value.as_bytes());
+        let value = reported
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(value.as_bytes(), |(_, v)| v.as_slice());
         backend::parameter_status(&mut out, name, value);
     }
     backend::backend_key_data(&mut out, registration.pid, registration.secret);

@@ -1,0 +1,130 @@
+//! What a client is told at login besides AuthenticationOk: the ParameterStatus values a
+//! direct connection would report. A startup setting the client sent
+//! (`client_encoding=euc-jp`, `DateStyle=iso`, `TimeZone=europe/rome`) is reported in
+//! PostgreSQL's own form (`EUC_JP`, `ISO, MDY`, `Europe/Rome`): drivers read these values
+//! (psycopg derives its time zone from `TimeZone`, pgJDBC checks `DateStyle`). The form is
+//! learnt once per distinct value from a server of the pool, with `set_config(name, value,
+//! true)` in a transaction that is rolled back; a value PostgreSQL refuses fails the login
+//! with PostgreSQL's own error, as its startup does.
+
+use std::sync::Arc;
+
+use super::SessionError;
+use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::state::{set_config_call, ClientState};
+use crate::upstream::{ServerParams, UpstreamError};
+
+/// The reported value of every parameter in `params` that the client set at startup
+/// (parameter name as the server spells it, value). `held` is the session-mode client's own
+/// server; otherwise a server is checked out briefly when a value is not known yet.
+pub(crate) async fn reported_values(
+    pool: &Pool,
+    who: &Arc<ClientMeta>,
+    held: Option<&mut PooledConn>,
+    state: &ClientState,
+    params: &ServerParams,
+) -> Result<Vec<(String, Vec<u8>)>, SessionError> {
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for (name, default) in params.iter() {
+        let lower = name.to_ascii_lowercase();
+        let Some(value) = state.startup.get(&lower) else {
+            continue;
+        };
+        if value.as_slice() == default.as_bytes() {
+            known.push((name.clone(), value.clone()));
+            continue;
+        }
+        if lower == "application_name" {
+            // Every client may have its own: no server round trip for it.
+            known.push((name.clone(), clean_ascii(value)));
+            continue;
+        }
+        match pool.reported_value(&lower, value) {
+            Some(reported) => known.push((name.clone(), reported)),
+            None => unknown.push((name.clone(), lower, value.clone())),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(known);
+    }
+    let mut sql = b"BEGIN;SELECT ".to_vec();
+    for (i, (_, lower, value)) in unknown.iter().enumerate() {
+        if i > 0 {
+            sql.extend_from_slice(b", ");
+        }
+        set_config_call(&mut sql, lower, value, true);
+    }
+    let row = match held {
+        Some(server) => try_values(server, &sql).await,
+        None => {
+            let mut server = match pool.try_checkout(who) {
+                Some(server) => server,
+                None => Box::pin(pool.checkout(who))
+                    .await
+                    .map_err(SessionError::Pool)?,
+            };
+            let row = try_values(&mut server, &sql).await;
+            // A connection that failed otherwise than with a server error is dropped.
+            if matches!(row, Ok(_) | Err(UpstreamError::Server { .. })) {
+                server.checkin();
+            }
+            row
+        }
+    };
+    let columns = match row {
+        Ok(Some(columns)) if columns.len() == unknown.len() => columns,
+        Ok(_) => {
+            return Err(SessionError::ServerLost(UpstreamError::Protocol(
+                "set_config returned no row".into(),
+            )))
+        }
+        Err(UpstreamError::Server { code, message }) => {
+            return Err(SessionError::BadStartupSetting { code, message })
+        }
+        Err(e) => return Err(SessionError::ServerLost(e)),
+    };
+    for ((name, lower, value), reported) in unknown.into_iter().zip(columns) {
+        let reported = reported.unwrap_or_default();
+        pool.remember_reported(&lower, &value, reported.clone());
+        known.push((name, reported));
+    }
+    Ok(known)
+}
+
+/// Runs the `BEGIN; SELECT set_config(...)` query, then `ROLLBACK` in a message of its own
+/// (an error in a multi-statement query skips the rest of it), so the server is idle and
+/// unchanged afterwards whether or not a value was refused.
+async fn try_values(
+    server: &mut PooledConn,
+    sql: &[u8],
+) -> Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError> {
+    let row = server.query_first_row(sql).await;
+    if let Err(e @ (UpstreamError::Io(_) | UpstreamError::Closed | UpstreamError::Protocol(_))) =
+        row
+    {
+        return Err(e);
+    }
+    match server.run_simple("ROLLBACK").await {
+        Ok(b'I') => row,
+        Ok(_) => Err(UpstreamError::Protocol("not idle after ROLLBACK".into())),
+        Err(e) => Err(UpstreamError::Protocol(format!("ROLLBACK failed: {e}"))),
+    }
+}
+
+/// `application_name` as PostgreSQL 15 stores it: bytes outside printable ASCII become `?`.
+fn clean_ascii(value: &[u8]) -> Vec<u8> {
+    value
+        .iter()
+        .map(|&b| if (32..127).contains(&b) { b } else { b'?' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn application_name_is_cleaned_as_postgresql_does() {
+        assert_eq!(super::clean_ascii("café\x01".as_bytes()), b"caf???");
+        assert_eq!(super::clean_ascii(b"web-1"), b"web-1");
+    }
+}
