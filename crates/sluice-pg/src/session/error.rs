@@ -16,6 +16,9 @@ pub enum SessionError {
     /// The client broke the protocol.
     #[error("client protocol violation: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The first packet's length is not a startup packet's: closed without an answer.
+    #[error("invalid length of startup packet: {0}")]
+    BadStartupPacket(ProtocolError),
     /// The StartupMessage named no user.
     #[error("no user name in startup packet")]
     MissingUser,
@@ -89,7 +92,7 @@ impl SessionError {
     pub fn to_error_response(&self) -> Option<(Severity, &'static str, String)> {
         use Severity::Fatal;
         Some(match self {
-            SessionError::Io(_) => return None,
+            SessionError::Io(_) | SessionError::BadStartupPacket(_) => return None,
             SessionError::Protocol(e) => (Fatal, "08P01", format!("invalid frontend message: {e}")),
             SessionError::MissingUser => (
                 Fatal,

@@ -103,7 +103,12 @@ impl ClientIo {
     /// Reads one untagged startup packet; `None` if the client closed first.
     pub(crate) async fn read_startup(&mut self) -> Result<Option<Bytes>, SessionError> {
         loop {
-            if let Some(len) = startup_len(&self.buf)? {
+            // A bad startup length is not answered, as PostgreSQL does not ("invalid length
+            // of startup packet" goes to its log only): node-postgres, for one, writes a
+            // Terminate before the StartupMessage when a client ends in the tick it
+            // connected, and expects the socket to just close.
+            let len = startup_len(&self.buf).map_err(SessionError::BadStartupPacket)?;
+            if let Some(len) = len {
                 return Ok(Some(self.buf.split_to(len).freeze()));
             }
             if !self.fill().await? {
