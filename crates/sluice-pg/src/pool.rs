@@ -190,8 +190,11 @@ struct Inner {
     statements: StatementRegistry,
     /// Startup setting (name, value as a client sent it) → the value the server reports
     /// for it (`euc-jp` → `EUC_JP`), so a client is told at login what PostgreSQL would say.
-    reported: Mutex<HashMap<(String, Vec<u8>), Vec<u8>>>,
+    reported: Mutex<HashMap<StartupValue, Vec<u8>>>,
 }
+
+/// A startup setting as a client sent it: (lower-case name, value).
+type StartupValue = (String, Vec<u8>);
 
 /// Most distinct startup values whose reported form a pool remembers.
 const REPORTED_CACHE_CAP: usize = 1024;
