@@ -218,14 +218,7 @@ def backend_pid():
             raised = type(e).__name__
         check("the query after pg_terminate_backend raises", raised is not None, True)
         check("and the connection is closed", conn.closed or conn.broken, True)
-    with connect() as conn:
-        raised = None
-        try:
-            conn.execute("select pg_terminate_backend(pg_backend_pid())")
-            conn.execute("select 1")
-        except psycopg.OperationalError as e:
-            raised = type(e).__name__
-        check("terminating one's own backend raises", raised is not None, True)
+    terminate_own_backend()
 
 
 def reported_parameters():
@@ -255,6 +248,20 @@ def reported_parameters():
     check("a startup value PostgreSQL refuses fails the login with its error", err, True)
 
 
+def terminate_own_backend():
+    """pg_terminate_backend(pg_backend_pid()): the server's error reaches the client, whose
+    connection then ends."""
+    with connect() as conn:
+        raised = None
+        try:
+            conn.execute("select pg_terminate_backend(pg_backend_pid())")
+            conn.execute("select 1")
+        except psycopg.OperationalError as e:
+            raised = type(e).__name__
+        check("terminating one's own backend raises", raised is not None, True)
+        check("and the connection is closed", conn.closed or conn.broken, True)
+
+
 def main():
     reported_parameters()
     encodings()
@@ -262,14 +269,7 @@ def main():
     if MODE == "session":
         backend_pid()
     else:
-        with connect() as conn:
-            raised = None
-            try:
-                conn.execute("select pg_terminate_backend(pg_backend_pid())")
-                conn.execute("select 1")
-            except psycopg.OperationalError as e:
-                raised = type(e).__name__
-            check("terminating the backend raises", raised is not None, True)
+        terminate_own_backend()
         with connect() as conn:
             check("a new client works afterwards", scalar(conn, "select 1"), 1)
     if FAILED:

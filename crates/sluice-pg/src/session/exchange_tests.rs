@@ -49,20 +49,11 @@ impl Fixture {
         (frames(&to_server), frames(&to_client))
     }
 
-    /// Feeds server bytes; returns frames to the client.
+    /// Feeds server bytes; returns frames to the client (and checks Sluice injected none).
     fn server(&mut self, bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let mut io = Io {
-            client: &mut self.client,
-            server: &mut self.server,
-            registry: &self.registry,
-            to_server: &mut to_server,
-            to_client: &mut to_client,
-        };
-        let n = self.ex.on_server(bytes, &mut io).unwrap();
-        assert_eq!(n, bytes.len());
-        assert!(to_server.is_empty());
-        frames(&to_client)
+        let (to_client, injected) = self.server_injecting(bytes);
+        assert!(injected.is_empty());
+        to_client
     }
 
     /// Feeds server bytes; returns (frames to the client, frames Sluice injected).

@@ -245,20 +245,31 @@ impl<'a> Relay<'a> {
         let result = self.exchange.on_client(&self.client.buf[..len], &mut io);
         self.client.buf.advance(len);
         result?;
-        if !self.to_server.is_empty() {
-            self.pool
-                .counters()
-                .add_bytes_in(self.to_server.len() as u64);
-            let sent = server.stream.write_all(&self.to_server).await;
-            self.to_server.clear();
-            if let Err(e) = sent {
-                self.server = None;
-                self.registration.slot.set(None);
-                return Err(SessionError::ServerLost(e.into()));
-            }
-        }
+        self.send_to_server().await?;
         self.count();
         self.flush_client().await
+    }
+
+    /// Writes what the exchange produced for the server (the client's frames, or a query
+    /// of Sluice's own); a failed write loses the server.
+    async fn send_to_server(&mut self) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if self.to_server.is_empty() {
+            return Ok(());
+        }
+        self.pool
+            .counters()
+            .add_bytes_in(self.to_server.len() as u64);
+        let sent = server.stream.write_all(&self.to_server).await;
+        self.to_server.clear();
+        if let Err(e) = sent {
+            self.server = None;
+            self.registration.slot.set(None);
+            return Err(SessionError::ServerLost(e.into()));
+        }
+        Ok(())
     }
 
     /// Moves the exchange's query and transaction counts into the pool's counters.
@@ -364,16 +375,8 @@ impl<'a> Relay<'a> {
             }
         };
         server.buf.advance(consumed);
-        if !self.to_server.is_empty() {
-            // The exchange injected a query of its own (the read-back of settings).
-            let sent = server.stream.write_all(&self.to_server).await;
-            self.to_server.clear();
-            if let Err(e) = sent {
-                self.server = None;
-                self.registration.slot.set(None);
-                return Err(SessionError::ServerLost(e.into()));
-            }
-        }
+        // The exchange may have injected a query of its own (the read-back of settings).
+        self.send_to_server().await?;
         self.count();
         self.flush_client().await?;
         if self.mode == PoolMode::Transaction && self.exchange.idle() {
