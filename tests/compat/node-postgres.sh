@@ -51,7 +51,6 @@
 # tests (vitest + wrangler, no server involved).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 TARGETS="${TARGETS:-direct session transaction}"
 FILE_TIMEOUT="${FILE_TIMEOUT:-90}"
 POOL_SIZE="${POOL_SIZE:-10}"
@@ -66,11 +65,8 @@ SCRAM_PASS=test4scram
 SCRAM_UNICODE_USER=scram_unicode_test
 SCRAM_UNICODE_PASS=$'IX-\u2168'
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-log() { printf '[node-postgres-compat] %s\n' "$*" >&2; }
+COMPAT_NAME=node-postgres
+. "$(dirname "$0")/common.sh"
 
 if [ -z "$NODE_PG_SRC" ]; then
     cat >&2 <<'EOF'
@@ -84,63 +80,16 @@ EOF
 fi
 
 # --- prerequisites ----------------------------------------------------------------------
-PGBIN=/usr/lib/postgresql/15/bin
 need_apt=()
-[ -x "$PGBIN/initdb" ] || need_apt+=(postgresql-15 postgresql-client-15)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
-command -v setpriv >/dev/null || need_apt+=(util-linux)
 command -v timeout >/dev/null || need_apt+=(coreutils)
 command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ! -d "$NODE_PG_SRC/packages/pg" ]; then command -v git >/dev/null || need_apt+=(git); fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-    log "installing ${need_apt[*]}"
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${need_apt[@]}"
-fi
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
-    $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
-fi
-if ! id postgres >/dev/null 2>&1; then
-    $SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
-fi
+compat_prereqs "${need_apt[@]}"
 
 # --- temp dir and cleanup ---------------------------------------------------------------
-WORK="$(mktemp -d /tmp/sluice-node-postgres-compat.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-PGDATA_DIR=""
-as_postgres() {
-    if [ "$(id -u)" -eq 0 ]; then
-        # setpriv keeps the open-files limit (runuser would reset it).
-        setpriv --reuid=postgres --regid=postgres --init-groups "$@"
-    else
-        "$@"
-    fi
-}
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null
-    done
-    if [ -n "$PGDATA_DIR" ] && [ -f "$PGDATA_DIR/postmaster.pid" ]; then
-        as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m immediate >/dev/null 2>&1
-    fi
-    if [ -n "${NODE_PG_COMPAT_OUT:-}" ]; then
-        mkdir -p "$NODE_PG_COMPAT_OUT"
-        cp -rf "$WORK"/out/. "$NODE_PG_COMPAT_OUT"/ 2>/dev/null
-        cp -f "$WORK"/pg/postgres.log "$NODE_PG_COMPAT_OUT"/ 2>/dev/null
-        log "results kept in $NODE_PG_COMPAT_OUT"
-    fi
-    rm -rf "$WORK"
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$WORK/out"
+compat_init_work NODE_PG_COMPAT_OUT
 
 free_port() {
     node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
@@ -297,32 +246,12 @@ process.on('exit', (code) => {
 JSEOF
 
 # --- PostgreSQL 15 ----------------------------------------------------------------------
-PGROOT="$WORK/pg"
-PGDATA="$PGROOT/data"
-mkdir -p "$PGROOT/sock"
-printf '%s\n' "$PG_PASS" >"$PGROOT/pwfile"
 # A self-signed certificate, used by the server and by Sluice.
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
     -keyout "$PGROOT/server.key" -out "$PGROOT/server.crt" >"$WORK/out/openssl.log" 2>&1
 chmod 600 "$PGROOT/server.key"
-[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$PGROOT"
-as_postgres "$PGBIN/initdb" -D "$PGDATA" -U "$PG_USER" --auth=scram-sha-256 -E UTF8 \
-    --locale=C --no-sync --no-instructions --pwfile="$PGROOT/pwfile" >"$WORK/out/initdb.log" 2>&1
-PGDATA_DIR="$PGDATA"
-PGPORT="$(free_port)"
-cat >>"$PGDATA/postgresql.conf" <<EOF
-# sluice node-postgres compat
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$PGROOT/sock'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_connections = 300
-password_encryption = 'scram-sha-256'
-shared_buffers = '64MB'
-log_min_messages = warning
+compat_start_cluster "$PG_USER" "$PG_PASS" <<EOF
 # sasl-scram-tests.js leaves an unauthenticated connection open; the file ends when the
 # server (or Sluice, client_login_timeout) closes it: 10 s instead of 60 s.
 authentication_timeout = '10s'
@@ -330,45 +259,22 @@ ssl = on
 ssl_cert_file = '$PGROOT/server.crt'
 ssl_key_file = '$PGROOT/server.key'
 EOF
-as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGROOT/postgres.log" -w -t 60 start >/dev/null
-su_sql() { PGPASSWORD="$PG_PASS" "$PGBIN/psql" -X -h 127.0.0.1 -p "$PGPORT" -U "$PG_USER" -v ON_ERROR_STOP=1 -q "$@"; }
-PG_VERSION="$(su_sql -d postgres -Atc 'show server_version')"
-log "PostgreSQL $PG_VERSION on 127.0.0.1:$PGPORT"
 su_sql -d postgres -c "CREATE DATABASE $PG_DB"
 su_sql -d postgres -c "CREATE ROLE $SCRAM_USER LOGIN PASSWORD '$SCRAM_PASS'"
 su_sql -d postgres -c "CREATE ROLE $SCRAM_UNICODE_USER LOGIN PASSWORD U&'IX-\\2168'"
 verifier() { su_sql -d postgres -Atc "SELECT rolpassword FROM pg_authid WHERE rolname = '$1'"; }
 
 # --- sluice, twice ----------------------------------------------------------------------
-if [ -z "${SLUICE_BIN:-}" ]; then
-    log "building sluice (cargo build --release -p sluice)"
-    (cd "$ROOT" && cargo build --release -p sluice)
-    SLUICE_BIN="$ROOT/target/release/sluice"
-fi
-[ -x "$SLUICE_BIN" ] || { log "no sluice binary at $SLUICE_BIN"; exit 2; }
+compat_sluice_bin
 
-declare -A PORT
-PORT[direct]=$PGPORT
-probe() { # port user password: one query, 0 when it works
-    PGPASSWORD="$3" PGCONNECT_TIMEOUT=2 "$PGBIN/psql" -X -h 127.0.0.1 -p "$1" -U "$2" -d "$PG_DB" \
-        -Atc 'select 1' >/dev/null 2>&1
+sluice_probe() { # port: one query, 0 when it works
+    PGPASSWORD="$PG_PASS" PGCONNECT_TIMEOUT=2 "$PGBIN/psql" -X -h 127.0.0.1 -p "$1" -U "$PG_USER" \
+        -d "$PG_DB" -Atc 'select 1' >/dev/null 2>&1
 }
-start_sluice() {
-    local mode=$1 port admin
-    port="$(free_port)"
-    admin="$(free_port)"
-    # Users log in with the SCRAM verifiers PostgreSQL stored (so SASLprep of the unicode
-    # password is PostgreSQL's); every pool connects upstream as $PG_USER.
-    cat >"$WORK/sluice-$mode.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$admin"
-
-[postgres]
-listen = "127.0.0.1:$port"
-pool_mode = "$mode"
-pool_size = $POOL_SIZE
-min_pool_size = 2
-pool_timeout = "15s"
+# Users log in with the SCRAM verifiers PostgreSQL stored (so SASLprep of the unicode
+# password is PostgreSQL's); every pool connects upstream as $PG_USER.
+sluice_config() {
+    cat <<EOF
 client_login_timeout = "10s"
 
 [postgres.tls]
@@ -397,24 +303,8 @@ password = "$(verifier "$SCRAM_USER")"
 name = "$SCRAM_UNICODE_USER"
 password = "$(verifier "$SCRAM_UNICODE_USER")"
 EOF
-    RUST_LOG="${SLUICE_LOG:-info}" "$SLUICE_BIN" run --config "$WORK/sluice-$mode.toml" \
-        >"$WORK/out/sluice-$mode.log" 2>&1 &
-    PIDS+=($!)
-    PORT[$mode]=$port
-    for _ in $(seq 100); do
-        if probe "$port" "$PG_USER" "$PG_PASS"; then
-            log "sluice ($mode) on 127.0.0.1:$port"
-            return 0
-        fi
-        sleep 0.2
-    done
-    log "sluice ($mode) did not come up:"
-    tail -n 30 "$WORK/out/sluice-$mode.log" >&2
-    exit 1
 }
-for t in $TARGETS; do
-    case $t in session | transaction) start_sluice "$t" ;; direct) ;; *) log "unknown target $t"; exit 2 ;; esac
-done
+compat_start_targets
 
 # --- the runs ---------------------------------------------------------------------------
 if [ -n "${TEST_FILES:-}" ]; then
@@ -529,7 +419,4 @@ for (const t of targets) {
 }
 process.exit(ndiff ? 1 : 0)
 JSEOF
-differ=$?
-set -e
-if [ "${COMPAT_STRICT:-0}" = 1 ] && [ $differ -ne 0 ]; then exit 1; fi
-exit 0
+compat_exit $?

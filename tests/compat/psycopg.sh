@@ -22,7 +22,6 @@
 #   COMPAT_STRICT=1     exit 1 when any test result differs from the direct run.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PSYCOPG_REF="${PSYCOPG_REF:-c079c37c959a89a8684a3d3858cbaff7e5543e71}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-840}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-60}"
@@ -32,72 +31,19 @@ PG_PASS=psycopg-secret
 PG_DB=psycopg_test
 POOL_SIZE=10
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-log() { printf '[psycopg-compat] %s\n' "$*" >&2; }
+COMPAT_NAME=psycopg
+. "$(dirname "$0")/common.sh"
 
 # --- prerequisites ------------------------------------------------------------------
-PGBIN=/usr/lib/postgresql/15/bin
 need_apt=()
-[ -x "$PGBIN/initdb" ] || need_apt+=(postgresql-15 postgresql-client-15)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv python3-pip)
-command -v setpriv >/dev/null || need_apt+=(util-linux)
 if [ -z "${PSYCOPG_SRC:-}" ] || [ -d "${PSYCOPG_SRC:-}/refs" ]; then
     command -v git >/dev/null || need_apt+=(git ca-certificates)
 fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-    log "installing ${need_apt[*]}"
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${need_apt[@]}"
-fi
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
-    $SUDO pg_ctlcluster 15 main stop 2>/dev/null || true
-fi
-if ! id postgres >/dev/null 2>&1; then
-    $SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
-fi
+compat_prereqs "${need_apt[@]}"
 
 # --- temp dir and cleanup -------------------------------------------------------------
-WORK="$(mktemp -d /tmp/sluice-psycopg-compat.XXXXXX)"
-chmod 755 "$WORK"
-PIDS=()
-PGDATA_DIR=""
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null
-    done
-    if [ -n "$PGDATA_DIR" ] && [ -f "$PGDATA_DIR/postmaster.pid" ]; then
-        as_postgres "$PGBIN/pg_ctl" -D "$PGDATA_DIR" stop -m immediate >/dev/null 2>&1
-    fi
-    if [ -n "${PSYCOPG_COMPAT_OUT:-}" ]; then
-        mkdir -p "$PSYCOPG_COMPAT_OUT"
-        cp -f "$WORK"/out/* "$PSYCOPG_COMPAT_OUT"/ 2>/dev/null
-        cp -f "$WORK"/pg/postgres.log "$PSYCOPG_COMPAT_OUT"/ 2>/dev/null
-        log "results kept in $PSYCOPG_COMPAT_OUT"
-    fi
-    rm -rf "$WORK"
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$WORK/out"
-
-as_postgres() {
-    if [ "$(id -u)" -eq 0 ]; then
-        # setpriv keeps the open-files limit (runuser would reset it).
-        setpriv --reuid=postgres --regid=postgres --init-groups "$@"
-    else
-        "$@"
-    fi
-}
+compat_init_work PSYCOPG_COMPAT_OUT
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -152,41 +98,12 @@ print(f"psycopg {psycopg.version.__version__} (impl {pq.__impl__}, psycopg-binar
 log "$PSYCOPG_INFO"
 
 # --- sluice binary ------------------------------------------------------------------------
-if [ -z "${SLUICE_BIN:-}" ]; then
-    log "building sluice (cargo build --release -p sluice)"
-    (cd "$ROOT" && cargo build --release -p sluice)
-    SLUICE_BIN="$ROOT/target/release/sluice"
-fi
-[ -x "$SLUICE_BIN" ] || { log "no sluice binary at $SLUICE_BIN"; exit 2; }
+compat_sluice_bin
 
 # --- PostgreSQL 15 --------------------------------------------------------------------------
-PGROOT="$WORK/pg"
-PGDATA="$PGROOT/data"
-mkdir -p "$PGROOT/sock"
-printf 'postgres-secret\n' >"$PGROOT/pwfile"
-[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$PGROOT"
-as_postgres "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=scram-sha-256 -E UTF8 \
-    --locale=C --no-sync --no-instructions --pwfile="$PGROOT/pwfile" >"$WORK/out/initdb.log" 2>&1
-PGDATA_DIR="$PGDATA"
-PGPORT="$(free_port)"
-cat >>"$PGDATA/postgresql.conf" <<EOF
-# sluice psycopg compat
-listen_addresses = '127.0.0.1'
-port = $PGPORT
-unix_socket_directories = '$PGROOT/sock'
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-max_connections = 300
+compat_start_cluster postgres postgres-secret <<EOF
 max_prepared_transactions = 10
-password_encryption = 'scram-sha-256'
-shared_buffers = '64MB'
-log_min_messages = warning
 EOF
-as_postgres "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGROOT/postgres.log" -w -t 60 start >/dev/null
-PG_VERSION="$(PGPASSWORD=postgres-secret "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -Atc 'show server_version')"
-log "PostgreSQL $PG_VERSION on 127.0.0.1:$PGPORT"
-su_sql() { PGPASSWORD=postgres-secret "$PGBIN/psql" -h 127.0.0.1 -p "$PGPORT" -U postgres -v ON_ERROR_STOP=1 -q "$@"; }
 # psycopg's CI runs the suite as a superuser; the test role is one (it creates types,
 # extensions, event triggers, terminates backends ...). hstore is pre-created.
 su_sql -d postgres -c "CREATE ROLE $PG_USER LOGIN SUPERUSER PASSWORD '$PG_PASS'"
@@ -194,22 +111,9 @@ su_sql -d postgres -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
 su_sql -d "$PG_DB" -c "CREATE EXTENSION IF NOT EXISTS hstore"
 
 # --- sluice, twice --------------------------------------------------------------------------
-declare -A DSN
-DSN[direct]="host=127.0.0.1 port=$PGPORT dbname=$PG_DB user=$PG_USER password=$PG_PASS"
-start_sluice() {
-    local mode=$1 port admin
-    port="$(free_port)"
-    admin="$(free_port)"
-    cat >"$WORK/sluice-$mode.toml" <<EOF
-[admin]
-listen = "127.0.0.1:$admin"
-
-[postgres]
-listen = "127.0.0.1:$port"
-pool_mode = "$mode"
-pool_size = $POOL_SIZE
-min_pool_size = 2
-pool_timeout = "15s"
+# Users log in to sluice with the same password as upstream.
+sluice_config() {
+    cat <<EOF
 
 [[postgres.databases]]
 name = "$PG_DB"
@@ -219,24 +123,15 @@ upstream = "postgres://$PG_USER:$PG_PASS@127.0.0.1:$PGPORT/$PG_DB"
 name = "$PG_USER"
 password = "$PG_PASS"
 EOF
-    RUST_LOG="${SLUICE_LOG:-info}" "$SLUICE_BIN" run --config "$WORK/sluice-$mode.toml" \
-        >"$WORK/out/sluice-$mode.log" 2>&1 &
-    PIDS+=($!)
-    DSN[$mode]="host=127.0.0.1 port=$port dbname=$PG_DB user=$PG_USER password=$PG_PASS"
-    for _ in $(seq 100); do
-        if "$PY" -c 'import sys, psycopg; psycopg.connect(sys.argv[1], connect_timeout=2).execute("select 1")' \
-            "${DSN[$mode]}" 2>/dev/null; then
-            log "sluice ($mode) on 127.0.0.1:$port"
-            return 0
-        fi
-        sleep 0.2
-    done
-    log "sluice ($mode) did not come up:"
-    tail -n 30 "$WORK/out/sluice-$mode.log" >&2
-    exit 1
 }
+sluice_probe() {
+    "$PY" -c 'import sys, psycopg; psycopg.connect(sys.argv[1], connect_timeout=2).execute("select 1")' \
+        "host=127.0.0.1 port=$1 dbname=$PG_DB user=$PG_USER password=$PG_PASS" 2>/dev/null
+}
+compat_start_targets
+declare -A DSN
 for t in $TARGETS; do
-    case $t in session | transaction) start_sluice "$t" ;; direct) ;; *) log "unknown target $t"; exit 2 ;; esac
+    DSN[$t]="host=127.0.0.1 port=${PORT[$t]} dbname=$PG_DB user=$PG_USER password=$PG_PASS"
 done
 
 # --- the runs -------------------------------------------------------------------------------
@@ -327,7 +222,4 @@ for t in targets:
         print(f"- {tid}: direct {b} -> {t} {s}" + (f" — {msg}" if msg else ""))
 sys.exit(1 if ndiff else 0)
 PYEOF
-differ=$?
-set -e
-if [ "${COMPAT_STRICT:-0}" = 1 ] && [ $differ -ne 0 ]; then exit 1; fi
-exit 0
+compat_exit $?
