@@ -107,6 +107,7 @@ pub struct SluiceBuilder {
     rust_log: String,
     extra_postgres: String,
     binary: Option<PathBuf>,
+    worker_threads: Option<usize>,
 }
 
 impl Default for SluiceBuilder {
@@ -125,6 +126,7 @@ impl Default for SluiceBuilder {
             rust_log: std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".to_string()),
             extra_postgres: String::new(),
             binary: None,
+            worker_threads: None,
         }
     }
 }
@@ -166,6 +168,11 @@ impl SluiceBuilder {
     /// Sets `min_pool_size` (default 0).
     pub fn min_pool_size(mut self, n: u32) -> Self {
         self.min_pool_size = n;
+        self
+    }
+    /// Sets `general.worker_threads` (default: unset, one per CPU).
+    pub fn worker_threads(mut self, n: usize) -> Self {
+        self.worker_threads = Some(n);
         self
     }
     /// Sets `pool_timeout` (default 30 s).
@@ -241,6 +248,9 @@ impl SluiceBuilder {
             "shutdown_timeout = {}",
             toml_str(&config_duration(self.shutdown_timeout))
         );
+        if let Some(n) = self.worker_threads {
+            let _ = writeln!(s, "worker_threads = {n}");
+        }
         let _ = writeln!(s, "\n[postgres]");
         let _ = writeln!(s, "listen = {}", toml_str(&format!("127.0.0.1:{port}")));
         let _ = writeln!(s, "pool_mode = {}", toml_str(self.mode.as_str()));

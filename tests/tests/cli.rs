@@ -307,3 +307,36 @@ async fn check_fails_on_a_bad_file() {
     assert!(text.starts_with("✗ configuration"), "{text}");
     assert!(text.contains("pool_size"), "{text}");
 }
+
+/// `general.worker_threads` reaches the runtime: the process's thread count follows it.
+#[tokio::test]
+async fn worker_threads_sets_the_runtime_threads() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("cli_threads").await;
+    let threads = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or_default()
+    };
+    let mut counts = Vec::new();
+    for n in [1, 4] {
+        let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+            .worker_threads(n)
+            .start();
+        let client = sluice
+            .connect(sluice_tests::APP_USER, sluice_tests::APP_PASSWORD, &db)
+            .await
+            .unwrap();
+        assert_eq!(scalar(&client, "select 1").await, "1");
+        counts.push(threads(sluice.pid()));
+    }
+    // One worker on the main thread (plus at most a blocking-pool thread or two), then four
+    // workers of their own.
+    assert!(counts[0] <= 3, "worker_threads = 1: {} threads", counts[0]);
+    assert!(
+        counts[1] >= counts[0] + 3,
+        "worker_threads = 4: {} threads (1: {})",
+        counts[1],
+        counts[0]
+    );
+}

@@ -52,10 +52,7 @@ pub fn cli_main() -> ExitCode {
         }
     };
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(config.general.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluice: cannot start runtime: {e}");
@@ -69,6 +66,23 @@ pub fn cli_main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The runtime `general.worker_threads` asks for: 0 = one worker per CPU, 1 = a
+/// single-threaded runtime, n = n workers.
+fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     }
 }
 
