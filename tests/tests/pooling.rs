@@ -203,6 +203,46 @@ async fn wait_for_waiting(sluice: &Sluice, n: u64) {
     }
 }
 
+/// Clients that timed out waiting leave the queue at once: `postgres_waiting` is 0 and
+/// `longest_wait_seconds` small while one client holds the only server (issue 12, item 1:
+/// it used to say 8 waiting, 4 s, while nobody waited).
+#[tokio::test]
+async fn clients_that_gave_up_do_not_count_as_waiting() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("pool_gave_up").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .pool_timeout(Duration::from_secs(1))
+        .start();
+    let holder = sluice.client(&db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let config = sluice.pg_config(APP_USER, APP_PASSWORD, &db);
+        tasks.push(tokio::spawn(async move {
+            let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.simple_query("SELECT 1").await.is_err()
+        }));
+    }
+    for t in tasks {
+        assert!(
+            within(T, "waiter", t).await.unwrap(),
+            "expected a pool timeout"
+        );
+    }
+    let (_, body) = http(sluice.admin_port(), "GET", "/admin/pool-stats", "").await;
+    assert!(body.contains("\"postgres_waiting\":0"), "{body}");
+    let longest: f64 = body
+        .split("\"longest_wait_seconds\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| c != '.' && !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::MAX);
+    assert!(longest < 0.5, "longest_wait_seconds {longest}: {body}");
+    holder.batch_execute("COMMIT").await.unwrap();
+}
+
 #[tokio::test]
 async fn waiting_clients_are_served_fifo() {
     let cluster = shared_cluster();

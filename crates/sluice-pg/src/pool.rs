@@ -471,6 +471,12 @@ impl Pool {
                     if let Ok(grant) = rx.try_recv() {
                         self.give_back(grant);
                     }
+                    // Leave the queue at once, so nobody counts a client that gave up.
+                    self.inner
+                        .state
+                        .lock()
+                        .waiters
+                        .retain(|(_, tx)| !tx.is_closed());
                     return Err(self.timeout_error(start));
                 }
             },
@@ -810,10 +816,13 @@ impl PoolSource for Pool {
                         application_name: who.application_name.clone(),
                         age_seconds: since.elapsed().as_secs_f64(),
                     });
-            // Clients held by PAUSE wait too.
-            let longest = st
-                .waiters
-                .front()
+            // Only waiters still listening count (a client whose wait was cancelled has
+            // dropped its receiver, even before a checkin prunes the queue); clients held by
+            // PAUSE wait too.
+            let mut live = st.waiters.iter().filter(|(_, tx)| !tx.is_closed());
+            let waiting = live.clone().count();
+            let longest = live
+                .next()
                 .map(|(t, _)| *t)
                 .into_iter()
                 .chain(st.paused_since)
@@ -824,7 +833,7 @@ impl PoolSource for Pool {
                 st.total,
                 st.idle.len(),
                 st.active.len(),
-                st.waiters.len() + st.paused_waiting,
+                waiting + st.paused_waiting,
                 longest,
                 oldest,
             )
