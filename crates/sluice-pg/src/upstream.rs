@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::protocol::{backend, startup};
+use crate::protocol::{messages, startup};
 use crate::state::ServerState;
 use crate::tls::{MaybeTls, ServerStream};
 use rustls::pki_types::ServerName;
@@ -288,7 +288,7 @@ impl ServerConn {
     /// Returns the final transaction status. Used for ROLLBACK and the reset query.
     pub async fn run_simple(&mut self, sql: &str) -> Result<u8, UpstreamError> {
         let mut out = BytesMut::new();
-        backend::query(&mut out, sql);
+        messages::write_query(&mut out, sql.as_bytes());
         self.stream.write_all(&out).await?;
         self.drain_until_ready().await
     }
@@ -301,7 +301,7 @@ impl ServerConn {
         sql: &[u8],
     ) -> Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError> {
         let mut out = BytesMut::new();
-        crate::protocol::messages::write_query(&mut out, sql);
+        messages::write_query(&mut out, sql);
         self.stream.write_all(&out).await?;
         let (mut row, mut err) = (None, None);
         loop {

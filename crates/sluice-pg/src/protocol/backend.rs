@@ -133,13 +133,6 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, messag
     finish(buf, at);
 }
 
-/// A simple Query message (used towards servers for ROLLBACK and the reset query).
-pub fn query(buf: &mut BytesMut, sql: &str) {
-    let at = begin(buf, b'Q');
-    put_cstr(buf, sql);
-    finish(buf, at);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
