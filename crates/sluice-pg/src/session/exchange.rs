@@ -79,7 +79,8 @@ pub(crate) struct Io<'a> {
 enum Effect {
     /// Captured `current_setting(name)` (None: unset custom option).
     Value(String, Option<Vec<u8>>),
-    /// The session's settings as read back from `pg_settings` (name, value).
+    /// The session's settings as read back from `pg_settings` (name, value), filled in
+    /// row by row as the answer arrives.
     ReadBack(Vec<(String, Vec<u8>)>),
     Reset(String),
     ResetAll,
@@ -168,8 +169,6 @@ pub(crate) struct Exchange {
     savepoints: Vec<(Vec<u8>, usize)>,
     /// Value captured from the DataRow of an injected `current_setting` query.
     captured: Option<Option<Vec<u8>>>,
-    /// Rows of an injected read-back query.
-    read_back: Vec<(String, Vec<u8>)>,
     /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
     /// [`Exchange::take_counts`], for the pool's statistics.
     counts: (u64, u64),
@@ -192,7 +191,6 @@ impl Exchange {
             tentative: Vec::new(),
             savepoints: Vec::new(),
             captured: None,
-            read_back: Vec::new(),
             counts: (0, 0),
         }
     }

@@ -140,7 +140,7 @@ impl Exchange {
         let Some(Expect::Query {
             effect: Some(effect),
             ..
-        }) = self.queue.front()
+        }) = self.queue.front_mut()
         else {
             return;
         };
@@ -149,10 +149,10 @@ impl Exchange {
         };
         match (effect, columns.as_slice()) {
             (Effect::Value(..), [value, ..]) => self.captured = Some(value.map(<[u8]>::to_vec)),
-            (Effect::ReadBack(_), [Some(name), Some(value)]) => {
+            (Effect::ReadBack(rows), [Some(name), Some(value)]) => {
                 let name = String::from_utf8_lossy(name);
                 if let Some(name) = crate::state::setting_name(&name) {
-                    self.read_back.push((name, value.to_vec()));
+                    rows.push((name, value.to_vec()));
                 }
             }
             _ => {}
@@ -291,7 +291,6 @@ impl Exchange {
             }
             let effect = effect.filter(|_| !failed).map(|e| match e {
                 Effect::Value(name, _) => Effect::Value(name, self.captured.take().flatten()),
-                Effect::ReadBack(_) => Effect::ReadBack(std::mem::take(&mut self.read_back)),
                 e => e,
             });
             match (effect, status) {
@@ -318,7 +317,6 @@ impl Exchange {
             }
         }
         self.captured = None;
-        self.read_back.clear();
         if status == b'I' {
             self.savepoints.clear();
             let effects = std::mem::take(&mut self.tentative);

@@ -97,12 +97,12 @@ pub(crate) fn classify(sql: &[u8]) -> Statement {
         return Statement::Listen;
     }
     if is(0, "SAVEPOINT") && words.len() == 2 {
-        return Statement::Savepoint(savepoint_name(words[1]));
+        return Statement::Savepoint(unquote(words[1]));
     }
     if is(0, "RELEASE") {
         let i = if is(1, "SAVEPOINT") { 2 } else { 1 };
         return match words.get(i) {
-            Some(w) if words.len() == i + 1 => Statement::Release(savepoint_name(w)),
+            Some(w) if words.len() == i + 1 => Statement::Release(unquote(w)),
             _ => Statement::Other,
         };
     }
@@ -119,7 +119,7 @@ pub(crate) fn classify(sql: &[u8]) -> Statement {
             i += 1;
         }
         return match words.get(i) {
-            Some(w) if words.len() == i + 1 => Statement::RollbackTo(savepoint_name(w)),
+            Some(w) if words.len() == i + 1 => Statement::RollbackTo(unquote(w)),
             _ => Statement::Other,
         };
     }
@@ -145,11 +145,6 @@ fn unquote(word: &[u8]) -> Vec<u8> {
         }
         None => word.to_ascii_lowercase(),
     }
-}
-
-/// A savepoint name as PostgreSQL folds it.
-fn savepoint_name(word: &[u8]) -> Vec<u8> {
-    unquote(word)
 }
 
 /// What a query may do to session state behind the protocol's back.
