@@ -593,3 +593,60 @@ async fn clients_held_by_pause_count_as_waiting() {
          sluice_client_connections{{state=\"waiting\"}}) for one client held by PAUSE"
     );
 }
+
+/// PAUSE waits for open transactions at most `pool_timeout` (clients it holds would time
+/// out by then anyway): then it answers with an error naming the client still holding a
+/// server, and the pool is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_gives_up_after_pool_timeout_naming_who_still_runs() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("ops_pause_bound").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(2)
+        .pool_timeout(Duration::from_secs(2))
+        .user(APP_USER, APP_PASSWORD)
+        .user("admin", "adminpw")
+        .extra_postgres("admin_users = [\"admin\"]")
+        .start();
+    let mut config = sluice.pg_config(APP_USER, APP_PASSWORD, &db);
+    config.application_name("long-report");
+    let (holder, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let admin = sluice
+        .connect("admin", "adminpw", "pgbouncer")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = within(
+        Duration::from_secs(20),
+        "PAUSE with an open transaction",
+        admin.simple_query(&format!("PAUSE {db}")),
+    )
+    .await;
+    let err = answer.expect_err("PAUSE cannot complete while the transaction is open");
+    let msg = sluice_tests::error_message(&err);
+    assert_eq!(
+        sluice_tests::sqlstate(&err).as_deref(),
+        Some("55000"),
+        "{msg}"
+    );
+    assert!(msg.contains("long-report"), "names the holder: {msg}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    // Resumed: another client is served at once.
+    let other = sluice.client(&db).await;
+    assert_eq!(
+        within(
+            T,
+            "query after the failed PAUSE",
+            scalar(&other, "select 'served'")
+        )
+        .await,
+        "served"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+}

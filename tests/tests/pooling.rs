@@ -451,3 +451,48 @@ async fn transaction_mode_clients_share_one_server() {
     let su = cluster.superuser().await;
     assert_eq!(PgCluster::backend_count(&su, &db).await, 1);
 }
+
+/// A server that hangs during the ROLLBACK Sluice runs when a client leaves mid-transaction
+/// (here: its backend is stopped with SIGSTOP) is closed after a bounded wait, so its slot
+/// serves the next client instead of being held forever.
+#[tokio::test]
+async fn a_server_that_hangs_on_rollback_is_closed_and_its_slot_reused() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("pool_hung_rollback").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .pool_timeout(Duration::from_secs(25))
+        .start();
+    let leaver = sluice.client(&db).await;
+    let pid = scalar(&leaver, "BEGIN; SELECT pg_backend_pid()::text").await;
+    /// Sends SIGCONT on drop, so a failing test never leaves the backend stopped (the shared
+    /// cluster could not shut down).
+    struct Stopped(String);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0])
+                .status();
+        }
+    }
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(stopped, "kill -STOP {pid}");
+    let stopped = Stopped(pid);
+    drop(leaver);
+    let next = sluice.client(&db).await;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(40), next.simple_query("SELECT 1")).await;
+    drop(stopped);
+    assert!(
+        answer.is_ok(),
+        "no server after a hung ROLLBACK: {answer:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the slot was held for {:?}",
+        started.elapsed()
+    );
+}

@@ -147,15 +147,22 @@ impl CancelRegistry {
     }
 }
 
-/// Sends a CancelRequest for the backend behind `key` over a new connection to its server.
-/// Failures are logged; the protocol has no answer to a cancel.
+/// Longest a cancel request towards a server may take (connect and send).
+pub const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends a CancelRequest for the backend behind `key` over a new connection to its server,
+/// at most [`CANCEL_TIMEOUT`]. Failures are logged; the protocol has no answer to a cancel.
 pub async fn send_cancel(key: &CancelKey) {
     let result = async {
         let mut s = TcpStream::connect((key.host.as_str(), key.port)).await?;
         s.write_all(&write_cancel(key.pid, key.secret)).await?;
         s.shutdown().await
     };
-    match result.await {
+    let bounded = tokio::time::timeout(CANCEL_TIMEOUT, result);
+    match bounded
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    {
         Ok(()) => tracing::info!(server_pid = key.pid, "sent cancel request to server"),
         Err(e) => tracing::warn!(server_pid = key.pid, error = %e, "could not send cancel request"),
     }

@@ -89,6 +89,10 @@ impl UpstreamError {
     }
 }
 
+/// Longest a ROLLBACK or reset query on a returned server may take before the server is
+/// closed instead (a hung or stopped backend must not hold its slot, or its client, forever).
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The key needed to cancel a query running on one upstream backend.
 #[derive(Debug, Clone)]
 pub struct CancelKey {
@@ -284,13 +288,20 @@ impl ServerConn {
         tcp.poll_peek(&mut cx, &mut buf).is_pending()
     }
 
-    /// Runs `sql` as a simple query and waits for ReadyForQuery, discarding the results.
-    /// Returns the final transaction status. Used for ROLLBACK and the reset query.
+    /// Runs `sql` as a simple query and waits for ReadyForQuery, discarding the results,
+    /// at most [`CLEANUP_TIMEOUT`]. Returns the final transaction status. Used for ROLLBACK
+    /// and the reset query on a server coming back: a hung server fails with
+    /// [`UpstreamError::Timeout`] and the caller closes it.
     pub async fn run_simple(&mut self, sql: &str) -> Result<u8, UpstreamError> {
-        let mut out = BytesMut::new();
-        messages::write_query(&mut out, sql.as_bytes());
-        self.stream.write_all(&out).await?;
-        self.drain_until_ready().await
+        let run = async {
+            let mut out = BytesMut::new();
+            messages::write_query(&mut out, sql.as_bytes());
+            self.stream.write_all(&out).await?;
+            self.drain_until_ready().await
+        };
+        tokio::time::timeout(CLEANUP_TIMEOUT, run)
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
     }
 
     /// Runs a simple query (bytes in this connection's client encoding) and returns the

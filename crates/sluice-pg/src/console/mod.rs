@@ -108,12 +108,10 @@ async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
             let msg = format!("no such database: {}", db.unwrap_or_default());
             backend::error_response(out, Severity::Error, "3D000", &msg);
         }
-        Command::Pause(db) => {
-            for (_, pool) in pools(ctx, db.as_deref()) {
-                pool.pause().await;
-            }
-            messages::write_command_complete(out, "PAUSE");
-        }
+        Command::Pause(db) => match pause(ctx, db.as_deref()).await {
+            Ok(()) => messages::write_command_complete(out, "PAUSE"),
+            Err(msg) => backend::error_response(out, Severity::Error, "55000", &msg),
+        },
         Command::Resume(db) => {
             for (_, pool) in pools(ctx, db.as_deref()) {
                 pool.resume();
@@ -126,6 +124,36 @@ async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
         }
     }
     false
+}
+
+/// `PAUSE`: pauses the pools at once and waits for their checkouts to return, each at
+/// most its `pool_timeout`. If one does not drain in time, every pool is resumed and the
+/// error names the clients still holding a connection.
+async fn pause(ctx: &Context, db: Option<&str>) -> Result<(), String> {
+    let targets: Vec<_> = pools(ctx, db).collect();
+    let results =
+        futures_util::future::join_all(targets.iter().map(|(_, pool)| pool.pause())).await;
+    let mut running = Vec::new();
+    for ((_, pool), result) in targets.iter().zip(results) {
+        if let Err(holders) = result {
+            let who: Vec<String> = holders
+                .iter()
+                .map(|h| format!("{} ({})", h.addr, h.application_name))
+                .collect();
+            running.push(format!("{}: {}", pool.settings().name, who.join(", ")));
+        }
+    }
+    if running.is_empty() {
+        return Ok(());
+    }
+    for (_, pool) in &targets {
+        pool.resume();
+    }
+    tracing::warn!(still_running = %running.join("; "), "PAUSE gave up; pools resumed");
+    Err(format!(
+        "PAUSE gave up after pool_timeout; still running: {}; the pools were resumed",
+        running.join("; ")
+    ))
 }
 
 fn known(ctx: &Context, db: Option<&str>) -> bool {
