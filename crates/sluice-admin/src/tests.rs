@@ -160,7 +160,10 @@ async fn metrics_text() {
     // reports the fd limit and thread count.
     #[cfg(target_os = "linux")]
     for family in ["process_max_fds", "process_threads"] {
-        assert!(body.contains(&format!("# TYPE {family} gauge\n")), "{family}");
+        assert!(
+            body.contains(&format!("# TYPE {family} gauge\n")),
+            "{family}"
+        );
     }
 }
 
