@@ -4,7 +4,8 @@
 //!   directory on a free loopback port.
 //! * [`Sluice`] writes a configuration file and runs the real `sluice` program (the
 //!   `sluice-e2e` binary of this crate) against it.
-//! * A few helpers ([`sqlstate`], [`scalar`], [`unique_name`]...) keep the tests short.
+//! * A few helpers ([`sqlstate`], [`scalar`], [`unique_name`], [`metric_value`]...) keep
+//!   the tests short.
 //!
 //! Integration tests live in `tests/tests/*.rs`; every file is its own process and usually
 //! shares one cluster ([`shared_cluster`]) between its tests, each test isolating itself in
@@ -155,4 +156,28 @@ pub async fn http(port: u16, method: &str, path: &str, headers: &str) -> (u16, S
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The value of the one counter or gauge sample named `metric` whose labels include every
+/// `(name, value)` of `labels`, in a `GET /metrics` body (read with `prometheus-parse`).
+///
+/// # Panics
+/// If the text does not parse, or not exactly one such sample is in it (with the text).
+pub fn metric_value(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("unparsable metrics ({e}):\n{metrics}"));
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .collect();
+    match found[..] {
+        [v] => v,
+        _ => panic!("{} samples {metric} {labels:?} in:\n{metrics}", found.len()),
+    }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::sluice_for;
-use sluice_tests::{http, scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
+use sluice_tests::{http, metric_value, scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_stats_metrics_and_errors() {
@@ -53,16 +53,72 @@ async fn health_stats_metrics_and_errors() {
     for name in [
         "sluice_pool_connections{",
         "sluice_pool_wait_seconds_bucket{",
-        "sluice_pool_checkouts_total{",
         "sluice_client_connections{",
         "process_resident_memory_bytes ",
         "process_open_fds ",
     ] {
         assert!(body.contains(name), "missing {name}");
     }
+    let pool = format!("{db}/{APP_USER}");
+    let labels = [
+        ("database", db.as_str()),
+        ("user", APP_USER),
+        ("pool", &pool),
+    ];
+    assert_eq!(
+        metric_value(&body, "sluice_pool_max_connections", &labels),
+        4.0
+    );
+    let metric_queries = metric_value(&body, "sluice_pool_queries_total", &labels);
+    assert!(metric_queries >= 20.0, "{body}");
+    assert!(metric_value(&body, "sluice_pool_checkouts_total", &labels) >= 1.0);
 
     assert_eq!(http(port, "GET", "/nope", "").await.0, 404);
     assert_eq!(http(port, "POST", "/health", "").await.0, 405);
+}
+
+/// The soft `Max open files` limit of process `pid`, from `/proc/<pid>/limits`.
+fn soft_fd_limit(pid: u32) -> f64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .unwrap();
+    line.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The process_* metrics describe the sluice process itself (the `prometheus` crate's
+/// process collector): its fd limit, threads and memory, not only what /proc/self/status
+/// and a tick count give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_metrics_describe_the_sluice_process() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("admin_process").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction).start();
+    let (status, body) = http(sluice.admin_port(), "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric_value(&body, "process_max_fds", &[]),
+        soft_fd_limit(sluice.pid())
+    );
+    let open = metric_value(&body, "process_open_fds", &[]);
+    assert!(
+        open >= 3.0 && open <= metric_value(&body, "process_max_fds", &[]),
+        "{body}"
+    );
+    assert!(metric_value(&body, "process_threads", &[]) >= 2.0, "{body}");
+    let rss = metric_value(&body, "process_resident_memory_bytes", &[]);
+    let vsize = metric_value(&body, "process_virtual_memory_bytes", &[]);
+    assert!(rss > 0.0 && vsize >= rss, "{body}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = metric_value(&body, "process_start_time_seconds", &[]);
+    assert!(
+        started <= now && started > now - 600.0,
+        "{started} vs {now}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sluice_stats::Registry;
+use sluice_stats::{Exposition, ExpositionError, Registry};
 
 pub use routes::{handle, AdminBody};
 pub use server::{serve, AdminError, AdminServer};
@@ -81,6 +81,8 @@ impl HealthReport {
 pub struct AdminState {
     /// Source of pool snapshots and client gauges.
     pub registry: Arc<Registry>,
+    /// What `GET /metrics` renders: collectors over `registry` and the process.
+    pub metrics: Arc<Exposition>,
     /// Bearer token required for `/admin/*`; `None` disables the check.
     pub token: Option<String>,
     /// Health and reload callbacks.
@@ -88,13 +90,21 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    /// Bundles the registry, optional token and hooks.
-    pub fn new(registry: Arc<Registry>, token: Option<String>, hooks: Arc<dyn AdminHooks>) -> Self {
-        Self {
+    /// Bundles the registry, optional token and hooks, and sets up the
+    /// Prometheus exposition over the registry (fails only if the `prometheus`
+    /// crate rejects a metric descriptor).
+    pub fn new(
+        registry: Arc<Registry>,
+        token: Option<String>,
+        hooks: Arc<dyn AdminHooks>,
+    ) -> Result<Self, ExpositionError> {
+        let metrics = Arc::new(Exposition::new(Arc::clone(&registry))?);
+        Ok(Self {
             registry,
+            metrics,
             token,
             hooks,
-        }
+        })
     }
 }
 

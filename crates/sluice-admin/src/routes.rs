@@ -7,9 +7,7 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENT
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
-use sluice_stats::{
-    render_prometheus, ClientSnapshot, PoolSnapshot, ProcessStats, Summary, PROMETHEUS_CONTENT_TYPE,
-};
+use sluice_stats::{ClientSnapshot, PoolSnapshot, Summary, PROMETHEUS_CONTENT_TYPE};
 
 use crate::AdminState;
 
@@ -88,8 +86,13 @@ fn health(state: &AdminState) -> Response<AdminBody> {
 }
 
 fn metrics(state: &AdminState) -> Response<AdminBody> {
-    let text = render_prometheus(&state.registry, &ProcessStats::read());
-    response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, text.into())
+    match state.metrics.render() {
+        Ok(text) => response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, text.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering /metrics");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable")
+        }
+    }
 }
 
 fn pool_stats(state: &AdminState) -> Response<AdminBody> {

@@ -58,7 +58,8 @@ fn setup(token: Option<&str>) -> (AdminState, Arc<FakeHooks>) {
     registry.register(Arc::new(FakePool("a", 10, 5)));
     registry.register(Arc::new(FakePool("b", 10, 1)));
     let hooks = Arc::new(FakeHooks::default());
-    let state = AdminState::new(registry, token.map(str::to_owned), hooks.clone());
+    let state =
+        AdminState::new(registry, token.map(str::to_owned), hooks.clone()).expect("admin state");
     (state, hooks)
 }
 
@@ -155,6 +156,15 @@ async fn metrics_text() {
         body.contains("sluice_pool_max_connections{database=\"a\",user=\"app\",pool=\"a\"} 10\n")
     );
     assert!(body.contains("process_open_fds "));
+    // Process metrics come from the `prometheus` crate's collector, which also
+    // reports the fd limit and thread count.
+    #[cfg(target_os = "linux")]
+    for family in ["process_max_fds", "process_threads"] {
+        assert!(
+            body.contains(&format!("# TYPE {family} gauge\n")),
+            "{family}"
+        );
+    }
 }
 
 #[tokio::test]

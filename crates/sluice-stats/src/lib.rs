@@ -6,22 +6,21 @@
 //! * [`PoolSnapshot`] / [`PoolSource`] — a point-in-time view of one pool,
 //!   produced by the pool code on demand.
 //! * [`Registry`] — every live pool plus client connection gauges.
-//! * [`ProcessStats`] — resident memory, open fds, CPU time from `/proc/self`.
-//! * [`render_prometheus`] — Prometheus text exposition (format 0.0.4).
+//! * [`PoolCollector`] / [`Exposition`] — Prometheus text exposition through
+//!   the `prometheus` crate: pool families built from snapshots at scrape
+//!   time, plus the crate's process metrics.
 //!
 //! This crate has no async runtime dependency: it is plain data and atomics.
 #![forbid(unsafe_code)]
 
 mod counters;
+mod exposition;
 mod histogram;
 mod pool;
-mod process;
-mod prometheus;
 mod registry;
 
 pub use counters::{CountersSnapshot, ErrorCounts, ErrorKind, PoolCounters};
+pub use exposition::{Exposition, ExpositionError, PoolCollector, PROMETHEUS_CONTENT_TYPE};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKET_BOUNDS_SECONDS};
 pub use pool::{CheckoutInfo, PoolSnapshot, PoolSource};
-pub use process::{ProcessStats, ProcessStatsError, CLOCK_TICKS_PER_SECOND};
-pub use prometheus::{render_prometheus, PROMETHEUS_CONTENT_TYPE};
 pub use registry::{ClientGauges, ClientGuard, ClientSnapshot, ClientState, Registry, Summary};

@@ -116,7 +116,8 @@ pub async fn run(
             loader: loader.clone(),
         });
         let state =
-            sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks);
+            sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks)
+                .context("setting up the Prometheus exposition")?;
         let server = sluice_admin::AdminServer::bind(config.admin.listen, state)
             .await
             .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
