@@ -170,7 +170,7 @@ async fn refused_logins_are_not_retried_in_a_tight_loop() {
     let body = body.split_once("\r\n\r\n").map_or(&*body, |(_, b)| b);
     let pool = format!("wrongpw/{APP_USER}");
     let labels = [("pool", pool.as_str()), ("kind", "connect")];
-    let refused = metric_value(&body, "sluice_pool_errors_total", &labels);
+    let refused = metric_value(body, "sluice_pool_errors_total", &labels);
     // The pool's health upkeep tries one login when it starts; the first client's login may
     // run before that attempt is refused, so two refusals are legitimate. After a refusal,
     // nothing else reaches the upstream within server_login_retry.
