@@ -496,3 +496,36 @@ async fn a_server_that_hangs_on_rollback_is_closed_and_its_slot_reused() {
         started.elapsed()
     );
 }
+
+/// A client that disconnects while its query waits for a server leaves the queue at once:
+/// `postgres_waiting` falls to 0 although `pool_timeout` is far away, and the server goes to
+/// the next client, not to the one that left.
+#[tokio::test]
+async fn a_waiting_client_that_disconnects_leaves_the_queue_at_once() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("pool_wait_leave").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .pool_timeout(Duration::from_secs(60))
+        .start();
+    let holder = sluice.client(&db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let config = sluice.pg_config(APP_USER, APP_PASSWORD, &db);
+    let (leaver, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let query = tokio::spawn(async move { leaver.simple_query("SELECT 1").await.map(|_| ()) });
+    wait_for_waiting(&sluice, 1).await;
+    // Closing the socket: the connection task owns it.
+    conn.abort();
+    query.abort();
+    let gone = Instant::now();
+    wait_for_waiting(&sluice, 0).await;
+    assert!(
+        gone.elapsed() < Duration::from_secs(5),
+        "the gone client was counted as waiting for {:?}",
+        gone.elapsed()
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let next = sluice.client(&db).await;
+    assert_eq!(within(T, "next client", scalar(&next, "select 'next'")).await, "next");
+}
