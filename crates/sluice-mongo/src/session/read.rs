@@ -95,8 +95,12 @@ impl Session {
         } else {
             encode_op_msg(id, header.request_id, 0, &doc)
         };
-        let _ = self.write(&bytes).await;
-        let _ = self.stream.shutdown().await;
+        // Bounded too: a refused client that does not read must not keep its task.
+        let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+            let _ = self.write(&bytes).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
     }
 }
 
