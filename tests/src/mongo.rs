@@ -267,6 +267,8 @@ pub struct MongoSluiceBuilder {
     min_pool_size: u32,
     pool_timeout: String,
     users: Vec<(String, String)>,
+    /// Further `key = value` lines of the `[mongo]` section, as written.
+    settings: Vec<(String, String)>,
 }
 
 impl MongoSluiceBuilder {
@@ -278,6 +280,7 @@ impl MongoSluiceBuilder {
             min_pool_size: 0,
             pool_timeout: "30s".into(),
             users: Vec::new(),
+            settings: Vec::new(),
         }
     }
     /// Sets `max_pool_size`.
@@ -293,6 +296,11 @@ impl MongoSluiceBuilder {
     /// Sets `pool_timeout` (as the file spells it, e.g. `"1s"`).
     pub fn pool_timeout(mut self, t: &str) -> Self {
         self.pool_timeout = t.to_owned();
+        self
+    }
+    /// Sets any other `[mongo]` key; `value` is TOML (`"2s"` with its quotes, `3`).
+    pub fn setting(mut self, key: &str, value: &str) -> Self {
+        self.settings.push((key.to_owned(), value.to_owned()));
         self
     }
     /// Adds a `[[mongo.users]]` entry.
@@ -319,6 +327,9 @@ impl MongoSluiceBuilder {
         let _ = writeln!(toml, "max_pool_size = {}", self.max_pool_size);
         let _ = writeln!(toml, "min_pool_size = {}", self.min_pool_size);
         let _ = writeln!(toml, "pool_timeout = {:?}", self.pool_timeout);
+        for (key, value) in &self.settings {
+            let _ = writeln!(toml, "{key} = {value}");
+        }
         for (name, password) in &self.users {
             let _ = writeln!(
                 toml,
@@ -408,6 +419,27 @@ impl MongoSluice {
     /// What the program wrote to stderr.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn sigterm(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits up to `limit` for the program to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `GET path` on the admin listener; returns the body.

@@ -255,6 +255,17 @@ pub struct MongoConfig {
     pub pool_timeout: Duration,
     /// How long connecting (handshake and login) to the upstream may take.
     pub connect_timeout: Duration,
+    /// Most client connections open at once (every connection counts, drivers' monitoring
+    /// connections included); the next one gets an error document and is closed.
+    pub max_client_conn: usize,
+    /// How long a client that has not logged in may stay silent: from connecting, and
+    /// (with `users`) from each reply until it authenticates, since drivers' monitoring
+    /// connections send only `hello` and never log in. Without `users`, the first request
+    /// must arrive within it. 0 disables.
+    pub client_login_timeout: Duration,
+    /// Close a logged-in client that sent nothing for this long while it had no request
+    /// in flight, no open cursor and no pinned transaction. 0 disables (the default).
+    pub client_idle_timeout: Duration,
     /// Users who may log in to Sluice (SCRAM-SHA-256); empty means clients need not
     /// authenticate, which validation allows only on a loopback listener.
     pub users: Vec<UserConfig>,
@@ -287,6 +298,9 @@ impl fmt::Debug for MongoConfig {
             .field("min_pool_size", &self.min_pool_size)
             .field("pool_timeout", &self.pool_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_client_conn", &self.max_client_conn)
+            .field("client_login_timeout", &self.client_login_timeout)
+            .field("client_idle_timeout", &self.client_idle_timeout)
             .field("users", &self.users)
             .finish()
     }
@@ -301,6 +315,9 @@ impl Default for MongoConfig {
             min_pool_size: 5,
             pool_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
+            max_client_conn: 10_000,
+            client_login_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::ZERO,
             users: Vec::new(),
         }
     }

@@ -35,6 +35,9 @@ struct RawMongo {
     min_pool_size: Option<usize>,
     pool_timeout: Option<Spanned<Value>>,
     connect_timeout: Option<Spanned<Value>>,
+    max_client_conn: Option<usize>,
+    client_login_timeout: Option<Spanned<Value>>,
+    client_idle_timeout: Option<Spanned<Value>>,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -329,6 +332,15 @@ fn apply_mongo(
     }
     if let Some(value) = &raw.connect_timeout {
         mongo.connect_timeout = source.duration("mongo.connect_timeout", value)?;
+    }
+    if let Some(n) = raw.max_client_conn {
+        mongo.max_client_conn = n;
+    }
+    if let Some(value) = &raw.client_login_timeout {
+        mongo.client_login_timeout = source.duration("mongo.client_login_timeout", value)?;
+    }
+    if let Some(value) = &raw.client_idle_timeout {
+        mongo.client_idle_timeout = source.duration("mongo.client_idle_timeout", value)?;
     }
     mongo.users = raw
         .users

@@ -448,4 +448,33 @@ fn mongo_validation() {
     assert!(Config::from_toml_str(&with_user).is_ok());
     assert!(err(&format!("{MONGO_ONLY}max_pool_size = 0\n")).starts_with("mongo.max_pool_size"));
     assert!(err(&format!("{MONGO_ONLY}pool_timeout = 0\n")).starts_with("mongo.pool_timeout"));
+    assert!(err(&format!("{MONGO_ONLY}max_client_conn = 0\n")).starts_with("mongo.max_client_conn"));
+    assert!(
+        err(&format!("{MONGO_ONLY}client_idle_timeout = \"soon\"\n"))
+            .starts_with("mongo.client_idle_timeout")
+    );
+}
+
+#[test]
+fn mongo_client_guards_parse() {
+    let text = format!(
+        "{MONGO_ONLY}max_client_conn = 7\nclient_login_timeout = \"2s\"\nclient_idle_timeout = 90\n"
+    );
+    let mongo = Config::from_toml_str(&text)
+        .expect("guards")
+        .mongo
+        .expect("mongo");
+    assert_eq!(mongo.max_client_conn, 7);
+    assert_eq!(mongo.client_login_timeout, Duration::from_secs(2));
+    assert_eq!(mongo.client_idle_timeout, Duration::from_secs(90));
+    let defaults = Config::from_toml_str(MONGO_ONLY)
+        .expect("defaults")
+        .mongo
+        .expect("mongo");
+    assert_eq!(defaults.max_client_conn, 10_000);
+    assert_eq!(defaults.client_login_timeout, Duration::from_secs(60));
+    assert!(
+        defaults.client_idle_timeout.is_zero(),
+        "idle timeout off by default"
+    );
 }

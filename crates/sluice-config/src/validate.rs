@@ -146,6 +146,7 @@ fn validate_mongo(mongo: &MongoConfig) -> Result<(), ConfigError> {
     }
     positive("mongo.pool_timeout", mongo.pool_timeout)?;
     positive("mongo.connect_timeout", mongo.connect_timeout)?;
+    at_least_one("mongo.max_client_conn", mongo.max_client_conn)?;
     if mongo.users.is_empty() && !mongo.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(
             "mongo.listen",

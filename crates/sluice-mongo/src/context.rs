@@ -12,6 +12,7 @@ use sluice_stats::Registry;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
+use crate::guards::{GuardSettings, Guards};
 use crate::pins::Pins;
 use crate::pool::{Pool, PoolSettings};
 use crate::replicas::Replicas;
@@ -50,6 +51,9 @@ pub struct Context {
     /// Bounds how many long-polling getMores may hold upstream connections at once:
     /// `max(1, max_pool_size / 2)`, so change streams can never take the whole pool.
     pub long_polls: Arc<Semaphore>,
+    /// `max_client_conn`, the login and idle timeouts (live: reload swaps them) and the
+    /// count of open client connections.
+    pub guards: Arc<Guards>,
     /// Sluice's `topologyVersion.processId`.
     pub process_id: ObjectId,
     next_connection_id: AtomicI64,
@@ -102,7 +106,9 @@ impl Context {
         ));
         let pool = Pool::new(settings, target);
         stats.register_mongo(Arc::new(pool.clone()));
+        let guards = Arc::new(Guards::new(GuardSettings::from_config(&config)));
         Ok(Arc::new(Context {
+            guards,
             long_polls: Arc::new(Semaphore::new(long_poll_limit(config.max_pool_size))),
             config,
             pool,
@@ -116,7 +122,9 @@ impl Context {
     }
 
     /// Applies a reloaded `[mongo]` section: pool sizes and `pool_timeout` change online
-    /// (and the long-poll bound with them). Returns the keys whose change needs a restart.
+    /// (and the long-poll bound with them), and so do `max_client_conn`,
+    /// `client_login_timeout` and `client_idle_timeout` (for open connections too, at their
+    /// next wait; a lower cap closes nobody). Returns the keys whose change needs a restart.
     pub fn reload(&self, new: &MongoConfig) -> Vec<&'static str> {
         // The old size from the same atomic swap, so concurrent reloads (SIGHUP, HTTP,
         // console) never apply one long-poll delta twice.
@@ -129,6 +137,7 @@ impl Context {
             long_poll_limit(old_max),
             long_poll_limit(new.max_pool_size),
         );
+        self.guards.set(GuardSettings::from_config(new));
         let mut restart = Vec::new();
         if new.listen != self.config.listen {
             restart.push("mongo.listen");

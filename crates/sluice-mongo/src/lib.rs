@@ -9,7 +9,8 @@
 //! * [`scram_client`] — SCRAM-SHA-1/256 towards the upstream; [`client_auth`] — SCRAM-SHA-256
 //!   towards clients.
 //! * [`upstream`] / [`pool`] — connections and the bounded FIFO pool.
-//! * [`hello`], [`request`], [`pins`], [`session`], [`listener`] — the data path.
+//! * [`hello`], [`request`], [`pins`], [`session`], [`listener`] — the data path;
+//!   [`guards`] — the client cap, login and idle timeouts and pre-auth message cap.
 //! * [`topology`] (sans-IO) / [`replicas`] — replica sets: following the primary after a
 //!   failover and routing `$readPreference`.
 //!
@@ -23,6 +24,7 @@
 
 pub mod client_auth;
 pub mod context;
+pub mod guards;
 pub mod hello;
 pub mod listener;
 pub mod pins;

@@ -103,6 +103,11 @@ impl Pins {
         removed.len()
     }
 
+    /// Whether session `lsid` has a pinned (still open) transaction.
+    pub fn is_pinned(&self, lsid: &[u8]) -> bool {
+        self.map.lock().contains_key(lsid)
+    }
+
     /// Number of pinned transactions.
     pub fn len(&self) -> usize {
         self.map.lock().len()

@@ -1,20 +1,26 @@
 //! One client connection: read a whole message, answer it (hello, login) or forward it
 //! over an upstream connection checked out for that one round trip (or over the
 //! connection pinned to its transaction), write the reply back with the client's ids.
+//! Between requests the [`crate::guards`] apply: the login and idle deadlines, the
+//! pre-authentication message cap; a connection over `max_client_conn` gets its first
+//! request answered with an error and is closed.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bson::{doc, Document};
 use bytes::BytesMut;
 use sluice_stats::ErrorKind;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuth;
 use crate::context::Context;
+use crate::guards::{Expiry, OpenCursors, PRE_AUTH_MAX_MESSAGE};
 use crate::hello::{hello_reply, is_hello, HelloRequest};
 use crate::pins::Pinned;
 use crate::pool::{PoolError, PooledConn};
@@ -26,6 +32,8 @@ use crate::wire::{
     OpQuery, WireError,
 };
 
+mod read;
+
 /// Why a session ended abnormally (logged, never sent).
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -33,15 +41,29 @@ enum SessionError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error("{} expired", .0.key())]
+    Expired(Expiry),
 }
 
 /// Runs one client session to its end.
 pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, token: CancellationToken) {
     let span = tracing::info_span!("mongo", client = %peer);
     async move {
-        let mut session = Session::new(ctx, stream, peer);
-        match session.serve(token).await {
+        let slot = ctx.guards.admit();
+        let mut session = Session::new(ctx, stream, peer, token);
+        let _slot = match slot {
+            Ok(slot) => slot,
+            Err(refused) => {
+                tracing::warn!(%refused, "refusing a MongoDB client");
+                session.refuse(refused).await;
+                return;
+            }
+        };
+        match session.serve().await {
             Ok(()) => tracing::debug!("client disconnected"),
+            Err(SessionError::Expired(expiry)) => {
+                tracing::info!(timeout = expiry.key(), "closing a MongoDB client");
+            }
             Err(e) => tracing::debug!(error = %e, "session ended"),
         }
     }
@@ -58,14 +80,38 @@ struct Session {
     auth: ClientAuth,
     connection_id: i64,
     next_reply_id: i32,
+    /// Ends awaitable hellos and the wait for the next request at shutdown.
+    token: CancellationToken,
+    /// `maxMessageSizeBytes`: the frame limit once logged in.
+    max_message: usize,
+    /// Without `[[mongo.users]]`: whether a first request came (then it counts as logged in).
+    greeted: bool,
+    /// The last sign of life the login / idle deadline counts from.
+    last_seen: Instant,
+    /// Cursors this client has open: they keep it from the idle timeout.
+    cursors: OpenCursors,
+    /// Sessions (`lsid`) this client ran transaction commands for; while one is still
+    /// pinned the idle timeout waits.
+    txn_sessions: HashSet<Vec<u8>>,
 }
 
 impl Session {
-    fn new(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) -> Self {
+    fn new(
+        ctx: Arc<Context>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        token: CancellationToken,
+    ) -> Self {
         let max = ctx.pool.server_info().map_or(48_000_000, |i| {
             usize::try_from(i.max_message_size_bytes).unwrap_or(48_000_000)
         });
         Session {
+            token,
+            max_message: max,
+            greeted: false,
+            last_seen: Instant::now(),
+            cursors: OpenCursors::default(),
+            txn_sessions: HashSet::new(),
             auth: ClientAuth::new(ctx.users.clone(), ctx.auth_required),
             connection_id: ctx.next_connection_id(),
             ctx,
@@ -77,44 +123,38 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, token: CancellationToken) -> Result<(), SessionError> {
+    async fn serve(&mut self) -> Result<(), SessionError> {
         loop {
-            let frame = tokio::select! {
-                _ = token.cancelled() => return Ok(()),
-                f = self.read_frame() => f,
-            };
-            let frame = match frame {
+            let frame = match self.read_frame().await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
                 Err(SessionError::Wire(e)) => {
                     // The stream cannot be resynchronised: answer (if the header was
                     // readable) and close.
-                    let code = match e {
-                        WireError::TooLarge { .. } => ErrorCode::BsonObjectTooLarge,
-                        _ => ErrorCode::FailedToParse,
+                    let (code, msg) = match e {
+                        WireError::TooLarge { len, .. } if !self.logged_in() => (
+                            ErrorCode::BsonObjectTooLarge,
+                            format!(
+                                "sluice: a message of {len} bytes before authentication is \
+                                 over the {PRE_AUTH_MAX_MESSAGE}-byte limit; log in first"
+                            ),
+                        ),
+                        WireError::TooLarge { .. } => {
+                            (ErrorCode::BsonObjectTooLarge, e.to_string())
+                        }
+                        _ => (ErrorCode::FailedToParse, e.to_string()),
                     };
                     let request_id =
                         crate::wire::Header::parse(&self.buf).map_or(0, |h| h.request_id);
                     self.pool_error_count(ErrorKind::Protocol);
-                    let _ = self
-                        .reply(request_id, &error_doc(code, e.to_string()))
-                        .await;
+                    let _ = self.reply(request_id, &error_doc(code, msg)).await;
                     return Err(e.into());
                 }
                 Err(e) => return Err(e),
             };
             self.handle(frame).await?;
-        }
-    }
-
-    async fn read_frame(&mut self) -> Result<Option<Frame>, SessionError> {
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
-                return Ok(Some(frame));
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Ok(None);
-            }
+            self.greeted = true;
+            self.last_seen = Instant::now();
         }
     }
 
@@ -159,8 +199,15 @@ impl Session {
     async fn hello(&self, req: &HelloRequest) -> Document {
         let wait = req.wait(self.ctx.process_id);
         if !wait.is_zero() {
-            // Awaitable hello: the topology never changes, so just wait, holding nothing.
-            tokio::time::sleep(wait).await;
+            // Awaitable hello: the topology never changes, so just wait, holding nothing —
+            // until shutdown, which ends the wait as mongos's quiesce mode does, so that
+            // the driver stops using this router at once.
+            tokio::select! {
+                _ = self.token.cancelled() => {
+                    return error_doc(ErrorCode::ShutdownInProgress, "sluice is shutting down");
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
         }
         let info = self.ctx.server_info().await;
         hello_reply(
@@ -297,6 +344,7 @@ impl Session {
         };
         let (conn, result) = exchange(conn, frame, more_to_come).await;
         drop(conn);
+        self.note_cursors(&info, &result);
         match &member {
             Some((_, addr)) => self.track_cursors(&info, &result, addr),
             None => self.watch_for_failover(&result),
@@ -316,6 +364,18 @@ impl Session {
                 self.ctx.replicas.check_soon();
             }
         }
+    }
+
+    /// Keeps this client's open cursors up to date (for the idle timeout).
+    fn note_cursors(&mut self, info: &RequestInfo, result: &Result<Option<Frame>, UpstreamError>) {
+        let reply_cursor = match result {
+            Ok(Some(reply)) => OpMsg::parse(reply.body())
+                .ok()
+                .and_then(|m| reply_cursor_id(m.body)),
+            _ => None,
+        };
+        self.cursors
+            .record(&info.name, &info.cursor_ids, reply_cursor, Instant::now());
     }
 
     /// Remembers where a member's cursors live, and forgets exhausted or killed ones.
@@ -364,6 +424,8 @@ impl Session {
             return self.reply(request_id, &e).await;
         };
         let (conn, result) = exchange(conn, frame, more_to_come).await;
+        self.txn_sessions.insert(lsid.to_vec());
+        self.note_cursors(info, &result);
         let ended = info.ends_transaction() || result.is_err();
         if ended {
             self.ctx.pins.unpin(lsid, &pinned);

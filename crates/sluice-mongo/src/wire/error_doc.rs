@@ -8,7 +8,8 @@ use bson::{doc, Document};
 pub enum ErrorCode {
     /// 2: a malformed command.
     BadValue,
-    /// 6: the upstream cannot be reached (retryable).
+    /// 6: the upstream cannot be reached (retryable); also the refusal of a connection
+    /// over `max_client_conn` (mongod has no code for it: it just closes the socket).
     HostUnreachable,
     /// 9: a message that does not parse.
     FailedToParse,
@@ -16,6 +17,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// 18: wrong user or password.
     AuthenticationFailed,
+    /// 91: Sluice is shutting down (the answer to an awaitable hello, as mongos gives in
+    /// quiesce mode).
+    ShutdownInProgress,
     /// 59: a command Sluice does not know (never used for forwarded commands).
     CommandNotFound,
     /// 133: no replica-set member satisfies the request's `$readPreference`.
@@ -38,6 +42,7 @@ impl ErrorCode {
             Self::Unauthorized => 13,
             Self::AuthenticationFailed => 18,
             Self::CommandNotFound => 59,
+            Self::ShutdownInProgress => 91,
             Self::FailedToSatisfyReadPreference => 133,
             Self::NetworkInterfaceExceededTimeLimit => 202,
             Self::MechanismUnavailable => 334,
@@ -55,6 +60,7 @@ impl ErrorCode {
             Self::Unauthorized => "Unauthorized",
             Self::AuthenticationFailed => "AuthenticationFailed",
             Self::CommandNotFound => "CommandNotFound",
+            Self::ShutdownInProgress => "ShutdownInProgress",
             Self::NetworkInterfaceExceededTimeLimit => "NetworkInterfaceExceededTimeLimit",
             Self::MechanismUnavailable => "MechanismUnavailable",
             Self::BsonObjectTooLarge => "BSONObjectTooLarge",

@@ -93,6 +93,17 @@ impl FrameDecoder {
         FrameDecoder { max_len }
     }
 
+    /// Changes the limit for the messages decoded from now on (a client that logs in
+    /// moves from the pre-authentication cap to `maxMessageSizeBytes`).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len;
+    }
+
+    /// The limit in force.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
     /// Takes one whole message off the front of `buf`; `Ok(None)` until it is all there.
     /// After an error the stream cannot be resynchronised: close it.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
