@@ -8,11 +8,24 @@ use std::sync::Arc;
 
 use sluice_auth::{ScramVerifier, Secret};
 use sluice_config::{Config, DatabaseConfig};
-use sluice_stats::Registry;
+use sluice_stats::{PoolSnapshot, PoolSource, Registry};
 use thiserror::Error;
 
 use crate::cancel::CancelRegistry;
 use crate::pool::{Pool, PoolSettings};
+
+/// A pool as the statistics registry sees it: the pool's own snapshot plus the size of its
+/// shared prepared-statement registry.
+struct PoolStats(Pool);
+
+impl PoolSource for PoolStats {
+    fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            prepared_statements: self.0.statements().len() as u64,
+            ..self.0.snapshot()
+        }
+    }
+}
 
 /// How one user proves who they are.
 #[derive(Debug, Clone)]
@@ -144,7 +157,10 @@ impl Context {
                         tls: tls.clone(),
                         sslmode: db.sslmode,
                     };
-                    (user.clone(), Pool::new(settings))
+                    let pool = Pool::new(settings);
+                    pool.statements()
+                        .set_capacity(pg.prepared_statement_registry_size);
+                    (user.clone(), pool)
                 })
                 .collect();
             databases.insert(
@@ -176,7 +192,7 @@ impl Context {
         let stats = Arc::new(Registry::new());
         for db in databases.values() {
             for pool in db.pools.values() {
-                stats.register(Arc::new(pool.clone()));
+                stats.register(Arc::new(PoolStats(pool.clone())));
             }
         }
         Ok(Self {

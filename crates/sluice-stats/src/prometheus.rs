@@ -15,6 +15,8 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 /// Prometheus text. Pool series carry `database`, `user` and `pool` labels.
 pub fn render_prometheus(registry: &Registry, process: &ProcessStats) -> String {
     let mut pools = registry.pool_snapshots();
+    // Postgres pools come first; MongoDB pools have no prepared statements.
+    let pg = pools.len();
     pools.extend(registry.mongo_snapshots());
     let labels: Vec<String> = pools.iter().map(pool_labels).collect();
     let mut out = Out(String::with_capacity(2048 + pools.len() * 4096));
@@ -63,6 +65,14 @@ pub fn render_prometheus(registry: &Registry, process: &ProcessStats) -> String 
     for (name, help, get) in gauges {
         out.per_pool_f64(&pools, &labels, name, "gauge", help, get);
     }
+    out.per_pool_u64(
+        &pools[..pg],
+        &labels[..pg],
+        "sluice_prepared_statements",
+        "gauge",
+        "Distinct prepared statements in the pool's shared registry (held by a client or server).",
+        |p| p.prepared_statements,
+    );
     let counters: [PerPool<u64>; 6] = [
         (
             "sluice_pool_checkouts_total",

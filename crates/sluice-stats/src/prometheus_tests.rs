@@ -33,6 +33,7 @@ impl PoolSource for FakePool {
                 application_name: "psql".into(),
                 age_seconds: 1.5,
             }),
+            prepared_statements: 7,
             ..Default::default()
         }
         .with_counters(self.counters.snapshot())
@@ -194,6 +195,7 @@ fn output_parses_back() {
         ("sluice_pool_errors_total", "counter"),
         ("sluice_pool_server_connects_total", "counter"),
         ("sluice_pool_wait_seconds", "histogram"),
+        ("sluice_prepared_statements", "gauge"),
         ("sluice_client_connections", "gauge"),
         ("process_resident_memory_bytes", "gauge"),
         ("process_open_fds", "gauge"),
@@ -234,6 +236,7 @@ fn output_parses_back() {
         10.0
     );
     assert_eq!(find("sluice_pool_utilization", "main", &[]), 0.3);
+    assert_eq!(find("sluice_prepared_statements", "main", &[]), 7.0);
     assert_eq!(find("sluice_pool_bytes_received_total", "main", &[]), 100.0);
     assert_eq!(find("sluice_pool_bytes_sent_total", "main", &[]), 2000.0);
     assert_eq!(
