@@ -527,5 +527,8 @@ async fn a_waiting_client_that_disconnects_leaves_the_queue_at_once() {
     );
     holder.batch_execute("COMMIT").await.unwrap();
     let next = sluice.client(&db).await;
-    assert_eq!(within(T, "next client", scalar(&next, "select 'next'")).await, "next");
+    assert_eq!(
+        within(T, "next client", scalar(&next, "select 'next'")).await,
+        "next"
+    );
 }

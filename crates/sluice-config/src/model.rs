@@ -173,6 +173,11 @@ pub struct PostgresConfig {
     /// Per-server cache of shared prepared statements in transaction mode; 0 disables
     /// statement mapping (named statements then only work inside one transaction).
     pub max_prepared_statements: usize,
+    /// Most distinct statements each pool's shared registry indexes (transaction mode).
+    /// A statement leaves the registry as soon as no client and no server holds it; past
+    /// this many, the least recently parsed are dropped from it (their holders keep them;
+    /// the next Parse of that text gets a new server-side name). At least 1; default 10,000.
+    pub prepared_statement_registry_size: usize,
     /// Largest message accepted from an authenticated client, in bytes (PostgreSQL's own
     /// limit, 1 GiB - 1, is the outer bound).
     pub max_packet_size: usize,
@@ -211,6 +216,7 @@ impl Default for PostgresConfig {
             server_connect_timeout: Duration::from_secs(5),
             tls: ClientTlsConfig::default(),
             max_prepared_statements: 200,
+            prepared_statement_registry_size: 10_000,
             max_packet_size: 64 * 1024 * 1024,
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(0),

@@ -72,6 +72,7 @@ struct RawPostgres {
     auth_type: Option<AuthType>,
     server_connect_timeout: Option<Spanned<Value>>,
     max_prepared_statements: Option<usize>,
+    prepared_statement_registry_size: Option<usize>,
     max_packet_size: Option<usize>,
     query_wait_timeout: Option<Spanned<Value>>,
     client_login_timeout: Option<Spanned<Value>>,
@@ -258,6 +259,9 @@ pub(crate) fn apply_toml(
     }
     if let Some(n) = postgres.max_prepared_statements {
         pg.max_prepared_statements = n;
+    }
+    if let Some(n) = postgres.prepared_statement_registry_size {
+        pg.prepared_statement_registry_size = n;
     }
     if let Some(auth) = postgres.auth_type {
         pg.auth_type = auth;

@@ -47,6 +47,7 @@ fn defaults() {
     assert_eq!(pg.pool_mode, PoolMode::Transaction);
     assert_eq!(pg.max_client_conn, 10_000);
     assert_eq!(pg.max_prepared_statements, 200);
+    assert_eq!(pg.prepared_statement_registry_size, 10_000);
     assert_eq!(pg.pool_size, 15);
     assert_eq!(pg.min_pool_size, 5);
     assert_eq!(pg.pool_timeout, Duration::from_secs(30));
@@ -260,6 +261,7 @@ fn file_errors_name_their_key() {
     let cases = [
         ("[postgres]\npool_size = 0\n", "postgres.pool_size: must be at least 1 (got 0)"),
         ("[postgres]\nmax_client_conn = 0\n", "postgres.max_client_conn: must be at least 1 (got 0)"),
+        ("[postgres]\nprepared_statement_registry_size = 0\n", "postgres.prepared_statement_registry_size: must be at least 1 (got 0)"),
         ("[postgres]\nmin_pool_size = 20\n", "postgres.min_pool_size: must not exceed postgres.pool_size (got 20 > 15)"),
         ("[postgres]\npool_timeout = \"0s\"\n", "postgres.pool_timeout: must be greater than zero"),
         ("[postgres]\nserver_connect_timeout = 0\n", "postgres.server_connect_timeout: must be greater than zero"),

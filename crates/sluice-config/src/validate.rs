@@ -14,6 +14,10 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     let pg = &config.postgres;
     at_least_one("postgres.max_client_conn", pg.max_client_conn)?;
     at_least_one("postgres.pool_size", pg.pool_size)?;
+    at_least_one(
+        "postgres.prepared_statement_registry_size",
+        pg.prepared_statement_registry_size,
+    )?;
     if pg.min_pool_size > pg.pool_size {
         return Err(ConfigError::invalid(
             "postgres.min_pool_size",

@@ -144,7 +144,10 @@ impl Context {
                         tls: tls.clone(),
                         sslmode: db.sslmode,
                     };
-                    (user.clone(), Pool::new(settings))
+                    let pool = Pool::new(settings);
+                    pool.statements()
+                        .set_capacity(pg.prepared_statement_registry_size);
+                    (user.clone(), pool)
                 })
                 .collect();
             databases.insert(

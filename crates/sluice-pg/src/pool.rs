@@ -411,6 +411,7 @@ impl PoolSource for Pool {
                 application_name: who.application_name.clone(),
                 age_seconds: age.as_secs_f64(),
             }),
+            prepared_statements: self.inner.statements.len() as u64,
             ..PoolSnapshot::default()
         }
         .with_counters(self.counters().snapshot())

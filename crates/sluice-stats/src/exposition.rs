@@ -117,6 +117,10 @@ const WAIT: (&str, &str) = (
     "Time clients waited to check out a server connection.",
 );
 const CLIENTS: (&str, &str) = ("sluice_client_connections", "Client connections by state.");
+const PREPARED: (&str, &str) = (
+    "sluice_prepared_statements",
+    "Distinct prepared statements in the pool's shared registry (held by a client or server).",
+);
 
 /// A `prometheus` [`Collector`] over a Sluice [`Registry`]: on every
 /// [`Collector::collect`] it snapshots each pool (Postgres, then MongoDB) and
@@ -148,6 +152,7 @@ impl PoolCollector {
         }
         descs.push(desc(ERRORS, &["kind"])?);
         descs.push(desc(WAIT, &[])?);
+        descs.push(desc(PREPARED, &[])?);
         descs.push(Desc::new(
             CLIENTS.0.into(),
             CLIENTS.1.into(),
@@ -165,6 +170,8 @@ impl Collector for PoolCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut pools = self.registry.pool_snapshots();
+        // Postgres pools come first; MongoDB pools have no prepared statements.
+        let pg = pools.len();
         pools.extend(self.registry.mongo_snapshots());
         let labels: Vec<Vec<LabelPair>> = pools.iter().map(pool_labels).collect();
         let series = || pools.iter().zip(&labels);
@@ -212,6 +219,14 @@ impl Collector for PoolCollector {
             MetricType::HISTOGRAM,
             series()
                 .map(|(p, l)| histogram(l.clone(), &p.counters.checkout_wait))
+                .collect(),
+        ));
+        families.push(family(
+            PREPARED,
+            MetricType::GAUGE,
+            series()
+                .take(pg)
+                .map(|(p, l)| gauge(l.clone(), p.prepared_statements as f64))
                 .collect(),
         ));
 

@@ -36,6 +36,7 @@ impl PoolSource for FakePool {
                 application_name: "psql".into(),
                 age_seconds: 1.5,
             }),
+            prepared_statements: 7,
             ..Default::default()
         }
         .with_counters(self.counters.snapshot())
@@ -114,7 +115,7 @@ fn scalar(s: &Scrape, metric: &str, pool: &str, extra: &[(&str, &str)]) -> f64 {
 }
 
 /// Every family today's dashboards and alerts read, with its type and help.
-const FAMILIES: [(&str, &str, &str); 14] = [
+const FAMILIES: [(&str, &str, &str); 15] = [
     (
         "sluice_pool_connections",
         "gauge",
@@ -173,6 +174,11 @@ const FAMILIES: [(&str, &str, &str); 14] = [
         "Time clients waited to check out a server connection.",
     ),
     (
+        "sluice_prepared_statements",
+        "gauge",
+        "Distinct prepared statements in the pool's shared registry (held by a client or server).",
+    ),
+    (
         "sluice_client_connections",
         "gauge",
         "Client connections by state.",
@@ -217,6 +223,7 @@ fn values_come_from_the_snapshots() {
     let max = &[("database", "db1"), ("user", "app")];
     assert_eq!(scalar(&s, "sluice_pool_max_connections", "main", max), 10.0);
     assert_eq!(scalar(&s, "sluice_pool_utilization", "main", &[]), 0.3);
+    assert_eq!(scalar(&s, "sluice_prepared_statements", "main", &[]), 7.0);
     assert_eq!(
         scalar(&s, "sluice_pool_longest_wait_seconds", "main", &[]),
         0.25

@@ -67,6 +67,10 @@ pub struct PoolSnapshot {
     pub wait_p99_seconds: f64,
     /// The checkout held the longest, if any connection is checked out.
     pub oldest_checkout: Option<CheckoutInfo>,
+    /// Distinct prepared statements in the pool's shared registry: those some client or
+    /// server connection still holds, at most `prepared_statement_registry_size`
+    /// (PostgreSQL pools in transaction mode; 0 otherwise).
+    pub prepared_statements: u64,
 }
 
 impl PoolSnapshot {

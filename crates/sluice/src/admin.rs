@@ -71,7 +71,8 @@ impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
 }
 
 /// Loads the configuration again and applies what can change online: pool sizes,
-/// `min_pool_size` and `pool_timeout` (Postgres and MongoDB), and certificates. Changes that need a restart (listen address,
+/// `min_pool_size` and `pool_timeout` (Postgres and MongoDB),
+/// `prepared_statement_registry_size`, and certificates. Changes that need a restart (listen address,
 /// databases, users, pool mode, auth) are named in the result. An invalid file changes
 /// nothing and is returned as the error.
 pub fn reload(
@@ -98,6 +99,8 @@ pub fn reload(
                     db.min_pool_size(new_pg),
                     new_pg.pool_timeout,
                 );
+                pool.statements()
+                    .set_capacity(new_pg.prepared_statement_registry_size);
                 applied += 1;
             }
         }

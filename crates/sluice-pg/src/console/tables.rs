@@ -107,6 +107,9 @@ fn pools(ctx: &Context) -> ResultSet {
         "maxwait",
         "maxwait_us",
         "pool_mode",
+        // Sluice's own: the pool's shared statement registry (PgBouncer 1.21+ shows
+        // `prepared_statements` per client and server; this is the pool-wide index).
+        "prepared_statements",
     ]);
     let mut clients: HashMap<(String, String), u64> = HashMap::new();
     for c in ctx.cancel.list() {
@@ -135,6 +138,7 @@ fn pools(ctx: &Context) -> ResultSet {
                 (wait.trunc() as u64).to_string(),
                 ((wait.fract() * 1e6) as u64).to_string(),
                 s.mode,
+                pool.statements().len().to_string(),
             ]);
         }
     }
@@ -290,7 +294,7 @@ fn config(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(&["key", "value", "changeable"]);
     let pg = &ctx.config.postgres;
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
-    let rows: [(&str, String, bool); 12] = [
+    let rows: [(&str, String, bool); 13] = [
         ("listen", pg.listen.to_string(), false),
         ("pool_mode", pg.pool_mode.to_string(), false),
         ("max_client_conn", pg.max_client_conn.to_string(), false),
@@ -308,6 +312,11 @@ fn config(ctx: &Context) -> ResultSet {
             "max_prepared_statements",
             pg.max_prepared_statements.to_string(),
             false,
+        ),
+        (
+            "prepared_statement_registry_size",
+            pg.prepared_statement_registry_size.to_string(),
+            true,
         ),
         (
             "shutdown_timeout",

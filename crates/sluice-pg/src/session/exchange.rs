@@ -124,8 +124,8 @@ enum Expect {
     Describe(Option<Arc<Statement>>),
     Execute,
     Close {
-        /// Server name of a statement Sluice evicted (swallowed; restored if skipped).
-        evicted: Option<Arc<str>>,
+        /// A statement Sluice evicted from the server (swallowed; restored if skipped).
+        evicted: Option<Arc<Statement>>,
     },
     Sync,
     FunctionCall,
@@ -552,9 +552,9 @@ impl Exchange {
         if let Some(victim) = io
             .server
             .statements
-            .insert(stmt.server_name.clone(), self.features.cache_size)
+            .insert(stmt.clone(), self.features.cache_size)
         {
-            messages::write_target(io.to_server, b'C', b'S', victim.as_bytes());
+            messages::write_target(io.to_server, b'C', b'S', victim.server_name.as_bytes());
             self.push(Expect::Close {
                 evicted: Some(victim),
             });

@@ -246,10 +246,10 @@ impl Exchange {
                 }
             }
             Expect::Close {
-                evicted: Some(name),
+                evicted: Some(stmt),
             } => {
                 // The server still has it.
-                io.server.statements.insert(name, usize::MAX);
+                io.server.statements.insert(stmt, usize::MAX);
             }
             Expect::Synthetic(Synthetic::ParseComplete(name)) => {
                 io.client.statements.remove(&name);
