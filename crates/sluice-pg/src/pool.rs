@@ -171,7 +171,8 @@ struct Health {
 }
 
 struct Inner {
-    settings: PoolSettings,
+    /// Replaced whole by [`Pool::reconfigure`]; read through [`Pool::settings`].
+    settings: parking_lot::RwLock<Arc<PoolSettings>>,
     /// `pool_size`, changeable by reload.
     max_size: AtomicUsize,
     /// `min_pool_size`, changeable by reload.
@@ -223,7 +224,7 @@ impl Pool {
                 health: Mutex::new(Health::default()),
                 paused: std::sync::atomic::AtomicBool::new(false),
                 resumed: tokio::sync::Notify::new(),
-                settings,
+                settings: parking_lot::RwLock::new(Arc::new(settings)),
                 state: Mutex::new(State::default()),
                 params: Mutex::new(None),
                 statements: StatementRegistry::default(),
@@ -232,10 +233,29 @@ impl Pool {
         }
     }
 
-    /// The pool's settings as configured at start (sizes and timeout: see
-    /// [`Pool::resize`]).
-    pub fn settings(&self) -> &PoolSettings {
-        &self.inner.settings
+    /// The pool's settings in force (the latest [`Pool::reconfigure`]; sizes and timeout
+    /// as of the latest [`Pool::resize`] are read from the pool itself).
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.inner.settings.read().clone()
+    }
+
+    /// Applies reloaded settings: the next checkout, reset, connect and maintenance pass
+    /// use them. The pool keeps its name, upstream, TLS and pooling mode.
+    pub fn reconfigure(&self, new: PoolSettings) {
+        let (max_size, min_size, timeout) = (new.max_size, new.min_size, new.timeout);
+        {
+            let mut current = self.inner.settings.write();
+            let old = &**current;
+            *current = Arc::new(PoolSettings {
+                name: old.name.clone(),
+                upstream: old.upstream.clone(),
+                mode: old.mode,
+                tls: old.tls.clone(),
+                sslmode: old.sslmode,
+                ..new
+            });
+        }
+        self.resize(max_size, min_size, timeout);
     }
 
     /// Applies reloaded sizes and timeout; takes effect for the next checkout.
@@ -341,13 +361,14 @@ impl Pool {
         let mut h = self.inner.health.lock();
         let factor = 1u32 << h.refusals.min(3);
         h.refusals += 1;
-        let pause = self.inner.settings.server_login_retry * factor;
+        let settings = self.settings();
+        let pause = settings.server_login_retry * factor;
         h.login_blocked = Some((Instant::now() + pause, e.clone()));
-        tracing::warn!(pool = %self.inner.settings.name, ?pause, "upstream refused the login; pausing new attempts");
+        tracing::warn!(pool = %settings.name, ?pause, "upstream refused the login; pausing new attempts");
     }
 
     fn set_lifetime(&self, conn: &mut ServerConn) {
-        if let Some(l) = self.inner.settings.server_lifetime {
+        if let Some(l) = self.settings().server_lifetime {
             let jitter = 1.0 - rand::random::<f64>() * 0.1;
             conn.expires = Some(conn.created + l.mul_f64(jitter));
         }
@@ -515,7 +536,7 @@ impl Pool {
     /// Opens a connection in a slot already counted in `total`, retrying transient
     /// failures (upstream restarting) until the deadline. Frees the slot on failure.
     async fn connect_in_slot(&self, deadline: Instant, start: Instant) -> Result<Conn, PoolError> {
-        let s = &self.inner.settings;
+        let s = self.settings();
         let mut backoff = Duration::from_millis(50);
         if let Some(e) = self.login_blocked() {
             self.free_slot();
@@ -577,7 +598,7 @@ impl Pool {
     }
 
     fn name(&self) -> String {
-        self.inner.settings.name.clone()
+        self.settings().name.clone()
     }
 
     fn remember_params(&self, conn: &ServerConn) {
@@ -639,7 +660,7 @@ impl Pool {
         if st.closed || expired {
             drop(st);
             if expired {
-                tracing::debug!(pool = %self.inner.settings.name, "server_lifetime reached; closing");
+                tracing::debug!(pool = %self.settings().name, "server_lifetime reached; closing");
             }
             self.free_slot();
             return;
@@ -684,7 +705,7 @@ impl Pool {
                     let before = st.idle.len();
                     let now = Instant::now();
                     let min = pool.inner.min_size.load(Ordering::Relaxed);
-                    let idle_limit = pool.inner.settings.server_idle_timeout;
+                    let idle_limit = pool.settings().server_idle_timeout;
                     // Oldest-idle first are at the front (the stack pops from the back).
                     let mut spare = st.total.saturating_sub(min);
                     st.idle.retain(|c| {
@@ -699,7 +720,7 @@ impl Pool {
                     let dead = before - st.idle.len();
                     if dead > 0 {
                         st.total -= dead;
-                        tracing::debug!(pool = %pool.inner.settings.name, closed = dead, "closed dead, expired or long-idle server connections");
+                        tracing::debug!(pool = %pool.settings().name, closed = dead, "closed dead, expired or long-idle server connections");
                     }
                     // Below min_pool_size, or nothing open and no recent proof that the
                     // upstream is reachable (keeps /health honest without a probe per request).
@@ -720,7 +741,7 @@ impl Pool {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
-                let s = &pool.inner.settings;
+                let s = pool.settings();
                 if pool.login_blocked().is_some() {
                     pool.free_slot();
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -803,7 +824,7 @@ impl Drop for PooledConn {
 
 impl PoolSource for Pool {
     fn snapshot(&self) -> PoolSnapshot {
-        let s = &self.inner.settings;
+        let s = self.settings();
         let (database, user) = s.name.split_once('/').unwrap_or((&s.name, ""));
         let (size, idle, active, waiting, longest_wait, oldest) = {
             let st = self.inner.state.lock();
