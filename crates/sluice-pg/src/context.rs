@@ -337,3 +337,59 @@ impl LiveContext {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use sluice_config::PoolMode;
+    use sluice_stats::PoolSource;
+
+    const BASE: &str = r#"
+[postgres]
+pool_mode = "transaction"
+admin_users = []
+[[postgres.databases]]
+name = "a"
+upstream = "postgres://u:p@127.0.0.1:1/a"
+"#;
+
+    fn config(text: &str) -> Arc<Config> {
+        Arc::new(Config::from_toml_str(text).unwrap())
+    }
+
+    #[test]
+    fn reconfigured_context_shares_pools_and_applies_live_keys_only() {
+        let ctx = Context::new(config(BASE)).unwrap();
+        let changed = BASE
+            .replacen(
+                "[postgres]\n",
+                "[postgres]\npool_size = 3\nserver_reset_query = \"RESET ALL\"\n",
+                1,
+            )
+            .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"")
+            .replace("admin_users = []", "admin_users = [\"u\"]")
+            .replace("127.0.0.1:1/a", "127.0.0.1:2/a");
+        let next = ctx.reconfigured(config(&changed));
+        let (old, new) = (
+            &ctx.databases["a"].pools["u"],
+            &next.databases["a"].pools["u"],
+        );
+        // One pool, seen from both contexts.
+        assert!(Arc::ptr_eq(&old.settings(), &new.settings()));
+        let s = new.settings();
+        assert_eq!(s.reset_query, "RESET ALL");
+        assert_eq!(s.max_size, 3);
+        assert_eq!(new.snapshot().max, 3);
+        // Needs a restart: the pool keeps its mode and upstream.
+        assert_eq!(s.mode, PoolMode::Transaction);
+        assert_eq!(s.upstream.port, 1);
+        assert_eq!(next.databases["a"].config.upstream.port, 1);
+        assert_eq!(next.started.postgres.pool_size, 15);
+        // admin_users is looked up again; counters are shared.
+        assert!(ctx.admin_users.is_empty());
+        assert!(next.admin_users.contains_key("u"));
+        assert!(Arc::ptr_eq(&ctx.clients, &next.clients));
+    }
+}
