@@ -1,7 +1,7 @@
 //! Reload does what it says: a key the answer lists under "applied" really takes effect
 //! for the next client (client_idle_timeout, server_reset_query, max_packet_size), and a
 //! key that needs a restart (postgres.listen) is named as such and left alone — against
-//! the real program and PostgreSQL, reloaded over HTTP and SIGHUP.
+//! the real program and PostgreSQL, reloaded over HTTP, SIGHUP and the console.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -170,4 +170,56 @@ async fn listen_change_is_named_as_needing_a_restart() {
     // And the running listener is the old one.
     let client = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
     assert_eq!(scalar(&client, "select 41 + 1").await, "42");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_reload_names_the_keys_and_show_config_follows() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("reload_console").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .user(APP_USER, APP_PASSWORD)
+        .user("admin", "adminpw")
+        .extra_postgres("admin_users = [\"admin\"]")
+        .server_reset_query("DISCARD ALL")
+        .start();
+    let original = std::fs::read_to_string(sluice.config_path()).unwrap();
+    std::fs::write(
+        sluice.config_path(),
+        original.replacen("DISCARD ALL", "RESET ALL", 1),
+    )
+    .unwrap();
+    // One console session: RELOAD, then SHOW CONFIG sees the reloaded value.
+    let out = std::process::Command::new(cluster.client_tool("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-h", "127.0.0.1", "-p", &sluice.port().to_string()])
+        .args([
+            "-U",
+            "admin",
+            "-d",
+            "sluice",
+            "-c",
+            "RELOAD",
+            "-c",
+            "SHOW CONFIG",
+        ])
+        .env("PGPASSWORD", "adminpw")
+        .env("PGSSLMODE", "disable")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("NOTICE:  applied: postgres.server_reset_query; needs restart: none"),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "server_reset_query|RESET ALL|yes"),
+        "{stdout}"
+    );
 }
