@@ -9,9 +9,12 @@ mod error;
 mod load;
 mod model;
 mod raw;
+mod reload;
 mod upstream;
 mod validate;
 
+#[cfg(test)]
+mod reload_tests;
 #[cfg(test)]
 mod tests;
 
@@ -24,6 +27,7 @@ pub use model::{
     AdminConfig, AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, GeneralConfig,
     MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig,
 };
+pub use reload::{diff, Apply, Key, ReloadPlan, KEYS, MONGO_SECTION};
 pub use upstream::{Upstream, UpstreamError, DEFAULT_PORT};
 pub use validate::RESERVED_DATABASE_NAMES;
 

@@ -124,8 +124,9 @@ impl Context {
     /// Applies a reloaded `[mongo]` section: pool sizes and `pool_timeout` change online
     /// (and the long-poll bound with them), and so do `max_client_conn`,
     /// `client_login_timeout` and `client_idle_timeout` (for open connections too, at their
-    /// next wait; a lower cap closes nobody). Returns the keys whose change needs a restart.
-    pub fn reload(&self, new: &MongoConfig) -> Vec<&'static str> {
+    /// next wait; a lower cap closes nobody). Which keys need a restart instead is
+    /// `sluice_config::KEYS`'s business.
+    pub fn reload(&self, new: &MongoConfig) {
         // The old size from the same atomic swap, so concurrent reloads (SIGHUP, HTTP,
         // console) never apply one long-poll delta twice.
         let old_max = self
@@ -138,20 +139,6 @@ impl Context {
             long_poll_limit(new.max_pool_size),
         );
         self.guards.set(GuardSettings::from_config(new));
-        let mut restart = Vec::new();
-        if new.listen != self.config.listen {
-            restart.push("mongo.listen");
-        }
-        if new.upstream != self.config.upstream {
-            restart.push("mongo.upstream");
-        }
-        if new.users != self.config.users {
-            restart.push("mongo.users");
-        }
-        if new.connect_timeout != self.config.connect_timeout {
-            restart.push("mongo.connect_timeout");
-        }
-        restart
     }
 
     /// A new client connection's `connectionId`.

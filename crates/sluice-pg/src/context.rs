@@ -1,13 +1,19 @@
 //! Everything sessions share: the configuration, the pools per (database, user), the
 //! client credentials (with SCRAM verifiers derived once, not per login), the cancel
 //! registry and the client-connection count.
+//!
+//! A reload does not mutate a [`Context`]: it builds the next one with
+//! [`Context::reconfigured`] (same pools, counters and registries; the new configuration
+//! and what derives from it) and swaps it into the [`LiveContext`]. Each client takes the
+//! context in force when it connects and keeps it, so per-client settings are read from
+//! one consistent snapshot without a lock per message.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use sluice_auth::{ScramVerifier, Secret};
-use sluice_config::{Config, DatabaseConfig};
+use sluice_config::{Config, DatabaseConfig, PostgresConfig};
 use sluice_stats::Registry;
 use thiserror::Error;
 
@@ -24,6 +30,7 @@ pub struct UserAuth {
 }
 
 /// One configured database: its pools and who may use it.
+#[derive(Clone)]
 pub struct Database {
     /// Its configuration.
     pub config: DatabaseConfig,
@@ -50,30 +57,34 @@ pub enum ContextError {
     },
 }
 
-/// Shared state of the Postgres listener.
+/// Shared state of the Postgres listener, as of one configuration.
 pub struct Context {
-    /// The configuration in force.
+    /// The configuration in force (the latest reload's).
     pub config: Arc<Config>,
+    /// The configuration at start: what keys that need a restart still follow.
+    pub started: Arc<Config>,
     /// Databases by the name clients ask for.
     pub databases: HashMap<String, Database>,
     /// CancelRequest routing.
     pub cancel: Arc<CancelRegistry>,
     /// Client connections currently open (for `max_client_conn`).
-    pub clients: AtomicUsize,
+    pub clients: Arc<AtomicUsize>,
     /// Statistics shared with the admin listener.
     pub stats: Arc<Registry>,
     /// Admin users allowed into the SQL console, with their credentials.
     pub admin_users: HashMap<String, UserAuth>,
     /// The TLS acceptor for clients (replaced on reload so new certificates apply).
-    pub tls: parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    pub tls: Arc<parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     /// Reload and shutdown for the console, set by the binary at start.
-    pub console_hooks: std::sync::OnceLock<Arc<dyn crate::console::ConsoleHooks>>,
+    pub console_hooks: Arc<std::sync::OnceLock<Arc<dyn crate::console::ConsoleHooks>>>,
+    /// Credentials of `postgres.users` (built at start; `admin_users` are looked up here).
+    credentials: Arc<HashMap<String, UserAuth>>,
     /// The startup settings of the latest client: clients of one application send the
     /// same startup packet, so they share one copy (see [`Context::intern_startup`]).
-    last_startup: parking_lot::Mutex<crate::state::Settings>,
+    last_startup: Arc<parking_lot::Mutex<crate::state::Settings>>,
     /// Database and user names of logged-in clients, shared by every client that uses them
     /// (only names that passed authentication get here, so the set stays small).
-    names: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
+    names: Arc<parking_lot::Mutex<std::collections::HashSet<Arc<str>>>>,
 }
 
 impl Context {
@@ -113,7 +124,6 @@ impl Context {
             let scram = secret.scram_verifier();
             configured.insert(u.name.clone(), UserAuth { secret, scram });
         }
-        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let mut databases = HashMap::new();
         for db in &pg.databases {
             let users = if pg.users.is_empty() {
@@ -128,22 +138,7 @@ impl Context {
             let pools = users
                 .keys()
                 .map(|user| {
-                    let settings = PoolSettings {
-                        name: format!("{}/{}", db.name, user),
-                        upstream: db.upstream.clone(),
-                        max_size: db.pool_size(pg),
-                        min_size: db.min_pool_size(pg),
-                        timeout: pg.pool_timeout,
-                        connect_timeout: pg.server_connect_timeout,
-                        mode: db.pool_mode(pg),
-                        reset_query: pg.server_reset_query.clone(),
-                        max_prepared_statements: pg.max_prepared_statements,
-                        server_idle_timeout: nonzero(pg.server_idle_timeout),
-                        server_lifetime: nonzero(pg.server_lifetime),
-                        server_login_retry: pg.server_login_retry,
-                        tls: tls.clone(),
-                        sslmode: db.sslmode,
-                    };
+                    let settings = pool_settings(db, user, pg, tls.clone());
                     let pool = Pool::new(settings);
                     pool.statements()
                         .set_capacity(pg.prepared_statement_registry_size);
@@ -159,22 +154,7 @@ impl Context {
                 },
             );
         }
-        let mut admin_users = HashMap::new();
-        for name in &pg.admin_users {
-            let auth = configured.get(name).cloned().or_else(|| {
-                pg.databases
-                    .iter()
-                    .find(|d| &d.upstream.user == name)
-                    .map(|d| {
-                        let secret = Secret::Plain(d.upstream.password.clone().unwrap_or_default());
-                        let scram = secret.scram_verifier();
-                        UserAuth { secret, scram }
-                    })
-            });
-            if let Some(auth) = auth {
-                admin_users.insert(name.clone(), auth);
-            }
-        }
+        let admin_users = admin_credentials(pg, &config.postgres, &configured);
         let acceptor = crate::tls::acceptor(&pg.tls)?;
         let stats = Arc::new(Registry::new());
         for db in databases.values() {
@@ -183,17 +163,59 @@ impl Context {
             }
         }
         Ok(Self {
+            started: config.clone(),
             config,
             databases,
             cancel: Arc::new(CancelRegistry::default()),
-            clients: AtomicUsize::new(0),
+            clients: Arc::default(),
             stats,
             admin_users,
-            tls: parking_lot::RwLock::new(acceptor),
-            console_hooks: std::sync::OnceLock::new(),
-            last_startup: parking_lot::Mutex::default(),
-            names: parking_lot::Mutex::default(),
+            tls: Arc::new(parking_lot::RwLock::new(acceptor)),
+            console_hooks: Arc::default(),
+            credentials: Arc::new(configured),
+            last_startup: Arc::default(),
+            names: Arc::default(),
         })
+    }
+
+    /// The context after a reload to `config`: the same pools, counters and registries,
+    /// with every pool reconfigured (sizes, timeouts, reset query, server lifetimes) and
+    /// `admin_users` looked up again. Databases, users, upstreams and pool modes stay as
+    /// they started (see `sluice_config::KEYS`).
+    pub fn reconfigured(&self, config: Arc<Config>) -> Self {
+        let pg = &config.postgres;
+        let mut databases = self.databases.clone();
+        for (name, db) in &mut databases {
+            let Some(new) = pg.database(name) else {
+                continue;
+            };
+            for (user, pool) in &db.pools {
+                pool.reconfigure(pool_settings(new, user, pg, pool.settings().tls.clone()));
+                pool.statements()
+                    .set_capacity(pg.prepared_statement_registry_size);
+            }
+            db.config = DatabaseConfig {
+                upstream: db.config.upstream.clone(),
+                pool_mode: db.config.pool_mode,
+                sslmode: db.config.sslmode,
+                sslrootcert: db.config.sslrootcert.clone(),
+                ..new.clone()
+            };
+        }
+        Self {
+            started: self.started.clone(),
+            admin_users: admin_credentials(pg, &self.started.postgres, &self.credentials),
+            config,
+            databases,
+            cancel: self.cancel.clone(),
+            clients: self.clients.clone(),
+            stats: self.stats.clone(),
+            tls: self.tls.clone(),
+            console_hooks: self.console_hooks.clone(),
+            credentials: self.credentials.clone(),
+            last_startup: self.last_startup.clone(),
+            names: self.names.clone(),
+        }
     }
 
     /// Starts the background tasks that open and keep `min_pool_size` connections.
@@ -230,5 +252,149 @@ impl Context {
                 pool.close();
             }
         }
+    }
+}
+
+/// One pool's settings from the configuration (`tls`: the database's upstream connector).
+fn pool_settings(
+    db: &DatabaseConfig,
+    user: &str,
+    pg: &PostgresConfig,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> PoolSettings {
+    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+    PoolSettings {
+        name: format!("{}/{}", db.name, user),
+        upstream: db.upstream.clone(),
+        max_size: db.pool_size(pg),
+        min_size: db.min_pool_size(pg),
+        timeout: pg.pool_timeout,
+        connect_timeout: pg.server_connect_timeout,
+        mode: db.pool_mode(pg),
+        reset_query: pg.server_reset_query.clone(),
+        max_prepared_statements: pg.max_prepared_statements,
+        server_idle_timeout: nonzero(pg.server_idle_timeout),
+        server_lifetime: nonzero(pg.server_lifetime),
+        server_login_retry: pg.server_login_retry,
+        tls,
+        sslmode: db.sslmode,
+    }
+}
+
+/// Credentials of the console users `pg.admin_users` names: a configured user, or (with
+/// no user list) a database's upstream user, as of the configuration at start (`started`).
+fn admin_credentials(
+    pg: &PostgresConfig,
+    started: &PostgresConfig,
+    configured: &HashMap<String, UserAuth>,
+) -> HashMap<String, UserAuth> {
+    let mut admin_users = HashMap::new();
+    for name in &pg.admin_users {
+        let auth = configured.get(name).cloned().or_else(|| {
+            started
+                .databases
+                .iter()
+                .find(|d| &d.upstream.user == name)
+                .map(|d| {
+                    let secret = Secret::Plain(d.upstream.password.clone().unwrap_or_default());
+                    let scram = secret.scram_verifier();
+                    UserAuth { secret, scram }
+                })
+        });
+        if let Some(auth) = auth {
+            admin_users.insert(name.clone(), auth);
+        }
+    }
+    admin_users
+}
+
+/// The [`Context`] in force, replaced whole on reload. Readers take it once (per accepted
+/// client, per reload) and keep their copy; nothing holds the lock across an `.await`.
+pub struct LiveContext {
+    current: parking_lot::RwLock<Arc<Context>>,
+    /// Serializes reloads (SIGHUP, HTTP and console may race), so none is lost.
+    reloading: parking_lot::Mutex<()>,
+}
+
+impl LiveContext {
+    /// Starts with `ctx`.
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Self {
+            current: parking_lot::RwLock::new(ctx),
+            reloading: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// The context in force.
+    pub fn current(&self) -> Arc<Context> {
+        self.current.read().clone()
+    }
+
+    /// Replaces the context with what `next` builds from the current one (one reload at
+    /// a time); on `Err` nothing changes.
+    pub fn update<T, E>(
+        &self,
+        next: impl FnOnce(&Arc<Context>) -> Result<(Context, T), E>,
+    ) -> Result<T, E> {
+        let _one_at_a_time = self.reloading.lock();
+        let (ctx, out) = next(&self.current())?;
+        *self.current.write() = Arc::new(ctx);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use sluice_config::PoolMode;
+    use sluice_stats::PoolSource;
+
+    const BASE: &str = r#"
+[postgres]
+pool_mode = "transaction"
+admin_users = []
+[[postgres.databases]]
+name = "a"
+upstream = "postgres://u:p@127.0.0.1:1/a"
+"#;
+
+    fn config(text: &str) -> Arc<Config> {
+        Arc::new(Config::from_toml_str(text).unwrap())
+    }
+
+    #[test]
+    fn reconfigured_context_shares_pools_and_applies_live_keys_only() {
+        let ctx = Context::new(config(BASE)).unwrap();
+        let changed = BASE
+            .replacen(
+                "[postgres]\n",
+                "[postgres]\npool_size = 3\nserver_reset_query = \"RESET ALL\"\n",
+                1,
+            )
+            .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"")
+            .replace("admin_users = []", "admin_users = [\"u\"]")
+            .replace("127.0.0.1:1/a", "127.0.0.1:2/a");
+        let next = ctx.reconfigured(config(&changed));
+        let (old, new) = (
+            &ctx.databases["a"].pools["u"],
+            &next.databases["a"].pools["u"],
+        );
+        // One pool, seen from both contexts.
+        assert!(Arc::ptr_eq(&old.settings(), &new.settings()));
+        let s = new.settings();
+        assert_eq!(s.reset_query, "RESET ALL");
+        assert_eq!(s.max_size, 3);
+        assert_eq!(new.snapshot().max, 3);
+        // Needs a restart: the pool keeps its mode and upstream.
+        assert_eq!(s.mode, PoolMode::Transaction);
+        assert_eq!(s.upstream.port, 1);
+        assert_eq!(next.databases["a"].config.upstream.port, 1);
+        assert_eq!(next.started.postgres.pool_size, 15);
+        // admin_users is looked up again; counters are shared.
+        assert!(ctx.admin_users.is_empty());
+        assert!(next.admin_users.contains_key("u"));
+        assert!(Arc::ptr_eq(&ctx.clients, &next.clients));
     }
 }

@@ -25,5 +25,5 @@ pub mod state;
 pub use sluice_tls as tls;
 pub mod upstream;
 
-pub use context::Context;
+pub use context::{Context, LiveContext};
 pub use listener::Listener;

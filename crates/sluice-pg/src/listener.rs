@@ -1,5 +1,5 @@
 //! The accept loop. Each client runs in its own task, tracked so shutdown can wait for
-//! running transactions to finish.
+//! running transactions to finish, with the context in force when it connected.
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::context::Context;
+use crate::context::LiveContext;
 use crate::session;
 
 /// Accept queue length. Tokio's default (128) overflows when hundreds of clients connect
@@ -30,14 +30,14 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// The Postgres listener: a bound socket plus the shared context.
 pub struct Listener {
     socket: TcpListener,
-    ctx: Arc<Context>,
+    live: Arc<LiveContext>,
 }
 
 impl Listener {
-    /// Binds `ctx.config.postgres.listen`.
-    pub async fn bind(ctx: Arc<Context>) -> std::io::Result<Self> {
-        let socket = bind(ctx.config.postgres.listen)?;
-        Ok(Self { socket, ctx })
+    /// Binds the current context's `postgres.listen`.
+    pub async fn bind(live: Arc<LiveContext>) -> std::io::Result<Self> {
+        let socket = bind(live.current().config.postgres.listen)?;
+        Ok(Self { socket, live })
     }
 
     /// The bound address (useful when the configured port was 0).
@@ -58,7 +58,7 @@ impl Listener {
                     tracker.spawn(session::serve(
                         stream,
                         peer,
-                        self.ctx.clone(),
+                        self.live.current(),
                         shutdown.clone(),
                     ));
                 }

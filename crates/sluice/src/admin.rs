@@ -1,11 +1,11 @@
 //! Wiring between the Postgres side and the admin listener: health from live pool state,
-//! and online reload (also on SIGHUP) of pool sizes and timeouts.
+//! and online reload (also on SIGHUP and the console's RELOAD) of the configuration.
 
 use std::sync::Arc;
 
 use sluice_admin::{AdminHooks, HealthReport, PoolHealth, ReloadFuture};
-use sluice_config::{Config, ConfigError};
-use sluice_pg::Context;
+use sluice_config::{Config, ConfigError, ReloadPlan};
+use sluice_pg::LiveContext;
 
 /// Re-reads the configuration with the same file, environment and flags as at start.
 pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
@@ -16,7 +16,7 @@ pub type MongoCtx = Option<Arc<sluice_mongo::Context>>;
 /// The admin listener's view of the running proxy.
 pub struct Hooks {
     /// Shared Postgres state.
-    pub ctx: Arc<Context>,
+    pub live: Arc<LiveContext>,
     /// Shared MongoDB state.
     pub mongo: MongoCtx,
     /// How to load the configuration again.
@@ -25,8 +25,8 @@ pub struct Hooks {
 
 impl AdminHooks for Hooks {
     fn health(&self) -> HealthReport {
-        let pools = self
-            .ctx
+        let ctx = self.live.current();
+        let pools = ctx
             .pools()
             .map(|pool| {
                 let health = pool.health();
@@ -41,7 +41,7 @@ impl AdminHooks for Hooks {
     }
 
     fn reload(&self) -> ReloadFuture {
-        let result = reload(&self.ctx, self.mongo.as_deref(), &self.loader);
+        let result = reload(&self.live, self.mongo.as_deref(), &self.loader);
         Box::pin(async move { result })
     }
 }
@@ -49,7 +49,7 @@ impl AdminHooks for Hooks {
 /// The console's RELOAD and SHUTDOWN. Holds the context weakly: the context owns it.
 pub struct ConsoleBridge {
     /// Shared Postgres state.
-    pub ctx: std::sync::Weak<Context>,
+    pub live: std::sync::Weak<LiveContext>,
     /// Shared MongoDB state.
     pub mongo: MongoCtx,
     /// How to load the configuration again.
@@ -60,8 +60,12 @@ pub struct ConsoleBridge {
 
 impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
     fn reload(&self) -> Result<String, String> {
-        let ctx = self.ctx.upgrade().ok_or("shutting down")?;
-        reload(&ctx, self.mongo.as_deref(), &self.loader)
+        let live = self.live.upgrade().ok_or("shutting down")?;
+        reload(&live, self.mongo.as_deref(), &self.loader)
+    }
+
+    fn current(&self) -> Option<Arc<sluice_pg::Context>> {
+        self.live.upgrade().map(|live| live.current())
     }
 
     fn shutdown(&self) {
@@ -70,82 +74,36 @@ impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
     }
 }
 
-/// Loads the configuration again and applies what can change online: pool sizes,
-/// `min_pool_size` and `pool_timeout` (Postgres and MongoDB),
-/// `prepared_statement_registry_size`, and certificates. Changes that need a restart (listen address,
-/// databases, users, pool mode, auth) are named in the result. An invalid file changes
-/// nothing and is returned as the error.
+/// Loads the configuration again and applies it: the next context (same pools, new
+/// settings; see [`sluice_pg::Context::reconfigured`]) replaces the running one, so every
+/// key `sluice_config::KEYS` marks live takes effect for new clients and the next
+/// checkout. The answer names the changed keys, those applied and those that need a
+/// restart (compared with the configuration at start, so they stay listed until then):
+/// `applied: a, b; needs restart: c`, or `no changes`. An invalid file changes nothing and
+/// is returned as the error.
 pub fn reload(
-    ctx: &Context,
+    live: &LiveContext,
     mongo: Option<&sluice_mongo::Context>,
     loader: &Loader,
 ) -> Result<String, String> {
-    let new = loader().map_err(|e| {
+    let new = Arc::new(loader().map_err(|e| {
         tracing::error!(error = %e, "reload rejected; keeping the running configuration");
         e.to_string()
-    })?;
-    ctx.reload_tls(&new).map_err(|e| {
-        tracing::error!(error = %e, "reload rejected: TLS files");
-        e.to_string()
-    })?;
-    let old = &ctx.config;
-    let (pg, new_pg) = (&old.postgres, &new.postgres);
-    let mut applied = 0;
-    for db in &new_pg.databases {
-        if let Some(running) = ctx.databases.get(&db.name) {
-            for pool in running.pools.values() {
-                pool.resize(
-                    db.pool_size(new_pg),
-                    db.min_pool_size(new_pg),
-                    new_pg.pool_timeout,
-                );
-                pool.statements()
-                    .set_capacity(new_pg.prepared_statement_registry_size);
-                applied += 1;
-            }
+    })?);
+    let plan = live.update(|current| {
+        current.reload_tls(&new).map_err(|e| {
+            tracing::error!(error = %e, "reload rejected: TLS files");
+            e.to_string()
+        })?;
+        let plan = ReloadPlan {
+            applied: sluice_config::diff(&current.config, &new).applied,
+            restart: sluice_config::diff(&current.started, &new).restart,
+        };
+        if let (Some(running), Some(new_mongo)) = (mongo, &new.mongo) {
+            running.reload(new_mongo);
         }
-    }
-    let mut restart = Vec::new();
-    if pg.listen != new_pg.listen {
-        restart.push("postgres.listen");
-    }
-    let shape = |c: &sluice_config::PostgresConfig| {
-        c.databases
-            .iter()
-            .map(|d| (d.name.clone(), d.upstream.clone(), d.pool_mode))
-            .collect::<Vec<_>>()
-    };
-    if shape(pg) != shape(new_pg) {
-        restart.push("postgres.databases (added, removed or upstream changed)");
-    }
-    if pg.users != new_pg.users || pg.admin_users != new_pg.admin_users {
-        restart.push("postgres.users");
-    }
-    if pg.pool_mode != new_pg.pool_mode || pg.auth_type != new_pg.auth_type {
-        restart.push("postgres.pool_mode / auth_type");
-    }
-    if pg.max_client_conn != new_pg.max_client_conn {
-        restart.push("postgres.max_client_conn");
-    }
-    if old.admin != new.admin {
-        restart.push("admin");
-    }
-    match (mongo, &new.mongo) {
-        (Some(running), Some(new_mongo)) => {
-            restart.extend(running.reload(new_mongo));
-            applied += 1;
-        }
-        (None, None) => {}
-        _ => restart.push("mongo (section added or removed)"),
-    }
-    let detail = if restart.is_empty() {
-        format!("applied pool sizes, pool_timeout and TLS certificates to {applied} pools")
-    } else {
-        format!(
-            "applied pool sizes and timeouts to {applied} pools; needs a restart to take effect: {}",
-            restart.join(", ")
-        )
-    };
-    tracing::info!(%detail, "configuration reloaded");
-    Ok(detail)
+        Ok::<_, String>((current.reconfigured(new.clone()), plan))
+    })?;
+    tracing::info!(applied = ?plan.applied, needs_restart = ?plan.restart, "configuration reloaded");
+    Ok(plan.to_string())
 }

@@ -94,6 +94,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let ctx = Arc::new(sluice_pg::Context::new(config.clone()).context("building pools")?);
+    // Reloads replace the context in force; `ctx` stays the handle to what outlives them
+    // (pools, statistics, console hooks).
+    let live = Arc::new(sluice_pg::LiveContext::new(ctx.clone()));
     // MongoDB side (only with a [mongo] section): its pool joins the same statistics.
     // Bound before the admin listener so reloads reach it; nothing is accepted until `run`.
     let mongo = match &config.mongo {
@@ -111,7 +114,7 @@ pub async fn run(
     let mut admin_server = None;
     if config.admin.enabled {
         let hooks = Arc::new(admin::Hooks {
-            ctx: ctx.clone(),
+            live: live.clone(),
             mongo: mongo_ctx.clone(),
             loader: loader.clone(),
         });
@@ -124,7 +127,7 @@ pub async fn run(
         tracing::info!(listen = %config.admin.listen, "admin listener ready");
         admin_server = Some(server);
     }
-    let listener = sluice_pg::Listener::bind(ctx.clone())
+    let listener = sluice_pg::Listener::bind(live.clone())
         .await
         .with_context(|| format!("binding postgres.listen {}", config.postgres.listen))?;
     tracing::info!(
@@ -144,13 +147,13 @@ pub async fn run(
     }
     let stop = CancellationToken::new();
     let bridge = admin::ConsoleBridge {
-        ctx: Arc::downgrade(&ctx),
+        live: Arc::downgrade(&live),
         mongo: mongo_ctx.clone(),
         loader: loader.clone(),
         stop: stop.clone(),
     };
     let _ = ctx.console_hooks.set(Arc::new(bridge));
-    tokio::spawn(signal::reload_on_sighup(ctx.clone(), mongo_ctx, loader));
+    tokio::spawn(signal::reload_on_sighup(live.clone(), mongo_ctx, loader));
     let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
     let mongo_accept = mongo.map(|m| tokio::spawn(m.run(token.clone(), tracker.clone())));
     tokio::select! {
@@ -164,7 +167,7 @@ pub async fn run(
         let _ = mongo_accept.await;
     }
     tracker.close();
-    let grace = config.general.shutdown_timeout;
+    let grace = live.current().config.general.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             ?grace,

@@ -7,7 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Reloads the configuration on every SIGHUP.
 pub async fn reload_on_sighup(
-    ctx: Arc<sluice_pg::Context>,
+    live: Arc<sluice_pg::LiveContext>,
     mongo: crate::admin::MongoCtx,
     loader: crate::admin::Loader,
 ) {
@@ -17,7 +17,7 @@ pub async fn reload_on_sighup(
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading configuration");
-        let _ = crate::admin::reload(&ctx, mongo.as_deref(), &loader);
+        let _ = crate::admin::reload(&live, mongo.as_deref(), &loader);
     }
 }
 

@@ -26,10 +26,12 @@ const MAX_CONSOLE_FRAME: usize = 1 << 20;
 /// Database names that reach the console instead of a pool.
 pub const CONSOLE_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
 
-/// What the console needs from the binary: reload and shutdown.
+/// What the console needs from the binary: reload, shutdown and the context in force.
 pub trait ConsoleHooks: Send + Sync {
     /// Reloads the configuration; `Ok(detail)` or `Err(reason)`.
     fn reload(&self) -> Result<String, String>;
+    /// The context in force after the latest reload (`None`: keep the session's own).
+    fn current(&self) -> Option<Arc<Context>>;
     /// Starts a graceful shutdown of the whole process.
     fn shutdown(&self);
 }
@@ -63,7 +65,9 @@ pub(crate) async fn serve(
             b'Q' => {
                 // Console commands are ASCII; other bytes only end up in an error message.
                 let sql = String::from_utf8_lossy(messages::query_text(&body)?);
-                let shutdown = run(&sql, ctx, &mut out).await;
+                // Each statement sees the latest reload (RELOAD; SHOW CONFIG in one session).
+                let now = ctx.console_hooks.get().and_then(|h| h.current());
+                let shutdown = run(&sql, now.as_ref().unwrap_or(ctx), &mut out).await;
                 backend::ready_for_query(&mut out, b'I');
                 client.write(&out).await?;
                 if shutdown {
@@ -100,7 +104,10 @@ async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
         Command::Empty => messages::write_empty(out, b'I'),
         Command::Show(what) => tables::show(what, ctx).encode(out),
         Command::Reload => match ctx.console_hooks.get().map(|h| h.reload()) {
-            Some(Ok(_)) => messages::write_command_complete(out, "RELOAD"),
+            Some(Ok(detail)) => {
+                backend::notice_response(out, &detail);
+                messages::write_command_complete(out, "RELOAD");
+            }
             Some(Err(e)) => backend::error_response(out, Severity::Error, "F0000", &e),
             None => backend::error_response(out, Severity::Error, "0A000", "reload unavailable"),
         },

@@ -290,47 +290,45 @@ fn databases(ctx: &Context) -> ResultSet {
     rs
 }
 
+/// `SHOW CONFIG`: a key's value in force (a key that needs a restart shows the value at
+/// start), and whether a reload changes it, from the reload table.
 fn config(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(&["key", "value", "changeable"]);
-    let pg = &ctx.config.postgres;
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
-    let rows: [(&str, String, bool); 13] = [
-        ("listen", pg.listen.to_string(), false),
-        ("pool_mode", pg.pool_mode.to_string(), false),
-        ("max_client_conn", pg.max_client_conn.to_string(), false),
-        ("pool_size", pg.pool_size.to_string(), true),
-        ("min_pool_size", pg.min_pool_size.to_string(), true),
-        ("pool_timeout", secs(pg.pool_timeout), true),
-        ("server_reset_query", pg.server_reset_query.clone(), false),
-        ("auth_type", pg.auth_type.to_string(), false),
-        (
-            "server_connect_timeout",
-            secs(pg.server_connect_timeout),
-            false,
-        ),
-        (
-            "max_prepared_statements",
-            pg.max_prepared_statements.to_string(),
-            false,
-        ),
-        (
-            "prepared_statement_registry_size",
-            pg.prepared_statement_registry_size.to_string(),
-            true,
-        ),
-        (
-            "shutdown_timeout",
-            secs(ctx.config.general.shutdown_timeout),
-            false,
-        ),
-        ("admin_listen", ctx.config.admin.listen.to_string(), false),
-    ];
-    for (k, v, changeable) in rows {
-        rs.row(vec![
-            k.into(),
-            v,
-            if changeable { "yes" } else { "no" }.into(),
-        ]);
+    let rows = |c: &sluice_config::Config| {
+        let pg = &c.postgres;
+        [
+            ("listen", pg.listen.to_string()),
+            ("pool_mode", pg.pool_mode.to_string()),
+            ("max_client_conn", pg.max_client_conn.to_string()),
+            ("pool_size", pg.pool_size.to_string()),
+            ("min_pool_size", pg.min_pool_size.to_string()),
+            ("pool_timeout", secs(pg.pool_timeout)),
+            ("server_reset_query", pg.server_reset_query.clone()),
+            ("auth_type", pg.auth_type.to_string()),
+            ("server_connect_timeout", secs(pg.server_connect_timeout)),
+            (
+                "max_prepared_statements",
+                pg.max_prepared_statements.to_string(),
+            ),
+            (
+                "prepared_statement_registry_size",
+                pg.prepared_statement_registry_size.to_string(),
+            ),
+            ("shutdown_timeout", secs(c.general.shutdown_timeout)),
+            ("admin_listen", c.admin.listen.to_string()),
+        ]
+    };
+    for ((k, now), (_, at_start)) in rows(&ctx.config).into_iter().zip(rows(&ctx.started)) {
+        let path = match k {
+            "shutdown_timeout" => "general.shutdown_timeout".to_owned(),
+            "admin_listen" => "admin.listen".to_owned(),
+            k => format!("postgres.{k}"),
+        };
+        let live = sluice_config::Key::find(&path)
+            .is_some_and(|key| key.apply == sluice_config::Apply::Live);
+        let v = if live { now } else { at_start };
+        rs.row(vec![k.into(), v, if live { "yes" } else { "no" }.into()]);
     }
     rs
 }

@@ -117,6 +117,23 @@ impl Severity {
     }
 }
 
+/// NoticeResponse (`N`): severity NOTICE, SQLSTATE 00000 and `message`, for information
+/// that goes with a command's result.
+pub fn notice_response(buf: &mut BytesMut, message: &str) {
+    let at = begin(buf, b'N');
+    for (field, value) in [
+        (b'S', "NOTICE"),
+        (b'V', "NOTICE"),
+        (b'C', "00000"),
+        (b'M', message),
+    ] {
+        buf.put_u8(field);
+        put_cstr(buf, value);
+    }
+    buf.put_u8(0);
+    finish(buf, at);
+}
+
 /// ErrorResponse with severity, SQLSTATE and message.
 pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
     let at = begin(buf, b'E');
