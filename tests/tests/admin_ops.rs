@@ -287,7 +287,8 @@ async fn show_pools_through_psql() {
             "sv_login",
             "maxwait",
             "maxwait_us",
-            "pool_mode"
+            "pool_mode",
+            "prepared_statements"
         ],
         "{stdout}"
     );
