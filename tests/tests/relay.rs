@@ -32,7 +32,11 @@ const T: Duration = Duration::from_secs(60);
 async fn pipeline(client: &Client) -> Result<(), tokio_postgres::Error> {
     let stmt = client.prepare_typed("SELECT $1", &[Type::TEXT]).await?;
     let values: Vec<String> = (0..REQUESTS)
-        .map(|i| char::from(b'a' + (i % 26) as u8).to_string().repeat(VALUE_LEN))
+        .map(|i| {
+            char::from(b'a' + (i % 26) as u8)
+                .to_string()
+                .repeat(VALUE_LEN)
+        })
         .collect();
     // The futures are polled together, so tokio-postgres queues all 32 Bind/Execute/Sync
     // requests at once and streams them out while the results stream in.
@@ -52,9 +56,13 @@ async fn large_pipeline_both_ways_does_not_wedge() {
 
     // Control: PostgreSQL itself serves this pipeline.
     let direct = cluster.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
-    within(T, "the pipeline directly against PostgreSQL", pipeline(&direct))
-        .await
-        .unwrap();
+    within(
+        T,
+        "the pipeline directly against PostgreSQL",
+        pipeline(&direct),
+    )
+    .await
+    .unwrap();
 
     for mode in MODES {
         let sluice = sluice_for(cluster, &db, mode).pool_size(1).start();
@@ -68,7 +76,7 @@ async fn large_pipeline_both_ways_does_not_wedge() {
             ),
         }
         // The connection (and in transaction mode the pooled server) is still usable.
-        let n: i64 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+        let n: i32 = client.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
         assert_eq!(n, 42, "{mode:?}");
     }
 }
