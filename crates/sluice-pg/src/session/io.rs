@@ -1,8 +1,11 @@
 //! The client socket with its read buffer. Partial frames stay in the buffer between reads
 //! (never inside a half-finished `read_exact`), so reads are cancel-safe in `select!`.
 
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::tls::{ClientStream, MaybeTls};
@@ -46,15 +49,21 @@ impl ClientIo {
     }
 
     /// Reads whatever the client sent next into `buf` (0 on end of stream). Cancel-safe.
+    pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// Polls for what the client sent next, read into `buf` (0 on end of stream); the
+    /// relay's pump calls this beside its other sockets.
     ///
     /// On plaintext sockets it waits for readability *before* reserving buffer space, so an
     /// idle client holds no read buffer at all (see [`ClientIo::release_buffer`]).
-    pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
+    pub(crate) fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         match &mut self.stream {
             MaybeTls::Plain(s) => loop {
                 // poll_read_ready uses the socket's own waker slot: a far smaller future
                 // than `readable()` (which carries a waiter node), and one per idle client.
-                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
+                ready!(s.poll_read_ready(cx))?;
                 reserve(&mut self.buf);
                 let room = self.buf.capacity() - self.buf.len();
                 // A short read drained the socket: forget the readiness, so the next wait
@@ -73,7 +82,7 @@ impl ClientIo {
                     Ok(n)
                 });
                 if let Some(n) = drained {
-                    return Ok(n);
+                    return Poll::Ready(Ok(n));
                 }
                 match read {
                     // Readiness was stale (tokio clears it only on WouldBlock): give the
@@ -83,12 +92,12 @@ impl ClientIo {
                             crate::bufpool::give(&mut self.buf);
                         }
                     }
-                    other => return other,
+                    other => return Poll::Ready(other),
                 }
             },
             stream => {
                 reserve(&mut self.buf);
-                stream.read_buf(&mut self.buf).await
+                tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf)
             }
         }
     }

@@ -10,11 +10,17 @@
 //! untracked settings) is reset with `server_reset_query` before anyone else gets it. A
 //! server whose client left mid transaction is rolled back and reset; one whose client
 //! left mid query is cancelled and closed. No client ever sees another's state.
+//!
+//! The bytes themselves move through [`pump`], which never waits on one socket while the
+//! other goes unread.
+
+mod pump;
 
 use bytes::{Buf, BytesMut};
 use sluice_config::PoolMode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+use pump::{Outbox, Read, Wake};
 
 use super::error::pool_error_fields;
 use super::exchange::{Exchange, Features, Io};
@@ -43,8 +49,13 @@ pub(crate) struct Relay<'a> {
     /// A checkout failed mid extended-protocol batch: drop messages until Sync, as a
     /// server does after an error.
     skip_until_sync: bool,
-    to_server: BytesMut,
-    to_client: BytesMut,
+    /// The client sent Terminate: what it sent before still goes to the server, nothing
+    /// more is read from it and nothing more is sent to it.
+    terminating: bool,
+    /// Bytes on their way to the server (the client's frames, Sluice's own queries).
+    to_server: Outbox,
+    /// Bytes on their way to the client.
+    to_client: Outbox,
     /// Who this client is, for the pool's active-checkout table.
     who: Arc<ClientMeta>,
     /// This client's slot in the idle/waiting/active client gauges.
@@ -122,8 +133,9 @@ impl<'a> Relay<'a> {
             exchange,
             state,
             skip_until_sync: false,
-            to_server: BytesMut::new(),
-            to_client: BytesMut::new(),
+            terminating: false,
+            to_server: Outbox::default(),
+            to_client: Outbox::default(),
             who,
             gauge,
             limits,
@@ -138,35 +150,29 @@ impl<'a> Relay<'a> {
         let mut shutting_down = false;
         let result = loop {
             if shutting_down && (self.server.is_none() || self.exchange.idle()) {
+                // The client still gets what it is owed, then the shutdown notice.
+                if let Err(e) = Box::pin(self.flush_client_all()).await {
+                    break Err(e);
+                }
                 break Err(SessionError::Shutdown);
             }
             if self.server.is_none() {
                 // Between transactions: hold no buffers while waiting.
                 self.client.release_buffer();
-                release(&mut self.to_server);
-                release(&mut self.to_client);
+                release(&mut self.to_server.buf);
+                release(&mut self.to_client.buf);
             }
             self.arm_timer();
-            let flow = tokio::select! {
+            let wake = tokio::select! {
                 _ = shutdown.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     continue;
                 }
-                _ = timer_or_never(&mut self.timer), if self.timer_armed => {
-                    break Err(if self.server.is_some() {
-                        SessionError::IdleInTransactionTimeout
-                    } else {
-                        SessionError::IdleTimeout
-                    });
-                }
-                read = read_server(&mut self.server) => match read {
-                    Ok(0) | Err(_) => self.server_lost(),
-                    Ok(_) => self.server_input().await,
-                },
-                read = self.client.read_more() => match read {
-                    Ok(0) | Err(_) => Ok(Flow::Done),
-                    Ok(_) => self.client_input().await,
-                },
+                wake = std::future::poll_fn(|cx| self.poll_pump(cx)) => wake,
+            };
+            let flow = match wake {
+                Ok(wake) => self.on_wake(wake).await,
+                Err(e) => Err(e),
             };
             match flow {
                 Ok(Flow::Continue) => {}
@@ -176,6 +182,33 @@ impl<'a> Relay<'a> {
         };
         Box::pin(self.finish()).await;
         result
+    }
+
+    /// Acts on what a pump pass found: server input first (it may end a transaction and
+    /// release the server), then client input.
+    async fn on_wake(&mut self, wake: Wake) -> Result<Flow, SessionError> {
+        let (client, server) = match wake {
+            Wake::Input { client, server } => (client, server),
+            Wake::Flushed => return Ok(Flow::Done),
+            Wake::Timeout => {
+                return Err(if self.server.is_some() {
+                    SessionError::IdleInTransactionTimeout
+                } else {
+                    SessionError::IdleTimeout
+                })
+            }
+        };
+        match server {
+            // Boxed, as the other rare paths: an idle client should not carry them.
+            Some(Read::End) => return Box::pin(self.server_lost()).await,
+            Some(Read::Data) => self.server_input().await?,
+            None => {}
+        }
+        match client {
+            Some(Read::End) => Ok(Flow::Done),
+            Some(Read::Data) => self.client_input().await,
+            None => Ok(Flow::Continue),
+        }
     }
 
     /// Sets the idle timer for the wait that starts now (or disarms it).
@@ -198,7 +231,11 @@ impl<'a> Relay<'a> {
 
     /// The idle timeout that applies right now: `client_idle_timeout` between
     /// transactions, `idle_transaction_timeout` inside one with nothing in flight.
+    /// As in PostgreSQL, a session that still owes the client output is not idle.
     fn idle_limit(&self) -> Option<std::time::Duration> {
+        if !self.to_client.is_empty() {
+            return None;
+        }
         match &self.server {
             None => self.limits.client_idle,
             Some(_) if !self.exchange.busy() && self.exchange.status() != b'I' => {
@@ -220,17 +257,23 @@ impl<'a> Relay<'a> {
                         continue;
                     }
                 }
-                self.forward_client(len).await?;
+                self.forward_client(len)?;
             }
-            return Ok(if terminate {
-                Flow::Done
-            } else {
-                Flow::Continue
-            });
+            if !terminate {
+                return Ok(Flow::Continue);
+            }
+            if self.to_server.is_empty() {
+                return Ok(Flow::Done);
+            }
+            // What came before the Terminate still goes to the server (a COMMIT, say).
+            self.terminating = true;
+            self.to_client.discard();
+            return Ok(Flow::Continue);
         }
     }
 
-    async fn forward_client(&mut self, len: usize) -> Result<(), SessionError> {
+    /// Runs `len` bytes of complete client frames through the exchange into the outboxes.
+    fn forward_client(&mut self, len: usize) -> Result<(), SessionError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -239,36 +282,13 @@ impl<'a> Relay<'a> {
             client: &mut self.state,
             server: &mut server.state,
             registry: self.pool.statements(),
-            to_server: &mut self.to_server,
-            to_client: &mut self.to_client,
+            to_server: &mut self.to_server.buf,
+            to_client: &mut self.to_client.buf,
         };
         let result = self.exchange.on_client(&self.client.buf[..len], &mut io);
         self.client.buf.advance(len);
         result?;
-        self.send_to_server().await?;
         self.count();
-        self.flush_client().await
-    }
-
-    /// Writes what the exchange produced for the server (the client's frames, or a query
-    /// of Sluice's own); a failed write loses the server.
-    async fn send_to_server(&mut self) -> Result<(), SessionError> {
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
-        if self.to_server.is_empty() {
-            return Ok(());
-        }
-        self.pool
-            .counters()
-            .add_bytes_in(self.to_server.len() as u64);
-        let sent = server.stream.write_all(&self.to_server).await;
-        self.to_server.clear();
-        if let Err(e) = sent {
-            self.server = None;
-            self.registration.slot.set(None);
-            return Err(SessionError::ServerLost(e.into()));
-        }
         Ok(())
     }
 
@@ -284,15 +304,11 @@ impl<'a> Relay<'a> {
         }
     }
 
-    async fn flush_client(&mut self) -> Result<(), SessionError> {
-        if !self.to_client.is_empty() {
-            self.pool
-                .counters()
-                .add_bytes_out(self.to_client.len() as u64);
-            let r = self.client.write(&self.to_client).await;
-            self.to_client.clear();
-            r?;
-        }
+    /// Writes everything the client is owed, waiting as long as it takes (before a
+    /// session ends).
+    async fn flush_client_all(&mut self) -> Result<(), SessionError> {
+        let sent = self.to_client.send_all(&mut self.client.stream).await?;
+        self.pool.counters().add_bytes_out(sent as u64);
         Ok(())
     }
 
@@ -314,7 +330,7 @@ impl<'a> Relay<'a> {
             match checkout {
                 Ok(server) => {
                     self.gauge.set(GaugeState::Active);
-                    for buf in [&mut self.to_server, &mut self.to_client] {
+                    for buf in [&mut self.to_server.buf, &mut self.to_client.buf] {
                         if buf.capacity() == 0 {
                             *buf = crate::bufpool::take();
                         }
@@ -328,7 +344,12 @@ impl<'a> Relay<'a> {
                     self.gauge.set(GaugeState::Idle);
                     tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");
                     let (code, message) = pool_error_fields(&e);
-                    backend::error_response(&mut self.to_client, Severity::Error, code, &message);
+                    backend::error_response(
+                        &mut self.to_client.buf,
+                        Severity::Error,
+                        code,
+                        &message,
+                    );
                     self.skip_until_sync = true;
                 }
             }
@@ -341,56 +362,65 @@ impl<'a> Relay<'a> {
             pos += total;
             if matches!(tag, b'S' | b'Q' | b'F') {
                 self.skip_until_sync = false;
-                backend::ready_for_query(&mut self.to_client, b'I');
+                backend::ready_for_query(&mut self.to_client.buf, b'I');
                 break;
             }
         }
-        self.flush_client().await?;
         Ok(Some(pos))
     }
 
     /// Handles bytes from the server and releases it at the end of a transaction in
     /// transaction mode.
-    async fn server_input(&mut self) -> Result<Flow, SessionError> {
+    async fn server_input(&mut self) -> Result<(), SessionError> {
         let Some(server) = self.server.as_mut() else {
-            return Ok(Flow::Continue);
+            return Ok(());
         };
         let server = &mut **server;
         let mut io = Io {
             client: &mut self.state,
             server: &mut server.state,
             registry: self.pool.statements(),
-            to_server: &mut self.to_server,
-            to_client: &mut self.to_client,
+            to_server: &mut self.to_server.buf,
+            to_client: &mut self.to_client.buf,
         };
+        // The exchange may also queue a query of its own (the read-back of settings).
         let consumed = self.exchange.on_server(&server.buf, &mut io);
         let consumed = match consumed {
             Ok(n) => n,
             Err(e) => {
                 self.server = None;
                 self.registration.slot.set(None);
+                self.to_server.discard();
                 return Err(SessionError::ServerLost(UpstreamError::Protocol(
                     e.to_string(),
                 )));
             }
         };
         server.buf.advance(consumed);
-        // The exchange may have injected a query of its own (the read-back of settings).
-        self.send_to_server().await?;
         self.count();
-        self.flush_client().await?;
-        if self.mode == PoolMode::Transaction && self.exchange.idle() {
+        if self.terminating {
+            self.to_client.discard();
+        }
+        // Released only once everything meant for it was written (the answers are queued
+        // for the client; they need no server).
+        if self.mode == PoolMode::Transaction && self.exchange.idle() && self.to_server.is_empty() {
             self.release().await;
         }
-        Ok(Flow::Continue)
+        Ok(())
     }
 
     /// The server closed or failed while this client held it.
-    fn server_lost(&mut self) -> Result<Flow, SessionError> {
+    async fn server_lost(&mut self) -> Result<Flow, SessionError> {
         self.server = None;
         self.gauge.set(GaugeState::Idle);
         self.pool.counters().inc_error(ErrorKind::ServerLost);
         self.registration.slot.set(None);
+        self.to_server.discard();
+        if self.terminating {
+            return Ok(Flow::Done);
+        }
+        // What the server said before it went still reaches the client.
+        self.flush_client_all().await?;
         if self.exchange.last_was_error() {
             // The server already told the client why (e.g. FATAL 57P01 on shutdown).
             return Ok(Flow::Done);
@@ -428,8 +458,9 @@ impl<'a> Relay<'a> {
             return;
         };
         self.registration.slot.set(None);
-        if self.exchange.busy() {
-            // Mid request: stop the work on the server and close the connection.
+        if self.exchange.busy() || !self.to_server.is_empty() {
+            // Mid request (or mid frame on the wire): stop the work on the server and
+            // close the connection.
             let key = server.cancel.clone();
             tokio::spawn(async move { crate::cancel::send_cancel(&key).await });
             return;
@@ -476,24 +507,5 @@ fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), SessionError> {
 fn release(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 {
         crate::bufpool::give(buf);
-    }
-}
-
-/// Waits for the idle timer (forever when there is none).
-async fn timer_or_never(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(t) => t.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Reads from the held server, or waits forever when none is held.
-async fn read_server(server: &mut Option<PooledConn>) -> std::io::Result<usize> {
-    match server {
-        Some(s) => {
-            let s = &mut **s;
-            s.stream.read_buf(&mut s.buf).await
-        }
-        None => std::future::pending().await,
     }
 }

@@ -1,0 +1,266 @@
+//! The relay's two-way pump. Each direction has an [`Outbox`] of bytes the sans-IO
+//! exchange produced and the peer has not taken yet; one poll pass
+//!
+//! 1. writes both outboxes as far as their sockets take them (partial writes stay queued,
+//!    and the socket's waker is registered for the rest),
+//! 2. reads the client only while the outbox towards the server has room, and the server
+//!    only while the outbox towards the client has room,
+//! 3. polls the idle timer.
+//!
+//! So the relay never waits on one socket while the other goes unread, and a full outbox
+//! stops reading on the side that feeds it: that is the backpressure, and it bounds the
+//! memory of a session to [`CAP`] plus one read per direction. On the fast path a pass
+//! costs what the old loop did: one read and, on the next pass, one write per batch.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::Relay;
+use crate::session::SessionError;
+
+/// Most bytes an outbox holds before the relay stops reading the side that fills it (four
+/// of the buffer cache's blocks, so a drained outbox can still go back to the cache). A
+/// single frame may overshoot it: frames are forwarded whole.
+pub(super) const CAP: usize = 4 * crate::bufpool::SIZE;
+
+/// Bytes on their way to one peer, written as its socket accepts them.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    /// What waits to be written; the exchange appends to it.
+    pub(super) buf: BytesMut,
+    /// A TLS stream accepted bytes it may still hold in its own record buffer: it needs a
+    /// flush before the outbox counts as empty.
+    unflushed: bool,
+}
+
+impl Outbox {
+    /// Nothing waits to be written (or flushed).
+    pub(super) fn is_empty(&self) -> bool {
+        self.buf.is_empty() && !self.unflushed
+    }
+
+    /// Whether reading the side that fills this outbox may go on.
+    pub(super) fn has_room(&self) -> bool {
+        self.buf.len() < CAP
+    }
+
+    /// Drops what waits (its peer is gone or no longer wants it).
+    pub(super) fn discard(&mut self) {
+        self.buf.clear();
+        self.unflushed = false;
+    }
+
+    /// Writes as much as `stream` takes without waiting and returns how many bytes that
+    /// was; whatever is left stays queued, with the stream's waker registered.
+    fn poll_send<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        tls: bool,
+        cx: &mut Context<'_>,
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        while !self.buf.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, &self.buf) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) if n == self.buf.len() => {
+                    sent += n;
+                    self.buf.clear();
+                    // Partial writes advanced the start of the block; take it back whole
+                    // (no allocation: the buffer is empty and its block unshared).
+                    if self.buf.capacity() < crate::bufpool::SIZE {
+                        self.buf.reserve(crate::bufpool::SIZE);
+                    }
+                }
+                Poll::Ready(Ok(n)) => {
+                    sent += n;
+                    self.buf.advance(n);
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        self.unflushed |= tls && sent > 0;
+        if self.unflushed && self.buf.is_empty() {
+            match Pin::new(stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Writes and flushes everything, however long the peer takes: for the last words
+    /// before a session ends, when there is nothing else left to pump.
+    pub(super) async fn send_all<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> io::Result<usize> {
+        let n = self.buf.len();
+        if n > 0 || self.unflushed {
+            stream.write_all(&self.buf).await?;
+            stream.flush().await?;
+        }
+        self.discard();
+        Ok(n)
+    }
+}
+
+/// What a read from one side brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// New bytes are in that side's buffer.
+    Data,
+    /// End of stream, or a read error (the relay treats both as the peer leaving).
+    End,
+}
+
+impl Read {
+    fn from(read: io::Result<usize>) -> Self {
+        match read {
+            Ok(0) | Err(_) => Read::End,
+            Ok(_) => Read::Data,
+        }
+    }
+}
+
+/// What a pump pass found for the relay to act on.
+pub(super) enum Wake {
+    /// Reads completed: `Some` for each side that was read.
+    Input {
+        client: Option<Read>,
+        server: Option<Read>,
+    },
+    /// The client sent Terminate and everything before it has reached the server.
+    Flushed,
+    /// The idle timer ran out.
+    Timeout,
+}
+
+impl Relay<'_> {
+    /// One pump pass; see the module docs. Ready when there is input to handle (or the
+    /// timer fired), pending with every relevant waker registered otherwise.
+    pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<Wake, SessionError>> {
+        self.poll_send_server(cx)?;
+        let owed = !self.to_client.is_empty();
+        if owed {
+            let tls = self.client.stream.is_tls();
+            let sent = self.to_client.poll_send(&mut self.client.stream, tls, cx)?;
+            self.pool.counters().add_bytes_out(sent as u64);
+            if self.to_client.is_empty() {
+                if self.server.is_none() {
+                    // Between transactions: hold no buffers while waiting.
+                    super::release(&mut self.to_client.buf);
+                }
+                // No idle timer runs while output is owed; now one may.
+                if !self.timer_armed {
+                    self.arm_timer();
+                }
+            }
+        }
+        if self.terminating {
+            if self.to_server.is_empty() {
+                return Poll::Ready(Ok(Wake::Flushed));
+            }
+        } else if self.to_server.has_room() {
+            if let Poll::Ready(read) = self.client.poll_read_more(cx) {
+                let server = self.poll_read_server(cx);
+                return Poll::Ready(Ok(Wake::Input {
+                    client: Some(Read::from(read)),
+                    server,
+                }));
+            }
+        }
+        if let Some(read) = self.poll_read_server(cx) {
+            return Poll::Ready(Ok(Wake::Input {
+                client: None,
+                server: Some(read),
+            }));
+        }
+        if let (true, Some(timer)) = (self.timer_armed, self.timer.as_mut()) {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Wake::Timeout));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Writes what waits for the server; a failed write loses the server.
+    fn poll_send_server(&mut self, cx: &mut Context<'_>) -> Result<(), SessionError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if self.to_server.is_empty() {
+            return Ok(());
+        }
+        let server = &mut **server;
+        let tls = server.stream.is_tls();
+        match self.to_server.poll_send(&mut server.stream, tls, cx) {
+            Ok(sent) => {
+                self.pool.counters().add_bytes_in(sent as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.server = None;
+                self.registration.slot.set(None);
+                self.to_server.discard();
+                Err(SessionError::ServerLost(e.into()))
+            }
+        }
+    }
+
+    /// Reads from the held server if the outbox towards the client has room.
+    fn poll_read_server(&mut self, cx: &mut Context<'_>) -> Option<Read> {
+        if !self.to_client.has_room() {
+            return None;
+        }
+        let server = &mut **self.server.as_mut()?;
+        match tokio_util::io::poll_read_buf(Pin::new(&mut server.stream), cx, &mut server.buf) {
+            Poll::Ready(read) => Some(Read::from(read)),
+            Poll::Pending => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+    use tokio::io::AsyncReadExt;
+
+    /// A peer that takes bytes slowly: what it does not take stays queued, in order, and
+    /// the outbox reports how much went out each time.
+    #[tokio::test]
+    async fn partial_writes_stay_queued_in_order() {
+        let (mut near, mut far) = tokio::io::duplex(64);
+        let mut out = Outbox::default();
+        let sent: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        out.buf.put_slice(&sent);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut got = Vec::new();
+        while !out.is_empty() {
+            let before = out.buf.len();
+            let n = out.poll_send(&mut near, false, &mut cx).unwrap();
+            assert!(n <= 64, "the peer's window is 64 bytes, {n} went out");
+            assert_eq!(out.buf.len(), before - n);
+            let mut chunk = [0u8; 64];
+            let read = far.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..read]);
+        }
+        assert_eq!(got, sent);
+        assert!(
+            out.buf.capacity() >= crate::bufpool::SIZE,
+            "block taken back whole"
+        );
+        out.buf.put_slice(&vec![0; CAP]);
+        assert!(
+            !out.has_room(),
+            "a full outbox stops the other side's reads"
+        );
+    }
+}
