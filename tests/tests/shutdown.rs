@@ -117,3 +117,43 @@ async fn shutdown_timeout_bounds_a_transaction_that_never_ends() {
     assert_eq!(common::wait_backends(&su, &db, 0).await, 0);
     drop(c);
 }
+
+/// A client whose query waits for a server when shutdown begins is told at once (57P01),
+/// not after `pool_timeout`; the running transaction still commits.
+#[tokio::test]
+async fn a_client_waiting_for_a_server_is_told_of_shutdown_at_once() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("shutdown_waiting").await;
+    let mut sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .pool_timeout(Duration::from_secs(60))
+        .shutdown_timeout(Duration::from_secs(30))
+        .start();
+    let holder = sluice.client(&db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = sluice.client(&db).await;
+    let query = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| ()) });
+    // The waiter is queued behind the open transaction.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!query.is_finished());
+    sluice.sigterm();
+    let answer = within(
+        Duration::from_secs(10),
+        "the waiting client's answer",
+        query,
+    )
+    .await
+    .unwrap();
+    let err = answer.expect_err("no server is handed out after shutdown began");
+    assert_eq!(
+        sluice_tests::sqlstate(&err).as_deref(),
+        Some("57P01"),
+        "{err:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let status = sluice
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exits after the transaction committed");
+    assert!(status.success(), "exit status {status}");
+}

@@ -26,7 +26,7 @@ use super::error::pool_error_fields;
 use super::exchange::{Exchange, Features, Io};
 use super::io::ClientIo;
 use super::SessionError;
-use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::pool::{ClientMeta, Pool, PoolError, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{frame_len, ProtocolError};
 use crate::state::ClientState;
@@ -66,6 +66,8 @@ pub(crate) struct Relay<'a> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Whether `timer` applies to the current wait.
     timer_armed: bool,
+    /// Shutdown, watched while the client waits for a server (set by [`Relay::run`]).
+    shutdown: Option<CancellationToken>,
 }
 
 /// Per-client limits from the configuration.
@@ -78,6 +80,9 @@ pub(crate) struct Limits {
     /// `idle_transaction_timeout` (None: disabled).
     pub idle_transaction: Option<std::time::Duration>,
 }
+
+/// Most bytes read from a client that waits for a server (see [`Relay::wait_for_server`]).
+const WATCH_CAP: usize = 64 * 1024;
 
 enum Flow {
     Continue,
@@ -141,12 +146,14 @@ impl<'a> Relay<'a> {
             limits,
             timer: None,
             timer_armed: false,
+            shutdown: None,
         }
     }
 
     /// Relays until the client leaves or, after `shutdown`, until the client is between
     /// transactions.
     pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        self.shutdown = Some(shutdown.clone());
         let mut shutting_down = false;
         let result = loop {
             if shutting_down && (self.server.is_none() || self.exchange.idle()) {
@@ -312,6 +319,32 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
+    /// Waits in line for a server while watching the client and shutdown: a client that
+    /// disconnects, or a shutdown that begins, ends the wait at once, and the dropped
+    /// checkout gives up its place in the queue. What the client sends meanwhile is kept
+    /// (up to [`WATCH_CAP`] bytes; beyond that only shutdown and the pool are watched).
+    async fn wait_for_server(&mut self) -> Result<Result<PooledConn, PoolError>, SessionError> {
+        let (pool, who) = (self.pool, self.who.clone());
+        let checkout = pool.checkout(&who);
+        tokio::pin!(checkout);
+        let shutdown = self.shutdown.clone().unwrap_or_default();
+        let mut watching = self.client.buf.len() < WATCH_CAP;
+        loop {
+            tokio::select! {
+                result = &mut checkout => return Ok(result),
+                _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+                read = self.client.read_more(), if watching => match read {
+                    Ok(0) => {
+                        tracing::debug!(client = %who.addr, "client left while waiting for a server");
+                        return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    Ok(_) => watching = self.client.buf.len() < WATCH_CAP,
+                    Err(e) => return Err(SessionError::Io(e)),
+                },
+            }
+        }
+    }
+
     /// Checks out a server for the `len` bytes of complete frames at the front of the
     /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
     /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
@@ -324,7 +357,7 @@ impl<'a> Relay<'a> {
                     self.gauge.set(GaugeState::Waiting);
                     // Boxed: the waiting and connect paths are large and rarer; idle
                     // clients should not carry them.
-                    Box::pin(self.pool.checkout(&self.who)).await
+                    Box::pin(self.wait_for_server()).await?
                 }
             };
             match checkout {
