@@ -274,7 +274,7 @@ impl<K: Connector> Pool<K> {
         &self,
         start: Instant,
         holder: &Arc<K::Holder>,
-    ) -> Result<(Entry<K::Conn>, u64), K> {
+    ) -> Result<(Box<Entry<K::Conn>>, u64), K> {
         let deadline = start + self.inner.state.lock().limits.timeout;
         loop {
             self.wait_while_paused(start, deadline).await?;
@@ -322,9 +322,9 @@ impl<K: Connector> Pool<K> {
     }
 
     /// An idle connection, a new one, or one handed over in line.
-    async fn obtain(&self, start: Instant, deadline: Instant) -> Result<Entry<K::Conn>, K> {
+    async fn obtain(&self, start: Instant, deadline: Instant) -> Result<Box<Entry<K::Conn>>, K> {
         enum Step<C> {
-            Ready(Entry<C>),
+            Ready(Box<Entry<C>>),
             Connect,
             Wait(u64, tokio::sync::oneshot::Receiver<Grant<C>>),
         }
@@ -387,7 +387,7 @@ impl<K: Connector> Pool<K> {
         slot: Slot<'_, K>,
         start: Instant,
         deadline: Instant,
-    ) -> Result<Entry<K::Conn>, K> {
+    ) -> Result<Box<Entry<K::Conn>>, K> {
         if let Some(e) = self.login_blocked() {
             return Err(CheckoutError::Connect(e));
         }
@@ -426,7 +426,7 @@ impl<K: Connector> Pool<K> {
     }
 
     /// Records a new connection and wraps it with its lifecycle times.
-    fn opened(&self, conn: K::Conn, limits: &Limits) -> Entry<K::Conn> {
+    fn opened(&self, conn: K::Conn, limits: &Limits) -> Box<Entry<K::Conn>> {
         self.inner.connector.opened(&conn);
         {
             let mut h = self.inner.health.lock();
@@ -440,12 +440,14 @@ impl<K: Connector> Pool<K> {
             let jitter = 1.0 - rand::random::<f64>() * 0.1;
             now + l.mul_f64(jitter)
         });
-        Entry {
+        // Boxed once for the connection's life: checkouts, queues and sessions then
+        // move a pointer, not the connection.
+        Box::new(Entry {
             conn,
             created: now,
             idle_since: now,
             expires,
-        }
+        })
     }
 
     fn record_failure(&self, e: &K::Error) {
@@ -684,7 +686,7 @@ impl<K: Connector> Pool<K> {
 /// A checked-out connection. [`Pooled::checkin`] returns it clean; dropping it closes it and
 /// frees its slot, so a dying client task never leaks a slot or hands on a dirty server.
 pub struct Pooled<K: Connector> {
-    entry: Option<Entry<K::Conn>>,
+    entry: Option<Box<Entry<K::Conn>>>,
     pool: Pool<K>,
     id: u64,
 }

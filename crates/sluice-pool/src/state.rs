@@ -23,7 +23,7 @@ pub(crate) struct Entry<C> {
 /// What a waiting client is handed.
 pub(crate) enum Grant<C> {
     /// An idle connection, ready to use.
-    Conn(Entry<C>),
+    Conn(Box<Entry<C>>),
     /// A slot (already counted in `total`) in which to open a connection.
     Slot,
 }
@@ -47,7 +47,7 @@ pub(crate) struct Checkout<H> {
 pub(crate) struct State<C, H> {
     pub limits: Limits,
     /// Idle connections; the most recently used is at the back.
-    pub idle: Vec<Entry<C>>,
+    pub idle: Vec<Box<Entry<C>>>,
     /// Slots in use: idle + checked out + being opened. Never above `limits.max_size`
     /// except after a reload shrank it (the surplus closes as it comes back).
     pub total: usize,
@@ -128,7 +128,7 @@ impl<C, H> State<C, H> {
     /// Puts a clean connection back: to the longest waiter, else onto the idle stack, or
     /// closes it (pool closed, lifetime over, pool above its size after a reload).
     /// Returns the connection when it must be closed (dropped outside the lock).
-    pub fn checkin(&mut self, mut entry: Entry<C>, now: Instant) -> Option<Entry<C>> {
+    pub fn checkin(&mut self, mut entry: Box<Entry<C>>, now: Instant) -> Option<Box<Entry<C>>> {
         let expired = entry.expires.is_some_and(|t| now >= t);
         if self.closed || expired || self.total > self.limits.max_size {
             self.free_slot();
@@ -155,7 +155,7 @@ impl<C, H> State<C, H> {
     }
 
     /// Takes idle connections off while the pool is above its size; returns them to close.
-    pub fn trim_surplus(&mut self) -> Vec<Entry<C>> {
+    pub fn trim_surplus(&mut self) -> Vec<Box<Entry<C>>> {
         let mut out = Vec::new();
         while self.total > self.limits.max_size {
             // The least recently used go first.
@@ -170,7 +170,7 @@ impl<C, H> State<C, H> {
 
     /// Takes off idle connections that are dead (`alive` says no), or past their lifetime
     /// or idle timeout while the pool is above `min_size`. Returns them to close.
-    pub fn prune(&mut self, now: Instant, alive: impl Fn(&C) -> bool) -> Vec<Entry<C>> {
+    pub fn prune(&mut self, now: Instant, alive: impl Fn(&C) -> bool) -> Vec<Box<Entry<C>>> {
         let mut spare = self.total.saturating_sub(self.limits.min_size);
         let idle_limit = self.limits.idle_timeout;
         let mut out = Vec::new();
