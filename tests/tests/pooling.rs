@@ -532,3 +532,46 @@ async fn a_waiting_client_that_disconnects_leaves_the_queue_at_once() {
         "next"
     );
 }
+
+/// What a client sends while it waits for a server is answered once it has one, without
+/// the client sending anything more: a second query written during the wait completes.
+/// (psycopg's pipeline mode and any driver that writes ahead rely on this.)
+#[tokio::test]
+async fn a_query_sent_while_waiting_for_a_server_is_answered() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("pool_wait_more").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .pool_timeout(Duration::from_secs(60))
+        .start();
+    let holder = sluice.client(&db).await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = std::sync::Arc::new(sluice.client(&db).await);
+    let first = {
+        let w = waiter.clone();
+        tokio::spawn(async move { simple_scalar(&w, "select 'first'").await })
+    };
+    wait_for_waiting(&sluice, 1).await;
+    // Written while the first query is still in line (no server yet).
+    let second = {
+        let w = waiter.clone();
+        tokio::spawn(async move { simple_scalar(&w, "select 'second'").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let first = within(T, "first query", async { first.await.unwrap() }).await;
+    let second = within(T, "second query", async { second.await.unwrap() }).await;
+    assert_eq!((first.as_str(), second.as_str()), ("first", "second"));
+}
+
+/// One value by the simple query protocol: one message out, nothing more from this client
+/// until the answer.
+async fn simple_scalar(client: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}

@@ -258,13 +258,21 @@ impl<'a> Relay<'a> {
         loop {
             let (len, terminate) = scan_client(&self.client.buf, self.limits.max_packet)?;
             if len > 0 {
+                let mut read_while_waiting = false;
                 if self.server.is_none() {
+                    let buffered = self.client.buf.len();
                     if let Some(consumed) = self.checkout(len).await? {
                         self.client.buf.advance(consumed);
                         continue;
                     }
+                    read_while_waiting = self.client.buf.len() > buffered;
                 }
                 self.forward_client(len)?;
+                if read_while_waiting {
+                    // What the client sent during the wait is already buffered: the socket
+                    // will not wake the pump for it again.
+                    continue;
+                }
             }
             if !terminate {
                 return Ok(Flow::Continue);
