@@ -24,14 +24,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
+use sluice_config::{ReloadError, ReloadPlan};
 use sluice_stats::{Exposition, ExpositionError, Registry};
 
 pub use routes::{handle, AdminBody};
 pub use server::{serve, AdminError, AdminServer};
 
-/// Future returned by [`AdminHooks::reload`]: `Ok(detail)` on success,
-/// `Err(reason)` when the new configuration was rejected.
-pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'static>>;
+/// Future returned by [`AdminHooks::reload`]: what changed on success, or why the new
+/// configuration was rejected.
+pub type ReloadFuture =
+    Pin<Box<dyn Future<Output = Result<ReloadPlan, ReloadError>> + Send + 'static>>;
 
 /// What the admin server needs from the rest of the proxy beyond numbers.
 /// Implemented by the main binary.

@@ -109,7 +109,8 @@ fn pool_stats(state: &AdminState) -> Response<AdminBody> {
 
 async fn reload(state: &AdminState) -> Response<AdminBody> {
     match state.hooks.reload().await {
-        Ok(detail) => {
+        Ok(plan) => {
+            let detail = plan.to_string();
             tracing::info!(%detail, "configuration reloaded via admin API");
             json_response(
                 StatusCode::OK,
@@ -120,7 +121,7 @@ async fn reload(state: &AdminState) -> Response<AdminBody> {
             tracing::warn!(error = %e, "admin reload failed");
             json_response(
                 StatusCode::BAD_REQUEST,
-                &json!({"status": "error", "error": e}),
+                &json!({"status": "error", "error": e.to_string()}),
             )
         }
     }

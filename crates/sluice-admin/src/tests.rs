@@ -7,6 +7,7 @@ use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Request, StatusCode};
 use parking_lot::Mutex;
 use serde_json::Value;
+use sluice_config::ConfigError;
 use sluice_stats::{PoolCounters, PoolSnapshot, PoolSource, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,8 @@ impl PoolSource for FakePool {
 #[derive(Default)]
 struct FakeHooks {
     health: Mutex<HealthReport>,
-    reload: Mutex<Option<Result<String, String>>>,
+    /// The next reload's answer: the changed keys, or the rejected key and why.
+    reload: Mutex<Option<Result<ReloadPlan, (String, String)>>>,
 }
 
 impl AdminHooks for FakeHooks {
@@ -48,7 +50,8 @@ impl AdminHooks for FakeHooks {
             .reload
             .lock()
             .clone()
-            .unwrap_or_else(|| Ok("nothing changed".into()));
+            .unwrap_or_else(|| Ok(ReloadPlan::default()))
+            .map_err(|(key, message)| ReloadError::Config(ConfigError::Invalid { key, message }));
         Box::pin(async move { result })
     }
 }
@@ -170,15 +173,18 @@ async fn metrics_text() {
 #[tokio::test]
 async fn reload_success_and_failure() {
     let (state, hooks) = setup(None);
-    *hooks.reload.lock() = Some(Ok("2 pools".into()));
+    *hooks.reload.lock() = Some(Ok(ReloadPlan {
+        applied: vec!["postgres.pool_size"],
+        restart: vec![],
+    }));
     let (status, _, body) = call(&state, "POST", "/admin/reload", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         json(&body),
-        serde_json::json!({"status": "reloaded", "detail": "2 pools"})
+        serde_json::json!({"status": "reloaded", "detail": "applied: postgres.pool_size; needs restart: none"})
     );
 
-    *hooks.reload.lock() = Some(Err("bad config: line 3".into()));
+    *hooks.reload.lock() = Some(Err(("bad config".into(), "line 3".into())));
     let (status, _, body) = call(&state, "POST", "/admin/reload", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(

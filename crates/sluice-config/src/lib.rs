@@ -27,7 +27,7 @@ pub use model::{
     AdminConfig, AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, GeneralConfig,
     MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig,
 };
-pub use reload::{diff, Apply, Key, ReloadPlan, KEYS, MONGO_SECTION};
+pub use reload::{diff, Apply, Key, ReloadError, ReloadPlan, KEYS, MONGO_SECTION};
 pub use upstream::{Upstream, UpstreamError, DEFAULT_PORT};
 pub use validate::RESERVED_DATABASE_NAMES;
 

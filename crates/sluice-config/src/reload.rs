@@ -311,3 +311,17 @@ fn users_differ(a: &[UserConfig], b: &[UserConfig], passwords: bool) -> bool {
         names(a, |u| &u.name) != names(b, |u| &u.name)
     }
 }
+
+/// Why a reload changed nothing; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file (or environment) does not load or validate.
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    /// The new TLS certificate or key files could not be loaded.
+    #[error(transparent)]
+    Tls(Box<dyn std::error::Error + Send + Sync>),
+    /// The proxy is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+}

@@ -1,5 +1,7 @@
-//! The client socket with its read buffer. Partial frames stay in the buffer between reads
-//! (never inside a half-finished `read_exact`), so reads are cancel-safe in `select!`.
+//! The client socket with its read buffer, shared by the login, the console and the relay.
+//! Partial frames stay in the buffer between reads (never inside a half-finished
+//! `read_exact`), so reads are cancel-safe in `select!`. A leaf: it knows the framing and
+//! nothing of sessions.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -10,8 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::tls::{ClientStream, MaybeTls};
 
-use super::SessionError;
-use crate::protocol::frame::frame_len;
+use crate::protocol::frame::{frame_len, ProtocolError};
 use crate::protocol::startup::startup_len;
 
 /// Room made in a read buffer before each read: one read takes a typical request whole.
@@ -23,6 +24,20 @@ fn reserve(buf: &mut BytesMut) {
     } else if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
+}
+
+/// Why a read or write on the client socket failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientIoError {
+    /// The socket failed (or closed in the middle of a message).
+    #[error("client I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the framing.
+    #[error("client protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The first packet's length is not a startup packet's: closed without an answer.
+    #[error("invalid length of startup packet: {0}")]
+    BadStartupPacket(ProtocolError),
 }
 
 /// Longest message accepted from a client before it has authenticated.
@@ -44,7 +59,7 @@ impl ClientIo {
     }
 
     /// Reads more bytes; `Ok(false)` on a clean end of stream.
-    pub(crate) async fn fill(&mut self) -> Result<bool, SessionError> {
+    pub(crate) async fn fill(&mut self) -> Result<bool, ClientIoError> {
         Ok(self.read_more().await? > 0)
     }
 
@@ -110,13 +125,13 @@ impl ClientIo {
     }
 
     /// Reads one untagged startup packet; `None` if the client closed first.
-    pub(crate) async fn read_startup(&mut self) -> Result<Option<Bytes>, SessionError> {
+    pub(crate) async fn read_startup(&mut self) -> Result<Option<Bytes>, ClientIoError> {
         loop {
             // A bad startup length is not answered, as PostgreSQL does not ("invalid length
             // of startup packet" goes to its log only): node-postgres, for one, writes a
             // Terminate before the StartupMessage when a client ends in the tick it
             // connected, and expects the socket to just close.
-            let len = startup_len(&self.buf).map_err(SessionError::BadStartupPacket)?;
+            let len = startup_len(&self.buf).map_err(ClientIoError::BadStartupPacket)?;
             if let Some(len) = len {
                 return Ok(Some(self.buf.split_to(len).freeze()));
             }
@@ -131,7 +146,7 @@ impl ClientIo {
     pub(crate) async fn read_frame(
         &mut self,
         max: usize,
-    ) -> Result<Option<(u8, Bytes)>, SessionError> {
+    ) -> Result<Option<(u8, Bytes)>, ClientIoError> {
         loop {
             if let Some(total) = frame_len(&self.buf, max)? {
                 let mut frame = self.buf.split_to(total);
@@ -145,11 +160,11 @@ impl ClientIo {
         }
     }
 
-    fn eof<T>(&self) -> Result<Option<T>, SessionError> {
+    fn eof<T>(&self) -> Result<Option<T>, ClientIoError> {
         if self.buf.is_empty() {
             Ok(None)
         } else {
-            Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+            Err(ClientIoError::Io(std::io::ErrorKind::UnexpectedEof.into()))
         }
     }
 
@@ -157,11 +172,9 @@ impl ClientIo {
     pub(crate) async fn upgrade(
         &mut self,
         acceptor: &tokio_rustls::TlsAcceptor,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), ClientIoError> {
         let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Detached) else {
-            return Err(SessionError::Protocol(
-                crate::protocol::ProtocolError::Unexpected('S'),
-            ));
+            return Err(ClientIoError::Protocol(ProtocolError::Unexpected('S')));
         };
         let tls = acceptor.accept(tcp).await?;
         self.stream = MaybeTls::Tls(Box::new(tls));
@@ -169,7 +182,7 @@ impl ClientIo {
     }
 
     /// Writes all of `bytes` to the client.
-    pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+    pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientIoError> {
         self.stream.write_all(bytes).await?;
         Ok(())
     }

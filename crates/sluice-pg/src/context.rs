@@ -76,7 +76,7 @@ pub struct Context {
     /// The TLS acceptor for clients (replaced on reload so new certificates apply).
     pub tls: Arc<parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     /// Reload and shutdown for the console, set by the binary at start.
-    pub console_hooks: Arc<std::sync::OnceLock<Arc<dyn crate::console::ConsoleHooks>>>,
+    pub console_hooks: Arc<std::sync::OnceLock<Arc<dyn ConsoleHooks>>>,
     /// Credentials of `postgres.users` (built at start; `admin_users` are looked up here).
     credentials: Arc<HashMap<String, UserAuth>>,
     /// The startup settings of the latest client: clients of one application send the
@@ -279,6 +279,18 @@ fn pool_settings(
         tls,
         sslmode: db.sslmode,
     }
+}
+
+/// What the admin console needs from the binary: reload, shutdown and the context in
+/// force. Set once at start (`Context::console_hooks`); lives here, with the context that
+/// carries it, so the console depends on the context and not the other way round.
+pub trait ConsoleHooks: Send + Sync {
+    /// Reloads the configuration: what changed, or why nothing did.
+    fn reload(&self) -> Result<sluice_config::ReloadPlan, sluice_config::ReloadError>;
+    /// The context in force after the latest reload (`None`: keep the session's own).
+    fn current(&self) -> Option<Arc<Context>>;
+    /// Starts a graceful shutdown of the whole process.
+    fn shutdown(&self);
 }
 
 /// Credentials of the console users `pg.admin_users` names: a configured user, or (with

@@ -14,6 +14,7 @@
 
 mod bufpool;
 pub mod cancel;
+pub(crate) mod client_io;
 pub mod console;
 pub mod context;
 pub mod listener;
@@ -25,5 +26,5 @@ pub mod state;
 pub use sluice_tls as tls;
 pub mod upstream;
 
-pub use context::{Context, LiveContext};
+pub use context::{ConsoleHooks, Context, LiveContext};
 pub use listener::Listener;

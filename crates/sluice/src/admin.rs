@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use sluice_admin::{AdminHooks, HealthReport, PoolHealth, ReloadFuture};
-use sluice_config::{Config, ConfigError, ReloadPlan};
+use sluice_config::{Config, ConfigError, ReloadError, ReloadPlan};
 use sluice_pg::LiveContext;
 
 /// Re-reads the configuration with the same file, environment and flags as at start.
@@ -58,9 +58,9 @@ pub struct ConsoleBridge {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
-impl sluice_pg::console::ConsoleHooks for ConsoleBridge {
-    fn reload(&self) -> Result<String, String> {
-        let live = self.live.upgrade().ok_or("shutting down")?;
+impl sluice_pg::context::ConsoleHooks for ConsoleBridge {
+    fn reload(&self) -> Result<ReloadPlan, ReloadError> {
+        let live = self.live.upgrade().ok_or(ReloadError::ShuttingDown)?;
         reload(&live, self.mongo.as_deref(), &self.loader)
     }
 
@@ -85,15 +85,14 @@ pub fn reload(
     live: &LiveContext,
     mongo: Option<&sluice_mongo::Context>,
     loader: &Loader,
-) -> Result<String, String> {
-    let new = Arc::new(loader().map_err(|e| {
+) -> Result<ReloadPlan, ReloadError> {
+    let new = Arc::new(loader().inspect_err(|e| {
         tracing::error!(error = %e, "reload rejected; keeping the running configuration");
-        e.to_string()
     })?);
     let plan = live.update(|current| {
         current.reload_tls(&new).map_err(|e| {
             tracing::error!(error = %e, "reload rejected: TLS files");
-            e.to_string()
+            ReloadError::Tls(Box::new(e))
         })?;
         let plan = ReloadPlan {
             applied: sluice_config::diff(&current.config, &new).applied,
@@ -102,8 +101,8 @@ pub fn reload(
         if let (Some(running), Some(new_mongo)) = (mongo, &new.mongo) {
             running.reload(new_mongo);
         }
-        Ok::<_, String>((current.reconfigured(new.clone()), plan))
+        Ok::<_, ReloadError>((current.reconfigured(new.clone()), plan))
     })?;
     tracing::info!(applied = ?plan.applied, needs_restart = ?plan.restart, "configuration reloaded");
-    Ok(plan.to_string())
+    Ok(plan)
 }

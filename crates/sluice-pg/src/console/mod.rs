@@ -14,26 +14,25 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::client_io::{ClientIo, ClientIoError};
 use crate::context::Context;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::messages;
-use crate::session::{ClientIo, SessionError};
 use command::Command;
 
 /// Longest console statement accepted.
 const MAX_CONSOLE_FRAME: usize = 1 << 20;
 
-/// Database names that reach the console instead of a pool.
-pub const CONSOLE_DATABASES: [&str; 2] = ["sluice", "pgbouncer"];
+/// Database names that reach the console instead of a pool (the config refuses them as
+/// pool names).
+pub use sluice_config::RESERVED_DATABASE_NAMES as CONSOLE_DATABASES;
 
-/// What the console needs from the binary: reload, shutdown and the context in force.
-pub trait ConsoleHooks: Send + Sync {
-    /// Reloads the configuration; `Ok(detail)` or `Err(reason)`.
-    fn reload(&self) -> Result<String, String>;
-    /// The context in force after the latest reload (`None`: keep the session's own).
-    fn current(&self) -> Option<Arc<Context>>;
-    /// Starts a graceful shutdown of the whole process.
-    fn shutdown(&self);
+/// How a console session ended without an I/O error.
+pub(crate) enum Ended {
+    /// The client sent Terminate or closed its socket.
+    ClientLeft,
+    /// Sluice is shutting down.
+    Shutdown,
 }
 
 /// Serves console commands until the client leaves.
@@ -41,7 +40,7 @@ pub(crate) async fn serve(
     client: &mut ClientIo,
     ctx: &Arc<Context>,
     shutdown: &tokio_util::sync::CancellationToken,
-) -> Result<(), SessionError> {
+) -> Result<Ended, ClientIoError> {
     let mut out = BytesMut::new();
     backend::auth_ok(&mut out);
     backend::parameter_status(&mut out, "server_version", tables::VERSION.as_bytes());
@@ -55,13 +54,13 @@ pub(crate) async fn serve(
         out.clear();
         let frame = tokio::select! {
             f = client.read_frame(MAX_CONSOLE_FRAME) => f?,
-            _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+            _ = shutdown.cancelled() => return Ok(Ended::Shutdown),
         };
         let Some((tag, body)) = frame else {
-            return Ok(());
+            return Ok(Ended::ClientLeft);
         };
         match tag {
-            b'X' => return Ok(()),
+            b'X' => return Ok(Ended::ClientLeft),
             b'Q' => {
                 // Console commands are ASCII; other bytes only end up in an error message.
                 let sql = String::from_utf8_lossy(messages::query_text(&body)?);
@@ -104,11 +103,11 @@ async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
         Command::Empty => messages::write_empty(out, b'I'),
         Command::Show(what) => tables::show(what, ctx).encode(out),
         Command::Reload => match ctx.console_hooks.get().map(|h| h.reload()) {
-            Some(Ok(detail)) => {
-                backend::notice_response(out, &detail);
+            Some(Ok(plan)) => {
+                backend::notice_response(out, &plan.to_string());
                 messages::write_command_complete(out, "RELOAD");
             }
-            Some(Err(e)) => backend::error_response(out, Severity::Error, "F0000", &e),
+            Some(Err(e)) => backend::error_response(out, Severity::Error, "F0000", &e.to_string()),
             None => backend::error_response(out, Severity::Error, "0A000", "reload unavailable"),
         },
         Command::Pause(db) | Command::Resume(db) if !known(ctx, db.as_deref()) => {

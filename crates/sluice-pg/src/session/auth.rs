@@ -8,8 +8,8 @@ use rand::Rng;
 use sluice_auth::{md5_verify, ScramServer, Secret, SCRAM_SHA_256};
 use sluice_config::AuthType;
 
-use super::io::ClientIo;
 use super::SessionError;
+use crate::client_io::ClientIo;
 use crate::context::UserAuth;
 use crate::protocol::{backend, frontend};
 
@@ -68,7 +68,7 @@ fn use_scram(method: AuthType, secret: &Secret) -> bool {
 }
 
 async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, SessionError> {
-    match client.read_frame(super::io::MAX_AUTH_FRAME).await? {
+    match client.read_frame(crate::client_io::MAX_AUTH_FRAME).await? {
         Some((b'p', body)) => Ok(body),
         Some((tag, _)) => Err(SessionError::AuthProtocol(format!(
             "expected a password message, got '{}'",

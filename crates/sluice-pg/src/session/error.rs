@@ -74,6 +74,17 @@ pub enum SessionError {
     },
 }
 
+impl From<crate::client_io::ClientIoError> for SessionError {
+    fn from(e: crate::client_io::ClientIoError) -> Self {
+        use crate::client_io::ClientIoError;
+        match e {
+            ClientIoError::Io(e) => SessionError::Io(e),
+            ClientIoError::Protocol(e) => SessionError::Protocol(e),
+            ClientIoError::BadStartupPacket(e) => SessionError::BadStartupPacket(e),
+        }
+    }
+}
+
 impl SessionError {
     /// Logs the error once, at a level that fits who caused it.
     pub fn log(&self, client: std::net::SocketAddr) {

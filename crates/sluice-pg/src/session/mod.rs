@@ -10,7 +10,6 @@ mod exchange;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod greeting;
-mod io;
 mod relay;
 mod sql;
 mod startup;
@@ -24,8 +23,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::client_io::ClientIo;
 pub use error::SessionError;
-pub(crate) use io::ClientIo;
 
 use crate::context::Context;
 use crate::pool::ClientMeta;
@@ -140,8 +139,10 @@ async fn login<'a>(
         )
         .await?;
         client.write(&out).await?;
-        Box::pin(crate::console::serve(client, ctx, shutdown)).await?;
-        return Ok(None);
+        return match Box::pin(crate::console::serve(client, ctx, shutdown)).await? {
+            crate::console::Ended::ClientLeft => Ok(None),
+            crate::console::Ended::Shutdown => Err(SessionError::Shutdown),
+        };
     }
     let db = ctx
         .databases

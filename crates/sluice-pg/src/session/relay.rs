@@ -24,8 +24,8 @@ use pump::{Outbox, Read, Wake};
 
 use super::error::pool_error_fields;
 use super::exchange::{Exchange, Features, Io};
-use super::io::ClientIo;
 use super::SessionError;
+use crate::client_io::ClientIo;
 use crate::pool::{ClientMeta, Pool, PoolError, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{frame_len, ProtocolError};

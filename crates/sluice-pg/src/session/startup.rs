@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 
-use super::io::ClientIo;
 use super::SessionError;
+use crate::client_io::ClientIo;
 use crate::context::Context;
 use crate::protocol::backend;
 use crate::protocol::startup::{parse_startup, StartupPacket, StartupParams};
