@@ -42,7 +42,7 @@ pub(crate) struct Relay<'a> {
     /// This client's cancel-key registration (its slot names the server it is on).
     registration: crate::cancel::Registration,
     /// Counts the client as connected until the relay ends.
-    _count: super::ClientCount<'a>,
+    _count: super::login::ClientCount<'a>,
     server: Option<PooledConn>,
     exchange: Exchange,
     state: ClientState,
@@ -92,10 +92,10 @@ enum Flow {
 impl<'a> Relay<'a> {
     pub(crate) fn new(
         client: &'a mut ClientIo,
-        logged_in: super::LoggedIn<'a>,
+        logged_in: super::login::LoggedIn<'a>,
         ctx: &crate::context::Context,
     ) -> Self {
-        let super::LoggedIn {
+        let super::login::LoggedIn {
             pool,
             registration,
             state,

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use super::SessionError;
 use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::session::SessionError;
 use crate::state::{set_config_call, ClientState};
 use crate::upstream::{ServerParams, UpstreamError};
 

@@ -8,10 +8,10 @@ use rand::Rng;
 use sluice_auth::{md5_verify, ScramServer, Secret, SCRAM_SHA_256};
 use sluice_config::AuthType;
 
-use super::SessionError;
 use crate::client_io::ClientIo;
 use crate::context::UserAuth;
 use crate::protocol::{backend, frontend};
+use crate::session::SessionError;
 
 /// Authenticates `user`; returns the user name to pool under. `out` must be empty; on
 /// success it may hold an AuthenticationSASLFinal that the caller sends with AuthenticationOk.

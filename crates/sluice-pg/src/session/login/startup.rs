@@ -3,11 +3,11 @@
 
 use bytes::BytesMut;
 
-use super::SessionError;
 use crate::client_io::ClientIo;
 use crate::context::Context;
 use crate::protocol::backend;
 use crate::protocol::startup::{parse_startup, StartupPacket, StartupParams};
+use crate::session::SessionError;
 
 /// Reads startup packets until a StartupMessage; `None` if the client only cancelled or
 /// closed.

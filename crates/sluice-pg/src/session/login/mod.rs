@@ -1,0 +1,247 @@
+//! The login phase of a client session, in the order it happens:
+//!
+//! 1. [`startup`] reads the startup packet (answering SSLRequest/GSSENCRequest, routing
+//!    CancelRequest);
+//! 2. admission: `max_client_conn`, then the database named decides the route — the admin
+//!    console, or a pool;
+//! 3. [`auth`] proves who the client is (every step bounded by `client_login_timeout`);
+//! 4. [`greeting`] learns the ParameterStatus values to report, and the greeting is sent
+//!    (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery).
+//!
+//! What it hands on is a [`LoggedIn`]: the pool, the cancel registration, the client's
+//! state and (session mode) its own server.
+
+mod auth;
+mod greeting;
+mod startup;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client_io::ClientIo;
+use crate::context::{Context, Database};
+use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::protocol::backend;
+use crate::protocol::startup::StartupParams;
+use crate::session::SessionError;
+use crate::state::ClientState;
+
+/// Decrements the client count when a session ends, however it ends.
+pub(crate) struct ClientCount<'a>(&'a Context);
+
+impl Drop for ClientCount<'_> {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a successful login hands to the relay phase.
+pub(crate) struct LoggedIn<'a> {
+    pub(crate) pool: &'a Pool,
+    pub(crate) registration: crate::cancel::Registration,
+    pub(crate) state: ClientState,
+    pub(crate) who: Arc<ClientMeta>,
+    pub(crate) count: ClientCount<'a>,
+    /// Session mode: the server this client owns for its whole life.
+    pub(crate) server: Option<PooledConn>,
+}
+
+/// Runs the whole login. `None` when there is nothing left to relay: the client closed
+/// before its startup packet, only cancelled, or was an admin-console client (served here
+/// to the end).
+pub(crate) async fn login<'a>(
+    client: &mut ClientIo,
+    peer: SocketAddr,
+    ctx: &'a Arc<Context>,
+    shutdown: &CancellationToken,
+) -> Result<Option<LoggedIn<'a>>, SessionError> {
+    let pg = &ctx.config.postgres;
+    // client_login_timeout bounds every wait on the client until it is authenticated.
+    let deadline =
+        (!pg.client_login_timeout.is_zero()).then(|| Instant::now() + pg.client_login_timeout);
+    let Some(params) = step(deadline, Box::pin(startup::read_startup(client, ctx))).await? else {
+        return Ok(None);
+    };
+    let count = admit(ctx)?;
+    let user = params.user().ok_or(SessionError::MissingUser)?.to_owned();
+    let dbname = params.database().unwrap_or_default().to_owned();
+    if crate::console::CONSOLE_DATABASES.contains(&dbname.as_str()) {
+        Box::pin(console(client, ctx, &user, deadline, shutdown)).await?;
+        return Ok(None);
+    }
+    let db = ctx
+        .databases
+        .get(&dbname)
+        .ok_or_else(|| SessionError::UnknownDatabase(dbname.clone()))?;
+    let mut out = BytesMut::with_capacity(1024);
+    let pool = authenticate(client, &mut out, ctx, db, &user, deadline).await?;
+    tracing::debug!(user = %user, database = %dbname, "client authenticated");
+    let who = Arc::new(ClientMeta {
+        addr: peer,
+        application_name: params
+            .get("application_name")
+            .unwrap_or_default()
+            .to_owned(),
+    });
+    let greeted = greet(client, out, ctx, pool, &who, &params, (&user, &dbname));
+    let (server, registration, state) = Box::pin(greeted).await?;
+    Ok(Some(LoggedIn {
+        pool,
+        registration,
+        state,
+        who,
+        count,
+        server,
+    }))
+}
+
+/// Runs one step of the login, failing with [`SessionError::LoginTimeout`] past `deadline`.
+async fn step<T>(
+    deadline: Option<Instant>,
+    step: impl std::future::Future<Output = Result<T, SessionError>>,
+) -> Result<T, SessionError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, step)
+            .await
+            .map_err(|_| SessionError::LoginTimeout)?,
+        None => step.await,
+    }
+}
+
+/// Counts the client in, refusing it past `max_client_conn`.
+fn admit(ctx: &Context) -> Result<ClientCount<'_>, SessionError> {
+    let max = ctx.config.postgres.max_client_conn;
+    let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let guard = ClientCount(ctx);
+    if count > max {
+        return Err(SessionError::TooManyClients(max));
+    }
+    Ok(guard)
+}
+
+/// An admin-console client: authenticated as an admin user, then served until it leaves.
+async fn console(
+    client: &mut ClientIo,
+    ctx: &Arc<Context>,
+    user: &str,
+    deadline: Option<Instant>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut out = BytesMut::new();
+    let known = ctx.admin_users.get(user);
+    let auth_type = ctx.config.postgres.auth_type;
+    step(
+        deadline,
+        Box::pin(auth::authenticate(client, &mut out, auth_type, user, known)),
+    )
+    .await?;
+    client.write(&out).await?;
+    match Box::pin(crate::console::serve(client, ctx, shutdown)).await? {
+        crate::console::Ended::ClientLeft => Ok(()),
+        crate::console::Ended::Shutdown => Err(SessionError::Shutdown),
+    }
+}
+
+/// Authenticates a client of database `db` and returns the pool of the user it logged in
+/// as. The answer so far (for SCRAM, the final server message) is in `out`.
+async fn authenticate<'a>(
+    client: &mut ClientIo,
+    out: &mut BytesMut,
+    ctx: &Context,
+    db: &'a Database,
+    user: &str,
+    deadline: Option<Instant>,
+) -> Result<&'a Pool, SessionError> {
+    let auth_type = ctx.config.postgres.auth_type;
+    let known = db.users.get(user);
+    let auth_user = step(
+        deadline,
+        Box::pin(auth::authenticate(client, out, auth_type, user, known)),
+    )
+    .await?;
+    db.pools
+        .get(&auth_user)
+        .ok_or_else(|| SessionError::AuthFailed(user.to_owned()))
+}
+
+/// What the greeting leaves the session: its own server (session mode), its cancel
+/// registration and its state.
+type Greeted = (Option<PooledConn>, crate::cancel::Registration, ClientState);
+
+/// Finishes the login: in session mode checks out the client's own server (whose backend
+/// pid and parameters the client learns), registers for cancels, and sends the greeting.
+async fn greet(
+    client: &mut ClientIo,
+    mut out: BytesMut,
+    ctx: &Context,
+    pool: &Pool,
+    who: &Arc<ClientMeta>,
+    params: &StartupParams,
+    (user, dbname): (&str, &str),
+) -> Result<Greeted, SessionError> {
+    let mut server = if pool.settings().mode == sluice_config::PoolMode::Session {
+        Some(match pool.try_checkout(who) {
+            Some(server) => server,
+            None => Box::pin(pool.checkout(who))
+                .await
+                .map_err(SessionError::Pool)?,
+        })
+    } else {
+        None
+    };
+    let server_params = match &server {
+        Some(server) => server.params.clone(),
+        None => Box::pin(pool.server_params(who))
+            .await
+            .map_err(SessionError::Pool)?,
+    };
+    let registration = register(ctx, who, user, dbname, server.as_ref());
+    let mut state = ClientState::from_startup(&params.params);
+    ctx.intern_startup(&mut state);
+    let reported = Box::pin(greeting::reported_values(
+        pool,
+        who,
+        server.as_mut(),
+        &state,
+        &server_params,
+    ))
+    .await?;
+    backend::auth_ok(&mut out);
+    for (name, value) in server_params.iter() {
+        let value = reported
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(value.as_bytes(), |(_, v)| v.as_slice());
+        backend::parameter_status(&mut out, name, value);
+    }
+    backend::backend_key_data(&mut out, registration.pid, registration.secret);
+    backend::ready_for_query(&mut out, b'I');
+    client.write(&out).await?;
+    Ok((server, registration, state))
+}
+
+/// Registers the client for CancelRequests (and SHOW CLIENTS): a session-mode client gets
+/// its server's real backend pid.
+fn register(
+    ctx: &Context,
+    who: &Arc<ClientMeta>,
+    user: &str,
+    dbname: &str,
+    server: Option<&PooledConn>,
+) -> crate::cancel::Registration {
+    let info = crate::cancel::ClientInfo {
+        user: ctx.intern_name(user),
+        database: ctx.intern_name(dbname),
+        who: Some(who.clone()),
+        connected_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+    };
+    ctx.cancel.register(info, server.map(|s| s.cancel.pid))
+}
