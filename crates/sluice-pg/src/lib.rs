@@ -19,7 +19,6 @@ pub mod console;
 pub mod context;
 pub mod listener;
 pub mod pool;
-pub mod prepared;
 pub mod protocol;
 pub mod session;
 pub mod state;

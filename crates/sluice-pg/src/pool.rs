@@ -21,7 +21,7 @@ use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
 use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 
-use crate::prepared::StatementRegistry;
+use crate::state::prepared::StatementRegistry;
 use crate::upstream::{ServerConn, ServerParams, UpstreamError};
 
 /// Settings of one pool, resolved from the configuration.

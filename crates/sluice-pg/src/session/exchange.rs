@@ -28,10 +28,10 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::sql::{classify, hidden_effects, Statement as Sql};
-use crate::prepared::{Statement, StatementRegistry};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
 use crate::protocol::messages::{self, Bind, Parse, Target};
+use crate::state::prepared::{Statement, StatementRegistry};
 use crate::state::{ClientState, ServerState};
 
 /// CommandComplete tags after which a server keeps state Sluice cannot carry to another

@@ -7,8 +7,8 @@
 use bytes::{Buf, BytesMut};
 
 use super::exchange::{Exchange, Features, Io};
-use crate::prepared::StatementRegistry;
 use crate::protocol::frame::{frame_len, MAX_FRAME_LEN};
+use crate::state::prepared::StatementRegistry;
 use crate::state::{ClientState, ServerState};
 
 /// Length of the whole frames at the front of `buf` (what the relay hands the exchange).

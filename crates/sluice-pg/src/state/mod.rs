@@ -1,10 +1,15 @@
 //! Session state that must follow a client across server connections (its settings and
-//! prepared statements), and the matching state each server connection carries.
+//! prepared statements), and the matching state each server connection carries;
+//! [`prepared`] is the pool-wide registry of prepared statements both sides refer to.
+//! Below the session, the pool and the server connection (all three hold it), so none of
+//! them imports another through it.
+
+pub mod prepared;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::prepared::{ServerStatements, Statement};
+use prepared::{ServerStatements, Statement};
 
 /// A small map of setting name → value (the value as bytes in the client's encoding, which
 /// need not be UTF-8), kept as a sorted vector (a session has a handful
