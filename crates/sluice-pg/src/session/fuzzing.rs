@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::exchange::{Exchange, Features, Io};
+use super::exchange::{Exchange, Features, Sides};
 use crate::protocol::frame::{frame_len, MAX_FRAME_LEN};
 use crate::state::prepared::StatementRegistry;
 use crate::state::{ClientState, ServerState};
@@ -59,7 +59,7 @@ pub fn drive_exchange(data: &[u8]) -> usize {
             continue;
         }
         let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let mut io = Io {
+        let mut io = Sides {
             client: &mut client,
             server: &mut server,
             registry: &registry,

@@ -10,7 +10,6 @@ mod exchange;
 pub mod fuzzing;
 mod login;
 mod relay;
-mod sql;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use pump::{Outbox, Read, Wake};
 
 use super::error::pool_error_fields;
-use super::exchange::{Exchange, Features, Io};
+use super::exchange::{Exchange, Features, Sides};
 use super::SessionError;
 use crate::client_io::ClientIo;
 use crate::pool::{ClientMeta, Pool, PoolError, PooledConn};
@@ -293,7 +293,7 @@ impl<'a> Relay<'a> {
             return Ok(());
         };
         let server = &mut **server;
-        let mut io = Io {
+        let mut io = Sides {
             client: &mut self.state,
             server: &mut server.state,
             registry: self.pool.statements(),
@@ -417,7 +417,7 @@ impl<'a> Relay<'a> {
             return Ok(());
         };
         let server = &mut **server;
-        let mut io = Io {
+        let mut io = Sides {
             client: &mut self.state,
             server: &mut server.state,
             registry: self.pool.statements(),

@@ -1,10 +1,10 @@
-//! Server → client half of [`Exchange`](super::Exchange): matches each backend frame to the
+//! The server → client half of [`Exchange`](super::Exchange): matches each backend frame to the
 //! request it answers, swallows answers to Sluice's own injected requests, emits synthetic
 //! answers in their place in the stream, and applies or undoes session-state changes.
 
 use bytes::BufMut;
 
-use super::{Effect, Exchange, Expect, Io, Synthetic, STATEFUL_TAGS};
+use super::{Effect, Exchange, Expect, Sides, Synthetic, STATEFUL_TAGS};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
 use crate::protocol::messages::{command_tag, data_row_columns};
 
@@ -19,7 +19,7 @@ impl Exchange {
     pub(crate) fn on_server(
         &mut self,
         buf: &[u8],
-        io: &mut Io<'_>,
+        io: &mut Sides<'_>,
     ) -> Result<usize, ProtocolError> {
         let mut it = Frames::new(buf, MAX_FRAME_LEN);
         let mut pos = 0;
@@ -55,7 +55,7 @@ impl Exchange {
         buf: &[u8],
         run_start: &mut usize,
         at: usize,
-        io: &mut Io<'_>,
+        io: &mut Sides<'_>,
     ) {
         if matches!(self.queue.front(), Some(Expect::Synthetic(_))) {
             io.to_client.put_slice(&buf[*run_start..at]);
@@ -71,7 +71,7 @@ impl Exchange {
         )
     }
 
-    fn server_frame(&mut self, tag: u8, body: &[u8], io: &mut Io<'_>) -> Fate {
+    fn server_frame(&mut self, tag: u8, body: &[u8], io: &mut Sides<'_>) -> Fate {
         match tag {
             b'1' => match self.queue.pop_front() {
                 Some(Expect::Parse { forward: false, .. }) => Fate::Swallow,
@@ -159,7 +159,7 @@ impl Exchange {
         }
     }
 
-    fn command_complete(&mut self, tag: &[u8], io: &mut Io<'_>) {
+    fn command_complete(&mut self, tag: &[u8], io: &mut Sides<'_>) {
         match tag {
             b"COMMIT" => self.last_commit = true,
             b"ROLLBACK" => self.last_commit = false,
@@ -184,7 +184,7 @@ impl Exchange {
 
     /// An ErrorResponse: in a simple query it only marks the query failed; in the extended
     /// protocol the server now skips to Sync, so everything owed before the Sync is undone.
-    fn error(&mut self, body: &[u8], io: &mut Io<'_>) -> Fate {
+    fn error(&mut self, body: &[u8], io: &mut Sides<'_>) -> Fate {
         if let Some(Expect::Bind(Some(stmt)) | Expect::Describe(Some(stmt))) = self.queue.front() {
             if error_code(body) == Some(b"0A000") {
                 // "cached plan must not change result type": the shared copy is stale.
@@ -226,7 +226,7 @@ impl Exchange {
     }
 
     /// Undoes the bookkeeping of a request the server failed or skipped.
-    fn undo(&mut self, e: Expect, io: &mut Io<'_>) {
+    fn undo(&mut self, e: Expect, io: &mut Sides<'_>) {
         match e {
             Expect::Parse {
                 server_name: Some(s),
@@ -261,7 +261,7 @@ impl Exchange {
         }
     }
 
-    fn ready(&mut self, status: u8, io: &mut Io<'_>) -> Fate {
+    fn ready(&mut self, status: u8, io: &mut Sides<'_>) -> Fate {
         self.status = status;
         if status == b'I' {
             self.counts.1 += 1;
@@ -346,7 +346,7 @@ fn error_code(body: &[u8]) -> Option<&[u8]> {
     None
 }
 
-fn apply(e: Effect, io: &mut Io<'_>) {
+fn apply(e: Effect, io: &mut Sides<'_>) {
     let (client, server) = (&mut *io.client, &mut *io.server);
     match e {
         Effect::Value(name, Some(v)) => {

@@ -4,7 +4,7 @@ use bytes::{BufMut, BytesMut};
 use postgres_protocol::message::frontend;
 
 use super::*;
-use crate::protocol::frame::{read_cstr, Frames};
+use crate::protocol::frame::{read_cstr, Frames, MAX_FRAME_LEN};
 
 /// Decoded frames: (tag, body).
 type Out = Vec<(u8, Vec<u8>)>;
@@ -38,7 +38,7 @@ impl Fixture {
     /// Feeds client bytes; returns (frames to server, frames to client).
     fn client(&mut self, bytes: &[u8]) -> (Out, Out) {
         let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let mut io = Io {
+        let mut io = Sides {
             client: &mut self.client,
             server: &mut self.server,
             registry: &self.registry,
@@ -59,7 +59,7 @@ impl Fixture {
     /// Feeds server bytes; returns (frames to the client, frames Sluice injected).
     fn server_injecting(&mut self, bytes: &[u8]) -> (Out, Out) {
         let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
-        let mut io = Io {
+        let mut io = Sides {
             client: &mut self.client,
             server: &mut self.server,
             registry: &self.registry,
