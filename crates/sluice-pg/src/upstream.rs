@@ -152,11 +152,11 @@ impl ServerConn {
         let Some(connector) = tls else {
             return Ok(MaybeTls::Plain(tcp));
         };
-        tcp.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await?;
+        tcp.write_all(&startup::SSL_REQUEST_PACKET).await?;
         let mut answer = [0u8; 1];
         tcp.read_exact(&mut answer).await?;
         match answer[0] {
-            b'S' => {
+            startup::SSL_ACCEPTED => {
                 let name = ServerName::try_from(up.host.clone()).map_err(|e| {
                     UpstreamError::Auth(format!("bad TLS server name {}: {e}", up.host))
                 })?;
@@ -166,8 +166,8 @@ impl ServerConn {
                     .map_err(|e| UpstreamError::Tls(e.to_string()))?;
                 Ok(MaybeTls::Tls(Box::new(stream)))
             }
-            b'N' if sslmode == SslMode::Prefer => Ok(MaybeTls::Plain(tcp)),
-            b'N' => Err(UpstreamError::Tls(format!(
+            startup::SSL_REFUSED if sslmode == SslMode::Prefer => Ok(MaybeTls::Plain(tcp)),
+            startup::SSL_REFUSED => Err(UpstreamError::Tls(format!(
                 "server does not support SSL, but sslmode is {sslmode:?}"
             ))),
             other => Err(UpstreamError::Protocol(format!(

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use crate::client_io::{ClientIo, ClientIoError};
 use crate::context::Context;
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::messages;
+use crate::protocol::{messages, tag};
 use command::Command;
 
 /// Longest console statement accepted.
@@ -60,8 +60,8 @@ pub(crate) async fn serve(
             return Ok(Ended::ClientLeft);
         };
         match tag {
-            b'X' => return Ok(Ended::ClientLeft),
-            b'Q' => {
+            tag::frontend::TERMINATE => return Ok(Ended::ClientLeft),
+            tag::frontend::QUERY => {
                 // Console commands are ASCII; other bytes only end up in an error message.
                 let sql = String::from_utf8_lossy(messages::query_text(&body)?);
                 // Each statement sees the latest reload (RELOAD; SHOW CONFIG in one session).

@@ -1,14 +1,14 @@
 //! Result sets of the console's `SHOW` commands, built from the same statistics the HTTP
-//! admin listener serves, and their encoding as RowDescription / DataRow / CommandComplete.
+//! admin listener serves (encoded by `protocol::backend` as RowDescription / DataRow).
 
 use std::collections::HashMap;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use sluice_stats::PoolSource;
 
 use super::command::Show;
 use crate::context::Context;
-use crate::protocol::messages;
+use crate::protocol::{backend, messages};
 
 /// What `SHOW VERSION` and the console's `server_version` say.
 pub const VERSION: &str = concat!("Sluice ", env!("CARGO_PKG_VERSION"));
@@ -36,44 +36,12 @@ impl ResultSet {
 
     /// Appends RowDescription, the DataRows and CommandComplete `SHOW`.
     pub fn encode(&self, out: &mut BytesMut) {
-        let start = out.len();
-        out.put_u8(b'T');
-        out.put_i32(0);
-        out.put_i16(self.columns.len() as i16);
-        for c in &self.columns {
-            out.put_slice(c.as_bytes());
-            out.put_u8(0);
-            out.put_i32(0); // table oid
-            out.put_i16(0); // column number
-            out.put_i32(25); // text
-            out.put_i16(-1);
-            out.put_i32(-1);
-            out.put_i16(0); // text format
-        }
-        patch_len(out, start);
+        backend::row_description_text(out, &self.columns);
         for row in &self.rows {
-            let start = out.len();
-            out.put_u8(b'D');
-            out.put_i32(0);
-            out.put_i16(row.len() as i16);
-            for v in row {
-                match v {
-                    Some(v) => {
-                        out.put_i32(v.len() as i32);
-                        out.put_slice(v.as_bytes());
-                    }
-                    None => out.put_i32(-1),
-                }
-            }
-            patch_len(out, start);
+            backend::data_row(out, row.iter().map(|v| v.as_deref().map(str::as_bytes)));
         }
         messages::write_command_complete(out, "SHOW");
     }
-}
-
-fn patch_len(out: &mut BytesMut, start: usize) {
-    let len = (out.len() - start - 1) as i32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Builds the result of one `SHOW`.

@@ -150,6 +150,39 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, messag
     finish(buf, at);
 }
 
+/// RowDescription for columns of type `text` in text format.
+pub fn row_description_text(buf: &mut BytesMut, columns: &[&str]) {
+    let start = begin(buf, super::tag::backend::ROW_DESCRIPTION);
+    buf.put_i16(columns.len() as i16);
+    for c in columns {
+        buf.put_slice(c.as_bytes());
+        buf.put_u8(0);
+        buf.put_i32(0); // table oid
+        buf.put_i16(0); // column number
+        buf.put_i32(25); // type oid: text
+        buf.put_i16(-1); // type size: variable
+        buf.put_i32(-1); // type modifier
+        buf.put_i16(0); // text format
+    }
+    finish(buf, start);
+}
+
+/// DataRow of text values (`None`: NULL).
+pub fn data_row<'a>(buf: &mut BytesMut, values: impl ExactSizeIterator<Item = Option<&'a [u8]>>) {
+    let start = begin(buf, super::tag::backend::DATA_ROW);
+    buf.put_i16(values.len() as i16);
+    for v in values {
+        match v {
+            Some(v) => {
+                buf.put_i32(v.len() as i32);
+                buf.put_slice(v);
+            }
+            None => buf.put_i32(-1),
+        }
+    }
+    finish(buf, start);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,34 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError>
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Length of the complete frames at the front of `buf` before any Terminate, and whether
+/// a Terminate was reached there. A frame over `max` is an error.
+pub fn frames_before_terminate(buf: &[u8], max: usize) -> Result<(usize, bool), ProtocolError> {
+    let mut pos = 0;
+    while let Some(total) = frame_len(&buf[pos..], max)? {
+        if buf[pos] == super::tag::frontend::TERMINATE {
+            return Ok((pos, true));
+        }
+        pos += total;
+    }
+    Ok((pos, false))
+}
+
+/// The end of the first request among the complete frames of `buf` (just after its Sync,
+/// Query or FunctionCall), or `Err(n)`: no request ends there and the complete frames
+/// cover `n` bytes. Used to drop what the client sent after Sluice refused its request.
+pub fn request_end(buf: &[u8], max: usize) -> Result<usize, usize> {
+    let mut pos = 0;
+    while let Ok(Some(total)) = frame_len(&buf[pos..], max) {
+        let tag = buf[pos];
+        pos += total;
+        if super::tag::frontend::ends_request(tag) {
+            return Ok(pos);
+        }
+    }
+    Err(pos)
+}
+
 /// One complete frame borrowed from a read buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {
@@ -156,6 +184,23 @@ mod tests {
         v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         v.extend_from_slice(body);
         v
+    }
+
+    #[test]
+    fn terminate_and_request_ends_are_found_among_complete_frames() {
+        let mut buf = frame(b'P', b"\0select 1\0\0\0");
+        let parse = buf.len();
+        buf.extend(frame(b'S', b""));
+        let sync = buf.len();
+        buf.extend(frame(b'Q', b"select 2\0"));
+        buf.extend(frame(b'X', b""));
+        buf.extend(&frame(b'Q', b"partial\0")[..3]);
+        let before_x = buf.len() - 3 - 5;
+        assert_eq!(frames_before_terminate(&buf, MAX_FRAME_LEN), Ok((before_x, true)));
+        assert_eq!(frames_before_terminate(&buf[..sync], MAX_FRAME_LEN), Ok((sync, false)));
+        assert_eq!(request_end(&buf, MAX_FRAME_LEN), Ok(sync));
+        assert_eq!(request_end(&buf[..parse + 2], MAX_FRAME_LEN), Err(parse));
+        assert!(frames_before_terminate(&frame(b'Q', b"x\0"), 3).is_err());
     }
 
     #[test]

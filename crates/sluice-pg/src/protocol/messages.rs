@@ -174,9 +174,33 @@ pub fn command_tag(body: &[u8]) -> &[u8] {
         .unwrap_or_default()
 }
 
+/// The SQLSTATE field (`C`) of an ErrorResponse or NoticeResponse body.
+pub fn error_code(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return None;
+        }
+        let nul = tail.iter().position(|&b| b == 0)?;
+        if field == b'C' {
+            return Some(&tail[..nul]);
+        }
+        rest = &tail[nul + 1..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_code_reads_the_sqlstate_field() {
+        let body = b"SERROR\0C42P01\0Mno such table\0\0";
+        assert_eq!(error_code(body), Some(&b"42P01"[..]));
+        assert_eq!(error_code(b"SERROR\0Mx\0\0"), None);
+        assert_eq!(error_code(b"C42"), None, "a field without its NUL");
+    }
 
     fn body(frame: &[u8]) -> &[u8] {
         &frame[5..]

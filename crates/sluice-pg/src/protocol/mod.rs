@@ -9,5 +9,8 @@ pub mod frame;
 pub mod frontend;
 pub mod messages;
 pub mod startup;
+pub mod tag;
 
 pub use frame::{frame_len, Frame, Frames, ProtocolError};
+
+// Every byte layout of the PostgreSQL protocol Sluice reads or writes is in this module.

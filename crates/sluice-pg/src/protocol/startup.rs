@@ -6,6 +6,16 @@
 
 use super::frame::{read_cstr_utf8, ProtocolError};
 
+/// The SSLRequest packet Sluice sends a server: length 8, then the request code.
+pub const SSL_REQUEST_PACKET: [u8; 8] = {
+    let c = SSL_REQUEST.to_be_bytes();
+    [0, 0, 0, 8, c[0], c[1], c[2], c[3]]
+};
+/// The server's one-byte answer to SSLRequest: go ahead with TLS.
+pub const SSL_ACCEPTED: u8 = b'S';
+/// The server's one-byte answer to SSLRequest: no TLS here.
+pub const SSL_REFUSED: u8 = b'N';
+
 /// Longest startup packet accepted (PostgreSQL's own limit, `MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_LEN: usize = 10_000;
 

@@ -28,7 +28,7 @@ use super::SessionError;
 use crate::client_io::ClientIo;
 use crate::pool::{ClientMeta, Pool, PoolError, PooledConn};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frame::{frame_len, ProtocolError};
+use crate::protocol::frame::{frames_before_terminate, request_end, ProtocolError};
 use crate::state::ClientState;
 use crate::upstream::UpstreamError;
 use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
@@ -396,17 +396,14 @@ impl<'a> Relay<'a> {
             }
         }
         // Drop frames up to the end of the request, answering it with ReadyForQuery.
-        let buf = &self.client.buf[..len];
-        let mut pos = 0;
-        while let Ok(Some(total)) = frame_len(&buf[pos..], self.limits.max_packet) {
-            let tag = buf[pos];
-            pos += total;
-            if matches!(tag, b'S' | b'Q' | b'F') {
+        let pos = match request_end(&self.client.buf[..len], self.limits.max_packet) {
+            Ok(end) => {
                 self.skip_until_sync = false;
                 backend::ready_for_query(&mut self.to_client.buf, b'I');
-                break;
+                end
             }
-        }
+            Err(covered) => covered,
+        };
         Ok(Some(pos))
     }
 
@@ -523,25 +520,13 @@ impl<'a> Relay<'a> {
 /// Length of the complete frames at the front of `buf` before any Terminate, and whether a
 /// Terminate was reached.
 fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), SessionError> {
-    let mut pos = 0;
-    loop {
-        let total = match frame_len(&buf[pos..], max) {
-            Ok(Some(total)) => total,
-            Ok(None) => break,
-            Err(ProtocolError::BadLength { len, .. }) if len > max as i64 => {
-                return Err(SessionError::PacketTooLarge {
-                    len: len as usize,
-                    max,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if buf[pos] == b'X' {
-            return Ok((pos, true));
-        }
-        pos += total;
-    }
-    Ok((pos, false))
+    frames_before_terminate(buf, max).map_err(|e| match e {
+        ProtocolError::BadLength { len, .. } if len > max as i64 => SessionError::PacketTooLarge {
+            len: len as usize,
+            max,
+        },
+        e => e.into(),
+    })
 }
 
 /// Gives an empty output buffer's memory back to the buffer cache.

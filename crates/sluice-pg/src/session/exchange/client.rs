@@ -10,6 +10,7 @@ use super::sql::{classify, hidden_effects, Statement as Sql};
 use super::{Effect, Exchange, Expect, Sides, Synthetic};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
 use crate::protocol::messages::{self, Bind, Parse, Target};
+use crate::protocol::tag::frontend::*;
 use crate::state::prepared::Statement;
 
 impl Exchange {
@@ -25,13 +26,13 @@ impl Exchange {
             let raw = &frames[pos..it.consumed()];
             pos = it.consumed();
             tracing::trace!(tag = %char::from(frame.tag), queue = ?self.queue, skipping = self.skipping, "client frame");
-            if self.client_skipping && frame.tag != b'S' {
+            if self.client_skipping && frame.tag != SYNC {
                 continue;
             }
             if self.skipping {
                 // The server discards everything until Sync: send as is, expect nothing.
                 io.to_server.put_slice(raw);
-                if frame.tag == b'S' {
+                if frame.tag == SYNC {
                     self.skipping = false;
                     self.extended = false;
                     self.client_skipping = false;
@@ -57,15 +58,15 @@ impl Exchange {
         io: &mut Sides<'_>,
     ) -> Result<(), ProtocolError> {
         match tag {
-            b'Q' => return self.on_query(body, raw, io),
-            b'P' => return self.on_parse(body, raw, io),
-            b'B' => return self.on_bind(body, raw, io),
-            b'D' => return self.on_describe(body, raw, io),
-            b'C' => return self.on_close(body, raw, io),
-            b'E' => self.on_execute(raw, io),
-            b'S' => self.on_sync(raw, io),
-            b'F' => self.on_function_call(raw, io),
-            b'c' | b'f' => self.on_copy_end(raw, io),
+            QUERY => return self.on_query(body, raw, io),
+            PARSE => return self.on_parse(body, raw, io),
+            BIND => return self.on_bind(body, raw, io),
+            DESCRIBE => return self.on_describe(body, raw, io),
+            CLOSE => return self.on_close(body, raw, io),
+            EXECUTE => self.on_execute(raw, io),
+            SYNC => self.on_sync(raw, io),
+            FUNCTION_CALL => self.on_function_call(raw, io),
+            COPY_DONE | COPY_FAIL => self.on_copy_end(raw, io),
             // CopyData, Flush and anything else go through as they are.
             _ => io.to_server.put_slice(raw),
         }

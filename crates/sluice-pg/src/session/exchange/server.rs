@@ -6,7 +6,7 @@ use bytes::BufMut;
 
 use super::{Effect, Exchange, Expect, Sides, Synthetic, STATEFUL_TAGS};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
-use crate::protocol::messages::{command_tag, data_row_columns};
+use crate::protocol::messages::{command_tag, data_row_columns, error_code};
 
 /// What to do with one backend frame.
 enum Fate {
@@ -32,7 +32,8 @@ impl Exchange {
             self.emit_ready_synthetics_flushing(buf, &mut run_start, start, io);
             match self.server_frame(frame.tag, frame.body, io) {
                 Fate::Forward => {
-                    self.last_was_error = frame.tag == b'E';
+                    self.last_was_error =
+                        frame.tag == crate::protocol::tag::backend::ERROR_RESPONSE;
                 }
                 Fate::Swallow => {
                     io.to_client.put_slice(&buf[run_start..start]);
@@ -72,33 +73,34 @@ impl Exchange {
     }
 
     fn server_frame(&mut self, tag: u8, body: &[u8], io: &mut Sides<'_>) -> Fate {
+        use crate::protocol::tag::backend::*;
         match tag {
-            b'1' => match self.queue.pop_front() {
+            PARSE_COMPLETE => match self.queue.pop_front() {
                 Some(Expect::Parse { forward: false, .. }) => Fate::Swallow,
                 _ => Fate::Forward,
             },
-            b'2' | b's' => {
+            BIND_COMPLETE | PORTAL_SUSPENDED => {
                 self.queue.pop_front();
                 Fate::Forward
             }
-            b'3' => match self.queue.pop_front() {
+            CLOSE_COMPLETE => match self.queue.pop_front() {
                 Some(Expect::Close { evicted: Some(_) }) => Fate::Swallow,
                 _ => Fate::Forward,
             },
-            b'T' | b'n' => {
+            ROW_DESCRIPTION | NO_DATA => {
                 if matches!(self.queue.front(), Some(Expect::Describe(_))) {
                     self.queue.pop_front();
                 }
                 self.fate()
             }
-            b'D' => {
+            DATA_ROW => {
                 if self.swallowing() {
                     self.capture(body);
                 }
                 self.fate()
             }
-            b'C' | b'I' => {
-                if tag == b'C' {
+            COMMAND_COMPLETE | EMPTY_QUERY => {
+                if tag == COMMAND_COMPLETE {
                     self.command_complete(command_tag(body), io);
                 }
                 if matches!(self.queue.front(), Some(Expect::Execute)) {
@@ -106,9 +108,9 @@ impl Exchange {
                 }
                 self.fate()
             }
-            b'E' => self.error(body, io),
-            b'Z' => self.ready(body.first().copied().unwrap_or(b'I'), io),
-            b'S' => {
+            ERROR_RESPONSE => self.error(body, io),
+            READY_FOR_QUERY => self.ready(body.first().copied().unwrap_or(b'I'), io),
+            PARAMETER_STATUS => {
                 let explained = matches!(
                     self.queue.front(),
                     Some(Expect::Query {
@@ -328,22 +330,6 @@ impl Exchange {
         }
         fate
     }
-}
-
-/// The SQLSTATE field of an ErrorResponse body.
-fn error_code(body: &[u8]) -> Option<&[u8]> {
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            return None;
-        }
-        let nul = tail.iter().position(|&b| b == 0)?;
-        if field == b'C' {
-            return Some(&tail[..nul]);
-        }
-        rest = &tail[nul + 1..];
-    }
-    None
 }
 
 fn apply(e: Effect, io: &mut Sides<'_>) {

@@ -69,7 +69,7 @@ fn use_scram(method: AuthType, secret: &Secret) -> bool {
 
 async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, SessionError> {
     match client.read_frame(crate::client_io::MAX_AUTH_FRAME).await? {
-        Some((b'p', body)) => Ok(body),
+        Some((crate::protocol::tag::frontend::PASSWORD, body)) => Ok(body),
         Some((tag, _)) => Err(SessionError::AuthProtocol(format!(
             "expected a password message, got '{}'",
             char::from(tag)
