@@ -196,8 +196,14 @@ mod tests {
         buf.extend(frame(b'X', b""));
         buf.extend(&frame(b'Q', b"partial\0")[..3]);
         let before_x = buf.len() - 3 - 5;
-        assert_eq!(frames_before_terminate(&buf, MAX_FRAME_LEN), Ok((before_x, true)));
-        assert_eq!(frames_before_terminate(&buf[..sync], MAX_FRAME_LEN), Ok((sync, false)));
+        assert_eq!(
+            frames_before_terminate(&buf, MAX_FRAME_LEN),
+            Ok((before_x, true))
+        );
+        assert_eq!(
+            frames_before_terminate(&buf[..sync], MAX_FRAME_LEN),
+            Ok((sync, false))
+        );
         assert_eq!(request_end(&buf, MAX_FRAME_LEN), Ok(sync));
         assert_eq!(request_end(&buf[..parse + 2], MAX_FRAME_LEN), Err(parse));
         assert!(frames_before_terminate(&frame(b'Q', b"x\0"), 3).is_err());

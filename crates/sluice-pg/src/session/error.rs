@@ -28,9 +28,9 @@ pub enum SessionError {
     /// Wrong password or unknown user (deliberately indistinguishable to the client).
     #[error("authentication failed for user \"{0}\"")]
     AuthFailed(String),
-    /// The client chose an authentication mechanism Sluice did not offer.
+    /// The client's authentication messages broke the exchange Sluice offered.
     #[error("unsupported authentication response: {0}")]
-    AuthProtocol(String),
+    AuthProtocol(#[from] AuthProtocolError),
     /// `max_client_conn` reached.
     #[error("too many clients (max_client_conn = {0})")]
     TooManyClients(usize),
@@ -72,6 +72,20 @@ pub enum SessionError {
         /// The limit.
         max: usize,
     },
+}
+
+/// How a client's authentication messages went wrong.
+#[derive(Debug, Error)]
+pub enum AuthProtocolError {
+    /// Another message came where a password message was due.
+    #[error("expected a password message, got '{0}'")]
+    NotPassword(char),
+    /// The client chose a SASL mechanism Sluice did not offer.
+    #[error("SASL mechanism \"{0}\" not supported")]
+    Mechanism(String),
+    /// A SCRAM message did not parse.
+    #[error("malformed SCRAM message: {0}")]
+    Scram(#[source] sluice_auth::AuthError),
 }
 
 impl From<crate::client_io::ClientIoError> for SessionError {
@@ -118,7 +132,7 @@ impl SessionError {
                 "28P01",
                 format!("password authentication failed for user \"{user}\""),
             ),
-            SessionError::AuthProtocol(what) => (Fatal, "08P01", what.clone()),
+            SessionError::AuthProtocol(what) => (Fatal, "08P01", what.to_string()),
             SessionError::TooManyClients(max) => (
                 Fatal,
                 "53300",

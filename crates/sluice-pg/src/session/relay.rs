@@ -30,7 +30,7 @@ use crate::pool::{ClientMeta, Pool, PoolError, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::{frames_before_terminate, request_end, ProtocolError};
 use crate::state::ClientState;
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamError, UpstreamProtocolError};
 use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
 use std::sync::Arc;
 
@@ -429,9 +429,9 @@ impl<'a> Relay<'a> {
                 self.server = None;
                 self.registration.slot.set(None);
                 self.to_server.discard();
-                return Err(SessionError::ServerLost(UpstreamError::Protocol(
-                    e.to_string(),
-                )));
+                return Err(SessionError::ServerLost(
+                    UpstreamProtocolError::Frame(e).into(),
+                ));
             }
         };
         server.buf.advance(consumed);

@@ -11,6 +11,7 @@ use sluice_config::AuthType;
 use crate::client_io::ClientIo;
 use crate::context::UserAuth;
 use crate::protocol::{backend, frontend};
+use crate::session::error::AuthProtocolError;
 use crate::session::SessionError;
 
 /// Authenticates `user`; returns the user name to pool under. `out` must be empty; on
@@ -70,10 +71,7 @@ fn use_scram(method: AuthType, secret: &Secret) -> bool {
 async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, SessionError> {
     match client.read_frame(crate::client_io::MAX_AUTH_FRAME).await? {
         Some((crate::protocol::tag::frontend::PASSWORD, body)) => Ok(body),
-        Some((tag, _)) => Err(SessionError::AuthProtocol(format!(
-            "expected a password message, got '{}'",
-            char::from(tag)
-        ))),
+        Some((tag, _)) => Err(AuthProtocolError::NotPassword(char::from(tag)).into()),
         None => Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into())),
     }
 }
@@ -89,14 +87,11 @@ async fn scram(
     let body = read_password_frame(client).await?;
     let initial = frontend::parse_sasl_initial(&body)?;
     if initial.mechanism != SCRAM_SHA_256 {
-        return Err(SessionError::AuthProtocol(format!(
-            "SASL mechanism \"{}\" not supported",
-            initial.mechanism
-        )));
+        return Err(AuthProtocolError::Mechanism(initial.mechanism.to_owned()).into());
     }
     let first = server
         .handle_client_first(initial.data)
-        .map_err(|e| SessionError::AuthProtocol(format!("malformed SCRAM message: {e}")))?;
+        .map_err(AuthProtocolError::Scram)?;
     backend::auth_sasl_continue(out, &first);
     client.write(out).await?;
     out.clear();
@@ -107,9 +102,7 @@ async fn scram(
             Ok(true)
         }
         Err(sluice_auth::AuthError::InvalidPassword) => Ok(false),
-        Err(e) => Err(SessionError::AuthProtocol(format!(
-            "malformed SCRAM message: {e}"
-        ))),
+        Err(e) => Err(AuthProtocolError::Scram(e).into()),
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::pool::{ClientMeta, Pool, PooledConn};
 use crate::session::SessionError;
 use crate::state::{set_config_call, ClientState};
-use crate::upstream::{ServerParams, UpstreamError};
+use crate::upstream::{ServerParams, UpstreamError, UpstreamProtocolError};
 
 /// The reported value of every parameter in `params` that the client set at startup
 /// (parameter name as the server spells it, value). `held` is the session-mode client's own
@@ -76,7 +76,7 @@ pub(crate) async fn reported_values(
         Ok(Some(columns)) if columns.len() == unknown.len() => columns,
         Ok(_) => {
             return Err(SessionError::ServerLost(UpstreamError::Protocol(
-                "set_config returned no row".into(),
+                crate::upstream::UpstreamProtocolError::Unexpected("empty answer to set_config"),
             )))
         }
         Err(UpstreamError::Server { code, message }) => {
@@ -107,8 +107,8 @@ async fn try_values(
     }
     match server.run_simple("ROLLBACK").await {
         Ok(b'I') => row,
-        Ok(_) => Err(UpstreamError::Protocol("not idle after ROLLBACK".into())),
-        Err(e) => Err(UpstreamError::Protocol(format!("ROLLBACK failed: {e}"))),
+        Ok(_) => Err(UpstreamProtocolError::NotIdleAfterRollback.into()),
+        Err(e) => Err(UpstreamProtocolError::Rollback(Box::new(e)).into()),
     }
 }
 

@@ -1,0 +1,179 @@
+//! Opening a server connection: TCP, the SSLRequest and TLS handshake when configured,
+//! the StartupMessage, and the login as Sluice's upstream user — whatever the server asks
+//! (SCRAM-SHA-256, md5, cleartext or trust) — collecting ParameterStatus and BackendKeyData
+//! up to the first ReadyForQuery.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use rustls::pki_types::ServerName;
+use sluice_config::{SslMode, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::{
+    proto, read_message, server_error, unexpected, CancelKey, ServerConn, UpstreamAuthError,
+    UpstreamError, UpstreamProtocolError, UpstreamTlsError,
+};
+use crate::protocol::startup;
+use crate::state::ServerState;
+use crate::tls::{MaybeTls, ServerStream};
+
+/// Opens and authenticates a connection (unbounded: the caller sets the timeout).
+pub(super) async fn connect(
+    up: &Upstream,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    sslmode: SslMode,
+) -> Result<ServerConn, UpstreamError> {
+    let mut stream = open(up, tls, sslmode).await?;
+    let mut out = Vec::with_capacity(128);
+    startup::write_startup(
+        &mut out,
+        &[
+            ("user", up.user.as_str()),
+            ("database", up.database.as_str()),
+            ("application_name", "sluice"),
+        ],
+    );
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(8192);
+    let (params, key) = log_in(&mut stream, &mut buf, up).await?;
+    Ok(ServerConn {
+        stream,
+        buf,
+        params: params.into(),
+        cancel: CancelKey {
+            host: up.host.clone(),
+            port: up.port,
+            pid: key.0,
+            secret: key.1,
+        },
+        created: Instant::now(),
+        state: ServerState::default(),
+        idle_since: Instant::now(),
+        expires: None,
+    })
+}
+
+/// TCP connect, then SSLRequest and the TLS handshake when configured.
+async fn open(
+    up: &Upstream,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    sslmode: SslMode,
+) -> Result<ServerStream, UpstreamError> {
+    let mut tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
+    tcp.set_nodelay(true)?;
+    let Some(connector) = tls else {
+        return Ok(MaybeTls::Plain(tcp));
+    };
+    tcp.write_all(&startup::SSL_REQUEST_PACKET).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer[0] {
+        startup::SSL_ACCEPTED => {
+            let name = ServerName::try_from(up.host.clone()).map_err(|source| {
+                UpstreamTlsError::ServerName {
+                    host: up.host.clone(),
+                    source: Arc::new(source),
+                }
+            })?;
+            let stream = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| UpstreamTlsError::Handshake(Arc::new(e)))?;
+            Ok(MaybeTls::Tls(Box::new(stream)))
+        }
+        startup::SSL_REFUSED if sslmode == SslMode::Prefer => Ok(MaybeTls::Plain(tcp)),
+        startup::SSL_REFUSED => Err(UpstreamTlsError::Refused(sslmode).into()),
+        other => Err(UpstreamProtocolError::SslAnswer(other).into()),
+    }
+}
+
+/// The server's parameters and its cancel key (pid, secret).
+type LoginResult = (Vec<(String, String)>, (i32, i32));
+
+/// Answers the server's authentication requests up to ReadyForQuery.
+async fn log_in(
+    stream: &mut ServerStream,
+    buf: &mut BytesMut,
+    up: &Upstream,
+) -> Result<LoginResult, UpstreamError> {
+    let mut scram: Option<ScramSha256> = None;
+    let mut params = Vec::new();
+    let mut key = (0, 0);
+    loop {
+        let msg = read_message(stream, buf).await?;
+        let mut reply = BytesMut::new();
+        match msg {
+            Message::ParameterStatus(body) => {
+                let name = body.name().map_err(proto)?.to_owned();
+                let value = body.value().map_err(proto)?.to_owned();
+                params.push((name, value));
+            }
+            Message::BackendKeyData(body) => key = (body.process_id(), body.secret_key()),
+            Message::ErrorResponse(body) => return Err(server_error(body.fields())),
+            Message::NoticeResponse(_) => {}
+            Message::ReadyForQuery(_) => return Ok((params, key)),
+            msg => answer(msg, up, &mut scram, &mut reply)?,
+        }
+        if !reply.is_empty() {
+            stream.write_all(&reply).await?;
+        }
+    }
+}
+
+/// Writes into `reply` the answer to one authentication request.
+fn answer(
+    msg: Message,
+    up: &Upstream,
+    scram: &mut Option<ScramSha256>,
+    reply: &mut BytesMut,
+) -> Result<(), UpstreamError> {
+    match msg {
+        Message::AuthenticationOk => {}
+        Message::AuthenticationCleartextPassword => {
+            frontend::password_message(password(up)?.as_bytes(), reply).map_err(proto)?;
+        }
+        Message::AuthenticationMd5Password(body) => {
+            let hash = sluice_auth::md5_response(&up.user, password(up)?, body.salt());
+            frontend::password_message(hash.as_bytes(), reply).map_err(proto)?;
+        }
+        Message::AuthenticationSasl(body) => {
+            let mut mechs = body.mechanisms();
+            let mut found = false;
+            while let Some(m) = mechs.next().map_err(proto)? {
+                found |= m == SCRAM_SHA_256;
+            }
+            if !found {
+                return Err(UpstreamAuthError::NoMechanism.into());
+            }
+            let s = ScramSha256::new(password(up)?.as_bytes(), ChannelBinding::unsupported());
+            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), reply).map_err(proto)?;
+            *scram = Some(s);
+        }
+        Message::AuthenticationSaslContinue(body) => {
+            let s = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
+            s.update(body.data())
+                .map_err(|e| UpstreamAuthError::Scram(Arc::new(e)))?;
+            frontend::sasl_response(s.message(), reply).map_err(proto)?;
+        }
+        Message::AuthenticationSaslFinal(body) => {
+            let mut s = scram.take().ok_or_else(|| unexpected("SASLFinal"))?;
+            s.finish(body.data())
+                .map_err(|e| UpstreamAuthError::ServerSignature(Arc::new(e)))?;
+        }
+        _ => return Err(UpstreamAuthError::Unsupported.into()),
+    }
+    Ok(())
+}
+
+fn password(up: &Upstream) -> Result<&str, UpstreamError> {
+    up.password
+        .as_deref()
+        .ok_or_else(|| UpstreamAuthError::NoPassword.into())
+}
