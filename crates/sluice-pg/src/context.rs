@@ -115,44 +115,10 @@ impl Context {
     /// [`Context::start_pools`] is called.
     pub fn new(config: Arc<Config>) -> Result<Self, ContextError> {
         let pg = &config.postgres;
-        let mut configured = HashMap::new();
-        for u in &pg.users {
-            let secret = Secret::parse(&u.password).map_err(|source| ContextError::BadSecret {
-                user: u.name.clone(),
-                source,
-            })?;
-            let scram = secret.scram_verifier();
-            configured.insert(u.name.clone(), UserAuth { secret, scram });
-        }
+        let configured = configured_users(pg)?;
         let mut databases = HashMap::new();
         for db in &pg.databases {
-            let users = if pg.users.is_empty() {
-                // No user list: clients log in as the upstream URL's user with its password.
-                let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
-                let scram = secret.scram_verifier();
-                HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
-            } else {
-                configured.clone()
-            };
-            let tls = crate::tls::connector(db.sslmode, db.sslrootcert.as_deref())?;
-            let pools = users
-                .keys()
-                .map(|user| {
-                    let settings = pool_settings(db, user, pg, tls.clone());
-                    let pool = Pool::new(settings);
-                    pool.statements()
-                        .set_capacity(pg.prepared_statement_registry_size);
-                    (user.clone(), pool)
-                })
-                .collect();
-            databases.insert(
-                db.name.clone(),
-                Database {
-                    config: db.clone(),
-                    pools,
-                    users,
-                },
-            );
+            databases.insert(db.name.clone(), database(db, pg, &configured)?);
         }
         let admin_users = admin_credentials(pg, &config.postgres, &configured);
         let acceptor = crate::tls::acceptor(&pg.tls)?;
@@ -279,6 +245,52 @@ fn pool_settings(
         tls,
         sslmode: db.sslmode,
     }
+}
+
+/// The credentials of the `[[postgres.users]]` list.
+fn configured_users(pg: &PostgresConfig) -> Result<HashMap<String, UserAuth>, ContextError> {
+    let mut configured = HashMap::new();
+    for u in &pg.users {
+        let secret = Secret::parse(&u.password).map_err(|source| ContextError::BadSecret {
+            user: u.name.clone(),
+            source,
+        })?;
+        let scram = secret.scram_verifier();
+        configured.insert(u.name.clone(), UserAuth { secret, scram });
+    }
+    Ok(configured)
+}
+
+/// One database: who may log in to it and a pool per such user.
+fn database(
+    db: &DatabaseConfig,
+    pg: &PostgresConfig,
+    configured: &HashMap<String, UserAuth>,
+) -> Result<Database, ContextError> {
+    let users = if pg.users.is_empty() {
+        // No user list: clients log in as the upstream URL's user with its password.
+        let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
+        let scram = secret.scram_verifier();
+        HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
+    } else {
+        configured.clone()
+    };
+    let tls = crate::tls::connector(db.sslmode, db.sslrootcert.as_deref())?;
+    let pools = users
+        .keys()
+        .map(|user| {
+            let settings = pool_settings(db, user, pg, tls.clone());
+            let pool = Pool::new(settings);
+            pool.statements()
+                .set_capacity(pg.prepared_statement_registry_size);
+            (user.clone(), pool)
+        })
+        .collect();
+    Ok(Database {
+        config: db.clone(),
+        pools,
+        users,
+    })
 }
 
 /// What the admin console needs from the binary: reload, shutdown and the context in

@@ -295,28 +295,7 @@ impl Exchange {
                 Effect::Value(name, _) => Effect::Value(name, self.captured.take().flatten()),
                 e => e,
             });
-            match (effect, status) {
-                (Some(Effect::Savepoint(name)), b'T') => {
-                    self.savepoints.push((name, self.tentative.len()));
-                }
-                (Some(Effect::RollbackTo(name)), b'T') => {
-                    if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
-                        self.tentative.truncate(self.savepoints[i].1);
-                        self.savepoints.truncate(i + 1);
-                    }
-                }
-                (Some(Effect::Release(name)), b'T') => {
-                    if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
-                        self.savepoints.truncate(i);
-                    }
-                }
-                (Some(Effect::Savepoint(_) | Effect::RollbackTo(_) | Effect::Release(_)), _) => {}
-                // Ran outside a transaction block: in force now.
-                (Some(e), b'I') => apply(e, io),
-                // Inside a block: in force only if the block commits.
-                (Some(e), b'T') => self.tentative.push(e),
-                _ => {}
-            }
+            self.settle(effect, status, io);
         }
         self.captured = None;
         if status == b'I' {
@@ -329,6 +308,33 @@ impl Exchange {
             }
         }
         fate
+    }
+
+    /// Puts a completed query's effect in force (outside a transaction block), holds it
+    /// until the block ends (inside one), or does the savepoint bookkeeping.
+    fn settle(&mut self, effect: Option<Effect>, status: u8, io: &mut Sides<'_>) {
+        match (effect, status) {
+            (Some(Effect::Savepoint(name)), b'T') => {
+                self.savepoints.push((name, self.tentative.len()));
+            }
+            (Some(Effect::RollbackTo(name)), b'T') => {
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    self.tentative.truncate(self.savepoints[i].1);
+                    self.savepoints.truncate(i + 1);
+                }
+            }
+            (Some(Effect::Release(name)), b'T') => {
+                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    self.savepoints.truncate(i);
+                }
+            }
+            (Some(Effect::Savepoint(_) | Effect::RollbackTo(_) | Effect::Release(_)), _) => {}
+            // Ran outside a transaction block: in force now.
+            (Some(e), b'I') => apply(e, io),
+            // Inside a block: in force only if the block commits.
+            (Some(e), b'T') => self.tentative.push(e),
+            _ => {}
+        }
     }
 }
 

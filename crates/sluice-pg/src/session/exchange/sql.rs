@@ -67,13 +67,18 @@ pub(crate) fn classify(sql: &[u8]) -> Statement {
         .split(|b| b.is_ascii_whitespace())
         .filter(|w| !w.is_empty())
         .collect();
+    classify_words(&words)
+}
+
+/// Classifies a single statement of one of Sluice's keywords, split into words.
+fn classify_words(words: &[&[u8]]) -> Statement {
     let is = |i: usize, k: &str| {
         words
             .get(i)
             .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
     };
     if is(0, "SET") {
-        return classify_set(&words);
+        return classify_set(words);
     }
     if is(0, "RESET") && words.len() == 2 {
         return if is(1, "ALL") {
@@ -107,23 +112,33 @@ pub(crate) fn classify(sql: &[u8]) -> Statement {
         };
     }
     if is(0, "ROLLBACK") {
-        let mut i = 1;
-        if is(i, "WORK") || is(i, "TRANSACTION") {
-            i += 1;
-        }
-        if !is(i, "TO") {
-            return Statement::Other;
-        }
-        i += 1;
-        if is(i, "SAVEPOINT") {
-            i += 1;
-        }
-        return match words.get(i) {
-            Some(w) if words.len() == i + 1 => Statement::RollbackTo(unquote(w)),
-            _ => Statement::Other,
-        };
+        return classify_rollback(words);
     }
     Statement::Other
+}
+
+/// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`; other ROLLBACKs are not ours.
+fn classify_rollback(words: &[&[u8]]) -> Statement {
+    let is = |i: usize, k: &str| {
+        words
+            .get(i)
+            .is_some_and(|w| w.eq_ignore_ascii_case(k.as_bytes()))
+    };
+    let mut i = 1;
+    if is(i, "WORK") || is(i, "TRANSACTION") {
+        i += 1;
+    }
+    if !is(i, "TO") {
+        return Statement::Other;
+    }
+    i += 1;
+    if is(i, "SAVEPOINT") {
+        i += 1;
+    }
+    match words.get(i) {
+        Some(w) if words.len() == i + 1 => Statement::RollbackTo(unquote(w)),
+        _ => Statement::Other,
+    }
 }
 
 /// A name as PostgreSQL folds it: unquoted ASCII lower-cased, quoted kept (bytes in the

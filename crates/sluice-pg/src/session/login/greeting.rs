@@ -25,7 +25,7 @@ pub(crate) async fn reported_values(
     params: &ServerParams,
 ) -> Result<Vec<(String, Vec<u8>)>, SessionError> {
     let mut known = Vec::new();
-    let mut unknown = Vec::new();
+    let mut unknown: Vec<Unknown> = Vec::new();
     for (name, default) in params.iter() {
         let lower = name.to_ascii_lowercase();
         let Some(value) = state.startup.get(&lower) else {
@@ -48,30 +48,7 @@ pub(crate) async fn reported_values(
     if unknown.is_empty() {
         return Ok(known);
     }
-    let mut sql = b"BEGIN;SELECT ".to_vec();
-    for (i, (_, lower, value)) in unknown.iter().enumerate() {
-        if i > 0 {
-            sql.extend_from_slice(b", ");
-        }
-        set_config_call(&mut sql, lower, value, true);
-    }
-    let row = match held {
-        Some(server) => try_values(server, &sql).await,
-        None => {
-            let mut server = match pool.try_checkout(who) {
-                Some(server) => server,
-                None => Box::pin(pool.checkout(who))
-                    .await
-                    .map_err(SessionError::Pool)?,
-            };
-            let row = try_values(&mut server, &sql).await;
-            // A connection that failed otherwise than with a server error is dropped.
-            if matches!(row, Ok(_) | Err(UpstreamError::Server { .. })) {
-                server.checkin();
-            }
-            row
-        }
-    };
+    let row = learn(pool, who, held, &unknown).await?;
     let columns = match row {
         Ok(Some(columns)) if columns.len() == unknown.len() => columns,
         Ok(_) => {
@@ -90,6 +67,43 @@ pub(crate) async fn reported_values(
         known.push((name, reported));
     }
     Ok(known)
+}
+
+/// A startup value whose reported form is not known yet: (name as the server spells it,
+/// lower-case name, value).
+type Unknown = (String, String, Vec<u8>);
+
+/// Asks a server (the client's own, or one checked out briefly) how it reports `unknown`.
+async fn learn(
+    pool: &Pool,
+    who: &Arc<ClientMeta>,
+    held: Option<&mut PooledConn>,
+    unknown: &[Unknown],
+) -> Result<Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError>, SessionError> {
+    let mut sql = b"BEGIN;SELECT ".to_vec();
+    for (i, (_, lower, value)) in unknown.iter().enumerate() {
+        if i > 0 {
+            sql.extend_from_slice(b", ");
+        }
+        set_config_call(&mut sql, lower, value, true);
+    }
+    Ok(match held {
+        Some(server) => try_values(server, &sql).await,
+        None => {
+            let mut server = match pool.try_checkout(who) {
+                Some(server) => server,
+                None => Box::pin(pool.checkout(who))
+                    .await
+                    .map_err(SessionError::Pool)?,
+            };
+            let row = try_values(&mut server, &sql).await;
+            // A connection that failed otherwise than with a server error is dropped.
+            if matches!(row, Ok(_) | Err(UpstreamError::Server { .. })) {
+                server.checkin();
+            }
+            row
+        }
+    })
 }
 
 /// Runs the `BEGIN; SELECT set_config(...)` query, then `ROLLBACK` in a message of its own
