@@ -12,8 +12,9 @@
 //! left mid query is cancelled and closed. No client ever sees another's state.
 //!
 //! The bytes themselves move through [`pump`], which never waits on one socket while the
-//! other goes unread.
+//! other goes unread; [`checkout`] gets a server when a request needs one.
 
+mod checkout;
 mod pump;
 
 use bytes::{Buf, BytesMut};
@@ -22,13 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use pump::{Outbox, Read, Wake};
 
-use super::error::pool_error_fields;
 use super::exchange::{Exchange, Features, Sides};
 use super::SessionError;
 use crate::client_io::ClientIo;
-use crate::pool::{ClientMeta, Pool, PoolError, PooledConn};
-use crate::protocol::backend::{self, Severity};
-use crate::protocol::frame::{frames_before_terminate, request_end, ProtocolError};
+use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::protocol::frame::{frames_before_terminate, ProtocolError};
 use crate::state::ClientState;
 use crate::upstream::{UpstreamError, UpstreamProtocolError};
 use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
@@ -325,86 +324,6 @@ impl<'a> Relay<'a> {
         let sent = self.to_client.send_all(&mut self.client.stream).await?;
         self.pool.counters().add_bytes_out(sent as u64);
         Ok(())
-    }
-
-    /// Waits in line for a server while watching the client and shutdown: a client that
-    /// disconnects, or a shutdown that begins, ends the wait at once, and the dropped
-    /// checkout gives up its place in the queue. What the client sends meanwhile is kept
-    /// (up to [`WATCH_CAP`] bytes; beyond that only shutdown and the pool are watched).
-    async fn wait_for_server(&mut self) -> Result<Result<PooledConn, PoolError>, SessionError> {
-        let (pool, who) = (self.pool, self.who.clone());
-        let checkout = pool.checkout(&who);
-        tokio::pin!(checkout);
-        let shutdown = self.shutdown.clone().unwrap_or_default();
-        let mut watching = self.client.buf.len() < WATCH_CAP;
-        loop {
-            tokio::select! {
-                result = &mut checkout => return Ok(result),
-                _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
-                read = self.client.read_more(), if watching => match read {
-                    Ok(0) => {
-                        tracing::debug!(client = %who.addr, "client left while waiting for a server");
-                        return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                    Ok(_) => watching = self.client.buf.len() < WATCH_CAP,
-                    Err(e) => return Err(SessionError::Io(e)),
-                },
-            }
-        }
-    }
-
-    /// Checks out a server for the `len` bytes of complete frames at the front of the
-    /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
-    /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
-    /// of the request) and must be dropped.
-    async fn checkout(&mut self, len: usize) -> Result<Option<usize>, SessionError> {
-        if !self.skip_until_sync {
-            let checkout = match self.pool.try_checkout(&self.who) {
-                Some(server) => Ok(server),
-                None => {
-                    self.gauge.set(GaugeState::Waiting);
-                    // Boxed: the waiting and connect paths are large and rarer; idle
-                    // clients should not carry them.
-                    Box::pin(self.wait_for_server()).await?
-                }
-            };
-            match checkout {
-                Ok(server) => {
-                    self.gauge.set(GaugeState::Active);
-                    for buf in [&mut self.to_server.buf, &mut self.to_client.buf] {
-                        if buf.capacity() == 0 {
-                            *buf = crate::bufpool::take();
-                        }
-                    }
-                    self.registration.slot.set(Some(server.cancel.clone()));
-                    self.server = Some(server);
-                    self.exchange.on_checkout();
-                    return Ok(None);
-                }
-                Err(e) => {
-                    self.gauge.set(GaugeState::Idle);
-                    tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");
-                    let (code, message) = pool_error_fields(&e);
-                    backend::error_response(
-                        &mut self.to_client.buf,
-                        Severity::Error,
-                        code,
-                        &message,
-                    );
-                    self.skip_until_sync = true;
-                }
-            }
-        }
-        // Drop frames up to the end of the request, answering it with ReadyForQuery.
-        let pos = match request_end(&self.client.buf[..len], self.limits.max_packet) {
-            Ok(end) => {
-                self.skip_until_sync = false;
-                backend::ready_for_query(&mut self.to_client.buf, b'I');
-                end
-            }
-            Err(covered) => covered,
-        };
-        Ok(Some(pos))
     }
 
     /// Handles bytes from the server and releases it at the end of a transaction in
