@@ -5,7 +5,7 @@
 //! Sluice has the same number, so scripts and pgbouncer_exporter keep working.
 //!
 //! [`command`] parses (sans-IO), [`tables`] builds result sets from the shared statistics,
-//! and [`serve`] is the thin I/O loop (simple query protocol only, as in PgBouncer).
+//! and `serve` is the thin I/O loop (simple query protocol only, as in PgBouncer).
 
 pub mod command;
 pub mod tables;

@@ -1,7 +1,7 @@
-//! One client connection, from the first byte to the last: [`login`] takes it from the
+//! One client connection, from the first byte to the last: `login` takes it from the
 //! startup packet through authentication to the greeting (or to the admin console), and
-//! [`relay`] forwards frames between the client and pooled servers in session or
-//! transaction mode, with [`exchange`] (sans-IO) deciding what each frame means. [`error`]
+//! `relay` forwards frames between the client and pooled servers in session or
+//! transaction mode, with `exchange` (sans-IO) deciding what each frame means. `error`
 //! turns every failure into the ErrorResponse a PostgreSQL client expects.
 
 mod error;
