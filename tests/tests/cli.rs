@@ -1,6 +1,6 @@
-//! The operator-facing subcommands of the real program: `sluice demo` (throwaway cluster and
-//! `--upstream`), `sluice check` (through a running Sluice, through an in-process one, and
-//! failing on a wrong password or a bad file) and `sluice health`.
+//! The operator-facing programs: `sluice-tools demo` (throwaway cluster and `--upstream`),
+//! `sluice-tools check` (through a running Sluice, through an in-process one, and failing on
+//! a wrong password or a bad file), and the proxy's own `sluice health`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -12,10 +12,20 @@ use common::sluice_for;
 use sluice_tests::{free_port, scalar, shared_cluster, within, PoolMode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice-e2e");
+const TOOLS_BIN: &str = env!("CARGO_BIN_EXE_sluice-tools-e2e");
 
-/// Runs the program with `args` (and extra environment), with a hang guard.
+/// Runs the proxy program with `args` (and extra environment), with a hang guard.
 async fn sluice(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = tokio::process::Command::new(BIN);
+    run(BIN, args, env).await
+}
+
+/// Runs the tools program (`demo`, `check`) with `args`, with a hang guard.
+async fn tools(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run(TOOLS_BIN, args, env).await
+}
+
+async fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
         .env_remove("SLUICE_CONFIG")
         .env_remove("RUST_LOG")
@@ -26,7 +36,7 @@ async fn sluice(args: &[&str], env: &[(&str, &str)]) -> Output {
     }
     within(
         Duration::from_secs(180),
-        &format!("sluice {args:?}"),
+        &format!("{bin} {args:?}"),
         cmd.output(),
     )
     .await
@@ -61,19 +71,36 @@ fn table_row<'a>(text: &'a str, row: &str) -> (&'a str, &'a str) {
     (cells[0], cells[1])
 }
 
+/// Whether `--help` output lists subcommand `sub`.
+fn lists(text: &str, sub: &str) -> bool {
+    text.lines()
+        .any(|l| l.trim_start().starts_with(&format!("{sub} ")))
+}
+
 #[tokio::test]
 async fn help_lists_the_subcommands() {
     let out = sluice(&["--help"], &[]).await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
-    for sub in ["run", "check", "demo", "health"] {
+    for sub in ["run", "health"] {
         assert!(
-            text.lines()
-                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
-            "--help does not list {sub}:\n{text}"
+            lists(&text, sub),
+            "sluice --help does not list {sub}:\n{text}"
         );
     }
-    let out = sluice(&["demo", "--help"], &[]).await;
+    for sub in ["check", "demo"] {
+        assert!(!lists(&text, sub), "sluice --help lists {sub}:\n{text}");
+    }
+    let out = tools(&["--help"], &[]).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    for sub in ["check", "demo"] {
+        assert!(
+            lists(&text, sub),
+            "sluice-tools --help does not list {sub}:\n{text}"
+        );
+    }
+    let out = tools(&["demo", "--help"], &[]).await;
     let text = stdout(&out);
     for flag in ["--clients", "--transactions", "--upstream", "--pool-size"] {
         assert!(text.contains(flag), "demo --help lacks {flag}:\n{text}");
@@ -117,7 +144,7 @@ fn assert_benefits(text: &str, clients: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_runs_on_a_throwaway_cluster_and_cleans_up() {
-    let out = sluice(
+    let out = tools(
         &[
             "demo",
             "--clients",
@@ -153,7 +180,7 @@ async fn demo_against_an_existing_upstream() {
     let cluster = shared_cluster();
     let db = cluster.fresh_database("demo_up").await;
     let url = cluster.app_url(&db);
-    let out = sluice(
+    let out = tools(
         &[
             "demo",
             "--upstream",
@@ -189,11 +216,25 @@ async fn demo_against_an_existing_upstream() {
 
 #[tokio::test]
 async fn demo_without_server_programs_says_what_to_install() {
-    let out = sluice(&["demo", "--pg-bindir", "/nonexistent/bin"], &[]).await;
+    let out = tools(&["demo", "--pg-bindir", "/nonexistent/bin"], &[]).await;
     assert_eq!(out.status.code(), Some(69), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("apt-get install postgresql"), "{err}");
     assert!(err.contains("--upstream"), "{err}");
+}
+
+/// The proxy program no longer has `demo` and `check`: it says where they went.
+#[tokio::test]
+async fn the_proxy_points_to_the_tools_for_demo_and_check() {
+    for sub in ["demo", "check"] {
+        let out = sluice(&[sub, "--config", "x.toml"], &[]).await;
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("sluice-tools {sub} --config x.toml")),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +245,7 @@ async fn check_through_a_running_sluice() {
         .pool_size(3)
         .start();
     let config = proxy.config_path().to_str().unwrap().to_owned();
-    let out = sluice(&["check", "--config", &config], &[]).await;
+    let out = tools(&["check", "--config", &config], &[]).await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
     assert!(
@@ -265,7 +306,7 @@ async fn check_without_a_running_sluice_starts_one_in_process() {
     let cluster = shared_cluster();
     let db = cluster.fresh_database("check_inproc").await;
     let config = idle_config(&cluster.app_url(&db));
-    let out = sluice(&["check", "--config", config.path().to_str().unwrap()], &[]).await;
+    let out = tools(&["check", "--config", config.path().to_str().unwrap()], &[]).await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
     assert!(text.contains("started one in-process"), "{text}");
@@ -287,7 +328,7 @@ async fn check_fails_on_a_wrong_upstream_password() {
     let cluster = shared_cluster();
     let url = cluster.url(sluice_tests::APP_USER, "not-the-password", "app");
     let config = idle_config(&url);
-    let out = sluice(&["check", "--config", config.path().to_str().unwrap()], &[]).await;
+    let out = tools(&["check", "--config", config.path().to_str().unwrap()], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let text = stdout(&out);
     assert!(text.contains("✗ upstream of appdb"), "{text}");
@@ -301,7 +342,7 @@ async fn check_fails_on_a_wrong_upstream_password() {
 async fn check_fails_on_a_bad_file() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), "[postgres]\npool_size = \"many\"\n").unwrap();
-    let out = sluice(&["check", "--config", file.path().to_str().unwrap()], &[]).await;
+    let out = tools(&["check", "--config", file.path().to_str().unwrap()], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let text = stdout(&out);
     assert!(text.starts_with("✗ configuration"), "{text}");

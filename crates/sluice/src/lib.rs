@@ -1,13 +1,13 @@
 //! Sluice: the application — command line, wiring, signals and graceful shutdown.
 //! `main.rs` is a thin shim over [`cli_main`], so the end-to-end test crate builds the very
-//! same program.
+//! same program. The operator tools (`demo`, `check`) are the `sluice-tools` crate, which
+//! uses [`run`] to start Sluice in-process.
 
 #![forbid(unsafe_code)]
 
 mod admin;
-mod check;
 mod cli;
-mod demo;
+pub mod health;
 mod signal;
 
 use std::process::ExitCode;
@@ -22,25 +22,20 @@ use tokio_util::task::TaskTracker;
 
 pub use admin::Loader;
 pub use cli::Cli;
+pub use signal::shutdown_signal;
 
 /// Exit code for a configuration error (`EX_CONFIG` from sysexits.h).
 const EXIT_CONFIG: u8 = 78;
+/// Exit code for a subcommand that moved to `sluice-tools` (a usage error, as clap's).
+const EXIT_MOVED: u8 = 2;
 
 /// Runs the `sluice` command line program and returns its exit code.
 pub fn cli_main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     match &cli.command {
-        Some(cli::Command::Demo(args)) => {
-            // Sluice's own log lines would tear the progress bars: errors only.
-            init_tracing("error");
-            raise_fd_limit();
-            return with_runtime(demo::main(args.clone()));
-        }
-        Some(cli::Command::Check(args)) => {
-            init_tracing("error");
-            return with_runtime(check::main(args.clone()));
-        }
-        Some(cli::Command::Health(args)) => return with_runtime(check::health(args.clone())),
+        Some(cli::Command::Health(args)) => return with_runtime(health::main(args.clone())),
+        Some(cli::Command::Demo(args)) => return moved("demo", &args.args),
+        Some(cli::Command::Check(args)) => return moved("check", &args.args),
         Some(cli::Command::Run(_)) | None => {}
     }
     init_tracing("info");
@@ -67,6 +62,17 @@ pub fn cli_main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sluice demo` / `sluice check`: points to the `sluice-tools` program, which has them.
+fn moved(sub: &str, args: &[String]) -> ExitCode {
+    let rest: String = args.iter().map(|a| format!(" {a}")).collect();
+    eprintln!(
+        "sluice: `{sub}` is not part of the proxy program; it is in the `sluice-tools` \
+         program:\n  sluice-tools {sub}{rest}\n(`cargo run --release -p sluice-tools -- {sub}` \
+         from a checkout)"
+    );
+    ExitCode::from(EXIT_MOVED)
 }
 
 /// The runtime `general.worker_threads` asks for: 0 = one worker per CPU, 1 = a
@@ -97,36 +103,12 @@ pub async fn run(
     // Reloads replace the context in force; `ctx` stays the handle to what outlives them
     // (pools, statistics, console hooks).
     let live = Arc::new(sluice_pg::LiveContext::new(ctx.clone()));
-    // MongoDB side (only with a [mongo] section): its pool joins the same statistics.
     // Bound before the admin listener so reloads reach it; nothing is accepted until `run`.
-    let mongo = match &config.mongo {
-        Some(mongo_config) => {
-            let listener = sluice_mongo::Listener::bind(mongo_config.clone(), &ctx.stats)
-                .await
-                .context("starting the MongoDB listener")?;
-            Some(listener)
-        }
-        None => None,
-    };
+    let mongo = bind_mongo(&config, &ctx).await?;
     let mongo_ctx: admin::MongoCtx = mongo.as_ref().map(|m| m.context().clone());
     // The admin listener binds before the Postgres one: if its port is taken, Sluice fails
     // before Postgres clients can reach it.
-    let mut admin_server = None;
-    if config.admin.enabled {
-        let hooks = Arc::new(admin::Hooks {
-            live: live.clone(),
-            mongo: mongo_ctx.clone(),
-            loader: loader.clone(),
-        });
-        let state =
-            sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks)
-                .context("setting up the Prometheus exposition")?;
-        let server = sluice_admin::AdminServer::bind(config.admin.listen, state)
-            .await
-            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-        tracing::info!(listen = %config.admin.listen, "admin listener ready");
-        admin_server = Some(server);
-    }
+    let admin_server = bind_admin(&config, &ctx, &live, &mongo_ctx, &loader).await?;
     let listener = sluice_pg::Listener::bind(live.clone())
         .await
         .with_context(|| format!("binding postgres.listen {}", config.postgres.listen))?;
@@ -154,18 +136,64 @@ pub async fn run(
     };
     let _ = ctx.console_hooks.set(Arc::new(bridge));
     tokio::spawn(signal::reload_on_sighup(live.clone(), mongo_ctx, loader));
-    let accept = tokio::spawn(listener.run(token.clone(), tracker.clone()));
-    let mongo_accept = mongo.map(|m| tokio::spawn(m.run(token.clone(), tracker.clone())));
+    let mut accepts = vec![tokio::spawn(listener.run(token.clone(), tracker.clone()))];
+    accepts.extend(mongo.map(|m| tokio::spawn(m.run(token.clone(), tracker.clone()))));
     tokio::select! {
         _ = shutdown => {}
         _ = stop.cancelled() => {}
     }
     tracing::info!("shutting down: no new clients; waiting for running transactions");
     token.cancel();
-    let _ = accept.await;
-    if let Some(mongo_accept) = mongo_accept {
-        let _ = mongo_accept.await;
+    for accept in accepts {
+        let _ = accept.await;
     }
+    drain(&ctx, &live, tracker).await;
+    Ok(())
+}
+
+/// Binds the MongoDB listener when there is a `[mongo]` section (not accepting yet); its
+/// pool joins the same statistics.
+async fn bind_mongo(
+    config: &Config,
+    ctx: &sluice_pg::Context,
+) -> anyhow::Result<Option<sluice_mongo::Listener>> {
+    let Some(mongo_config) = &config.mongo else {
+        return Ok(None);
+    };
+    let listener = sluice_mongo::Listener::bind(mongo_config.clone(), &ctx.stats)
+        .await
+        .context("starting the MongoDB listener")?;
+    Ok(Some(listener))
+}
+
+/// Binds the HTTP admin listener when `admin.enabled` (not serving yet).
+async fn bind_admin(
+    config: &Config,
+    ctx: &Arc<sluice_pg::Context>,
+    live: &Arc<sluice_pg::LiveContext>,
+    mongo: &admin::MongoCtx,
+    loader: &admin::Loader,
+) -> anyhow::Result<Option<sluice_admin::AdminServer>> {
+    if !config.admin.enabled {
+        return Ok(None);
+    }
+    let hooks = Arc::new(admin::Hooks {
+        live: live.clone(),
+        mongo: mongo.clone(),
+        loader: loader.clone(),
+    });
+    let state = sluice_admin::AdminState::new(ctx.stats.clone(), config.admin.token.clone(), hooks)
+        .context("setting up the Prometheus exposition")?;
+    let server = sluice_admin::AdminServer::bind(config.admin.listen, state)
+        .await
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    tracing::info!(listen = %config.admin.listen, "admin listener ready");
+    Ok(Some(server))
+}
+
+/// After the listeners stopped: waits for the sessions in `tracker` (bounded by the
+/// `general.shutdown_timeout` in force), then closes the pools.
+async fn drain(ctx: &sluice_pg::Context, live: &sluice_pg::LiveContext, tracker: TaskTracker) {
     tracker.close();
     let grace = live.current().config.general.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -176,7 +204,6 @@ pub async fn run(
     }
     ctx.close_pools();
     tracing::info!("bye");
-    Ok(())
 }
 
 /// Runs `fut` on a fresh multi-threaded runtime and returns its exit code.
@@ -193,8 +220,9 @@ fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides `default`.
-fn init_tracing(default: &str) {
+/// Logs to stderr; `RUST_LOG` overrides `default` (an `EnvFilter` directive such as
+/// `info`).
+pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -204,7 +232,7 @@ fn init_tracing(default: &str) {
 }
 
 /// Raises the open-files soft limit to the hard limit: every client is a socket.
-fn raise_fd_limit() {
+pub fn raise_fd_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::info!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
