@@ -133,8 +133,15 @@ async fn client_cap_refuses_then_admits_when_a_place_frees() {
         let _d = admitted.expect("a closed client frees its place");
 
         let reply = sluice.reload_with(&[("max_client_conn", "3")]);
+        let (applied, restart) = reply
+            .split_once("needs restart:")
+            .unwrap_or_else(|| panic!("no reload plan in {reply}"));
         assert!(
-            !reply.contains("max_client_conn"),
+            applied.contains("mongo.max_client_conn"),
+            "applied live: {reply}"
+        );
+        assert!(
+            !restart.contains("max_client_conn"),
             "needs no restart: {reply}"
         );
         let mut e = connect(&sluice).await;
