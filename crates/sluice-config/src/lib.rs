@@ -28,7 +28,7 @@ pub use model::{
     MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig,
 };
 pub use reload::{diff, Apply, Key, ReloadError, ReloadPlan, KEYS, MONGO_SECTION};
-pub use upstream::{Upstream, UpstreamError, DEFAULT_PORT};
+pub use upstream::{Upstream, UpstreamUrlError, DEFAULT_PORT};
 pub use validate::RESERVED_DATABASE_NAMES;
 
 /// The complete proxy configuration.

@@ -9,7 +9,7 @@ pub const DEFAULT_PORT: u16 = 5432;
 /// Why an upstream URL was rejected. Messages never contain the password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum UpstreamError {
+pub enum UpstreamUrlError {
     /// The text is not a URL at all (or has e.g. an invalid port).
     #[error("not a valid URL: {0} (expected postgres://user:password@host:port/database)")]
     Syntax(String),
@@ -56,17 +56,17 @@ impl Upstream {
     ///
     /// The port defaults to 5432 and the database to the user name; user,
     /// password and database are percent-decoded.
-    pub fn parse(text: &str) -> Result<Self, UpstreamError> {
+    pub fn parse(text: &str) -> Result<Self, UpstreamUrlError> {
         let url = url::Url::parse(text.trim()).map_err(|e| match e {
-            url::ParseError::EmptyHost => UpstreamError::MissingHost,
-            other => UpstreamError::Syntax(other.to_string()),
+            url::ParseError::EmptyHost => UpstreamUrlError::MissingHost,
+            other => UpstreamUrlError::Syntax(other.to_string()),
         })?;
         let scheme = url.scheme();
         if scheme != "postgres" && scheme != "postgresql" {
-            return Err(UpstreamError::Scheme(scheme.to_owned()));
+            return Err(UpstreamUrlError::Scheme(scheme.to_owned()));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(UpstreamError::Query);
+            return Err(UpstreamUrlError::Query);
         }
         let host = match url.host() {
             Some(url::Host::Domain(domain)) => percent_decode(domain, "host")?,
@@ -75,11 +75,11 @@ impl Upstream {
             None => String::new(),
         };
         if host.is_empty() {
-            return Err(UpstreamError::MissingHost);
+            return Err(UpstreamUrlError::MissingHost);
         }
         let user = percent_decode(url.username(), "user name")?;
         if user.is_empty() {
-            return Err(UpstreamError::MissingUser);
+            return Err(UpstreamUrlError::MissingUser);
         }
         let password = url
             .password()
@@ -87,7 +87,7 @@ impl Upstream {
             .transpose()?;
         let path = url.path().strip_prefix('/').unwrap_or(url.path());
         if path.contains('/') {
-            return Err(UpstreamError::Path);
+            return Err(UpstreamUrlError::Path);
         }
         let database = match percent_decode(path, "database name")? {
             db if db.is_empty() => user.clone(),
@@ -113,7 +113,7 @@ impl Upstream {
 }
 
 impl FromStr for Upstream {
-    type Err = UpstreamError;
+    type Err = UpstreamUrlError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
@@ -144,7 +144,7 @@ impl fmt::Debug for Upstream {
 }
 
 /// Decodes `%XX` escapes; `what` names the component for error messages.
-fn percent_decode(text: &str, what: &'static str) -> Result<String, UpstreamError> {
+fn percent_decode(text: &str, what: &'static str) -> Result<String, UpstreamUrlError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -154,7 +154,7 @@ fn percent_decode(text: &str, what: &'static str) -> Result<String, UpstreamErro
                 .get(i + 1..i + 3)
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or(UpstreamError::Encoding(what))?;
+                .ok_or(UpstreamUrlError::Encoding(what))?;
             out.push(hex);
             i += 3;
         } else {
@@ -162,7 +162,7 @@ fn percent_decode(text: &str, what: &'static str) -> Result<String, UpstreamErro
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| UpstreamError::Encoding(what))
+    String::from_utf8(out).map_err(|_| UpstreamUrlError::Encoding(what))
 }
 
 #[cfg(test)]
@@ -225,39 +225,39 @@ mod tests {
     fn rejects_bad_urls() {
         assert_eq!(
             Upstream::parse("mysql://u:p@h/d"),
-            Err(UpstreamError::Scheme("mysql".into()))
+            Err(UpstreamUrlError::Scheme("mysql".into()))
         );
         assert_eq!(
             Upstream::parse("postgres://h:5432/d"),
-            Err(UpstreamError::MissingUser)
+            Err(UpstreamUrlError::MissingUser)
         );
         assert_eq!(
             Upstream::parse("postgres://u:p@/d"),
-            Err(UpstreamError::MissingHost)
+            Err(UpstreamUrlError::MissingHost)
         );
         assert_eq!(
             Upstream::parse("postgres:///d"),
-            Err(UpstreamError::MissingHost)
+            Err(UpstreamUrlError::MissingHost)
         );
         assert_eq!(
             Upstream::parse("postgres://u@h/a/b"),
-            Err(UpstreamError::Path)
+            Err(UpstreamUrlError::Path)
         );
         assert_eq!(
             Upstream::parse("postgres://u@h/d?sslmode=disable"),
-            Err(UpstreamError::Query)
+            Err(UpstreamUrlError::Query)
         );
         assert_eq!(
             Upstream::parse("postgres://u:%zz@h/d"),
-            Err(UpstreamError::Encoding("password"))
+            Err(UpstreamUrlError::Encoding("password"))
         );
         assert!(matches!(
             Upstream::parse("not a url"),
-            Err(UpstreamError::Syntax(_))
+            Err(UpstreamUrlError::Syntax(_))
         ));
         assert!(matches!(
             Upstream::parse("postgres://u:p@h:99999/d"),
-            Err(UpstreamError::Syntax(_))
+            Err(UpstreamUrlError::Syntax(_))
         ));
     }
 

@@ -14,16 +14,16 @@ use tokio::sync::Semaphore;
 
 use crate::guards::{GuardSettings, Guards};
 use crate::pins::Pins;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{MongoPool, PoolSettings};
 use crate::replicas::Replicas;
-use crate::upstream::{ServerInfo, Target, UpstreamError};
+use crate::upstream::{MongoUpstreamError, ServerInfo, Target};
 
 /// A `[mongo]` section that cannot be started.
 #[derive(Debug, Error)]
 pub enum ContextError {
     /// The upstream URI.
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(#[from] MongoUpstreamError),
     /// A `[[mongo.users]]` password is not a usable secret.
     #[error(
         "mongo.users: password of user \"{user}\" is not plaintext or a SCRAM-SHA-256 verifier"
@@ -35,11 +35,11 @@ pub enum ContextError {
 }
 
 /// Shared state of the MongoDB listener.
-pub struct Context {
+pub struct MongoContext {
     /// The `[mongo]` settings.
     pub config: MongoConfig,
     /// The pool of connections to the primary (or the one upstream server).
-    pub pool: Pool,
+    pub pool: MongoPool,
     /// Replica-set state: the primary's address, member pools, cursors on members.
     pub replicas: Arc<Replicas>,
     /// Pinned transactions.
@@ -59,12 +59,12 @@ pub struct Context {
     next_connection_id: AtomicI64,
 }
 
-impl Context {
+impl MongoContext {
     /// Parses the upstream URI and builds the (empty) pool.
     pub async fn new(
         config: MongoConfig,
         stats: &Arc<Registry>,
-    ) -> Result<Arc<Context>, ContextError> {
+    ) -> Result<Arc<MongoContext>, ContextError> {
         let target = Target::parse(&config.upstream).await?;
         let mut users = HashMap::new();
         for u in &config.users {
@@ -104,10 +104,10 @@ impl Context {
             settings.clone(),
             stats.clone(),
         ));
-        let pool = Pool::new(settings, target);
+        let pool = MongoPool::new(settings, target);
         stats.register_mongo(Arc::new(pool.clone()));
         let guards = Arc::new(Guards::new(GuardSettings::from_config(&config)));
-        Ok(Arc::new(Context {
+        Ok(Arc::new(MongoContext {
             guards,
             long_polls: Arc::new(Semaphore::new(long_poll_limit(config.max_pool_size))),
             config,

@@ -37,5 +37,5 @@ pub mod topology;
 pub mod upstream;
 pub mod wire;
 
-pub use context::Context;
-pub use listener::{Listener, StartError};
+pub use context::MongoContext;
+pub use listener::{MongoListener, StartError};

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::context::{Context, ContextError};
+use crate::context::{ContextError, MongoContext};
 use crate::pins::PIN_IDLE_LIMIT;
 
 /// Why the MongoDB listener could not start.
@@ -19,7 +19,7 @@ use crate::pins::PIN_IDLE_LIMIT;
 pub enum StartError {
     /// Configuration that cannot be used.
     #[error(transparent)]
-    Context(#[from] ContextError),
+    MongoContext(#[from] ContextError),
     /// Binding `mongo.listen`.
     #[error("binding mongo.listen {addr}: {source}")]
     Bind {
@@ -32,20 +32,23 @@ pub enum StartError {
 }
 
 /// A bound MongoDB listener.
-pub struct Listener {
+pub struct MongoListener {
     tcp: TcpListener,
-    ctx: Arc<Context>,
+    ctx: Arc<MongoContext>,
 }
 
-impl Listener {
+impl MongoListener {
     /// Builds the shared state (registering the pool in `stats`) and binds `mongo.listen`.
-    pub async fn bind(config: MongoConfig, stats: &Arc<Registry>) -> Result<Listener, StartError> {
+    pub async fn bind(
+        config: MongoConfig,
+        stats: &Arc<Registry>,
+    ) -> Result<MongoListener, StartError> {
         let addr = config.listen;
-        let ctx = Context::new(config, stats).await?;
+        let ctx = MongoContext::new(config, stats).await?;
         let tcp = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        Ok(Listener { tcp, ctx })
+        Ok(MongoListener { tcp, ctx })
     }
 
     /// The bound address.
@@ -54,7 +57,7 @@ impl Listener {
     }
 
     /// The shared state (for tests and health).
-    pub fn context(&self) -> &Arc<Context> {
+    pub fn context(&self) -> &Arc<MongoContext> {
         &self.ctx
     }
 

@@ -17,9 +17,9 @@ use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
-use crate::upstream::{ServerInfo, Target, UpstreamConn, UpstreamError};
+use crate::upstream::{MongoUpstreamError, ServerInfo, Target, UpstreamConn};
 
-/// Sizes and timeouts of the pool (at creation: [`Pool::resize`] changes the first three).
+/// Sizes and timeouts of the pool (at creation: [`MongoPool::resize`] changes the first three).
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// Name in statistics (`mongo`).
@@ -41,7 +41,7 @@ pub struct PoolSettings {
 
 /// Why no connection could be checked out.
 #[derive(Debug, Error)]
-pub enum PoolError {
+pub enum MongoPoolError {
     /// Every connection stayed busy for `pool_timeout`.
     #[error("timed out after {waited:?} waiting for an upstream connection (max_pool_size {max})")]
     Timeout {
@@ -52,7 +52,7 @@ pub enum PoolError {
     },
     /// Opening a connection failed.
     #[error("upstream unreachable: {0}")]
-    Connect(#[source] Arc<UpstreamError>),
+    Connect(#[source] Arc<MongoUpstreamError>),
     /// The pool is shut down.
     #[error("the pool is closed")]
     Closed,
@@ -78,7 +78,7 @@ impl MongoConnector {
         &self,
         address: Option<&str>,
         limit: Duration,
-    ) -> Result<UpstreamConn, UpstreamError> {
+    ) -> Result<UpstreamConn, MongoUpstreamError> {
         match address {
             Some(addr) => UpstreamConn::connect_to(&self.target, addr, limit).await,
             None => UpstreamConn::connect(&self.target, limit).await,
@@ -88,10 +88,10 @@ impl MongoConnector {
 
 impl Connector for MongoConnector {
     type Conn = UpstreamConn;
-    type Error = Arc<UpstreamError>;
+    type Error = Arc<MongoUpstreamError>;
     type Holder = String;
 
-    async fn connect(&self, limit: Duration) -> Result<UpstreamConn, Arc<UpstreamError>> {
+    async fn connect(&self, limit: Duration) -> Result<UpstreamConn, Arc<MongoUpstreamError>> {
         let limit = limit.max(Duration::from_millis(100));
         let address = self.address.lock().clone();
         let mut connected = self.connect_once(address.as_deref(), limit).await;
@@ -108,7 +108,7 @@ impl Connector for MongoConnector {
         })
     }
 
-    fn is_transient(&self, _error: &Arc<UpstreamError>) -> bool {
+    fn is_transient(&self, _error: &Arc<MongoUpstreamError>) -> bool {
         // Reported at once: a request fails fast with a MongoDB error the driver retries.
         true
     }
@@ -126,7 +126,7 @@ impl Connector for MongoConnector {
         tracing::debug!(conn = conn.id, addr = %conn.addr, "upstream connection opened");
     }
 
-    fn describe(&self, e: &Arc<UpstreamError>) -> String {
+    fn describe(&self, e: &Arc<MongoUpstreamError>) -> String {
         match &*self.address.lock() {
             Some(addr) if !e.to_string().contains(addr.as_str()) => format!("{addr}: {e}"),
             _ => e.to_string(),
@@ -152,13 +152,13 @@ struct Inner {
 
 /// A cheap-to-clone handle on the pool.
 #[derive(Clone)]
-pub struct Pool {
+pub struct MongoPool {
     inner: Arc<Inner>,
 }
 
-impl Pool {
-    /// A pool with no connections yet (see [`Pool::spawn_maintenance`]).
-    pub fn new(settings: PoolSettings, target: Target) -> Pool {
+impl MongoPool {
+    /// A pool with no connections yet (see [`MongoPool::spawn_maintenance`]).
+    pub fn new(settings: PoolSettings, target: Target) -> MongoPool {
         let connector = MongoConnector {
             target,
             address: Mutex::new(None),
@@ -171,7 +171,7 @@ impl Pool {
             settings.connect_timeout,
         );
         let core = sluice_pool::Pool::new(settings.name.clone(), connector, l);
-        Pool {
+        MongoPool {
             inner: Arc::new(Inner { core, settings }),
         }
     }
@@ -228,27 +228,27 @@ impl Pool {
 
     /// Checks out a connection for `client` (its address, for statistics). Cancel-safe:
     /// dropping the future gives up its place in the queue at once.
-    pub async fn checkout(&self, client: &str) -> Result<PooledConn, PoolError> {
+    pub async fn checkout(&self, client: &str) -> Result<PooledConn, MongoPoolError> {
         let holder = Arc::new(client.to_owned());
         let core = &self.inner.core;
         match core.checkout(&holder).await {
             Ok(conn) => Ok(PooledConn { conn: Some(conn) }),
-            Err(CheckoutError::Timeout { waited, .. }) => Err(PoolError::Timeout {
+            Err(CheckoutError::Timeout { waited, .. }) => Err(MongoPoolError::Timeout {
                 waited,
                 max: core.limits().max_size,
             }),
-            Err(CheckoutError::Connect(e)) => Err(PoolError::Connect(e)),
-            Err(CheckoutError::Closed) => Err(PoolError::Closed),
+            Err(CheckoutError::Connect(e)) => Err(MongoPoolError::Connect(e)),
+            Err(CheckoutError::Closed) => Err(MongoPoolError::Closed),
         }
     }
 
     /// Starts the task that keeps `min_pool_size` connections open and drops idle ones the
-    /// server closed, once a second, until [`Pool::close`].
+    /// server closed, once a second, until [`MongoPool::close`].
     pub fn spawn_maintenance(&self) {
         self.inner.core.spawn_maintenance();
     }
 
-    /// Whether [`Pool::close`] was called.
+    /// Whether [`MongoPool::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.inner.core.is_closed()
     }
@@ -279,7 +279,7 @@ pub(crate) fn resize_semaphore(sem: &Arc<Semaphore>, old: usize, new: usize) {
     }
 }
 
-impl PoolSource for Pool {
+impl PoolSource for MongoPool {
     fn snapshot(&self) -> PoolSnapshot {
         let occ = self.inner.core.occupancy();
         PoolSnapshot {
@@ -307,7 +307,7 @@ impl PoolSource for Pool {
         self.inner
             .settings
             .tracks_health
-            .then(|| Pool::health(self))
+            .then(|| MongoPool::health(self))
     }
 }
 

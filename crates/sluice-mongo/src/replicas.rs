@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{MongoPool, PoolSettings};
 use crate::request::ReadPref;
 use crate::topology::{Route, TopologyState};
 use crate::upstream::{Target, UpstreamConn};
@@ -41,7 +41,7 @@ pub enum Choice {
     /// The primary pool.
     Primary,
     /// A non-primary member's pool, with its address.
-    Member(Pool, String),
+    Member(MongoPool, String),
     /// Nothing satisfies the read preference.
     Unsatisfiable,
 }
@@ -54,7 +54,7 @@ pub struct Replicas {
     /// Flips to true after the first heartbeat round.
     ready: watch::Sender<bool>,
     turn: AtomicUsize,
-    members: Mutex<HashMap<String, Pool>>,
+    members: Mutex<HashMap<String, MongoPool>>,
     cursors: Mutex<HashMap<i64, (String, Instant)>>,
     template: Mutex<PoolSettings>,
     stats: Arc<Registry>,
@@ -107,7 +107,7 @@ impl Replicas {
     }
 
     /// The pool of a non-primary member (created on first use).
-    pub fn member_pool(&self, addr: &str) -> Pool {
+    pub fn member_pool(&self, addr: &str) -> MongoPool {
         let mut members = self.members.lock();
         if let Some(pool) = members.get(addr) {
             return pool.clone();
@@ -116,7 +116,7 @@ impl Replicas {
         settings.name = format!("mongo@{addr}");
         settings.min_size = 0;
         settings.tracks_health = false;
-        let pool = Pool::new(settings, self.target.clone());
+        let pool = MongoPool::new(settings, self.target.clone());
         pool.set_address(Some(addr.to_owned()));
         pool.spawn_maintenance();
         self.stats.register_mongo(Arc::new(pool.clone()));
@@ -184,7 +184,7 @@ impl Replicas {
 
     /// Starts the heartbeat task; it points `primary` at the primary it finds and stops
     /// when `primary` is closed.
-    pub fn spawn_monitor(self: &Arc<Self>, primary: Pool) {
+    pub fn spawn_monitor(self: &Arc<Self>, primary: MongoPool) {
         if !self.enabled() {
             return;
         }
@@ -203,7 +203,7 @@ impl Replicas {
     }
 
     /// One heartbeat round over every known host.
-    async fn round(&self, primary: &Pool) {
+    async fn round(&self, primary: &MongoPool) {
         let hosts = self.state.read().hosts();
         let limit = self.template.lock().connect_timeout;
         let mut probes = JoinSet::new();

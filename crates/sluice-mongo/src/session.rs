@@ -19,14 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::client_auth::ClientAuth;
-use crate::context::Context;
+use crate::context::MongoContext;
 use crate::guards::{Expiry, OpenCursors, PRE_AUTH_MAX_MESSAGE};
 use crate::hello::{hello_reply, is_hello, HelloRequest};
 use crate::pins::Pinned;
-use crate::pool::{PoolError, PooledConn};
+use crate::pool::{MongoPoolError, PooledConn};
 use crate::replicas::Choice;
 use crate::request::{reply_cursor_id, reply_says_not_primary, RequestInfo};
-use crate::upstream::UpstreamError;
+use crate::upstream::MongoUpstreamError;
 use crate::wire::{
     encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, FrameDecoder, OpCode, OpMsg,
     OpQuery, WireError,
@@ -36,7 +36,7 @@ mod read;
 
 /// Why a session ended abnormally (logged, never sent).
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+enum MongoSessionError {
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -46,7 +46,12 @@ enum SessionError {
 }
 
 /// Runs one client session to its end.
-pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, token: CancellationToken) {
+pub async fn run(
+    ctx: Arc<MongoContext>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    token: CancellationToken,
+) {
     let span = tracing::info_span!("mongo", client = %peer);
     async move {
         let slot = ctx.guards.admit();
@@ -61,7 +66,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, token: 
         };
         match session.serve().await {
             Ok(()) => tracing::debug!("client disconnected"),
-            Err(SessionError::Expired(expiry)) => {
+            Err(MongoSessionError::Expired(expiry)) => {
                 tracing::info!(timeout = expiry.key(), "closing a MongoDB client");
             }
             Err(e) => tracing::debug!(error = %e, "session ended"),
@@ -72,7 +77,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr, token: 
 }
 
 struct Session {
-    ctx: Arc<Context>,
+    ctx: Arc<MongoContext>,
     stream: TcpStream,
     buf: BytesMut,
     decoder: FrameDecoder,
@@ -97,7 +102,7 @@ struct Session {
 
 impl Session {
     fn new(
-        ctx: Arc<Context>,
+        ctx: Arc<MongoContext>,
         stream: TcpStream,
         peer: SocketAddr,
         token: CancellationToken,
@@ -123,12 +128,12 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self) -> Result<(), SessionError> {
+    async fn serve(&mut self) -> Result<(), MongoSessionError> {
         loop {
             let frame = match self.read_frame().await {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(()),
-                Err(SessionError::Wire(e)) => {
+                Err(MongoSessionError::Wire(e)) => {
                     // The stream cannot be resynchronised: answer (if the header was
                     // readable) and close.
                     let (code, msg) = match e {
@@ -162,7 +167,7 @@ impl Session {
         self.ctx.pool.counters().inc_error(kind);
     }
 
-    async fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
+    async fn handle(&mut self, frame: Frame) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         match frame.header.op_code {
             OpCode::Msg => self.handle_msg(frame).await,
@@ -178,7 +183,7 @@ impl Session {
     }
 
     /// Legacy OP_QUERY: only the `isMaster`/`hello` handshake.
-    async fn handle_legacy(&mut self, frame: &Frame) -> Result<(), SessionError> {
+    async fn handle_legacy(&mut self, frame: &Frame) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         let reply = match OpQuery::parse(frame.body()) {
             Ok(q) if q.is_command() && is_hello(q.command_name()) => {
@@ -219,7 +224,7 @@ impl Session {
         )
     }
 
-    async fn handle_msg(&mut self, frame: Frame) -> Result<(), SessionError> {
+    async fn handle_msg(&mut self, frame: Frame) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         let msg = match OpMsg::parse(frame.body()) {
             Ok(msg) => msg,
@@ -270,7 +275,7 @@ impl Session {
         frame: Frame,
         info: RequestInfo,
         more_to_come: bool,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         if let Some(reason) = &info.bad_read_pref {
             if more_to_come {
@@ -355,7 +360,7 @@ impl Session {
 
     /// A primary that answers "not primary" has stepped down: look for the new one now
     /// instead of at the next heartbeat.
-    fn watch_for_failover(&self, result: &Result<Option<Frame>, UpstreamError>) {
+    fn watch_for_failover(&self, result: &Result<Option<Frame>, MongoUpstreamError>) {
         if !self.ctx.replicas.enabled() {
             return;
         }
@@ -367,7 +372,11 @@ impl Session {
     }
 
     /// Keeps this client's open cursors up to date (for the idle timeout).
-    fn note_cursors(&mut self, info: &RequestInfo, result: &Result<Option<Frame>, UpstreamError>) {
+    fn note_cursors(
+        &mut self,
+        info: &RequestInfo,
+        result: &Result<Option<Frame>, MongoUpstreamError>,
+    ) {
         let reply_cursor = match result {
             Ok(Some(reply)) => OpMsg::parse(reply.body())
                 .ok()
@@ -382,7 +391,7 @@ impl Session {
     fn track_cursors(
         &self,
         info: &RequestInfo,
-        result: &Result<Option<Frame>, UpstreamError>,
+        result: &Result<Option<Frame>, MongoUpstreamError>,
         addr: &str,
     ) {
         let replicas = &self.ctx.replicas;
@@ -410,7 +419,7 @@ impl Session {
         lsid: &[u8],
         pinned: Arc<Pinned>,
         more_to_come: bool,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         let mut slot = pinned.conn.lock().await;
         pinned.touch();
@@ -444,9 +453,9 @@ impl Session {
     async fn relay(
         &mut self,
         request_id: i32,
-        result: Result<Option<Frame>, UpstreamError>,
+        result: Result<Option<Frame>, MongoUpstreamError>,
         in_transaction: bool,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), MongoSessionError> {
         match result {
             Ok(Some(mut reply)) => {
                 self.ctx
@@ -481,18 +490,18 @@ impl Session {
     async fn checkout_failed(
         &mut self,
         request_id: i32,
-        e: &PoolError,
+        e: &MongoPoolError,
         more_to_come: bool,
-    ) -> Result<(), SessionError> {
-        if matches!(e, PoolError::Connect(_)) {
+    ) -> Result<(), MongoSessionError> {
+        if matches!(e, MongoPoolError::Connect(_)) {
             self.ctx.replicas.check_soon();
         }
         if more_to_come {
             return Ok(());
         }
         let code = match e {
-            PoolError::Timeout { .. } => ErrorCode::NetworkInterfaceExceededTimeLimit,
-            PoolError::Connect(_) | PoolError::Closed => ErrorCode::HostUnreachable,
+            MongoPoolError::Timeout { .. } => ErrorCode::NetworkInterfaceExceededTimeLimit,
+            MongoPoolError::Connect(_) | MongoPoolError::Closed => ErrorCode::HostUnreachable,
         };
         self.reply(request_id, &error_doc(code, format!("sluice: {e}")))
             .await
@@ -504,13 +513,13 @@ impl Session {
         id
     }
 
-    async fn reply(&mut self, request_id: i32, doc: &Document) -> Result<(), SessionError> {
+    async fn reply(&mut self, request_id: i32, doc: &Document) -> Result<(), MongoSessionError> {
         let id = self.next_id();
         let msg = encode_op_msg(id, request_id, 0, &to_bytes(doc));
         self.write(&msg).await
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), MongoSessionError> {
         self.stream.write_all(bytes).await?;
         Ok(())
     }
@@ -522,7 +531,10 @@ async fn exchange(
     mut conn: PooledConn,
     frame: Frame,
     more_to_come: bool,
-) -> (Option<PooledConn>, Result<Option<Frame>, UpstreamError>) {
+) -> (
+    Option<PooledConn>,
+    Result<Option<Frame>, MongoUpstreamError>,
+) {
     let result = if more_to_come {
         conn.send_only(frame).await.map(|()| None)
     } else {

@@ -62,7 +62,7 @@ impl std::fmt::Debug for Target {
 
 /// Why an upstream connection could not be made or used.
 #[derive(Debug, Error)]
-pub enum UpstreamError {
+pub enum MongoUpstreamError {
     /// The URI is invalid or asks for something Sluice cannot do yet.
     #[error("mongo.upstream: {0}")]
     Uri(String),
@@ -115,10 +115,10 @@ pub enum UpstreamError {
 impl Target {
     /// Parses the upstream URI with the MongoDB driver's own option parser (which also
     /// resolves `mongodb+srv`).
-    pub async fn parse(uri: &str) -> Result<Target, UpstreamError> {
+    pub async fn parse(uri: &str) -> Result<Target, MongoUpstreamError> {
         let options = ClientOptions::parse(uri)
             .await
-            .map_err(|e| UpstreamError::Uri(e.to_string()))?;
+            .map_err(|e| MongoUpstreamError::Uri(e.to_string()))?;
         let tls = match &options.tls {
             Some(mongodb::options::Tls::Enabled(t)) => {
                 Some(sluice_tls::mongo_connector(&MongoTlsOptions {
@@ -136,7 +136,7 @@ impl Target {
                 ServerAddress::Tcp { host, port } => {
                     Ok(format!("{host}:{}", port.unwrap_or(27017)))
                 }
-                other => Err(UpstreamError::Uri(format!(
+                other => Err(MongoUpstreamError::Uri(format!(
                     "unsupported host {other} (TCP hosts only)"
                 ))),
             })
@@ -149,7 +149,7 @@ impl Target {
                     Some(AuthMechanism::ScramSha256) => Some(Mechanism::Sha256),
                     Some(AuthMechanism::ScramSha1) => Some(Mechanism::Sha1),
                     Some(other) => {
-                        return Err(UpstreamError::Uri(format!(
+                        return Err(MongoUpstreamError::Uri(format!(
                         "authMechanism {other:?} is not supported (SCRAM-SHA-256 or SCRAM-SHA-1)"
                     )))
                     }
@@ -262,10 +262,10 @@ impl UpstreamConn {
     pub async fn connect(
         target: &Target,
         timeout: Duration,
-    ) -> Result<UpstreamConn, UpstreamError> {
+    ) -> Result<UpstreamConn, MongoUpstreamError> {
         tokio::time::timeout(timeout, Self::connect_any(target))
             .await
-            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|_| MongoUpstreamError::Timeout)?
     }
 
     /// Connects to `addr` (whatever its role: the replica-set monitor chose it) and logs in.
@@ -273,10 +273,10 @@ impl UpstreamConn {
         target: &Target,
         addr: &str,
         timeout: Duration,
-    ) -> Result<UpstreamConn, UpstreamError> {
+    ) -> Result<UpstreamConn, MongoUpstreamError> {
         tokio::time::timeout(timeout, Self::connect_one(target, addr))
             .await
-            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|_| MongoUpstreamError::Timeout)?
             .map(|(conn, _)| conn)
     }
 
@@ -286,29 +286,29 @@ impl UpstreamConn {
         target: &Target,
         addr: &str,
         timeout: Duration,
-    ) -> Result<Document, UpstreamError> {
+    ) -> Result<Document, MongoUpstreamError> {
         tokio::time::timeout(timeout, Self::handshake(target, addr))
             .await
-            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|_| MongoUpstreamError::Timeout)?
             .map(|(_, reply)| reply)
     }
 
-    async fn connect_any(target: &Target) -> Result<UpstreamConn, UpstreamError> {
+    async fn connect_any(target: &Target) -> Result<UpstreamConn, MongoUpstreamError> {
         let mut last = None;
         for addr in &target.hosts {
             match Self::connect_one(target, addr).await {
                 Ok((conn, primary)) if primary || target.hosts.len() == 1 => return Ok(conn),
-                Ok(_) => last = Some(UpstreamError::NoPrimary(target.hosts.clone())),
+                Ok(_) => last = Some(MongoUpstreamError::NoPrimary(target.hosts.clone())),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| UpstreamError::NoPrimary(target.hosts.clone())))
+        Err(last.unwrap_or_else(|| MongoUpstreamError::NoPrimary(target.hosts.clone())))
     }
 
     async fn connect_one(
         target: &Target,
         addr: &str,
-    ) -> Result<(UpstreamConn, bool), UpstreamError> {
+    ) -> Result<(UpstreamConn, bool), MongoUpstreamError> {
         let (mut conn, reply) = Self::handshake(target, addr).await?;
         let primary = reply.get_bool("isWritablePrimary").unwrap_or(false)
             || reply.get_bool("ismaster").unwrap_or(false);
@@ -323,8 +323,8 @@ impl UpstreamConn {
     async fn handshake(
         target: &Target,
         addr: &str,
-    ) -> Result<(UpstreamConn, Document), UpstreamError> {
-        let io = |source| UpstreamError::Io {
+    ) -> Result<(UpstreamConn, Document), MongoUpstreamError> {
+        let io = |source| MongoUpstreamError::Io {
             addr: addr.to_owned(),
             source,
         };
@@ -336,9 +336,9 @@ impl UpstreamConn {
                 let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| UpstreamError::Uri(format!("host {host}: {e}")))?;
+                    .map_err(|e| MongoUpstreamError::Uri(format!("host {host}: {e}")))?;
                 let tls = connector.connect(name, tcp).await.map_err(|source| {
-                    UpstreamError::Handshake {
+                    MongoUpstreamError::Handshake {
                         addr: addr.to_owned(),
                         source,
                     }
@@ -376,7 +376,11 @@ impl UpstreamConn {
         Ok((conn, reply))
     }
 
-    async fn login(&mut self, c: &Credential, mechanism: Mechanism) -> Result<(), UpstreamError> {
+    async fn login(
+        &mut self,
+        c: &Credential,
+        mechanism: Mechanism,
+    ) -> Result<(), MongoUpstreamError> {
         let mut scram = ScramClient::new(mechanism, &c.user, &c.password);
         let first = scram.client_first();
         let start = doc! {
@@ -419,18 +423,18 @@ impl UpstreamConn {
     }
 
     /// Runs one command Sluice itself issues and returns the reply body.
-    pub async fn command(&mut self, cmd: &Document) -> Result<Document, UpstreamError> {
+    pub async fn command(&mut self, cmd: &Document) -> Result<Document, MongoUpstreamError> {
         let mut bytes = Vec::new();
         cmd.to_writer(&mut bytes)
-            .map_err(|e| UpstreamError::Wire(WireError::malformed("OP_MSG", e.to_string())))?;
+            .map_err(|e| MongoUpstreamError::Wire(WireError::malformed("OP_MSG", e.to_string())))?;
         let frame = Frame::from_bytes(encode_op_msg(0, 0, 0, &bytes))
-            .ok_or_else(|| UpstreamError::Wire(WireError::malformed("OP_MSG", "encoding")))?;
+            .ok_or_else(|| MongoUpstreamError::Wire(WireError::malformed("OP_MSG", "encoding")))?;
         let reply = self.round_trip(frame).await?;
         let msg = OpMsg::parse(reply.body())?;
         let raw = RawDocumentBuf::from_bytes(msg.body.as_bytes().to_vec())
             .map_err(|e| WireError::malformed("OP_MSG", e.to_string()))?;
         raw.to_document()
-            .map_err(|e| UpstreamError::Wire(WireError::malformed("OP_MSG", e.to_string())))
+            .map_err(|e| MongoUpstreamError::Wire(WireError::malformed("OP_MSG", e.to_string())))
     }
 
     fn next_id(&mut self) -> i32 {
@@ -440,7 +444,7 @@ impl UpstreamConn {
     }
 
     /// Sends a request (ids rewritten) and returns the reply to it.
-    pub async fn round_trip(&mut self, mut frame: Frame) -> Result<Frame, UpstreamError> {
+    pub async fn round_trip(&mut self, mut frame: Frame) -> Result<Frame, MongoUpstreamError> {
         let id = self.next_id();
         frame.set_ids(id, 0);
         frame.prepare_forward(true);
@@ -448,13 +452,13 @@ impl UpstreamConn {
         self.write(&frame.data).await?;
         let reply = self.read_frame().await?;
         if reply.header.response_to != id {
-            return Err(UpstreamError::Wire(WireError::malformed(
+            return Err(MongoUpstreamError::Wire(WireError::malformed(
                 "reply",
                 format!("responseTo {} for request {id}", reply.header.response_to),
             )));
         }
         if reply.header.op_code != OpCode::Msg {
-            return Err(UpstreamError::Wire(WireError::UnsupportedOpCode(
+            return Err(MongoUpstreamError::Wire(WireError::UnsupportedOpCode(
                 reply.header.op_code.as_i32(),
             )));
         }
@@ -463,7 +467,7 @@ impl UpstreamConn {
     }
 
     /// Sends a `moreToCome` request: no reply will come.
-    pub async fn send_only(&mut self, mut frame: Frame) -> Result<(), UpstreamError> {
+    pub async fn send_only(&mut self, mut frame: Frame) -> Result<(), MongoUpstreamError> {
         let id = self.next_id();
         frame.set_ids(id, 0);
         frame.prepare_forward(true);
@@ -473,18 +477,18 @@ impl UpstreamConn {
         Ok(())
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), UpstreamError> {
+    async fn write(&mut self, data: &[u8]) -> Result<(), MongoUpstreamError> {
         let addr = &self.addr;
         self.stream
             .write_all(data)
             .await
-            .map_err(|source| UpstreamError::Io {
+            .map_err(|source| MongoUpstreamError::Io {
                 addr: addr.clone(),
                 source,
             })
     }
 
-    async fn read_frame(&mut self) -> Result<Frame, UpstreamError> {
+    async fn read_frame(&mut self) -> Result<Frame, MongoUpstreamError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
                 return Ok(frame);
@@ -493,12 +497,12 @@ impl UpstreamConn {
                 .stream
                 .read_buf(&mut self.buf)
                 .await
-                .map_err(|source| UpstreamError::Io {
+                .map_err(|source| MongoUpstreamError::Io {
                     addr: self.addr.clone(),
                     source,
                 })?;
             if n == 0 {
-                return Err(UpstreamError::Closed);
+                return Err(MongoUpstreamError::Closed);
             }
         }
     }
@@ -540,17 +544,17 @@ fn binary(bytes: Vec<u8>) -> Binary {
     }
 }
 
-fn payload(reply: &Document) -> Result<&[u8], UpstreamError> {
+fn payload(reply: &Document) -> Result<&[u8], MongoUpstreamError> {
     reply
         .get_binary_generic("payload")
         .map(|v| v.as_slice())
-        .map_err(|_| UpstreamError::Refused {
+        .map_err(|_| MongoUpstreamError::Refused {
             what: "login",
             message: "reply without payload".into(),
         })
 }
 
-fn check_ok(what: &'static str, reply: &Document) -> Result<(), UpstreamError> {
+fn check_ok(what: &'static str, reply: &Document) -> Result<(), MongoUpstreamError> {
     let ok = match reply.get("ok") {
         Some(bson::Bson::Double(v)) => *v == 1.0,
         Some(bson::Bson::Int32(v)) => *v == 1,
@@ -561,7 +565,7 @@ fn check_ok(what: &'static str, reply: &Document) -> Result<(), UpstreamError> {
     if ok {
         Ok(())
     } else {
-        Err(UpstreamError::Refused {
+        Err(MongoUpstreamError::Refused {
             what,
             message: reply.get_str("errmsg").unwrap_or("no errmsg").to_owned(),
         })

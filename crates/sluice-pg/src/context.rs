@@ -2,8 +2,8 @@
 //! client credentials (with SCRAM verifiers derived once, not per login), the cancel
 //! registry and the client-connection count.
 //!
-//! A reload does not mutate a [`Context`]: it builds the next one with
-//! [`Context::reconfigured`] (same pools, counters and registries; the new configuration
+//! A reload does not mutate a [`PgContext`]: it builds the next one with
+//! [`PgContext::reconfigured`] (same pools, counters and registries; the new configuration
 //! and what derives from it) and swaps it into the [`LiveContext`]. Each client takes the
 //! context in force when it connects and keeps it, so per-client settings are read from
 //! one consistent snapshot without a lock per message.
@@ -18,7 +18,7 @@ use sluice_stats::Registry;
 use thiserror::Error;
 
 use crate::cancel::CancelRegistry;
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{PgPool, PoolSettings};
 
 /// How one user proves who they are.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub struct Database {
     /// Its configuration.
     pub config: DatabaseConfig,
     /// Pools by client user name.
-    pub pools: HashMap<String, Pool>,
+    pub pools: HashMap<String, PgPool>,
     /// Users allowed on this database and their credentials.
     pub users: HashMap<String, UserAuth>,
 }
@@ -58,7 +58,7 @@ pub enum ContextError {
 }
 
 /// Shared state of the Postgres listener, as of one configuration.
-pub struct Context {
+pub struct PgContext {
     /// The configuration in force (the latest reload's).
     pub config: Arc<Config>,
     /// The configuration at start: what keys that need a restart still follow.
@@ -80,14 +80,14 @@ pub struct Context {
     /// Credentials of `postgres.users` (built at start; `admin_users` are looked up here).
     credentials: Arc<HashMap<String, UserAuth>>,
     /// The startup settings of the latest client: clients of one application send the
-    /// same startup packet, so they share one copy (see [`Context::intern_startup`]).
+    /// same startup packet, so they share one copy (see [`PgContext::intern_startup`]).
     last_startup: Arc<parking_lot::Mutex<crate::state::Settings>>,
     /// Database and user names of logged-in clients, shared by every client that uses them
     /// (only names that passed authentication get here, so the set stays small).
     names: Arc<parking_lot::Mutex<std::collections::HashSet<Arc<str>>>>,
 }
 
-impl Context {
+impl PgContext {
     /// The shared copy of a database or user name.
     pub(crate) fn intern_name(&self, name: &str) -> Arc<str> {
         let mut names = self.names.lock();
@@ -112,7 +112,7 @@ impl Context {
     }
 
     /// Builds pools and credentials from a validated configuration. Pools are empty until
-    /// [`Context::start_pools`] is called.
+    /// [`PgContext::start_pools`] is called.
     pub fn new(config: Arc<Config>) -> Result<Self, ContextError> {
         let pg = &config.postgres;
         let configured = configured_users(pg)?;
@@ -207,7 +207,7 @@ impl Context {
     }
 
     /// Every pool, for health reports and reload.
-    pub fn pools(&self) -> impl Iterator<Item = &Pool> {
+    pub fn pools(&self) -> impl Iterator<Item = &PgPool> {
         self.databases.values().flat_map(|db| db.pools.values())
     }
 
@@ -280,7 +280,7 @@ fn database(
         .keys()
         .map(|user| {
             let settings = pool_settings(db, user, pg, tls.clone());
-            let pool = Pool::new(settings);
+            let pool = PgPool::new(settings);
             pool.statements()
                 .set_capacity(pg.prepared_statement_registry_size);
             (user.clone(), pool)
@@ -294,13 +294,13 @@ fn database(
 }
 
 /// What the admin console needs from the binary: reload, shutdown and the context in
-/// force. Set once at start (`Context::console_hooks`); lives here, with the context that
+/// force. Set once at start (`PgContext::console_hooks`); lives here, with the context that
 /// carries it, so the console depends on the context and not the other way round.
 pub trait ConsoleHooks: Send + Sync {
     /// Reloads the configuration: what changed, or why nothing did.
     fn reload(&self) -> Result<sluice_config::ReloadPlan, sluice_config::ReloadError>;
     /// The context in force after the latest reload (`None`: keep the session's own).
-    fn current(&self) -> Option<Arc<Context>>;
+    fn current(&self) -> Option<Arc<PgContext>>;
     /// Starts a graceful shutdown of the whole process.
     fn shutdown(&self);
 }
@@ -332,17 +332,17 @@ fn admin_credentials(
     admin_users
 }
 
-/// The [`Context`] in force, replaced whole on reload. Readers take it once (per accepted
+/// The [`PgContext`] in force, replaced whole on reload. Readers take it once (per accepted
 /// client, per reload) and keep their copy; nothing holds the lock across an `.await`.
 pub struct LiveContext {
-    current: parking_lot::RwLock<Arc<Context>>,
+    current: parking_lot::RwLock<Arc<PgContext>>,
     /// Serializes reloads (SIGHUP, HTTP and console may race), so none is lost.
     reloading: parking_lot::Mutex<()>,
 }
 
 impl LiveContext {
     /// Starts with `ctx`.
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub fn new(ctx: Arc<PgContext>) -> Self {
         Self {
             current: parking_lot::RwLock::new(ctx),
             reloading: parking_lot::Mutex::new(()),
@@ -350,7 +350,7 @@ impl LiveContext {
     }
 
     /// The context in force.
-    pub fn current(&self) -> Arc<Context> {
+    pub fn current(&self) -> Arc<PgContext> {
         self.current.read().clone()
     }
 
@@ -358,7 +358,7 @@ impl LiveContext {
     /// a time); on `Err` nothing changes.
     pub fn update<T, E>(
         &self,
-        next: impl FnOnce(&Arc<Context>) -> Result<(Context, T), E>,
+        next: impl FnOnce(&Arc<PgContext>) -> Result<(PgContext, T), E>,
     ) -> Result<T, E> {
         let _one_at_a_time = self.reloading.lock();
         let (ctx, out) = next(&self.current())?;
@@ -390,7 +390,7 @@ upstream = "postgres://u:p@127.0.0.1:1/a"
 
     #[test]
     fn reconfigured_context_shares_pools_and_applies_live_keys_only() {
-        let ctx = Context::new(config(BASE)).unwrap();
+        let ctx = PgContext::new(config(BASE)).unwrap();
         let changed = BASE
             .replacen(
                 "[postgres]\n",

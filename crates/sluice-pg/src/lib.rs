@@ -53,5 +53,5 @@ pub mod state;
 pub use sluice_tls as tls;
 pub mod upstream;
 
-pub use context::{ConsoleHooks, Context, LiveContext};
-pub use listener::Listener;
+pub use context::{ConsoleHooks, LiveContext, PgContext};
+pub use listener::PgListener;

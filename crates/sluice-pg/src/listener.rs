@@ -28,12 +28,12 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The Postgres listener: a bound socket plus the shared context.
-pub struct Listener {
+pub struct PgListener {
     socket: TcpListener,
     live: Arc<LiveContext>,
 }
 
-impl Listener {
+impl PgListener {
     /// Binds the current context's `postgres.listen`.
     pub async fn bind(live: Arc<LiveContext>) -> std::io::Result<Self> {
         let socket = bind(live.current().config.postgres.listen)?;

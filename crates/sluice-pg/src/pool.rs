@@ -22,7 +22,7 @@ use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 
 use crate::state::prepared::StatementRegistry;
-use crate::upstream::{ServerConn, ServerParams, UpstreamError};
+use crate::upstream::{PgUpstreamError, ServerConn, ServerParams};
 
 /// Settings of one pool, resolved from the configuration.
 #[derive(Clone)]
@@ -71,7 +71,7 @@ impl std::fmt::Debug for PoolSettings {
 
 /// Why a checkout failed.
 #[derive(Debug, Error)]
-pub enum PoolError {
+pub enum PgPoolError {
     /// No connection became available within `pool_timeout`.
     #[error("timed out after {waited:?} waiting for a server connection from pool \"{pool}\" (pool_timeout {timeout:?})")]
     Timeout {
@@ -89,7 +89,7 @@ pub enum PoolError {
         pool: String,
         /// What went wrong.
         #[source]
-        source: UpstreamError,
+        source: PgUpstreamError,
     },
     /// The pool is shutting down.
     #[error("pool \"{0}\" is closed")]
@@ -116,10 +116,10 @@ pub struct PgConnector {
 
 impl Connector for PgConnector {
     type Conn = ServerConn;
-    type Error = UpstreamError;
+    type Error = PgUpstreamError;
     type Holder = ClientMeta;
 
-    async fn connect(&self, limit: Duration) -> Result<ServerConn, UpstreamError> {
+    async fn connect(&self, limit: Duration) -> Result<ServerConn, PgUpstreamError> {
         Box::pin(ServerConn::connect(
             &self.upstream,
             limit,
@@ -129,7 +129,7 @@ impl Connector for PgConnector {
         .await
     }
 
-    fn is_transient(&self, error: &UpstreamError) -> bool {
+    fn is_transient(&self, error: &PgUpstreamError) -> bool {
         error.is_transient()
     }
 
@@ -168,7 +168,7 @@ struct Inner {
 
 /// A handle to one pool; clones share it.
 #[derive(Clone)]
-pub struct Pool {
+pub struct PgPool {
     inner: Arc<Inner>,
 }
 
@@ -187,8 +187,8 @@ fn limits(s: &PoolSettings) -> Limits {
     }
 }
 
-impl Pool {
-    /// Creates an empty pool; call [`Pool::spawn_maintenance`] to keep `min_size` open.
+impl PgPool {
+    /// Creates an empty pool; call [`PgPool::spawn_maintenance`] to keep `min_size` open.
     pub fn new(settings: PoolSettings) -> Self {
         let connector = PgConnector {
             upstream: settings.upstream.clone(),
@@ -291,7 +291,7 @@ impl Pool {
 
     /// Checks out an idle connection without waiting, when one is ready: the common case,
     /// done under one lock with one clock read and no future. `None`: call
-    /// [`Pool::checkout`].
+    /// [`PgPool::checkout`].
     pub fn try_checkout(&self, who: &Arc<ClientMeta>) -> Option<PooledConn> {
         self.inner
             .core
@@ -301,19 +301,19 @@ impl Pool {
 
     /// Checks a connection out, waiting in line at most `pool_timeout`. Cancel-safe:
     /// dropping the future (the client left, shutdown began) gives up its place at once.
-    pub async fn checkout(&self, who: &Arc<ClientMeta>) -> Result<PooledConn, PoolError> {
+    pub async fn checkout(&self, who: &Arc<ClientMeta>) -> Result<PooledConn, PgPoolError> {
         match self.inner.core.checkout(who).await {
             Ok(conn) => Ok(PooledConn { conn }),
-            Err(CheckoutError::Timeout { waited, timeout }) => Err(PoolError::Timeout {
+            Err(CheckoutError::Timeout { waited, timeout }) => Err(PgPoolError::Timeout {
                 pool: self.name(),
                 waited,
                 timeout,
             }),
-            Err(CheckoutError::Connect(source)) => Err(PoolError::Connect {
+            Err(CheckoutError::Connect(source)) => Err(PgPoolError::Connect {
                 pool: self.name(),
                 source,
             }),
-            Err(CheckoutError::Closed) => Err(PoolError::Closed(self.name())),
+            Err(CheckoutError::Closed) => Err(PgPoolError::Closed(self.name())),
         }
     }
 
@@ -323,7 +323,7 @@ impl Pool {
 
     /// Startup parameters to show clients; opens (and returns) a connection the first
     /// time if no server has been seen yet.
-    pub async fn server_params(&self, who: &Arc<ClientMeta>) -> Result<ServerParams, PoolError> {
+    pub async fn server_params(&self, who: &Arc<ClientMeta>) -> Result<ServerParams, PgPoolError> {
         if let Some(p) = self.inner.core.connector().params.lock().clone() {
             return Ok(p);
         }
@@ -390,7 +390,7 @@ impl DerefMut for PooledConn {
     }
 }
 
-impl PoolSource for Pool {
+impl PoolSource for PgPool {
     fn snapshot(&self) -> PoolSnapshot {
         let s = self.settings();
         let (database, user) = s.name.split_once('/').unwrap_or((&s.name, ""));

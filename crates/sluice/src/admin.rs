@@ -11,7 +11,7 @@ use sluice_pg::LiveContext;
 pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
 /// The MongoDB side's shared state, when a `[mongo]` section runs.
-pub type MongoCtx = Option<Arc<sluice_mongo::Context>>;
+pub type MongoCtx = Option<Arc<sluice_mongo::MongoContext>>;
 
 /// The admin listener's view of the running proxy.
 pub struct Hooks {
@@ -64,7 +64,7 @@ impl sluice_pg::context::ConsoleHooks for ConsoleBridge {
         reload(&live, self.mongo.as_deref(), &self.loader)
     }
 
-    fn current(&self) -> Option<Arc<sluice_pg::Context>> {
+    fn current(&self) -> Option<Arc<sluice_pg::PgContext>> {
         self.live.upgrade().map(|live| live.current())
     }
 
@@ -75,7 +75,7 @@ impl sluice_pg::context::ConsoleHooks for ConsoleBridge {
 }
 
 /// Loads the configuration again and applies it: the next context (same pools, new
-/// settings; see [`sluice_pg::Context::reconfigured`]) replaces the running one, so every
+/// settings; see [`sluice_pg::PgContext::reconfigured`]) replaces the running one, so every
 /// key `sluice_config::KEYS` marks live takes effect for new clients and the next
 /// checkout. The answer names the changed keys, those applied and those that need a
 /// restart (compared with the configuration at start, so they stay listed until then):
@@ -83,7 +83,7 @@ impl sluice_pg::context::ConsoleHooks for ConsoleBridge {
 /// is returned as the error.
 pub fn reload(
     live: &LiveContext,
-    mongo: Option<&sluice_mongo::Context>,
+    mongo: Option<&sluice_mongo::MongoContext>,
     loader: &Loader,
 ) -> Result<ReloadPlan, ReloadError> {
     let new = Arc::new(loader().inspect_err(|e| {

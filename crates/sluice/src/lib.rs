@@ -99,7 +99,7 @@ pub async fn run(
     loader: admin::Loader,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let ctx = Arc::new(sluice_pg::Context::new(config.clone()).context("building pools")?);
+    let ctx = Arc::new(sluice_pg::PgContext::new(config.clone()).context("building pools")?);
     // Reloads replace the context in force; `ctx` stays the handle to what outlives them
     // (pools, statistics, console hooks).
     let live = Arc::new(sluice_pg::LiveContext::new(ctx.clone()));
@@ -109,7 +109,7 @@ pub async fn run(
     // The admin listener binds before the Postgres one: if its port is taken, Sluice fails
     // before Postgres clients can reach it.
     let admin_server = bind_admin(&config, &ctx, &live, &mongo_ctx, &loader).await?;
-    let listener = sluice_pg::Listener::bind(live.clone())
+    let listener = sluice_pg::PgListener::bind(live.clone())
         .await
         .with_context(|| format!("binding postgres.listen {}", config.postgres.listen))?;
     tracing::info!(
@@ -155,12 +155,12 @@ pub async fn run(
 /// pool joins the same statistics.
 async fn bind_mongo(
     config: &Config,
-    ctx: &sluice_pg::Context,
-) -> anyhow::Result<Option<sluice_mongo::Listener>> {
+    ctx: &sluice_pg::PgContext,
+) -> anyhow::Result<Option<sluice_mongo::MongoListener>> {
     let Some(mongo_config) = &config.mongo else {
         return Ok(None);
     };
-    let listener = sluice_mongo::Listener::bind(mongo_config.clone(), &ctx.stats)
+    let listener = sluice_mongo::MongoListener::bind(mongo_config.clone(), &ctx.stats)
         .await
         .context("starting the MongoDB listener")?;
     Ok(Some(listener))
@@ -169,7 +169,7 @@ async fn bind_mongo(
 /// Binds the HTTP admin listener when `admin.enabled` (not serving yet).
 async fn bind_admin(
     config: &Config,
-    ctx: &Arc<sluice_pg::Context>,
+    ctx: &Arc<sluice_pg::PgContext>,
     live: &Arc<sluice_pg::LiveContext>,
     mongo: &admin::MongoCtx,
     loader: &admin::Loader,
@@ -193,7 +193,7 @@ async fn bind_admin(
 
 /// After the listeners stopped: waits for the sessions in `tracker` (bounded by the
 /// `general.shutdown_timeout` in force), then closes the pools.
-async fn drain(ctx: &sluice_pg::Context, live: &sluice_pg::LiveContext, tracker: TaskTracker) {
+async fn drain(ctx: &sluice_pg::PgContext, live: &sluice_pg::LiveContext, tracker: TaskTracker) {
     tracker.close();
     let grace = live.current().config.general.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

@@ -5,7 +5,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{to_bytes, Session, SessionError};
+use super::{to_bytes, MongoSessionError, Session};
 use crate::guards::{deadline, Expiry, TooManyClients, PRE_AUTH_MAX_MESSAGE, REFUSAL_WAIT};
 use crate::wire::{encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, Header, OpCode};
 
@@ -21,8 +21,8 @@ impl Session {
     }
 
     /// Reads the next whole request; `None` when the client closed or shutdown began.
-    /// Fails with [`SessionError::Expired`] when the login or idle deadline passes first.
-    pub(super) async fn read_frame(&mut self) -> Result<Option<Frame>, SessionError> {
+    /// Fails with [`MongoSessionError::Expired`] when the login or idle deadline passes first.
+    pub(super) async fn read_frame(&mut self) -> Result<Option<Frame>, MongoSessionError> {
         loop {
             // Until the client has authenticated, a header claiming more than a handshake
             // needs is refused before its body is read.
@@ -41,7 +41,7 @@ impl Session {
             let until = deadline(&settings, logged_in, self.last_seen, busy);
             tokio::select! {
                 _ = self.token.cancelled() => return Ok(None),
-                expiry = expire_at(until) => return Err(SessionError::Expired(expiry)),
+                expiry = expire_at(until) => return Err(MongoSessionError::Expired(expiry)),
                 n = self.stream.read_buf(&mut self.buf) => {
                     if n? == 0 {
                         return Ok(None);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use crate::client_io::{ClientIo, ClientIoError};
-use crate::context::Context;
+use crate::context::PgContext;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::{messages, tag};
 use command::Command;
@@ -38,7 +38,7 @@ pub(crate) enum Ended {
 /// Serves console commands until the client leaves.
 pub(crate) async fn serve(
     client: &mut ClientIo,
-    ctx: &Arc<Context>,
+    ctx: &Arc<PgContext>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Ended, ClientIoError> {
     let mut out = BytesMut::new();
@@ -90,7 +90,7 @@ pub(crate) async fn serve(
 }
 
 /// Runs one console statement, appending its results to `out`. Returns true for SHUTDOWN.
-async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
+async fn run(sql: &str, ctx: &Arc<PgContext>, out: &mut BytesMut) -> bool {
     let cmd = match command::parse(sql) {
         Ok(c) => c,
         Err(msg) => {
@@ -135,7 +135,7 @@ async fn run(sql: &str, ctx: &Arc<Context>, out: &mut BytesMut) -> bool {
 /// `PAUSE`: pauses the pools at once and waits for their checkouts to return, each at
 /// most its `pool_timeout`. If one does not drain in time, every pool is resumed and the
 /// error names the clients still holding a connection.
-async fn pause(ctx: &Context, db: Option<&str>) -> Result<(), String> {
+async fn pause(ctx: &PgContext, db: Option<&str>) -> Result<(), String> {
     let targets: Vec<_> = pools(ctx, db).collect();
     let results =
         futures_util::future::join_all(targets.iter().map(|(_, pool)| pool.pause())).await;
@@ -162,14 +162,14 @@ async fn pause(ctx: &Context, db: Option<&str>) -> Result<(), String> {
     ))
 }
 
-fn known(ctx: &Context, db: Option<&str>) -> bool {
+fn known(ctx: &PgContext, db: Option<&str>) -> bool {
     db.is_none_or(|d| ctx.databases.contains_key(d))
 }
 
 fn pools<'a>(
-    ctx: &'a Context,
+    ctx: &'a PgContext,
     db: Option<&'a str>,
-) -> impl Iterator<Item = (&'a str, &'a crate::pool::Pool)> {
+) -> impl Iterator<Item = (&'a str, &'a crate::pool::PgPool)> {
     ctx.databases
         .iter()
         .filter(move |(name, _)| db.is_none_or(|d| d == name.as_str()))

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use sluice_stats::PoolSource;
 
 use super::command::Show;
-use crate::context::Context;
+use crate::context::PgContext;
 use crate::protocol::{backend, messages};
 
 /// What `SHOW VERSION` and the console's `server_version` say.
@@ -45,7 +45,7 @@ impl ResultSet {
 }
 
 /// Builds the result of one `SHOW`.
-pub fn show(what: Show, ctx: &Context) -> ResultSet {
+pub fn show(what: Show, ctx: &PgContext) -> ResultSet {
     match what {
         Show::Pools => pools(ctx),
         Show::Stats => stats(ctx),
@@ -61,7 +61,7 @@ pub fn show(what: Show, ctx: &Context) -> ResultSet {
     }
 }
 
-fn pools(ctx: &Context) -> ResultSet {
+fn pools(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
         "user",
@@ -113,7 +113,7 @@ fn pools(ctx: &Context) -> ResultSet {
     rs
 }
 
-fn stats(ctx: &Context) -> ResultSet {
+fn stats(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "database",
         "user",
@@ -144,7 +144,7 @@ fn stats(ctx: &Context) -> ResultSet {
     rs
 }
 
-fn clients(ctx: &Context) -> ResultSet {
+fn clients(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "type",
         "user",
@@ -191,7 +191,7 @@ fn clients(ctx: &Context) -> ResultSet {
     rs
 }
 
-fn servers(ctx: &Context) -> ResultSet {
+fn servers(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "type",
         "user",
@@ -224,7 +224,7 @@ fn servers(ctx: &Context) -> ResultSet {
     rs
 }
 
-fn databases(ctx: &Context) -> ResultSet {
+fn databases(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&[
         "name",
         "host",
@@ -260,7 +260,7 @@ fn databases(ctx: &Context) -> ResultSet {
 
 /// `SHOW CONFIG`: a key's value in force (a key that needs a restart shows the value at
 /// start), and whether a reload changes it, from the reload table.
-fn config(ctx: &Context) -> ResultSet {
+fn config(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&["key", "value", "changeable"]);
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
     let rows = |c: &sluice_config::Config| {
@@ -301,13 +301,13 @@ fn config(ctx: &Context) -> ResultSet {
     rs
 }
 
-fn sorted(ctx: &Context) -> Vec<(String, &crate::context::Database)> {
+fn sorted(ctx: &PgContext) -> Vec<(String, &crate::context::Database)> {
     let mut v: Vec<_> = ctx.databases.iter().map(|(k, d)| (k.clone(), d)).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
-fn sorted_pools(d: &crate::context::Database) -> Vec<(String, &crate::pool::Pool)> {
+fn sorted_pools(d: &crate::context::Database) -> Vec<(String, &crate::pool::PgPool)> {
     let mut v: Vec<_> = d.pools.iter().map(|(k, p)| (k.clone(), p)).collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v

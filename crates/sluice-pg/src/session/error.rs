@@ -2,14 +2,14 @@
 
 use thiserror::Error;
 
-use crate::pool::PoolError;
+use crate::pool::PgPoolError;
 use crate::protocol::backend::Severity;
 use crate::protocol::ProtocolError;
-use crate::upstream::UpstreamError;
+use crate::upstream::PgUpstreamError;
 
 /// Why a client session ended (or a request failed).
 #[derive(Debug, Error)]
-pub enum SessionError {
+pub enum PgSessionError {
     /// The client socket failed.
     #[error("client I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -36,10 +36,10 @@ pub enum SessionError {
     TooManyClients(usize),
     /// A server connection could not be had.
     #[error(transparent)]
-    Pool(PoolError),
+    PgPool(PgPoolError),
     /// The server connection broke while the client was using it.
     #[error("server connection lost: {0}")]
-    ServerLost(#[from] UpstreamError),
+    ServerLost(#[from] PgUpstreamError),
     /// PostgreSQL refused a setting of the client's startup packet (as its own startup
     /// would: `FATAL: invalid value for parameter ...`).
     #[error("startup setting refused by the server: {code} {message}")]
@@ -88,24 +88,26 @@ pub enum AuthProtocolError {
     Scram(#[source] sluice_auth::AuthError),
 }
 
-impl From<crate::client_io::ClientIoError> for SessionError {
+impl From<crate::client_io::ClientIoError> for PgSessionError {
     fn from(e: crate::client_io::ClientIoError) -> Self {
         use crate::client_io::ClientIoError;
         match e {
-            ClientIoError::Io(e) => SessionError::Io(e),
-            ClientIoError::Protocol(e) => SessionError::Protocol(e),
-            ClientIoError::BadStartupPacket(e) => SessionError::BadStartupPacket(e),
+            ClientIoError::Io(e) => PgSessionError::Io(e),
+            ClientIoError::Protocol(e) => PgSessionError::Protocol(e),
+            ClientIoError::BadStartupPacket(e) => PgSessionError::BadStartupPacket(e),
         }
     }
 }
 
-impl SessionError {
+impl PgSessionError {
     /// Logs the error once, at a level that fits who caused it.
     pub fn log(&self, client: std::net::SocketAddr) {
         match self {
-            SessionError::Io(_) => tracing::debug!(%client, error = %self, "client session ended"),
-            SessionError::Shutdown => tracing::debug!(%client, "client closed for shutdown"),
-            SessionError::Pool(_) | SessionError::ServerLost(_) => {
+            PgSessionError::Io(_) => {
+                tracing::debug!(%client, error = %self, "client session ended")
+            }
+            PgSessionError::Shutdown => tracing::debug!(%client, "client closed for shutdown"),
+            PgSessionError::PgPool(_) | PgSessionError::ServerLost(_) => {
                 tracing::warn!(%client, error = %self, "client session failed")
             }
             _ => tracing::info!(%client, error = %self, "client rejected"),
@@ -117,33 +119,37 @@ impl SessionError {
     pub fn to_error_response(&self) -> Option<(Severity, &'static str, String)> {
         use Severity::Fatal;
         Some(match self {
-            SessionError::Io(_) | SessionError::BadStartupPacket(_) => return None,
-            SessionError::Protocol(e) => (Fatal, "08P01", format!("invalid frontend message: {e}")),
-            SessionError::MissingUser => (
+            PgSessionError::Io(_) | PgSessionError::BadStartupPacket(_) => return None,
+            PgSessionError::Protocol(e) => {
+                (Fatal, "08P01", format!("invalid frontend message: {e}"))
+            }
+            PgSessionError::MissingUser => (
                 Fatal,
                 "28000",
                 "no PostgreSQL user name specified in startup packet".into(),
             ),
-            SessionError::UnknownDatabase(db) => {
+            PgSessionError::UnknownDatabase(db) => {
                 (Fatal, "3D000", format!("database \"{db}\" does not exist"))
             }
-            SessionError::AuthFailed(user) => (
+            PgSessionError::AuthFailed(user) => (
                 Fatal,
                 "28P01",
                 format!("password authentication failed for user \"{user}\""),
             ),
-            SessionError::AuthProtocol(what) => (Fatal, "08P01", what.to_string()),
-            SessionError::TooManyClients(max) => (
+            PgSessionError::AuthProtocol(what) => (Fatal, "08P01", what.to_string()),
+            PgSessionError::TooManyClients(max) => (
                 Fatal,
                 "53300",
                 format!("sorry, too many clients already (max_client_conn = {max})"),
             ),
-            SessionError::Pool(e) => {
+            PgSessionError::PgPool(e) => {
                 let (code, msg) = pool_error_fields(e);
                 (Fatal, code, msg)
             }
-            SessionError::ServerLost(e) => (Fatal, "08006", format!("server connection lost: {e}")),
-            SessionError::BadStartupSetting { code, message } => {
+            PgSessionError::ServerLost(e) => {
+                (Fatal, "08006", format!("server connection lost: {e}"))
+            }
+            PgSessionError::BadStartupSetting { code, message } => {
                 // The SQLSTATEs set_config() raises; the field must be 'static here.
                 let code = match code.as_str() {
                     "42704" => "42704",
@@ -153,34 +159,34 @@ impl SessionError {
                 };
                 (Fatal, code, message.clone())
             }
-            SessionError::TlsRequired => (
+            PgSessionError::TlsRequired => (
                 Fatal,
                 "28000",
                 "SSL/TLS is required: connect with sslmode=require or stronger".into(),
             ),
-            SessionError::LoginTimeout => (
+            PgSessionError::LoginTimeout => (
                 Fatal,
                 "08006",
                 "terminating connection: client_login_timeout expired before authentication".into(),
             ),
-            SessionError::IdleTimeout => (
+            PgSessionError::IdleTimeout => (
                 Fatal,
                 "57P05",
                 "terminating connection due to idle-session timeout (client_idle_timeout)".into(),
             ),
-            SessionError::IdleInTransactionTimeout => (
+            PgSessionError::IdleInTransactionTimeout => (
                 Fatal,
                 "25P03",
                 "terminating connection due to idle-in-transaction timeout \
                  (idle_transaction_timeout); the transaction was rolled back"
                     .into(),
             ),
-            SessionError::PacketTooLarge { len, max } => (
+            PgSessionError::PacketTooLarge { len, max } => (
                 Fatal,
                 "08P01",
                 format!("message of {len} bytes exceeds max_packet_size ({max})"),
             ),
-            SessionError::Shutdown => (
+            PgSessionError::Shutdown => (
                 Fatal,
                 "57P01",
                 "terminating connection because Sluice is shutting down".into(),
@@ -190,11 +196,11 @@ impl SessionError {
 }
 
 /// SQLSTATE and message for a failed checkout (sent as ERROR mid-session, FATAL at login).
-pub fn pool_error_fields(e: &PoolError) -> (&'static str, String) {
+pub fn pool_error_fields(e: &PgPoolError) -> (&'static str, String) {
     match e {
-        PoolError::Timeout { .. } => ("53300", e.to_string()),
-        PoolError::Connect {
-            source: UpstreamError::Server { code, message },
+        PgPoolError::Timeout { .. } => ("53300", e.to_string()),
+        PgPoolError::Connect {
+            source: PgUpstreamError::Server { code, message },
             pool,
         } => {
             // Keep the server's own class where it is one clients know about.
@@ -211,7 +217,7 @@ pub fn pool_error_fields(e: &PoolError) -> (&'static str, String) {
                 format!("pool \"{pool}\": upstream refused the connection: {message}"),
             )
         }
-        PoolError::Connect { .. } => ("08006", e.to_string()),
-        PoolError::Closed(_) => ("57P01", e.to_string()),
+        PgPoolError::Connect { .. } => ("08006", e.to_string()),
+        PgPoolError::Closed(_) => ("57P01", e.to_string()),
     }
 }

@@ -19,10 +19,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use error::SessionError;
+pub use error::PgSessionError;
 
 use crate::client_io::ClientIo;
-use crate::context::Context;
+use crate::context::PgContext;
 use crate::protocol::backend;
 
 /// Serves one accepted client socket until it disconnects or Sluice shuts down.
@@ -33,7 +33,7 @@ use crate::protocol::backend;
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    ctx: Arc<Context>,
+    ctx: Arc<PgContext>,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
@@ -48,7 +48,7 @@ pub fn serve(
 }
 
 /// Logs why a session failed and tells the client, when its socket is worth writing to.
-async fn report(client: &mut ClientIo, peer: SocketAddr, e: SessionError) {
+async fn report(client: &mut ClientIo, peer: SocketAddr, e: PgSessionError) {
     e.log(peer);
     if let Some((severity, code, message)) = e.to_error_response() {
         let mut out = BytesMut::new();
@@ -60,14 +60,14 @@ async fn report(client: &mut ClientIo, peer: SocketAddr, e: SessionError) {
 async fn run(
     client: &mut ClientIo,
     peer: &SocketAddr,
-    ctx: &Arc<Context>,
+    ctx: &Arc<PgContext>,
     shutdown: &CancellationToken,
-) -> Result<(), SessionError> {
+) -> Result<(), PgSessionError> {
     // The login future lives on the heap only while the client logs in, so an idle
     // client's task holds just the relay state (stored once, run by reference).
     let login = async {
         let logged_in = login::login(client, *peer, ctx, shutdown).await?;
-        Ok::<_, SessionError>(logged_in.map(|l| relay::Relay::new(client, l, ctx)))
+        Ok::<_, PgSessionError>(logged_in.map(|l| relay::Relay::new(client, l, ctx)))
     };
     let mut relay = Box::pin(login)
         .instrument(tracing::info_span!("client", %peer))
@@ -91,7 +91,7 @@ mod tests {
             "[[postgres.databases]]\nname = \"a\"\nupstream = \"postgres://u:p@127.0.0.1:1/a\"\n",
         )
         .unwrap();
-        let ctx = Arc::new(Context::new(Arc::new(config)).unwrap());
+        let ctx = Arc::new(PgContext::new(Arc::new(config)).unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap())
             .await

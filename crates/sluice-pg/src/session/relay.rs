@@ -24,19 +24,19 @@ use tokio_util::sync::CancellationToken;
 use pump::{Outbox, Read, Wake};
 
 use super::exchange::{Exchange, Features, Sides};
-use super::SessionError;
+use super::PgSessionError;
 use crate::client_io::ClientIo;
-use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::pool::{ClientMeta, PgPool, PooledConn};
 use crate::protocol::frame::{frames_before_terminate, ProtocolError};
 use crate::state::ClientState;
-use crate::upstream::{UpstreamError, UpstreamProtocolError};
+use crate::upstream::{PgUpstreamError, UpstreamProtocolError};
 use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
 use std::sync::Arc;
 
 /// The relay state of one client.
 pub(crate) struct Relay<'a> {
     client: &'a mut ClientIo,
-    pool: &'a Pool,
+    pool: &'a PgPool,
     mode: PoolMode,
     /// This client's cancel-key registration (its slot names the server it is on).
     registration: crate::cancel::Registration,
@@ -92,7 +92,7 @@ impl<'a> Relay<'a> {
     pub(crate) fn new(
         client: &'a mut ClientIo,
         logged_in: super::login::LoggedIn<'a>,
-        ctx: &crate::context::Context,
+        ctx: &crate::context::PgContext,
     ) -> Self {
         let super::login::LoggedIn {
             pool,
@@ -151,7 +151,7 @@ impl<'a> Relay<'a> {
 
     /// Relays until the client leaves or, after `shutdown`, until the client is between
     /// transactions.
-    pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), PgSessionError> {
         self.shutdown = Some(shutdown.clone());
         let mut shutting_down = false;
         let result = loop {
@@ -160,7 +160,7 @@ impl<'a> Relay<'a> {
                 if let Err(e) = Box::pin(self.flush_client_all()).await {
                     break Err(e);
                 }
-                break Err(SessionError::Shutdown);
+                break Err(PgSessionError::Shutdown);
             }
             if self.server.is_none() {
                 // Between transactions: hold no buffers while waiting.
@@ -192,15 +192,15 @@ impl<'a> Relay<'a> {
 
     /// Acts on what a pump pass found: server input first (it may end a transaction and
     /// release the server), then client input.
-    async fn on_wake(&mut self, wake: Wake) -> Result<Flow, SessionError> {
+    async fn on_wake(&mut self, wake: Wake) -> Result<Flow, PgSessionError> {
         let (client, server) = match wake {
             Wake::Input { client, server } => (client, server),
             Wake::Flushed => return Ok(Flow::Done),
             Wake::Timeout => {
                 return Err(if self.server.is_some() {
-                    SessionError::IdleInTransactionTimeout
+                    PgSessionError::IdleInTransactionTimeout
                 } else {
-                    SessionError::IdleTimeout
+                    PgSessionError::IdleTimeout
                 })
             }
         };
@@ -253,7 +253,7 @@ impl<'a> Relay<'a> {
 
     /// Handles bytes from the client: complete frames go through the exchange to a server
     /// (checked out first if none is held).
-    async fn client_input(&mut self) -> Result<Flow, SessionError> {
+    async fn client_input(&mut self) -> Result<Flow, PgSessionError> {
         loop {
             let (len, terminate) = scan_client(&self.client.buf, self.limits.max_packet)?;
             if len > 0 {
@@ -287,7 +287,7 @@ impl<'a> Relay<'a> {
     }
 
     /// Runs `len` bytes of complete client frames through the exchange into the outboxes.
-    fn forward_client(&mut self, len: usize) -> Result<(), SessionError> {
+    fn forward_client(&mut self, len: usize) -> Result<(), PgSessionError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -320,7 +320,7 @@ impl<'a> Relay<'a> {
 
     /// Writes everything the client is owed, waiting as long as it takes (before a
     /// session ends).
-    async fn flush_client_all(&mut self) -> Result<(), SessionError> {
+    async fn flush_client_all(&mut self) -> Result<(), PgSessionError> {
         let sent = self.to_client.send_all(&mut self.client.stream).await?;
         self.pool.counters().add_bytes_out(sent as u64);
         Ok(())
@@ -328,7 +328,7 @@ impl<'a> Relay<'a> {
 
     /// Handles bytes from the server and releases it at the end of a transaction in
     /// transaction mode.
-    async fn server_input(&mut self) -> Result<(), SessionError> {
+    async fn server_input(&mut self) -> Result<(), PgSessionError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -348,7 +348,7 @@ impl<'a> Relay<'a> {
                 self.server = None;
                 self.registration.slot.set(None);
                 self.to_server.discard();
-                return Err(SessionError::ServerLost(
+                return Err(PgSessionError::ServerLost(
                     UpstreamProtocolError::Frame(e).into(),
                 ));
             }
@@ -367,7 +367,7 @@ impl<'a> Relay<'a> {
     }
 
     /// The server closed or failed while this client held it.
-    async fn server_lost(&mut self) -> Result<Flow, SessionError> {
+    async fn server_lost(&mut self) -> Result<Flow, PgSessionError> {
         self.server = None;
         self.gauge.set(GaugeState::Idle);
         self.pool.counters().inc_error(ErrorKind::ServerLost);
@@ -382,7 +382,7 @@ impl<'a> Relay<'a> {
             // The server already told the client why (e.g. FATAL 57P01 on shutdown).
             return Ok(Flow::Done);
         }
-        Err(SessionError::ServerLost(UpstreamError::Closed))
+        Err(PgSessionError::ServerLost(PgUpstreamError::Closed))
     }
 
     /// Returns the server to the pool, resetting it first if it picked up session state.
@@ -438,12 +438,14 @@ impl<'a> Relay<'a> {
 
 /// Length of the complete frames at the front of `buf` before any Terminate, and whether a
 /// Terminate was reached.
-fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), SessionError> {
+fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), PgSessionError> {
     frames_before_terminate(buf, max).map_err(|e| match e {
-        ProtocolError::BadLength { len, .. } if len > max as i64 => SessionError::PacketTooLarge {
-            len: len as usize,
-            max,
-        },
+        ProtocolError::BadLength { len, .. } if len > max as i64 => {
+            PgSessionError::PacketTooLarge {
+                len: len as usize,
+                max,
+            }
+        }
         e => e.into(),
     })
 }

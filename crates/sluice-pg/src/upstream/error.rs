@@ -10,7 +10,7 @@ use crate::protocol::ProtocolError;
 
 /// Why talking to an upstream server failed.
 #[derive(Debug, Error)]
-pub enum UpstreamError {
+pub enum PgUpstreamError {
     /// TCP connect, read or write failed.
     #[error("upstream I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -98,48 +98,52 @@ pub enum UpstreamProtocolError {
     NotIdleAfterRollback,
     /// A ROLLBACK the login needed failed.
     #[error("ROLLBACK failed: {0}")]
-    Rollback(Box<UpstreamError>),
+    Rollback(Box<PgUpstreamError>),
 }
 
-impl Clone for UpstreamError {
+impl Clone for PgUpstreamError {
     fn clone(&self) -> Self {
         match self {
-            UpstreamError::Io(e) => UpstreamError::Io(std::io::Error::new(e.kind(), e.to_string())),
-            UpstreamError::Closed => UpstreamError::Closed,
-            UpstreamError::Timeout => UpstreamError::Timeout,
-            UpstreamError::Server { code, message } => UpstreamError::Server {
+            PgUpstreamError::Io(e) => {
+                PgUpstreamError::Io(std::io::Error::new(e.kind(), e.to_string()))
+            }
+            PgUpstreamError::Closed => PgUpstreamError::Closed,
+            PgUpstreamError::Timeout => PgUpstreamError::Timeout,
+            PgUpstreamError::Server { code, message } => PgUpstreamError::Server {
                 code: code.clone(),
                 message: message.clone(),
             },
-            UpstreamError::Auth(e) => UpstreamError::Auth(e.clone()),
-            UpstreamError::Protocol(e) => UpstreamError::Protocol(e.clone()),
-            UpstreamError::Tls(e) => UpstreamError::Tls(e.clone()),
+            PgUpstreamError::Auth(e) => PgUpstreamError::Auth(e.clone()),
+            PgUpstreamError::Protocol(e) => PgUpstreamError::Protocol(e.clone()),
+            PgUpstreamError::Tls(e) => PgUpstreamError::Tls(e.clone()),
         }
     }
 }
 
-impl UpstreamError {
+impl PgUpstreamError {
     /// True when retrying soon may succeed (server down or starting), false for errors a
     /// retry cannot fix (bad credentials, unknown database).
     pub fn is_transient(&self) -> bool {
         match self {
-            UpstreamError::Io(_) | UpstreamError::Closed | UpstreamError::Timeout => true,
+            PgUpstreamError::Io(_) | PgUpstreamError::Closed | PgUpstreamError::Timeout => true,
             // 57P03 cannot_connect_now (starting up / shutting down), 53300 too many connections,
             // 57P01 admin shutdown.
-            UpstreamError::Server { code, .. } => {
+            PgUpstreamError::Server { code, .. } => {
                 matches!(code.as_str(), "57P03" | "53300" | "57P01")
             }
-            UpstreamError::Auth(_) | UpstreamError::Protocol(_) | UpstreamError::Tls(_) => false,
+            PgUpstreamError::Auth(_) | PgUpstreamError::Protocol(_) | PgUpstreamError::Tls(_) => {
+                false
+            }
         }
     }
 }
 
 /// A decoding failure of a server message.
-pub(crate) fn proto(e: std::io::Error) -> UpstreamError {
+pub(crate) fn proto(e: std::io::Error) -> PgUpstreamError {
     UpstreamProtocolError::Decode(Arc::new(e)).into()
 }
 
 /// A message that makes no sense at this point.
-pub(crate) fn unexpected(what: &'static str) -> UpstreamError {
+pub(crate) fn unexpected(what: &'static str) -> PgUpstreamError {
     UpstreamProtocolError::Unexpected(what).into()
 }

@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{
-    proto, read_message, server_error, unexpected, CancelKey, ServerConn, UpstreamAuthError,
-    UpstreamError, UpstreamProtocolError, UpstreamTlsError,
+    proto, read_message, server_error, unexpected, CancelKey, PgUpstreamError, ServerConn,
+    UpstreamAuthError, UpstreamProtocolError, UpstreamTlsError,
 };
 use crate::protocol::startup;
 use crate::state::ServerState;
@@ -29,7 +29,7 @@ pub(super) async fn connect(
     up: &Upstream,
     tls: Option<&tokio_rustls::TlsConnector>,
     sslmode: SslMode,
-) -> Result<ServerConn, UpstreamError> {
+) -> Result<ServerConn, PgUpstreamError> {
     let mut stream = open(up, tls, sslmode).await?;
     let mut out = Vec::with_capacity(128);
     startup::write_startup(
@@ -65,7 +65,7 @@ async fn open(
     up: &Upstream,
     tls: Option<&tokio_rustls::TlsConnector>,
     sslmode: SslMode,
-) -> Result<ServerStream, UpstreamError> {
+) -> Result<ServerStream, PgUpstreamError> {
     let mut tcp = TcpStream::connect((up.host.as_str(), up.port)).await?;
     tcp.set_nodelay(true)?;
     let Some(connector) = tls else {
@@ -102,7 +102,7 @@ async fn log_in(
     stream: &mut ServerStream,
     buf: &mut BytesMut,
     up: &Upstream,
-) -> Result<LoginResult, UpstreamError> {
+) -> Result<LoginResult, PgUpstreamError> {
     let mut scram: Option<ScramSha256> = None;
     let mut params = Vec::new();
     let mut key = (0, 0);
@@ -133,7 +133,7 @@ fn answer(
     up: &Upstream,
     scram: &mut Option<ScramSha256>,
     reply: &mut BytesMut,
-) -> Result<(), UpstreamError> {
+) -> Result<(), PgUpstreamError> {
     match msg {
         Message::AuthenticationOk => {}
         Message::AuthenticationCleartextPassword => {
@@ -172,7 +172,7 @@ fn answer(
     Ok(())
 }
 
-fn password(up: &Upstream) -> Result<&str, UpstreamError> {
+fn password(up: &Upstream) -> Result<&str, PgUpstreamError> {
     up.password
         .as_deref()
         .ok_or_else(|| UpstreamAuthError::NoPassword.into())

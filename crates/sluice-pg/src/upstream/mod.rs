@@ -16,7 +16,7 @@ mod error;
 mod login;
 
 pub(crate) use error::{proto, unexpected};
-pub use error::{UpstreamAuthError, UpstreamError, UpstreamProtocolError, UpstreamTlsError};
+pub use error::{PgUpstreamError, UpstreamAuthError, UpstreamProtocolError, UpstreamTlsError};
 
 use crate::protocol::messages;
 use crate::state::ServerState;
@@ -72,10 +72,10 @@ impl ServerConn {
         timeout: Duration,
         tls: Option<&tokio_rustls::TlsConnector>,
         sslmode: SslMode,
-    ) -> Result<ServerConn, UpstreamError> {
+    ) -> Result<ServerConn, PgUpstreamError> {
         tokio::time::timeout(timeout, login::connect(up, tls, sslmode))
             .await
-            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|_| PgUpstreamError::Timeout)?
     }
 
     /// True if an idle connection still looks alive: nothing buffered and the socket has
@@ -97,8 +97,8 @@ impl ServerConn {
     /// Runs `sql` as a simple query and waits for ReadyForQuery, discarding the results,
     /// at most [`CLEANUP_TIMEOUT`]. Returns the final transaction status. Used for ROLLBACK
     /// and the reset query on a server coming back: a hung server fails with
-    /// [`UpstreamError::Timeout`] and the caller closes it.
-    pub async fn run_simple(&mut self, sql: &str) -> Result<u8, UpstreamError> {
+    /// [`PgUpstreamError::Timeout`] and the caller closes it.
+    pub async fn run_simple(&mut self, sql: &str) -> Result<u8, PgUpstreamError> {
         let run = async {
             let mut out = BytesMut::new();
             messages::write_query(&mut out, sql.as_bytes());
@@ -107,16 +107,16 @@ impl ServerConn {
         };
         tokio::time::timeout(CLEANUP_TIMEOUT, run)
             .await
-            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|_| PgUpstreamError::Timeout)?
     }
 
     /// Runs a simple query (bytes in this connection's client encoding) and returns the
     /// columns of its first row (`None` if it returned no row). An ErrorResponse is
-    /// returned as [`UpstreamError::Server`] once ReadyForQuery has arrived.
+    /// returned as [`PgUpstreamError::Server`] once ReadyForQuery has arrived.
     pub async fn query_first_row(
         &mut self,
         sql: &[u8],
-    ) -> Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError> {
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, PgUpstreamError> {
         let mut out = BytesMut::new();
         messages::write_query(&mut out, sql);
         self.stream.write_all(&out).await?;
@@ -146,7 +146,7 @@ impl ServerConn {
 
     /// Reads and discards messages until a ReadyForQuery; returns its status. An
     /// ErrorResponse along the way is returned as an error (after reaching ReadyForQuery).
-    pub async fn drain_until_ready(&mut self) -> Result<u8, UpstreamError> {
+    pub async fn drain_until_ready(&mut self) -> Result<u8, PgUpstreamError> {
         let mut err = None;
         loop {
             match read_message(&mut self.stream, &mut self.buf).await? {
@@ -164,7 +164,7 @@ impl ServerConn {
 }
 
 /// Extracts SQLSTATE and message from ErrorResponse fields.
-pub fn server_error(mut fields: ErrorFields<'_>) -> UpstreamError {
+pub fn server_error(mut fields: ErrorFields<'_>) -> PgUpstreamError {
     use postgres_protocol::message::backend::ErrorField;
     let mut code = String::new();
     let mut message = String::new();
@@ -176,20 +176,20 @@ pub fn server_error(mut fields: ErrorFields<'_>) -> UpstreamError {
             _ => {}
         }
     }
-    UpstreamError::Server { code, message }
+    PgUpstreamError::Server { code, message }
 }
 
 /// Reads one whole backend message, buffering partial input in `buf`.
 async fn read_message(
     stream: &mut ServerStream,
     buf: &mut BytesMut,
-) -> Result<Message, UpstreamError> {
+) -> Result<Message, PgUpstreamError> {
     loop {
         if let Some(msg) = Message::parse(buf).map_err(proto)? {
             return Ok(msg);
         }
         if stream.read_buf(buf).await? == 0 {
-            return Err(UpstreamError::Closed);
+            return Err(PgUpstreamError::Closed);
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::client_io::ClientIo;
 use crate::context::UserAuth;
 use crate::protocol::{backend, frontend};
 use crate::session::error::AuthProtocolError;
-use crate::session::SessionError;
+use crate::session::PgSessionError;
 
 /// Authenticates `user`; returns the user name to pool under. `out` must be empty; on
 /// success it may hold an AuthenticationSASLFinal that the caller sends with AuthenticationOk.
@@ -22,8 +22,8 @@ pub(crate) async fn authenticate(
     method: AuthType,
     user: &str,
     known: Option<&UserAuth>,
-) -> Result<String, SessionError> {
-    let failed = || SessionError::AuthFailed(user.to_owned());
+) -> Result<String, PgSessionError> {
+    let failed = || PgSessionError::AuthFailed(user.to_owned());
     let ok = match (method, known) {
         (AuthType::Trust, Some(_)) => true,
         (AuthType::Trust, None) => false,
@@ -68,11 +68,11 @@ fn use_scram(method: AuthType, secret: &Secret) -> bool {
     method != AuthType::Md5 || matches!(secret, Secret::Scram(_))
 }
 
-async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, SessionError> {
+async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, PgSessionError> {
     match client.read_frame(crate::client_io::MAX_AUTH_FRAME).await? {
         Some((crate::protocol::tag::frontend::PASSWORD, body)) => Ok(body),
         Some((tag, _)) => Err(AuthProtocolError::NotPassword(char::from(tag)).into()),
-        None => Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+        None => Err(PgSessionError::Io(std::io::ErrorKind::UnexpectedEof.into())),
     }
 }
 
@@ -80,7 +80,7 @@ async fn scram(
     client: &mut ClientIo,
     out: &mut BytesMut,
     mut server: ScramServer,
-) -> Result<bool, SessionError> {
+) -> Result<bool, PgSessionError> {
     backend::auth_sasl(out, SCRAM_SHA_256);
     client.write(out).await?;
     out.clear();
@@ -111,7 +111,7 @@ async fn md5(
     out: &mut BytesMut,
     user: &str,
     secret: &Secret,
-) -> Result<bool, SessionError> {
+) -> Result<bool, PgSessionError> {
     let salt: [u8; 4] = rand::thread_rng().gen();
     backend::auth_md5(out, salt);
     client.write(out).await?;

@@ -9,21 +9,21 @@
 
 use std::sync::Arc;
 
-use crate::pool::{ClientMeta, Pool, PooledConn};
-use crate::session::SessionError;
+use crate::pool::{ClientMeta, PgPool, PooledConn};
+use crate::session::PgSessionError;
 use crate::state::{set_config_call, ClientState};
-use crate::upstream::{ServerParams, UpstreamError, UpstreamProtocolError};
+use crate::upstream::{PgUpstreamError, ServerParams, UpstreamProtocolError};
 
 /// The reported value of every parameter in `params` that the client set at startup
 /// (parameter name as the server spells it, value). `held` is the session-mode client's own
 /// server; otherwise a server is checked out briefly when a value is not known yet.
 pub(crate) async fn reported_values(
-    pool: &Pool,
+    pool: &PgPool,
     who: &Arc<ClientMeta>,
     held: Option<&mut PooledConn>,
     state: &ClientState,
     params: &ServerParams,
-) -> Result<Vec<(String, Vec<u8>)>, SessionError> {
+) -> Result<Vec<(String, Vec<u8>)>, PgSessionError> {
     let mut known = Vec::new();
     let mut unknown: Vec<Unknown> = Vec::new();
     for (name, default) in params.iter() {
@@ -52,14 +52,14 @@ pub(crate) async fn reported_values(
     let columns = match row {
         Ok(Some(columns)) if columns.len() == unknown.len() => columns,
         Ok(_) => {
-            return Err(SessionError::ServerLost(UpstreamError::Protocol(
+            return Err(PgSessionError::ServerLost(PgUpstreamError::Protocol(
                 crate::upstream::UpstreamProtocolError::Unexpected("empty answer to set_config"),
             )))
         }
-        Err(UpstreamError::Server { code, message }) => {
-            return Err(SessionError::BadStartupSetting { code, message })
+        Err(PgUpstreamError::Server { code, message }) => {
+            return Err(PgSessionError::BadStartupSetting { code, message })
         }
-        Err(e) => return Err(SessionError::ServerLost(e)),
+        Err(e) => return Err(PgSessionError::ServerLost(e)),
     };
     for ((name, lower, value), reported) in unknown.into_iter().zip(columns) {
         let reported = reported.unwrap_or_default();
@@ -75,11 +75,11 @@ type Unknown = (String, String, Vec<u8>);
 
 /// Asks a server (the client's own, or one checked out briefly) how it reports `unknown`.
 async fn learn(
-    pool: &Pool,
+    pool: &PgPool,
     who: &Arc<ClientMeta>,
     held: Option<&mut PooledConn>,
     unknown: &[Unknown],
-) -> Result<Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError>, SessionError> {
+) -> Result<Result<Option<Vec<Option<Vec<u8>>>>, PgUpstreamError>, PgSessionError> {
     let mut sql = b"BEGIN;SELECT ".to_vec();
     for (i, (_, lower, value)) in unknown.iter().enumerate() {
         if i > 0 {
@@ -94,11 +94,11 @@ async fn learn(
                 Some(server) => server,
                 None => Box::pin(pool.checkout(who))
                     .await
-                    .map_err(SessionError::Pool)?,
+                    .map_err(PgSessionError::PgPool)?,
             };
             let row = try_values(&mut server, &sql).await;
             // A connection that failed otherwise than with a server error is dropped.
-            if matches!(row, Ok(_) | Err(UpstreamError::Server { .. })) {
+            if matches!(row, Ok(_) | Err(PgUpstreamError::Server { .. })) {
                 server.checkin();
             }
             row
@@ -112,10 +112,11 @@ async fn learn(
 async fn try_values(
     server: &mut PooledConn,
     sql: &[u8],
-) -> Result<Option<Vec<Option<Vec<u8>>>>, UpstreamError> {
+) -> Result<Option<Vec<Option<Vec<u8>>>>, PgUpstreamError> {
     let row = server.query_first_row(sql).await;
-    if let Err(e @ (UpstreamError::Io(_) | UpstreamError::Closed | UpstreamError::Protocol(_))) =
-        row
+    if let Err(
+        e @ (PgUpstreamError::Io(_) | PgUpstreamError::Closed | PgUpstreamError::Protocol(_)),
+    ) = row
     {
         return Err(e);
     }

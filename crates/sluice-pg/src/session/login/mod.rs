@@ -24,15 +24,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_io::ClientIo;
-use crate::context::{Context, Database};
-use crate::pool::{ClientMeta, Pool, PooledConn};
+use crate::context::{Database, PgContext};
+use crate::pool::{ClientMeta, PgPool, PooledConn};
 use crate::protocol::backend;
 use crate::protocol::startup::StartupParams;
-use crate::session::SessionError;
+use crate::session::PgSessionError;
 use crate::state::ClientState;
 
 /// Decrements the client count when a session ends, however it ends.
-pub(crate) struct ClientCount<'a>(&'a Context);
+pub(crate) struct ClientCount<'a>(&'a PgContext);
 
 impl Drop for ClientCount<'_> {
     fn drop(&mut self) {
@@ -42,7 +42,7 @@ impl Drop for ClientCount<'_> {
 
 /// What a successful login hands to the relay phase.
 pub(crate) struct LoggedIn<'a> {
-    pub(crate) pool: &'a Pool,
+    pub(crate) pool: &'a PgPool,
     pub(crate) registration: crate::cancel::Registration,
     pub(crate) state: ClientState,
     pub(crate) who: Arc<ClientMeta>,
@@ -57,9 +57,9 @@ pub(crate) struct LoggedIn<'a> {
 pub(crate) async fn login<'a>(
     client: &mut ClientIo,
     peer: SocketAddr,
-    ctx: &'a Arc<Context>,
+    ctx: &'a Arc<PgContext>,
     shutdown: &CancellationToken,
-) -> Result<Option<LoggedIn<'a>>, SessionError> {
+) -> Result<Option<LoggedIn<'a>>, PgSessionError> {
     let pg = &ctx.config.postgres;
     // client_login_timeout bounds every wait on the client until it is authenticated.
     let deadline =
@@ -68,7 +68,7 @@ pub(crate) async fn login<'a>(
         return Ok(None);
     };
     let count = admit(ctx)?;
-    let user = params.user().ok_or(SessionError::MissingUser)?.to_owned();
+    let user = params.user().ok_or(PgSessionError::MissingUser)?.to_owned();
     let dbname = params.database().unwrap_or_default().to_owned();
     if crate::console::CONSOLE_DATABASES.contains(&dbname.as_str()) {
         Box::pin(console(client, ctx, &user, deadline, shutdown)).await?;
@@ -77,7 +77,7 @@ pub(crate) async fn login<'a>(
     let db = ctx
         .databases
         .get(&dbname)
-        .ok_or_else(|| SessionError::UnknownDatabase(dbname.clone()))?;
+        .ok_or_else(|| PgSessionError::UnknownDatabase(dbname.clone()))?;
     let mut out = BytesMut::with_capacity(1024);
     let pool = authenticate(client, &mut out, ctx, db, &user, deadline).await?;
     tracing::debug!(user = %user, database = %dbname, "client authenticated");
@@ -100,26 +100,26 @@ pub(crate) async fn login<'a>(
     }))
 }
 
-/// Runs one step of the login, failing with [`SessionError::LoginTimeout`] past `deadline`.
+/// Runs one step of the login, failing with [`PgSessionError::LoginTimeout`] past `deadline`.
 async fn step<T>(
     deadline: Option<Instant>,
-    step: impl std::future::Future<Output = Result<T, SessionError>>,
-) -> Result<T, SessionError> {
+    step: impl std::future::Future<Output = Result<T, PgSessionError>>,
+) -> Result<T, PgSessionError> {
     match deadline {
         Some(d) => tokio::time::timeout_at(d, step)
             .await
-            .map_err(|_| SessionError::LoginTimeout)?,
+            .map_err(|_| PgSessionError::LoginTimeout)?,
         None => step.await,
     }
 }
 
 /// Counts the client in, refusing it past `max_client_conn`.
-fn admit(ctx: &Context) -> Result<ClientCount<'_>, SessionError> {
+fn admit(ctx: &PgContext) -> Result<ClientCount<'_>, PgSessionError> {
     let max = ctx.config.postgres.max_client_conn;
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let guard = ClientCount(ctx);
     if count > max {
-        return Err(SessionError::TooManyClients(max));
+        return Err(PgSessionError::TooManyClients(max));
     }
     Ok(guard)
 }
@@ -127,11 +127,11 @@ fn admit(ctx: &Context) -> Result<ClientCount<'_>, SessionError> {
 /// An admin-console client: authenticated as an admin user, then served until it leaves.
 async fn console(
     client: &mut ClientIo,
-    ctx: &Arc<Context>,
+    ctx: &Arc<PgContext>,
     user: &str,
     deadline: Option<Instant>,
     shutdown: &CancellationToken,
-) -> Result<(), SessionError> {
+) -> Result<(), PgSessionError> {
     let mut out = BytesMut::new();
     let known = ctx.admin_users.get(user);
     let auth_type = ctx.config.postgres.auth_type;
@@ -143,7 +143,7 @@ async fn console(
     client.write(&out).await?;
     match Box::pin(crate::console::serve(client, ctx, shutdown)).await? {
         crate::console::Ended::ClientLeft => Ok(()),
-        crate::console::Ended::Shutdown => Err(SessionError::Shutdown),
+        crate::console::Ended::Shutdown => Err(PgSessionError::Shutdown),
     }
 }
 
@@ -152,11 +152,11 @@ async fn console(
 async fn authenticate<'a>(
     client: &mut ClientIo,
     out: &mut BytesMut,
-    ctx: &Context,
+    ctx: &PgContext,
     db: &'a Database,
     user: &str,
     deadline: Option<Instant>,
-) -> Result<&'a Pool, SessionError> {
+) -> Result<&'a PgPool, PgSessionError> {
     let auth_type = ctx.config.postgres.auth_type;
     let known = db.users.get(user);
     let auth_user = step(
@@ -166,7 +166,7 @@ async fn authenticate<'a>(
     .await?;
     db.pools
         .get(&auth_user)
-        .ok_or_else(|| SessionError::AuthFailed(user.to_owned()))
+        .ok_or_else(|| PgSessionError::AuthFailed(user.to_owned()))
 }
 
 /// What the greeting leaves the session: its own server (session mode), its cancel
@@ -178,18 +178,18 @@ type Greeted = (Option<PooledConn>, crate::cancel::Registration, ClientState);
 async fn greet(
     client: &mut ClientIo,
     mut out: BytesMut,
-    ctx: &Context,
-    pool: &Pool,
+    ctx: &PgContext,
+    pool: &PgPool,
     who: &Arc<ClientMeta>,
     params: &StartupParams,
     (user, dbname): (&str, &str),
-) -> Result<Greeted, SessionError> {
+) -> Result<Greeted, PgSessionError> {
     let mut server = if pool.settings().mode == sluice_config::PoolMode::Session {
         Some(match pool.try_checkout(who) {
             Some(server) => server,
             None => Box::pin(pool.checkout(who))
                 .await
-                .map_err(SessionError::Pool)?,
+                .map_err(PgSessionError::PgPool)?,
         })
     } else {
         None
@@ -198,7 +198,7 @@ async fn greet(
         Some(server) => server.params.clone(),
         None => Box::pin(pool.server_params(who))
             .await
-            .map_err(SessionError::Pool)?,
+            .map_err(PgSessionError::PgPool)?,
     };
     let registration = register(ctx, who, user, dbname, server.as_ref());
     let mut state = ClientState::from_startup(&params.params);
@@ -228,7 +228,7 @@ async fn greet(
 /// Registers the client for CancelRequests (and SHOW CLIENTS): a session-mode client gets
 /// its server's real backend pid.
 fn register(
-    ctx: &Context,
+    ctx: &PgContext,
     who: &Arc<ClientMeta>,
     user: &str,
     dbname: &str,

@@ -4,17 +4,17 @@
 use bytes::BytesMut;
 
 use crate::client_io::ClientIo;
-use crate::context::Context;
+use crate::context::PgContext;
 use crate::protocol::backend;
 use crate::protocol::startup::{parse_startup, StartupPacket, StartupParams};
-use crate::session::SessionError;
+use crate::session::PgSessionError;
 
 /// Reads startup packets until a StartupMessage; `None` if the client only cancelled or
 /// closed.
 pub(crate) async fn read_startup(
     client: &mut ClientIo,
-    ctx: &Context,
-) -> Result<Option<StartupParams>, SessionError> {
+    ctx: &PgContext,
+) -> Result<Option<StartupParams>, PgSessionError> {
     loop {
         let Some(packet) = client.read_startup().await? else {
             return Ok(None);
@@ -25,7 +25,7 @@ pub(crate) async fn read_startup(
                 if !client.buf.is_empty() {
                     // Bytes after an encryption request before our answer: a protocol
                     // violation (and the CVE-2021-23214 buffer-stuffing pattern).
-                    return Err(SessionError::Protocol(
+                    return Err(PgSessionError::Protocol(
                         crate::protocol::ProtocolError::Unexpected('?'),
                     ));
                 }
@@ -50,7 +50,7 @@ pub(crate) async fn read_startup(
                 if ctx.config.postgres.tls.mode == sluice_config::ClientTlsMode::Require
                     && !client.stream.is_tls()
                 {
-                    return Err(SessionError::TlsRequired);
+                    return Err(PgSessionError::TlsRequired);
                 }
                 if params.minor_version > 0 || params.protocol_options().next().is_some() {
                     let mut out = BytesMut::new();

@@ -5,18 +5,18 @@
 use sluice_stats::ClientState as GaugeState;
 
 use super::{Relay, WATCH_CAP};
-use crate::pool::{PoolError, PooledConn};
+use crate::pool::{PgPoolError, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::request_end;
 use crate::session::error::pool_error_fields;
-use crate::session::SessionError;
+use crate::session::PgSessionError;
 
 impl Relay<'_> {
     /// Waits in line for a server while watching the client and shutdown: a client that
     /// disconnects, or a shutdown that begins, ends the wait at once, and the dropped
     /// checkout gives up its place in the queue. What the client sends meanwhile is kept
     /// (up to [`WATCH_CAP`] bytes; beyond that only shutdown and the pool are watched).
-    async fn wait_for_server(&mut self) -> Result<Result<PooledConn, PoolError>, SessionError> {
+    async fn wait_for_server(&mut self) -> Result<Result<PooledConn, PgPoolError>, PgSessionError> {
         let (pool, who) = (self.pool, self.who.clone());
         let checkout = pool.checkout(&who);
         tokio::pin!(checkout);
@@ -25,14 +25,14 @@ impl Relay<'_> {
         loop {
             tokio::select! {
                 result = &mut checkout => return Ok(result),
-                _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+                _ = shutdown.cancelled() => return Err(PgSessionError::Shutdown),
                 read = self.client.read_more(), if watching => match read {
                     Ok(0) => {
                         tracing::debug!(client = %who.addr, "client left while waiting for a server");
-                        return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                        return Err(PgSessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                     }
                     Ok(_) => watching = self.client.buf.len() < WATCH_CAP,
-                    Err(e) => return Err(SessionError::Io(e)),
+                    Err(e) => return Err(PgSessionError::Io(e)),
                 },
             }
         }
@@ -42,7 +42,7 @@ impl Relay<'_> {
     /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
     /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
     /// of the request) and must be dropped.
-    pub(super) async fn checkout(&mut self, len: usize) -> Result<Option<usize>, SessionError> {
+    pub(super) async fn checkout(&mut self, len: usize) -> Result<Option<usize>, PgSessionError> {
         if !self.skip_until_sync {
             let checkout = match self.pool.try_checkout(&self.who) {
                 Some(server) => Ok(server),

@@ -21,7 +21,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::Relay;
-use crate::session::SessionError;
+use crate::session::PgSessionError;
 
 /// Most bytes an outbox holds before the relay stops reading the side that fills it (four
 /// of the buffer cache's blocks, so a drained outbox can still go back to the cache). A
@@ -145,7 +145,7 @@ pub(super) enum Wake {
 impl Relay<'_> {
     /// One pump pass; see the module docs. Ready when there is input to handle (or the
     /// timer fired), pending with every relevant waker registered otherwise.
-    pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<Wake, SessionError>> {
+    pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<Wake, PgSessionError>> {
         self.poll_send_server(cx)?;
         let owed = !self.to_client.is_empty();
         if owed {
@@ -191,7 +191,7 @@ impl Relay<'_> {
     }
 
     /// Writes what waits for the server; a failed write loses the server.
-    fn poll_send_server(&mut self, cx: &mut Context<'_>) -> Result<(), SessionError> {
+    fn poll_send_server(&mut self, cx: &mut Context<'_>) -> Result<(), PgSessionError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -209,7 +209,7 @@ impl Relay<'_> {
                 self.server = None;
                 self.registration.slot.set(None);
                 self.to_server.discard();
-                Err(SessionError::ServerLost(e.into()))
+                Err(PgSessionError::ServerLost(e.into()))
             }
         }
     }
