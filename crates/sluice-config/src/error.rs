@@ -34,10 +34,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A command-line override names a key that cannot be overridden.
-    #[error("unknown override key {key:?} (expected one of: {})", crate::load::OVERRIDE_KEYS.join(", "))]
+    #[error("unknown override key {key:?} (expected one of: {})", expected.join(", "))]
     UnknownOverride {
         /// The key that was given.
         key: String,
+        /// The keys that can be overridden.
+        expected: &'static [&'static str],
     },
 }
 
@@ -53,7 +55,7 @@ impl ConfigError {
     /// The key, environment variable or override the error is about, if any.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Self::Invalid { key, .. } | Self::UnknownOverride { key } => Some(key),
+            Self::Invalid { key, .. } | Self::UnknownOverride { key, .. } => Some(key),
             Self::Read { .. } | Self::Toml { .. } => None,
         }
     }

@@ -4,6 +4,7 @@
 //! variables < command-line overrides, then validated. See
 //! `proxy.toml.example` at the repository root for every key.
 
+mod builder;
 mod duration;
 mod error;
 mod load;
@@ -12,6 +13,7 @@ mod raw;
 mod reload;
 mod upstream;
 mod validate;
+mod values;
 
 #[cfg(test)]
 mod reload_tests;
@@ -64,7 +66,7 @@ impl Config {
 
     /// Parses TOML text on its own (defaults < text) and validates.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let mut builder = load::Builder::new();
+        let mut builder = builder::Builder::new();
         raw::apply_toml(&mut builder, text, None)?;
         builder.finish()
     }

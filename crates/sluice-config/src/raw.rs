@@ -1,16 +1,18 @@
 //! The file layer: the TOML schema as written, before it is merged over defaults.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
+use crate::builder::Builder;
 use crate::duration::{parse_duration, seconds_to_duration};
-use crate::load::{parse_listen, Builder};
 use crate::model::{
     AuthType, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode, UserConfig,
 };
 use crate::upstream::Upstream;
+use crate::values::parse_listen;
 use crate::ConfigError;
 
 /// The whole file. Every section and key is optional; unknown keys are errors.
@@ -151,6 +153,40 @@ impl Source<'_> {
         };
         result.map_err(|message| self.error(key, value.span().start, message))
     }
+
+    /// Overwrites `slot` with the duration the file gives for `key`, if it gives one.
+    fn set_duration(
+        &self,
+        slot: &mut Duration,
+        key: &str,
+        value: &Option<Spanned<Value>>,
+    ) -> Result<(), ConfigError> {
+        if let Some(value) = value {
+            *slot = self.duration(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// Overwrites `slot` with the listen address the file gives for `key`, if any.
+    fn set_listen(
+        &self,
+        slot: &mut SocketAddr,
+        key: &str,
+        value: &Option<Spanned<String>>,
+    ) -> Result<(), ConfigError> {
+        if let Some(listen) = value {
+            *slot = parse_listen(listen.get_ref())
+                .map_err(|m| self.error(key, listen.span().start, m))?;
+        }
+        Ok(())
+    }
+}
+
+/// Overwrites `slot` when the file gives a value.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
 }
 
 /// Parses TOML text and applies every key it sets onto `builder`.
@@ -166,113 +202,122 @@ pub(crate) fn apply_toml(
         message: e.to_string().trim_end().to_owned(),
     })?;
     let source = Source { text, origin };
-    let RawConfig {
-        general,
-        postgres,
-        admin,
-        mongo,
-    } = raw;
-    if let Some(mongo) = mongo {
+    if let Some(mongo) = raw.mongo {
         apply_mongo(builder, &source, mongo)?;
     }
-    let cfg_admin = &mut builder.config.admin;
-    if let Some(enabled) = admin.enabled {
-        cfg_admin.enabled = enabled;
-    }
-    if let Some(listen) = &admin.listen {
-        cfg_admin.listen = parse_listen(listen.get_ref())
-            .map_err(|m| source.error("admin.listen", listen.span().start, m))?;
-    }
-    if let Some(token) = admin.token.filter(|t| !t.is_empty()) {
-        cfg_admin.token = Some(token);
-    }
+    let admin = &mut builder.config.admin;
+    set(&mut admin.enabled, raw.admin.enabled);
+    source.set_listen(&mut admin.listen, "admin.listen", &raw.admin.listen)?;
+    set(
+        &mut admin.token,
+        raw.admin.token.filter(|t| !t.is_empty()).map(Some),
+    );
+    let general = &mut builder.config.general;
+    set(&mut general.worker_threads, raw.general.worker_threads);
+    let shutdown = &raw.general.shutdown_timeout;
+    source.set_duration(
+        &mut general.shutdown_timeout,
+        "general.shutdown_timeout",
+        shutdown,
+    )?;
+    apply_postgres(builder, &source, raw.postgres)
+}
 
-    if let Some(n) = general.worker_threads {
-        builder.config.general.worker_threads = n;
-    }
-    if let Some(value) = &general.shutdown_timeout {
-        builder.config.general.shutdown_timeout =
-            source.duration("general.shutdown_timeout", value)?;
-    }
-
-    let pg = &mut builder.config.postgres;
-    if let Some(listen) = &postgres.listen {
-        pg.listen = parse_listen(listen.get_ref())
-            .map_err(|m| source.error("postgres.listen", listen.span().start, m))?;
-    }
-    if let Some(mode) = postgres.pool_mode {
-        pg.pool_mode = mode;
-    }
-    if let Some(max) = postgres.max_client_conn {
-        pg.max_client_conn = max;
-    }
-    if let Some(size) = postgres.pool_size {
-        pg.pool_size = size;
-    }
-    if let Some(min) = postgres.min_pool_size {
-        pg.min_pool_size = min;
+/// Applies the `[postgres]` section.
+fn apply_postgres(
+    builder: &mut Builder,
+    source: &Source<'_>,
+    raw: RawPostgres,
+) -> Result<(), ConfigError> {
+    if raw.min_pool_size.is_some() {
         builder.min_pool_size_explicit = true;
     }
-    if let Some(value) = &postgres.pool_timeout {
-        pg.pool_timeout = source.duration("postgres.pool_timeout", value)?;
-    }
-    if let Some(query) = postgres.server_reset_query {
-        pg.server_reset_query = query;
-    }
-    if let Some(users) = postgres.admin_users {
-        pg.admin_users = users;
-    }
-    if let Some(mode) = postgres.tls.mode {
-        pg.tls.mode = mode;
-    }
-    if let Some(f) = postgres.tls.cert_file {
-        pg.tls.cert_file = Some(f);
-    }
-    if let Some(f) = postgres.tls.key_file {
-        pg.tls.key_file = Some(f);
-    }
-    if let Some(n) = postgres.max_packet_size {
-        pg.max_packet_size = n;
-    }
-    // PgBouncer's name for pool_timeout.
-    if let Some(value) = &postgres.query_wait_timeout {
-        pg.pool_timeout = source.duration("postgres.query_wait_timeout", value)?;
-    }
-    if let Some(value) = &postgres.client_login_timeout {
-        pg.client_login_timeout = source.duration("postgres.client_login_timeout", value)?;
-    }
-    if let Some(value) = &postgres.client_idle_timeout {
-        pg.client_idle_timeout = source.duration("postgres.client_idle_timeout", value)?;
-    }
-    if let Some(value) = &postgres.idle_transaction_timeout {
-        pg.idle_transaction_timeout =
-            source.duration("postgres.idle_transaction_timeout", value)?;
-    }
-    if let Some(value) = &postgres.server_idle_timeout {
-        pg.server_idle_timeout = source.duration("postgres.server_idle_timeout", value)?;
-    }
-    if let Some(value) = &postgres.server_lifetime {
-        pg.server_lifetime = source.duration("postgres.server_lifetime", value)?;
-    }
-    if let Some(value) = &postgres.server_login_retry {
-        pg.server_login_retry = source.duration("postgres.server_login_retry", value)?;
-    }
-    if let Some(n) = postgres.max_prepared_statements {
-        pg.max_prepared_statements = n;
-    }
-    if let Some(n) = postgres.prepared_statement_registry_size {
-        pg.prepared_statement_registry_size = n;
-    }
-    if let Some(auth) = postgres.auth_type {
-        pg.auth_type = auth;
-    }
-    if let Some(value) = &postgres.server_connect_timeout {
-        pg.server_connect_timeout = source.duration("postgres.server_connect_timeout", value)?;
-    }
+    let pg = &mut builder.config.postgres;
+    postgres_timeouts(pg, source, &raw)?;
+    source.set_listen(&mut pg.listen, "postgres.listen", &raw.listen)?;
+    set(&mut pg.pool_mode, raw.pool_mode);
+    set(&mut pg.max_client_conn, raw.max_client_conn);
+    set(&mut pg.pool_size, raw.pool_size);
+    set(&mut pg.min_pool_size, raw.min_pool_size);
+    set(&mut pg.server_reset_query, raw.server_reset_query);
+    set(&mut pg.admin_users, raw.admin_users);
+    set(&mut pg.tls.mode, raw.tls.mode);
+    set(&mut pg.tls.cert_file, raw.tls.cert_file.map(Some));
+    set(&mut pg.tls.key_file, raw.tls.key_file.map(Some));
+    set(&mut pg.max_packet_size, raw.max_packet_size);
+    set(&mut pg.max_prepared_statements, raw.max_prepared_statements);
+    set(
+        &mut pg.prepared_statement_registry_size,
+        raw.prepared_statement_registry_size,
+    );
+    set(&mut pg.auth_type, raw.auth_type);
+    pg.databases = databases(source, raw.databases)?;
+    pg.users = users(raw.users);
+    Ok(())
+}
 
-    pg.databases = postgres
-        .databases
-        .into_iter()
+/// Applies the `[postgres]` timeouts.
+fn postgres_timeouts(
+    pg: &mut crate::PostgresConfig,
+    source: &Source<'_>,
+    raw: &RawPostgres,
+) -> Result<(), ConfigError> {
+    source.set_duration(
+        &mut pg.pool_timeout,
+        "postgres.pool_timeout",
+        &raw.pool_timeout,
+    )?;
+    // PgBouncer's name for pool_timeout.
+    let key = "postgres.query_wait_timeout";
+    source.set_duration(&mut pg.pool_timeout, key, &raw.query_wait_timeout)?;
+    for (slot, key, value) in [
+        (
+            &mut pg.client_login_timeout,
+            "postgres.client_login_timeout",
+            &raw.client_login_timeout,
+        ),
+        (
+            &mut pg.client_idle_timeout,
+            "postgres.client_idle_timeout",
+            &raw.client_idle_timeout,
+        ),
+        (
+            &mut pg.idle_transaction_timeout,
+            "postgres.idle_transaction_timeout",
+            &raw.idle_transaction_timeout,
+        ),
+        (
+            &mut pg.server_idle_timeout,
+            "postgres.server_idle_timeout",
+            &raw.server_idle_timeout,
+        ),
+        (
+            &mut pg.server_lifetime,
+            "postgres.server_lifetime",
+            &raw.server_lifetime,
+        ),
+        (
+            &mut pg.server_login_retry,
+            "postgres.server_login_retry",
+            &raw.server_login_retry,
+        ),
+        (
+            &mut pg.server_connect_timeout,
+            "postgres.server_connect_timeout",
+            &raw.server_connect_timeout,
+        ),
+    ] {
+        source.set_duration(slot, key, value)?;
+    }
+    Ok(())
+}
+
+/// The `[[postgres.databases]]` list, with each upstream URL parsed.
+fn databases(
+    source: &Source<'_>,
+    raw: Vec<RawDatabase>,
+) -> Result<Vec<DatabaseConfig>, ConfigError> {
+    raw.into_iter()
         .enumerate()
         .map(|(i, db)| {
             let upstream = Upstream::parse(db.upstream.get_ref()).map_err(|e| {
@@ -289,16 +334,17 @@ pub(crate) fn apply_toml(
                 sslrootcert: db.sslrootcert,
             })
         })
-        .collect::<Result<_, ConfigError>>()?;
-    pg.users = postgres
-        .users
-        .into_iter()
+        .collect()
+}
+
+/// A `[[<section>.users]]` list.
+fn users(raw: Vec<RawUser>) -> Vec<UserConfig> {
+    raw.into_iter()
         .map(|user| UserConfig {
             name: user.name,
             password: user.password,
         })
-        .collect();
-    Ok(())
+        .collect()
 }
 
 /// Applies a `[mongo]` section (its presence turns the MongoDB listener on).
@@ -307,14 +353,14 @@ fn apply_mongo(
     source: &Source<'_>,
     raw: RawMongo,
 ) -> Result<(), ConfigError> {
+    if raw.min_pool_size.is_some() {
+        builder.mongo_min_pool_size_explicit = true;
+    }
     let mongo = builder
         .config
         .mongo
         .get_or_insert_with(MongoConfig::default);
-    if let Some(listen) = &raw.listen {
-        mongo.listen = parse_listen(listen.get_ref())
-            .map_err(|m| source.error("mongo.listen", listen.span().start, m))?;
-    }
+    source.set_listen(&mut mongo.listen, "mongo.listen", &raw.listen)?;
     let upstream = raw.upstream.get_ref().trim();
     if !(upstream.starts_with("mongodb://") || upstream.starts_with("mongodb+srv://")) {
         return Err(source.error(
@@ -324,35 +370,33 @@ fn apply_mongo(
         ));
     }
     mongo.upstream = upstream.to_owned();
-    if let Some(n) = raw.max_pool_size {
-        mongo.max_pool_size = n;
+    set(&mut mongo.max_pool_size, raw.max_pool_size);
+    set(&mut mongo.min_pool_size, raw.min_pool_size);
+    set(&mut mongo.max_client_conn, raw.max_client_conn);
+    for (slot, key, value) in [
+        (
+            &mut mongo.pool_timeout,
+            "mongo.pool_timeout",
+            &raw.pool_timeout,
+        ),
+        (
+            &mut mongo.connect_timeout,
+            "mongo.connect_timeout",
+            &raw.connect_timeout,
+        ),
+        (
+            &mut mongo.client_login_timeout,
+            "mongo.client_login_timeout",
+            &raw.client_login_timeout,
+        ),
+        (
+            &mut mongo.client_idle_timeout,
+            "mongo.client_idle_timeout",
+            &raw.client_idle_timeout,
+        ),
+    ] {
+        source.set_duration(slot, key, value)?;
     }
-    if let Some(n) = raw.min_pool_size {
-        mongo.min_pool_size = n;
-        builder.mongo_min_pool_size_explicit = true;
-    }
-    if let Some(value) = &raw.pool_timeout {
-        mongo.pool_timeout = source.duration("mongo.pool_timeout", value)?;
-    }
-    if let Some(value) = &raw.connect_timeout {
-        mongo.connect_timeout = source.duration("mongo.connect_timeout", value)?;
-    }
-    if let Some(n) = raw.max_client_conn {
-        mongo.max_client_conn = n;
-    }
-    if let Some(value) = &raw.client_login_timeout {
-        mongo.client_login_timeout = source.duration("mongo.client_login_timeout", value)?;
-    }
-    if let Some(value) = &raw.client_idle_timeout {
-        mongo.client_idle_timeout = source.duration("mongo.client_idle_timeout", value)?;
-    }
-    mongo.users = raw
-        .users
-        .into_iter()
-        .map(|user| UserConfig {
-            name: user.name,
-            password: user.password,
-        })
-        .collect();
+    mongo.users = users(raw.users);
     Ok(())
 }

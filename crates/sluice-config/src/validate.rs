@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::model::{AuthType, MongoConfig};
+use crate::model::{AuthType, DatabaseConfig, MongoConfig, PostgresConfig};
 use crate::{Config, ConfigError};
 
 /// Database names reserved for the admin console.
@@ -12,6 +12,26 @@ pub const RESERVED_DATABASE_NAMES: &[&str] = &["sluice", "pgbouncer"];
 /// Implementation of [`Config::validate`].
 pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
     let pg = &config.postgres;
+    validate_postgres(pg)?;
+    if let Some(mongo) = &config.mongo {
+        validate_mongo(mongo)?;
+    }
+    if pg.databases.is_empty() && config.mongo.is_none() {
+        return Err(ConfigError::invalid(
+            "postgres.databases",
+            "at least one database is required",
+        ));
+    }
+    let mut seen = HashMap::new();
+    for (i, db) in pg.databases.iter().enumerate() {
+        validate_database(pg, i, db, &mut seen)?;
+    }
+    let users = users("postgres", &pg.users)?;
+    validate_admin_users(pg, &users)
+}
+
+/// Rules for the `[postgres]` settings (not its lists).
+fn validate_postgres(pg: &PostgresConfig) -> Result<(), ConfigError> {
     at_least_one("postgres.max_client_conn", pg.max_client_conn)?;
     at_least_one("postgres.pool_size", pg.pool_size)?;
     at_least_one(
@@ -58,70 +78,73 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
 
-    if let Some(mongo) = &config.mongo {
-        validate_mongo(mongo)?;
+/// Rules for `postgres.databases[i]`; `seen` collects the names so far.
+fn validate_database<'a>(
+    pg: &PostgresConfig,
+    i: usize,
+    db: &'a DatabaseConfig,
+    seen: &mut HashMap<&'a str, usize>,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("postgres.databases[{i}].{field}");
+    if db.name.is_empty() {
+        return Err(ConfigError::invalid(key("name"), "must not be empty"));
     }
-    if pg.databases.is_empty() && config.mongo.is_none() {
+    if RESERVED_DATABASE_NAMES.contains(&db.name.as_str()) {
         return Err(ConfigError::invalid(
-            "postgres.databases",
-            "at least one database is required",
+            key("name"),
+            format!("{:?} is reserved for the admin console", db.name),
         ));
     }
-    let mut seen = HashMap::new();
-    for (i, db) in pg.databases.iter().enumerate() {
-        let key = |field: &str| format!("postgres.databases[{i}].{field}");
-        if db.name.is_empty() {
-            return Err(ConfigError::invalid(key("name"), "must not be empty"));
-        }
-        if RESERVED_DATABASE_NAMES.contains(&db.name.as_str()) {
-            return Err(ConfigError::invalid(
-                key("name"),
-                format!("{:?} is reserved for the admin console", db.name),
-            ));
-        }
-        if let Some(first) = seen.insert(db.name.as_str(), i) {
-            return Err(ConfigError::invalid(
-                key("name"),
-                format!(
-                    "duplicate database name {:?} (also postgres.databases[{first}])",
-                    db.name
-                ),
-            ));
-        }
-        if db.upstream.host.is_empty() {
-            return Err(ConfigError::invalid(key("upstream"), "missing host"));
-        }
-        if db.upstream.user.is_empty() {
-            return Err(ConfigError::invalid(key("upstream"), "missing user name"));
-        }
-        if let Some(size) = db.pool_size {
-            at_least_one(&key("pool_size"), size)?;
-        }
-        let (size, min) = (db.pool_size(pg), db.min_pool_size(pg));
-        if min > size {
-            return Err(ConfigError::invalid(
-                key("min_pool_size"),
-                format!("must not exceed the database's pool_size (got {min} > {size})"),
-            ));
-        }
-        if pg.users.is_empty() && pg.auth_type != AuthType::Trust && db.upstream.password.is_none()
-        {
-            return Err(ConfigError::invalid(
-                key("upstream"),
-                "has no password, but clients authenticate with the upstream credentials \
-                 when no [[postgres.users]] are configured; add a password, \
-                 configure [[postgres.users]], or set auth_type = \"trust\"",
-            ));
-        }
+    if let Some(first) = seen.insert(db.name.as_str(), i) {
+        return Err(ConfigError::invalid(
+            key("name"),
+            format!(
+                "duplicate database name {:?} (also postgres.databases[{first}])",
+                db.name
+            ),
+        ));
     }
+    if db.upstream.host.is_empty() {
+        return Err(ConfigError::invalid(key("upstream"), "missing host"));
+    }
+    if db.upstream.user.is_empty() {
+        return Err(ConfigError::invalid(key("upstream"), "missing user name"));
+    }
+    if let Some(size) = db.pool_size {
+        at_least_one(&key("pool_size"), size)?;
+    }
+    let (size, min) = (db.pool_size(pg), db.min_pool_size(pg));
+    if min > size {
+        return Err(ConfigError::invalid(
+            key("min_pool_size"),
+            format!("must not exceed the database's pool_size (got {min} > {size})"),
+        ));
+    }
+    if pg.users.is_empty() && pg.auth_type != AuthType::Trust && db.upstream.password.is_none() {
+        return Err(ConfigError::invalid(
+            key("upstream"),
+            "has no password, but clients authenticate with the upstream credentials \
+             when no [[postgres.users]] are configured; add a password, \
+             configure [[postgres.users]], or set auth_type = \"trust\"",
+        ));
+    }
+    Ok(())
+}
 
-    let seen = users("postgres", &pg.users)?;
+/// Every `postgres.admin_users` entry names a user who can log in: a configured user, or
+/// with none configured, a database's upstream user.
+fn validate_admin_users(
+    pg: &PostgresConfig,
+    users: &HashMap<&str, usize>,
+) -> Result<(), ConfigError> {
     for (i, admin) in pg.admin_users.iter().enumerate() {
         let known = if pg.users.is_empty() {
             pg.databases.iter().any(|d| &d.upstream.user == admin)
         } else {
-            seen.contains_key(admin.as_str())
+            users.contains_key(admin.as_str())
         };
         if !known {
             return Err(ConfigError::invalid(
