@@ -1,0 +1,207 @@
+//! One upstream connection: request/reply round trips of whole messages with Sluice-owned
+//! request ids, and whether it can be reused. Where to connect is `target` (the URI),
+//! how a connection is opened and logged in is `handshake`, what can fail is `error`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bson::{Document, RawDocumentBuf};
+use bytes::BytesMut;
+use sluice_tls::ServerStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::wire::{encode_op_msg, Frame, FrameDecoder, OpCode, OpMsg, WireError};
+
+mod error;
+mod handshake;
+mod target;
+
+pub use error::MongoUpstreamError;
+use handshake::negotiate;
+pub use handshake::ServerInfo;
+pub use target::{Credential, Target};
+
+/// Largest reply accepted before the server told its own `maxMessageSizeBytes`.
+const DEFAULT_MAX_MESSAGE: usize = 48_000_000;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One authenticated upstream connection.
+pub struct UpstreamConn {
+    stream: ServerStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    next_request_id: i32,
+    /// Set while a request is written but its reply not yet read: a connection dropped in
+    /// that state (client gone mid-request) must not be reused.
+    in_flight: bool,
+    /// Process-unique id, for logs.
+    pub id: u64,
+    /// What the server said about itself at connect time.
+    pub info: ServerInfo,
+    /// `host:port` it is connected to.
+    pub addr: String,
+}
+
+impl UpstreamConn {
+    /// Connects to the first seed host that is a writable primary, and logs in.
+    pub async fn connect(
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<UpstreamConn, MongoUpstreamError> {
+        tokio::time::timeout(timeout, Self::connect_any(target))
+            .await
+            .map_err(|_| MongoUpstreamError::Timeout)?
+    }
+
+    /// Connects to `addr` (whatever its role: the replica-set monitor chose it) and logs in.
+    pub async fn connect_to(
+        target: &Target,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<UpstreamConn, MongoUpstreamError> {
+        tokio::time::timeout(timeout, Self::connect_one(target, addr))
+            .await
+            .map_err(|_| MongoUpstreamError::Timeout)?
+            .map(|(conn, _)| conn)
+    }
+
+    /// The `hello` reply of `addr`, on a connection opened for it and closed after (the
+    /// replica-set monitor's heartbeat; no login is needed for `hello`).
+    pub async fn probe(
+        target: &Target,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Document, MongoUpstreamError> {
+        tokio::time::timeout(timeout, Self::handshake(target, addr))
+            .await
+            .map_err(|_| MongoUpstreamError::Timeout)?
+            .map(|(_, reply)| reply)
+    }
+
+    async fn connect_any(target: &Target) -> Result<UpstreamConn, MongoUpstreamError> {
+        let mut last = None;
+        for addr in &target.hosts {
+            match Self::connect_one(target, addr).await {
+                Ok((conn, primary)) if primary || target.hosts.len() == 1 => return Ok(conn),
+                Ok(_) => last = Some(MongoUpstreamError::NoPrimary(target.hosts.clone())),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| MongoUpstreamError::NoPrimary(target.hosts.clone())))
+    }
+
+    async fn connect_one(
+        target: &Target,
+        addr: &str,
+    ) -> Result<(UpstreamConn, bool), MongoUpstreamError> {
+        let (mut conn, reply) = Self::handshake(target, addr).await?;
+        let primary = reply.get_bool("isWritablePrimary").unwrap_or(false)
+            || reply.get_bool("ismaster").unwrap_or(false);
+        if let Some(c) = &target.credential {
+            let mechanism = c.mechanism.unwrap_or_else(|| negotiate(&reply));
+            conn.login(c, mechanism).await?;
+        }
+        Ok((conn, primary))
+    }
+
+    /// Runs one command Sluice itself issues and returns the reply body.
+    pub async fn command(&mut self, cmd: &Document) -> Result<Document, MongoUpstreamError> {
+        let mut bytes = Vec::new();
+        cmd.to_writer(&mut bytes)
+            .map_err(|e| MongoUpstreamError::Wire(WireError::malformed("OP_MSG", e.to_string())))?;
+        let frame = Frame::from_bytes(encode_op_msg(0, 0, 0, &bytes))
+            .ok_or_else(|| MongoUpstreamError::Wire(WireError::malformed("OP_MSG", "encoding")))?;
+        let reply = self.round_trip(frame).await?;
+        let msg = OpMsg::parse(reply.body())?;
+        let raw = RawDocumentBuf::from_bytes(msg.body.as_bytes().to_vec())
+            .map_err(|e| WireError::malformed("OP_MSG", e.to_string()))?;
+        raw.to_document()
+            .map_err(|e| MongoUpstreamError::Wire(WireError::malformed("OP_MSG", e.to_string())))
+    }
+
+    fn next_id(&mut self) -> i32 {
+        let id = self.next_request_id;
+        self.next_request_id = self.next_request_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    /// Sends a request (ids rewritten) and returns the reply to it.
+    pub async fn round_trip(&mut self, mut frame: Frame) -> Result<Frame, MongoUpstreamError> {
+        let id = self.next_id();
+        frame.set_ids(id, 0);
+        frame.prepare_forward(true);
+        self.in_flight = true;
+        self.write(&frame.data).await?;
+        let reply = self.read_frame().await?;
+        if reply.header.response_to != id {
+            return Err(MongoUpstreamError::Wire(WireError::malformed(
+                "reply",
+                format!("responseTo {} for request {id}", reply.header.response_to),
+            )));
+        }
+        if reply.header.op_code != OpCode::Msg {
+            return Err(MongoUpstreamError::Wire(WireError::UnsupportedOpCode(
+                reply.header.op_code.as_i32(),
+            )));
+        }
+        self.in_flight = false;
+        Ok(reply)
+    }
+
+    /// Sends a `moreToCome` request: no reply will come.
+    pub async fn send_only(&mut self, mut frame: Frame) -> Result<(), MongoUpstreamError> {
+        let id = self.next_id();
+        frame.set_ids(id, 0);
+        frame.prepare_forward(true);
+        self.in_flight = true;
+        self.write(&frame.data).await?;
+        self.in_flight = false;
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), MongoUpstreamError> {
+        let addr = &self.addr;
+        self.stream
+            .write_all(data)
+            .await
+            .map_err(|source| MongoUpstreamError::Io {
+                addr: addr.clone(),
+                source,
+            })
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, MongoUpstreamError> {
+        loop {
+            if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                return Ok(frame);
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|source| MongoUpstreamError::Io {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(MongoUpstreamError::Closed);
+            }
+        }
+    }
+
+    /// Whether the connection can go back to the pool: nothing half-sent, nothing unread,
+    /// and the server has not closed it.
+    pub fn is_reusable(&self) -> bool {
+        if self.in_flight || !self.buf.is_empty() {
+            return false;
+        }
+        let Some(tcp) = self.stream.tcp() else {
+            return false;
+        };
+        // Any byte (data, or a TLS alert) or EOF on an idle connection means it is unusable;
+        // reading it is harmless because the connection is then dropped.
+        let mut probe = [0u8; 1];
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
