@@ -1,0 +1,292 @@
+//! Checkout: a free idle connection at once, else a place in the FIFO queue until one is
+//! handed over, a slot frees for a new connection, or `pool_timeout` passes; PAUSE holds
+//! new checkouts; refused logins are not retried in a tight loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_stats::ErrorKind;
+use tokio::time::Instant;
+
+use super::{CheckoutError, Limits, Pool, Pooled, Result};
+use crate::connector::Connector;
+use crate::guards::{Hold, QueuePlace, Slot};
+use crate::state::{Checkout, Entry, Grant, State};
+
+impl<K: Connector> Pool<K> {
+    /// Checks out an idle connection without waiting, when one is ready and nobody is
+    /// queued: the common case, one lock, one clock read, no future. `None`: call
+    /// [`Pool::checkout`].
+    pub fn try_checkout(&self, holder: &Arc<K::Holder>) -> Option<Pooled<K>> {
+        let now = Instant::now();
+        let (entry, id) = {
+            let mut st = self.inner.state.lock();
+            if st.closed || st.paused || !st.waiters.is_empty() {
+                return None;
+            }
+            let entry = st.idle.pop()?;
+            if !self.inner.connector.is_reusable(&entry.conn) {
+                // The slow path drops it and opens a new one in its slot.
+                st.idle.push(entry);
+                return None;
+            }
+            let id = self.register(&mut st, &entry, holder, now);
+            (entry, id)
+        };
+        self.inner.counters.record_checkout_wait(Duration::ZERO);
+        self.inner.counters.inc_checkouts();
+        Some(Pooled::new(self, entry, id))
+    }
+
+    /// Checks a connection out: an idle one, a new one while the pool has room, or the
+    /// next one returned, in arrival order; at most `timeout` in all. Cancel-safe: dropping
+    /// the future leaves the queue at once and hands on whatever it was given.
+    pub async fn checkout(&self, holder: &Arc<K::Holder>) -> Result<Pooled<K>, K> {
+        let start = Instant::now();
+        let counters = &self.inner.counters;
+        match self.acquire(start, holder).await {
+            Ok((entry, id)) => {
+                counters.record_checkout_wait(start.elapsed());
+                counters.inc_checkouts();
+                Ok(Pooled::new(self, entry, id))
+            }
+            Err(e) => {
+                if matches!(e, CheckoutError::Timeout { .. }) {
+                    counters.inc_error(ErrorKind::Timeout);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn register(
+        &self,
+        st: &mut State<K::Conn, K::Holder>,
+        entry: &Entry<K::Conn>,
+        holder: &Arc<K::Holder>,
+        now: Instant,
+    ) -> u64 {
+        let id = st.next_id();
+        let checkout = Checkout {
+            since: now,
+            holder: holder.clone(),
+            ident: self.inner.connector.ident(&entry.conn),
+            created: entry.created,
+        };
+        st.active.insert(id, checkout);
+        id
+    }
+
+    async fn acquire(
+        &self,
+        start: Instant,
+        holder: &Arc<K::Holder>,
+    ) -> Result<(Box<Entry<K::Conn>>, u64), K> {
+        let deadline = start + self.inner.state.lock().limits.timeout;
+        loop {
+            self.wait_while_paused(start, deadline).await?;
+            let entry = self.obtain(start, deadline).await?;
+            let mut st = self.inner.state.lock();
+            if st.paused && !st.closed {
+                // PAUSE began while this client connected: it waits like the others.
+                let close = st.checkin(entry, Instant::now());
+                drop(st);
+                drop(close);
+                continue;
+            }
+            let id = self.register(&mut st, &entry, holder, Instant::now());
+            return Ok((entry, id));
+        }
+    }
+
+    async fn wait_while_paused(&self, start: Instant, deadline: Instant) -> Result<(), K> {
+        let mut hold = Hold {
+            pool: &self.inner,
+            id: None,
+        };
+        loop {
+            let resumed = self.inner.resumed.notified();
+            let mut resumed = std::pin::pin!(resumed);
+            resumed.as_mut().enable();
+            {
+                let mut st = self.inner.state.lock();
+                if st.closed {
+                    return Err(CheckoutError::Closed);
+                }
+                if !st.paused {
+                    return Ok(());
+                }
+                if hold.id.is_none() {
+                    let id = st.next_id();
+                    st.held.insert(id, start);
+                    hold.id = Some(id);
+                }
+            }
+            if tokio::time::timeout_at(deadline, resumed).await.is_err() {
+                return Err(self.timeout_error(start));
+            }
+        }
+    }
+
+    /// An idle connection, a new one, or one handed over in line.
+    async fn obtain(&self, start: Instant, deadline: Instant) -> Result<Box<Entry<K::Conn>>, K> {
+        enum Step<C> {
+            Ready(Box<Entry<C>>),
+            Connect,
+            Wait(u64, tokio::sync::oneshot::Receiver<Grant<C>>),
+        }
+        let step = {
+            let mut st = self.inner.state.lock();
+            if st.closed {
+                return Err(CheckoutError::Closed);
+            }
+            if let Some(entry) = st.idle.pop() {
+                Step::Ready(entry)
+            } else if st.total < st.limits.max_size {
+                st.total += 1;
+                Step::Connect
+            } else {
+                let (id, rx) = st.enqueue(Instant::now());
+                Step::Wait(id, rx)
+            }
+        };
+        let entry = match step {
+            Step::Ready(entry) => entry,
+            Step::Connect => {
+                return self
+                    .connect_in(Slot::taken(&self.inner), start, deadline)
+                    .await
+            }
+            Step::Wait(id, rx) => {
+                let mut place = QueuePlace {
+                    pool: &self.inner,
+                    id,
+                    rx: Some(rx),
+                };
+                match tokio::time::timeout_at(deadline, place.granted()).await {
+                    Ok(Some(Grant::Conn(entry))) => entry,
+                    Ok(Some(Grant::Slot)) => {
+                        return self
+                            .connect_in(Slot::taken(&self.inner), start, deadline)
+                            .await
+                    }
+                    Ok(None) => return Err(CheckoutError::Closed),
+                    // `place` leaves the queue (and hands on a late grant) as it drops.
+                    Err(_) => return Err(self.timeout_error(start)),
+                }
+            }
+        };
+        if self.inner.connector.is_reusable(&entry.conn) {
+            return Ok(entry);
+        }
+        // A stale idle connection (the server restarted or closed it): open a new one in
+        // its slot.
+        tracing::debug!(pool = %self.inner.name, "dropping a dead idle connection");
+        drop(entry);
+        self.connect_in(Slot::taken(&self.inner), start, deadline)
+            .await
+    }
+
+    /// Opens a connection in `slot`, retrying transient failures (when the limits say so)
+    /// until the deadline. The slot is freed if this fails or is dropped.
+    async fn connect_in(
+        &self,
+        slot: Slot<'_, K>,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Box<Entry<K::Conn>>, K> {
+        if let Some(e) = self.login_blocked() {
+            return Err(CheckoutError::Connect(e));
+        }
+        let limits = self.limits();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.timeout_error(start));
+            }
+            let limit = (deadline - now).min(limits.connect_timeout);
+            match self.inner.connector.connect(limit).await {
+                Ok(conn) => {
+                    slot.fill();
+                    return Ok(self.opened(conn, &limits));
+                }
+                Err(e) => {
+                    self.record_failure(&e);
+                    let transient = self.inner.connector.is_transient(&e);
+                    if !transient {
+                        self.block_logins(&e, limits.login_retry);
+                        return Err(CheckoutError::Connect(e));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(self.timeout_error(start));
+                    }
+                    if !limits.retry_transient || Instant::now() + backoff >= deadline {
+                        return Err(CheckoutError::Connect(e));
+                    }
+                    tracing::warn!(pool = %self.inner.name, error = %e, "upstream connect failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Records a new connection and wraps it with its lifecycle times.
+    pub(super) fn opened(&self, conn: K::Conn, limits: &Limits) -> Box<Entry<K::Conn>> {
+        self.inner.connector.opened(&conn);
+        {
+            let mut h = self.inner.health.lock();
+            h.last_ok = Some(Instant::now());
+            h.blocked = None;
+            h.refusals = 0;
+        }
+        self.inner.counters.inc_server_connects();
+        let now = Instant::now();
+        let expires = limits.lifetime.map(|l| {
+            let jitter = 1.0 - rand::random::<f64>() * 0.1;
+            now + l.mul_f64(jitter)
+        });
+        // Boxed once for the connection's life: checkouts, queues and sessions then
+        // move a pointer, not the connection.
+        Box::new(Entry {
+            conn,
+            created: now,
+            idle_since: now,
+            expires,
+        })
+    }
+
+    pub(super) fn record_failure(&self, e: &K::Error) {
+        let reason = self.inner.connector.describe(e);
+        self.inner.health.lock().last_error = Some((Instant::now(), reason));
+        self.inner.counters.inc_error(ErrorKind::Connect);
+    }
+
+    pub(super) fn block_logins(&self, e: &K::Error, pause: Duration) {
+        if pause.is_zero() {
+            return;
+        }
+        let mut h = self.inner.health.lock();
+        let pause = pause * (1u32 << h.refusals.min(3));
+        h.refusals += 1;
+        h.blocked = Some((Instant::now() + pause, e.clone()));
+        tracing::warn!(pool = %self.inner.name, ?pause, "upstream refused the login; pausing new attempts");
+    }
+
+    /// The refusal clients get while `login_retry` has not run out.
+    pub(super) fn login_blocked(&self) -> Option<K::Error> {
+        let h = self.inner.health.lock();
+        match &h.blocked {
+            Some((until, e)) if Instant::now() < *until => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn timeout_error(&self, start: Instant) -> CheckoutError<K::Error> {
+        CheckoutError::Timeout {
+            waited: start.elapsed(),
+            timeout: self.inner.state.lock().limits.timeout,
+        }
+    }
+}
