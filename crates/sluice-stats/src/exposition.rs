@@ -18,7 +18,7 @@ use prometheus::{Encoder as _, TextEncoder};
 use crate::counters::ErrorKind;
 use crate::histogram::HistogramSnapshot;
 use crate::pool::PoolSnapshot;
-use crate::registry::{ClientState, Registry};
+use crate::registry::{ClientGauges, ClientState, Registry};
 
 /// `Content-Type` for the output of [`Exposition::render`].
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -173,79 +173,86 @@ impl Collector for PoolCollector {
         // Postgres pools come first; MongoDB pools have no prepared statements.
         let pg = pools.len();
         pools.extend(self.registry.mongo_snapshots());
-        let labels: Vec<Vec<LabelPair>> = pools.iter().map(pool_labels).collect();
-        let series = || pools.iter().zip(&labels);
-
-        let mut families = Vec::with_capacity(SCALARS.len() + 4);
-        families.push(family(
-            CONNECTIONS,
-            MetricType::GAUGE,
-            series()
-                .flat_map(|(p, l)| {
-                    [("idle", p.idle), ("active", p.active)]
-                        .map(|(state, n)| gauge(with_label(l, "state", state), n as f64))
-                })
-                .collect(),
-        ));
-        for s in &SCALARS {
-            let metric: fn(Vec<LabelPair>, f64) -> proto::Metric = if s.kind == MetricType::COUNTER
-            {
-                counter
-            } else {
-                gauge
-            };
-            families.push(family(
-                (s.name, s.help),
-                s.kind,
-                series()
-                    .map(|(p, l)| metric(l.clone(), (s.value)(p)))
-                    .collect(),
-            ));
-        }
-        families.push(family(
-            ERRORS,
-            MetricType::COUNTER,
-            series()
-                .flat_map(|(p, l)| {
-                    ErrorKind::ALL.map(|kind| {
-                        let n = p.counters.errors.get(kind) as f64;
-                        counter(with_label(l, "kind", kind.label()), n)
-                    })
-                })
-                .collect(),
-        ));
-        families.push(family(
-            WAIT,
-            MetricType::HISTOGRAM,
-            series()
-                .map(|(p, l)| histogram(l.clone(), &p.counters.checkout_wait))
-                .collect(),
-        ));
-        families.push(family(
-            PREPARED,
-            MetricType::GAUGE,
-            series()
-                .take(pg)
-                .map(|(p, l)| gauge(l.clone(), p.prepared_statements as f64))
-                .collect(),
-        ));
-
-        let clients = self.registry.clients();
-        families.push(family(
-            CLIENTS,
-            MetricType::GAUGE,
-            ClientState::ALL
-                .iter()
-                .map(|&state| {
-                    gauge(
-                        vec![label("state", state.label())],
-                        clients.get(state) as f64,
-                    )
-                })
-                .collect(),
-        ));
+        let mut families = pool_families(&pools, pg);
+        families.push(clients_family(self.registry.clients()));
         families
     }
+}
+
+/// The per-pool families, one series per pool; the first `pg` pools are Postgres ones.
+fn pool_families(pools: &[PoolSnapshot], pg: usize) -> Vec<MetricFamily> {
+    let labels: Vec<Vec<LabelPair>> = pools.iter().map(pool_labels).collect();
+    let series = || pools.iter().zip(&labels);
+    let mut families = Vec::with_capacity(SCALARS.len() + 5);
+    families.push(family(
+        CONNECTIONS,
+        MetricType::GAUGE,
+        series()
+            .flat_map(|(p, l)| {
+                [("idle", p.idle), ("active", p.active)]
+                    .map(|(state, n)| gauge(with_label(l, "state", state), n as f64))
+            })
+            .collect(),
+    ));
+    for s in &SCALARS {
+        let metric: fn(Vec<LabelPair>, f64) -> proto::Metric = if s.kind == MetricType::COUNTER {
+            counter
+        } else {
+            gauge
+        };
+        families.push(family(
+            (s.name, s.help),
+            s.kind,
+            series()
+                .map(|(p, l)| metric(l.clone(), (s.value)(p)))
+                .collect(),
+        ));
+    }
+    families.push(family(
+        ERRORS,
+        MetricType::COUNTER,
+        series()
+            .flat_map(|(p, l)| {
+                ErrorKind::ALL.map(|kind| {
+                    let n = p.counters.errors.get(kind) as f64;
+                    counter(with_label(l, "kind", kind.label()), n)
+                })
+            })
+            .collect(),
+    ));
+    families.push(family(
+        WAIT,
+        MetricType::HISTOGRAM,
+        series()
+            .map(|(p, l)| histogram(l.clone(), &p.counters.checkout_wait))
+            .collect(),
+    ));
+    families.push(family(
+        PREPARED,
+        MetricType::GAUGE,
+        series()
+            .take(pg)
+            .map(|(p, l)| gauge(l.clone(), p.prepared_statements as f64))
+            .collect(),
+    ));
+    families
+}
+
+/// Client connections by state.
+fn clients_family(clients: &ClientGauges) -> MetricFamily {
+    family(
+        CLIENTS,
+        MetricType::GAUGE,
+        ClientState::ALL
+            .iter()
+            .map(|&state| {
+                gauge(
+                    vec![label("state", state.label())],
+                    clients.get(state) as f64,
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Everything `/metrics` serves: the pool collector plus the `prometheus`
