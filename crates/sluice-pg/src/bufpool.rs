@@ -24,6 +24,14 @@ pub(crate) fn take() -> BytesMut {
         .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
 }
 
+/// Gives an emptied output buffer's memory back (nothing when it still holds bytes or
+/// has no memory).
+pub(crate) fn give_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        give(buf);
+    }
+}
+
 /// Gives `buf`'s memory back for reuse (emptying it). Buffers that grew large (COPY, big
 /// rows) or lost their room are freed instead, so the cache never pins much memory.
 pub(crate) fn give(buf: &mut BytesMut) {

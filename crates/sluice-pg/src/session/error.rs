@@ -100,6 +100,20 @@ impl From<crate::client_io::ClientIoError> for PgSessionError {
 }
 
 impl PgSessionError {
+    /// The error for a client frame that cannot be read: a length over `max` (the
+    /// `max_packet_size`) is [`PgSessionError::PacketTooLarge`], anything else a protocol error.
+    pub(crate) fn client_frame(e: ProtocolError, max: usize) -> Self {
+        match e {
+            ProtocolError::BadLength { len, .. } if len > max as i64 => {
+                PgSessionError::PacketTooLarge {
+                    len: len as usize,
+                    max,
+                }
+            }
+            e => e.into(),
+        }
+    }
+
     /// Logs the error once, at a level that fits who caused it.
     pub fn log(&self, client: std::net::SocketAddr) {
         match self {

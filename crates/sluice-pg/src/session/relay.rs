@@ -17,7 +17,7 @@
 mod checkout;
 mod pump;
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use sluice_config::PoolMode;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,7 @@ use super::exchange::{Exchange, Features, Sides};
 use super::PgSessionError;
 use crate::client_io::ClientIo;
 use crate::pool::{ClientMeta, PgPool, PooledConn};
-use crate::protocol::frame::{frames_before_terminate, ProtocolError};
+use crate::protocol::frame::frames_before_terminate;
 use crate::state::ClientState;
 use crate::upstream::{PgUpstreamError, UpstreamProtocolError};
 use sluice_stats::{ClientGuard, ClientState as GaugeState, ErrorKind};
@@ -165,8 +165,8 @@ impl<'a> Relay<'a> {
             if self.server.is_none() {
                 // Between transactions: hold no buffers while waiting.
                 self.client.release_buffer();
-                release(&mut self.to_server.buf);
-                release(&mut self.to_client.buf);
+                crate::bufpool::give_if_empty(&mut self.to_server.buf);
+                crate::bufpool::give_if_empty(&mut self.to_client.buf);
             }
             self.arm_timer();
             let wake = tokio::select! {
@@ -255,7 +255,9 @@ impl<'a> Relay<'a> {
     /// (checked out first if none is held).
     async fn client_input(&mut self) -> Result<Flow, PgSessionError> {
         loop {
-            let (len, terminate) = scan_client(&self.client.buf, self.limits.max_packet)?;
+            let max = self.limits.max_packet;
+            let (len, terminate) = frames_before_terminate(&self.client.buf, max)
+                .map_err(|e| PgSessionError::client_frame(e, max))?;
             if len > 0 {
                 let mut read_while_waiting = false;
                 if self.server.is_none() {
@@ -433,26 +435,5 @@ impl<'a> Relay<'a> {
         }
         self.server = Some(server);
         self.release().await;
-    }
-}
-
-/// Length of the complete frames at the front of `buf` before any Terminate, and whether a
-/// Terminate was reached.
-fn scan_client(buf: &[u8], max: usize) -> Result<(usize, bool), PgSessionError> {
-    frames_before_terminate(buf, max).map_err(|e| match e {
-        ProtocolError::BadLength { len, .. } if len > max as i64 => {
-            PgSessionError::PacketTooLarge {
-                len: len as usize,
-                max,
-            }
-        }
-        e => e.into(),
-    })
-}
-
-/// Gives an empty output buffer's memory back to the buffer cache.
-fn release(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 0 {
-        crate::bufpool::give(buf);
     }
 }

@@ -155,7 +155,7 @@ impl Relay<'_> {
             if self.to_client.is_empty() {
                 if self.server.is_none() {
                     // Between transactions: hold no buffers while waiting.
-                    super::release(&mut self.to_client.buf);
+                    crate::bufpool::give_if_empty(&mut self.to_client.buf);
                 }
                 // No idle timer runs while output is owed; now one may.
                 if !self.timer_armed {
