@@ -37,7 +37,11 @@ pub(crate) fn give_if_empty(buf: &mut BytesMut) {
 pub(crate) fn give(buf: &mut BytesMut) {
     let mut buf = std::mem::take(buf);
     buf.clear();
-    if !(SIZE..=4 * SIZE).contains(&buf.capacity()) {
+    // A buffer that was read from and advanced has its room at the front, so its
+    // `capacity()` looks short: take that room back (free when this is the only handle on
+    // the memory). Without this, the client's read buffer was freed and a new one
+    // allocated on every transaction.
+    if !buf.try_reclaim(SIZE) || !(SIZE..=4 * SIZE).contains(&buf.capacity()) {
         return;
     }
     FREE.with(|f| {
@@ -51,7 +55,24 @@ pub(crate) fn give(buf: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
+    use bytes::{Buf, BufMut};
+
+    #[test]
+    fn reuses_a_buffer_that_was_read_from() {
+        let mut a = take();
+        a.put_slice(&[7; 100]);
+        a.advance(100);
+        assert!(a.capacity() < SIZE, "advanced: the room is at the front");
+        let ptr = a.as_ptr();
+        give(&mut a);
+        let b = take();
+        assert_eq!(b.capacity(), SIZE);
+        assert_eq!(
+            b.as_ptr(),
+            ptr.wrapping_sub(100),
+            "the same memory, from its start"
+        );
+    }
 
     #[test]
     fn reuses_plain_buffers_and_drops_odd_ones() {
