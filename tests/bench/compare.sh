@@ -14,6 +14,7 @@
 #   BENCH_MODES="simple extended prepared"   (-S runs)
 #   BENCH_TPCB_MODES="simple prepared"       (TPC-B-like runs; default full: simple prepared)
 #   BENCH_IDLE_CONNS=N     idle connections per proxy (0 = skip the idle test)
+#   BENCH_LOGIN_CLIENTS=N  clients of the new-login run, pgbench -S -C (0 = skip; default 10)
 #   SLUICE_METRICS_URL     Sluice /metrics URL (default: the harness gives Sluice's
 #                          admin listener a free port; optional step, "n/a" if absent)
 #   PG_BIN                 default /usr/lib/postgresql/15/bin
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
         --full) MODE=full ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -43,6 +44,7 @@ if [ "$MODE" = quick ]; then
     MODES=${BENCH_MODES:-"simple prepared"}
     TPCB_MODES=${BENCH_TPCB_MODES:-"$MODES"}
     IDLE_CONNS=${BENCH_IDLE_CONNS:-5000}
+    LOGIN_CLIENTS=${BENCH_LOGIN_CLIENTS:-10}
 else
     DURATION=${BENCH_DURATION:-10}
     CLIENTS=${BENCH_CLIENTS:-"1 50 500 2000"}
@@ -51,6 +53,7 @@ else
     # -M extended is a protocol-path variant; measured on -S only to fit ~15 min.
     TPCB_MODES=${BENCH_TPCB_MODES:-"simple prepared"}
     IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+    LOGIN_CLIENTS=${BENCH_LOGIN_CLIENTS:-10}
 fi
 OUT=${BENCH_OUT:-"$HERE/out/$MODE"}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -413,6 +416,8 @@ run_one() {
     local args=(-h 127.0.0.1 -p "$port" -U bench -n -c "$clients" -j "$j" -T $(( DURATION + slack )) -M "$mode"
                 --log --log-prefix="$WORK/txlog-$tag" --sampling-rate="$rate")
     [ "$script" = select ] && args+=(-S)
+    # New logins: every transaction opens its own connection (SCRAM login included).
+    [ "$script" = connect ] && args+=(-S -C)
     [ "$script" = tpcb ] && prepare_tpcb
     local mb="" ma=""
     if [ "$target" = sluice ]; then mb="$WORK/metrics-before-$tag"; metrics_snapshot "$mb"; fi
@@ -423,11 +428,17 @@ run_one() {
     rm -f "$WORK/steady-$tag"
     timeout --kill-after=10 $(( DURATION + slack + 300 )) pgbench "${args[@]}" bench >"$OUT/raw/$tag.txt" 2>&1 &
     local bench_pid=$!
-    steady_sample "$port" "$clients" "$pid" "$WORK/steady-$tag" "$bench_pid" &
-    local sampler_pid=$!
+    local sampler_pid=""
+    # The login runs count CPU from the start: the logins are what they measure.
+    if [ "$script" != connect ]; then
+        steady_sample "$port" "$clients" "$pid" "$WORK/steady-$tag" "$bench_pid" &
+        sampler_pid=$!
+    fi
     wait "$bench_pid" || rc=$?
-    kill "$sampler_pid" 2>/dev/null || true
-    wait "$sampler_pid" 2>/dev/null || true
+    if [ -n "$sampler_pid" ]; then
+        kill "$sampler_pid" 2>/dev/null || true
+        wait "$sampler_pid" 2>/dev/null || true
+    fi
     local cpu=-1 steady_ticks
     hwm=0
     if [ -n "$pid" ]; then
@@ -479,6 +490,13 @@ for script in $SCRIPTS; do
 done
 
 # ---------------------------------------------------------------- idle clients
+if [ "$LOGIN_CLIENTS" -gt 0 ]; then
+    log "new logins: pgbench -S -C -c $LOGIN_CLIENTS (a SCRAM login per transaction)"
+    for target in direct pgbouncer sluice; do
+        run_one "$target" connect simple "$LOGIN_CLIENTS"
+    done
+fi
+
 if [ "$IDLE_CONNS" -gt 0 ]; then
     # Fresh proxy processes, so allocator caches left over from the 2000-client
     # runs do not hide the per-connection cost.

@@ -38,7 +38,9 @@ def percentile(sorted_vals, q):
 
 def parse_pgbench_output(text):
     r = {}
-    m = re.search(r"^tps = ([\d.]+) \(without initial connection time\)", text, re.M)
+    # With -C every transaction logs in anew, and pgbench reports the rate including that.
+    m = re.search(r"^tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)",
+                  text, re.M)
     if m:
         r["tps"] = float(m.group(1))
     m = re.search(r"^latency average = ([\d.]+) ms", text, re.M)
@@ -243,7 +245,7 @@ def cmd_report(a):
         c = (r["script"], r["mode"], r["clients"])
         if c not in combos:
             combos.append(c)
-    script_order = {"select": 0, "tpcb": 1}
+    script_order = {"select": 0, "tpcb": 1, "connect": 2}
     mode_order = {"simple": 0, "extended": 1, "prepared": 2}
     combos.sort(key=lambda c: (script_order.get(c[0], 9), mode_order.get(c[1], 9), c[2]))
 
@@ -305,7 +307,7 @@ def cmd_report(a):
                 return None
             return r.get(k)
 
-        script_label = "-S (select)" if c[0] == "select" else "tpcb-like"
+        script_label = {"select": "-S (select)", "connect": "-S -C (a login per txn)"}.get(c[0], "tpcb-like")
         row = [script_label, c[1], str(c[2]),
                g(d, "tps"), g(p, "tps"), g(s, "tps"),
                f_num(ratio(gv(s, "tps"), gv(p, "tps")), ".2f"),
@@ -356,37 +358,36 @@ def cmd_report(a):
     def verdict(ok):
         return "n/a" if ok is None else ("PASS" if ok else "**MISS**")
 
-    for mode in ("simple", "extended", "prepared"):
-        s50, p50, d50 = (run("select", mode, 50, t) for t in ("sluice", "pgbouncer", "direct"))
-        if not (s50 or p50 or d50):
-            continue
-        rp = ratio(s50 and s50.get("tps"), p50 and p50.get("tps"))
-        rd = ratio(s50 and s50.get("tps"), d50 and d50.get("tps"))
-        if mode != "prepared":
-            L.append(f"| 50 clients -S {mode}: Sluice TPS ≥ 1.3× PgBouncer | {f_num(rp, '.2f')}× "
-                     f"| {verdict(None if rp is None else rp >= 1.3)} |")
-        L.append(f"| 50 clients -S {mode}: Sluice TPS ≥ 0.8× direct | {f_num(rd, '.2f')}× "
-                 f"| {verdict(None if rd is None else rd >= 0.8)} |")
-        if mode != "prepared":
-            rc = ratio(s50 and s50.get("cpu_us_per_txn"), p50 and p50.get("cpu_us_per_txn"))
-            L.append(f"| 50 clients -S {mode}: Sluice CPU/txn ≤ 0.5× PgBouncer "
-                     f"| {f_num(s50 and s50.get('cpu_us_per_txn'), '.1f')} vs "
-                     f"{f_num(p50 and p50.get('cpu_us_per_txn'), '.1f')} µs = {f_num(rc, '.2f')}× "
-                     f"| {verdict(None if rc is None else rc <= 0.5)} |")
-    for mode in ("simple", "extended"):
-        s1, p1, d1 = (run("select", mode, 1, t) for t in ("sluice", "pgbouncer", "direct"))
-        if s1 and p1 and d1:
-            add_s = s1["lat_avg_ms"] - d1["lat_avg_ms"]
-            add_p = p1["lat_avg_ms"] - d1["lat_avg_ms"]
-            rr = add_s / add_p if add_p > 0 else None
-            L.append(f"| 1 client -S {mode}: Sluice added latency ≤ 0.5× PgBouncer's "
-                     f"| +{add_s * 1000:.1f} µs vs +{add_p * 1000:.1f} µs = {f_num(rr, '.2f')}× "
-                     f"| {verdict(None if rr is None else rr <= 0.5)} |")
-    for i in idle:
-        if i.get("target") == "sluice":
-            b = i.get("bytes_per_conn")
-            L.append(f"| idle client memory ≤ 2 KiB/conn | {f_num(b, '.0f')} B/conn "
-                     f"({f_num(b / 1024 if b else None, '.2f')} KiB) | {verdict(None if b is None else b <= 2048)} |")
+    # Issue 14's targets: TPS and CPU per transaction against PgBouncer in the same run.
+    for clients in (50, 500):
+        for mode in ("simple", "extended"):
+            s_, p_ = (run("select", mode, clients, t) for t in ("sluice", "pgbouncer"))
+            if not (s_ and p_):
+                continue
+            rp = ratio(s_.get("tps"), p_.get("tps"))
+            L.append(f"| {clients} clients -S {mode}: Sluice TPS ≥ 1.15× PgBouncer | {f_num(rp, '.2f')}× "
+                     f"| {verdict(None if rp is None else rp >= 1.15)} |")
+    for clients, goal in ((50, 0.85), (1, 1.0)):
+        for mode in ("simple", "extended"):
+            s_, p_ = (run("select", mode, clients, t) for t in ("sluice", "pgbouncer"))
+            if not (s_ and p_):
+                continue
+            rc = ratio(s_.get("cpu_us_per_txn"), p_.get("cpu_us_per_txn"))
+            L.append(f"| {clients} client{'s' if clients > 1 else ''} -S {mode}: Sluice CPU/txn ≤ {goal}× PgBouncer "
+                     f"| {f_num(s_.get('cpu_us_per_txn'), '.1f')} vs {f_num(p_.get('cpu_us_per_txn'), '.1f')} µs "
+                     f"= {f_num(rc, '.2f')}× | {verdict(None if rc is None else rc <= goal)} |")
+    by_target = {i.get("target"): i for i in idle}
+    if "sluice" in by_target:
+        b = by_target["sluice"].get("bytes_per_conn")
+        pb = by_target.get("pgbouncer", {}).get("bytes_per_conn")
+        L.append(f"| idle client memory ≤ 800 B/conn | {f_num(b, '.0f')} B/conn (PgBouncer {f_num(pb, '.0f')}) "
+                 f"| {verdict(None if b is None else b <= 800)} |")
+    logins = {t: run("connect", "simple", c, t) for (sc, _, c, t) in idx if sc == "connect"}
+    if logins.get("sluice") and logins.get("pgbouncer"):
+        rl = ratio(logins["sluice"].get("tps"), logins["pgbouncer"].get("tps"))
+        L.append(f"| new SCRAM logins/s ≥ 2× PgBouncer | {f_num(logins['sluice'].get('tps'), '.0f')} vs "
+                 f"{f_num(logins['pgbouncer'].get('tps'), '.0f')}/s = {f_num(rl, '.2f')}× "
+                 f"| {verdict(None if rl is None else rl >= 2.0)} |")
     for script in ("select", "tpcb"):
         for mode in ("simple", "extended", "prepared"):
             r2000 = idx.get((script, mode, 2000, "sluice"))
@@ -396,15 +397,15 @@ def cmd_report(a):
             errs = r2000.get("errors", 0)
             failed = r2000["status"] == "failed"
             rr = ratio(r2000.get("tps") if not failed else None, s50 and s50.get("tps"))
-            ok = (not failed) and errs == 0 and rr is not None and abs(rr - 1) <= 0.10
+            ok = (not failed) and errs == 0
             ctx = []
             for t in ("pgbouncer", "direct"):
                 a2, a50 = run(script, mode, 2000, t), run(script, mode, 50, t)
                 rt = ratio(a2 and a2.get("tps"), a50 and a50.get("tps"))
                 if rt is not None:
                     ctx.append(f"{TARGET_NAMES[t]} {rt:.2f}×")
-            L.append(f"| 2000 clients {'-S' if script == 'select' else 'tpcb'} {mode}: zero errors, TPS within 10% "
-                     f"of 50 clients | {'FAILED, ' if failed else ''}{errs} errors, {f_num(rr, '.2f')}×"
+            L.append(f"| 2000 clients {'-S' if script == 'select' else 'tpcb'} {mode}: zero errors "
+                     f"| {'FAILED, ' if failed else ''}{errs} errors; TPS {f_num(rr, '.2f')}× the 50-client figure"
                      f"{' (for comparison: ' + ', '.join(ctx) + ')' if ctx else ''} "
                      f"| {verdict(ok)} |")
     L.append("| checkout latency from Sluice's `sluice_pool_wait_seconds` histogram (optional) "
