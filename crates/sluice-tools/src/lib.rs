@@ -24,22 +24,8 @@ pub fn cli_main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => {
             sluice::raise_fd_limit();
-            with_runtime(demo::main(args))
+            sluice::with_runtime(demo::main(args))
         }
-        Command::Check(args) => with_runtime(check::main(args)),
-    }
-}
-
-/// Runs `fut` on a fresh multi-threaded runtime and returns its exit code.
-fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(fut),
-        Err(e) => {
-            eprintln!("sluice-tools: cannot start runtime: {e}");
-            ExitCode::FAILURE
-        }
+        Command::Check(args) => sluice::with_runtime(check::main(args)),
     }
 }

@@ -50,7 +50,7 @@ pub fn cli_main() -> ExitCode {
     let runtime = match build_runtime(config.general.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("sluice: cannot start runtime: {e}");
+            eprintln!("cannot start the tokio runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -206,15 +206,16 @@ async fn drain(ctx: &sluice_pg::PgContext, live: &sluice_pg::LiveContext, tracke
     tracing::info!("bye");
 }
 
-/// Runs `fut` on a fresh multi-threaded runtime and returns its exit code.
-fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+/// Runs `fut` on a fresh multi-threaded runtime and returns its exit code (the proxy's
+/// subcommands and `sluice-tools`).
+pub fn with_runtime(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt.block_on(fut),
         Err(e) => {
-            eprintln!("sluice: cannot start runtime: {e}");
+            eprintln!("cannot start the tokio runtime: {e}");
             ExitCode::FAILURE
         }
     }
