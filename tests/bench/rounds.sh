@@ -7,7 +7,7 @@
 #   sudo tests/bench/rounds.sh ROUNDS SECONDS CLIENTS "name=BIN:worker_threads ..." [pgbench args]
 #   sudo tests/bench/rounds.sh 5 8 50 "main=/tmp/sluice-main:0 new=target/release/sluice:0" -S
 #
-# Optional: IDLE=N also measures N idle clients per proxy; PERF=name / STRACE=name record
+# Optional: IDLE=N also measures N idle clients per proxy; PERF="names" / STRACE="names" record
 # `perf` / `strace -c` of that variant in round 1 (to $OUTDIR, default /tmp).
 # Uses fixed ports 25432-25433 and 25440+.
 set -euo pipefail
@@ -86,8 +86,8 @@ for n in $names; do [ -n "${PID[$n]:-}" ] && echo "$n threads: $(ls /proc/${PID[
 for ((r=1;r<=R;r++)); do
   for n in $names; do
     pid=${PID[$n]:-}; b=0; [ -n "$pid" ] && b=$(ticks $pid)
-    if [ "${PERF:-}" = "$n" ] && [ $r = 1 ]; then perf record -F 2000 -g -p $pid -o ${OUTDIR:-/tmp}/perf-$n.data -- sleep $((T-2)) >/dev/null 2>&1 & fi
-    if [ "${STRACE:-}" = "$n" ] && [ $r = 1 ]; then timeout $((T-2)) strace -c -f -p $pid -o ${OUTDIR:-/tmp}/strace-$n.txt >/dev/null 2>&1 & fi
+    if [[ " ${PERF:-} " == *" $n "* ]] && [ $r = 1 ]; then perf record -F 2000 -g -p $pid -o ${OUTDIR:-/tmp}/perf-$n.data -- sleep $((T-2)) >/dev/null 2>&1 & fi
+    if [[ " ${STRACE:-} " == *" $n "* ]] && [ $r = 1 ]; then timeout $((T-2)) strace -c -f -p $pid -o ${OUTDIR:-/tmp}/strace-$n.txt >/dev/null 2>&1 & fi
     out=$(pgbench -h 127.0.0.1 -p ${PORT[$n]} -U bench -n -c $C -j $(( C<2?1:2 )) -T $T "${EXTRA[@]}" bench 2>&1)
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'); tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     us=-; [ -n "$pid" ] && us=$(python3 -c "print(round(($(ticks $pid)-$b)/100*1e6/$tx,1))")

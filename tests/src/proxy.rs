@@ -170,7 +170,7 @@ impl SluiceBuilder {
         self.min_pool_size = n;
         self
     }
-    /// Sets `general.worker_threads` (default: unset, one per CPU).
+    /// Sets `general.worker_threads` (default: unset, one thread).
     pub fn worker_threads(mut self, n: usize) -> Self {
         self.worker_threads = Some(n);
         self

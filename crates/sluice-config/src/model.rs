@@ -102,8 +102,9 @@ impl FromStr for AuthType {
 pub struct GeneralConfig {
     /// How long a graceful shutdown waits for clients before closing them.
     pub shutdown_timeout: Duration,
-    /// Runtime threads: 0 = one per CPU; 1 = a single-threaded runtime (lowest latency
-    /// and CPU per query when one core is enough).
+    /// Runtime threads: 1 (the default) = one event loop on one thread, as PgBouncer,
+    /// with the lowest CPU per query; n = a multi-threaded runtime with n workers; 0 = one
+    /// worker per CPU. More than one only helps when the proxy needs more than a core.
     pub worker_threads: usize,
 }
 
@@ -111,7 +112,7 @@ impl Default for GeneralConfig {
     fn default() -> Self {
         Self {
             shutdown_timeout: Duration::from_secs(30),
-            worker_threads: 0,
+            worker_threads: 1,
         }
     }
 }
