@@ -111,7 +111,10 @@ async fn process_metrics_describe_the_sluice_process() {
     let actual = std::fs::read_dir(format!("/proc/{}/task", sluice.pid()))
         .map(|d| d.count())
         .unwrap_or_default() as f64;
-    assert!(threads >= 1.0 && (threads - actual).abs() <= 2.0, "{threads} vs {actual}");
+    assert!(
+        threads >= 1.0 && (threads - actual).abs() <= 2.0,
+        "{threads} vs {actual}"
+    );
     let rss = metric_value(&body, "process_resident_memory_bytes", &[]);
     let vsize = metric_value(&body, "process_virtual_memory_bytes", &[]);
     assert!(rss > 0.0 && vsize >= rss, "{body}");

@@ -69,6 +69,34 @@ async fn psycopg3_concurrent_clients() {
     .await;
 }
 
+/// LISTEN/NOTIFY in transaction mode with psycopg's `notifies()` and asyncpg's
+/// `add_listener`: 20 listeners over 2 servers, sender pids, rollback of a LISTEN, delivery
+/// after an open transaction, UNLISTEN, and the upstream listener connection killed.
+#[tokio::test]
+async fn listen_notify_with_psycopg_and_asyncpg() {
+    let (sluice, db) = proxy("drv_notify", 2).await;
+    let url = sluice.url(APP_USER, APP_PASSWORD, &db);
+    driver(
+        "python3",
+        drivers_dir().join("notify_clients.py"),
+        &url,
+        "LISTEN/NOTIFY drivers",
+    )
+    .await;
+    let (_, metrics) = sluice_tests::http(sluice.admin_port(), "GET", "/metrics", "").await;
+    for name in [
+        "sluice_notifications_total",
+        "sluice_listen_reconnects_total",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(value >= 1.0, "{line}");
+    }
+}
+
 #[tokio::test]
 async fn node_postgres_named_queries() {
     let dir = drivers_dir().join("node");

@@ -165,6 +165,13 @@ pub struct PostgresConfig {
     pub pool_timeout: Duration,
     /// Query run on a server connection before reuse; empty means none.
     pub server_reset_query: String,
+    /// Transaction mode: a client whose transaction left state that cannot follow it (a
+    /// temp table, a WITH HOLD cursor, a session advisory lock, an SQL `PREPARE`) keeps
+    /// that server until the state is gone, instead of the server being reset.
+    pub pin_session_state: bool,
+    /// Most servers of one pool pinned at once (None: half the pool size); beyond it the
+    /// server is reset as without pinning, and the client is warned once.
+    pub max_pinned_servers: Option<usize>,
     /// How clients authenticate to the proxy.
     pub auth_type: AuthType,
     /// How long connecting (and logging in) to a server may take.
@@ -213,6 +220,8 @@ impl Default for PostgresConfig {
             min_pool_size: 5,
             pool_timeout: Duration::from_secs(30),
             server_reset_query: "DISCARD ALL".to_owned(),
+            pin_session_state: true,
+            max_pinned_servers: None,
             auth_type: AuthType::ScramSha256,
             server_connect_timeout: Duration::from_secs(5),
             tls: ClientTlsConfig::default(),

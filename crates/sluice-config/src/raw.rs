@@ -71,6 +71,8 @@ struct RawPostgres {
     min_pool_size: Option<usize>,
     pool_timeout: Option<Spanned<Value>>,
     server_reset_query: Option<String>,
+    pin_session_state: Option<bool>,
+    max_pinned_servers: Option<usize>,
     auth_type: Option<AuthType>,
     server_connect_timeout: Option<Spanned<Value>>,
     max_prepared_statements: Option<usize>,
@@ -240,6 +242,8 @@ fn apply_postgres(
     set(&mut pg.pool_size, raw.pool_size);
     set(&mut pg.min_pool_size, raw.min_pool_size);
     set(&mut pg.server_reset_query, raw.server_reset_query);
+    set(&mut pg.pin_session_state, raw.pin_session_state);
+    set(&mut pg.max_pinned_servers, raw.max_pinned_servers.map(Some));
     set(&mut pg.admin_users, raw.admin_users);
     set(&mut pg.tls.mode, raw.tls.mode);
     set(&mut pg.tls.cert_file, raw.tls.cert_file.map(Some));

@@ -115,6 +115,16 @@ pub static KEYS: &[Key] = &[
         Live,
         postgres.server_reset_query
     ),
+    key!(
+        "postgres.pin_session_state",
+        Live,
+        postgres.pin_session_state
+    ),
+    key!(
+        "postgres.max_pinned_servers",
+        Live,
+        postgres.max_pinned_servers
+    ),
     key!("postgres.auth_type", Live, postgres.auth_type),
     key!(
         "postgres.server_connect_timeout",

@@ -238,6 +238,8 @@ fn pool_settings(
         connect_timeout: pg.server_connect_timeout,
         mode: db.pool_mode(pg),
         reset_query: pg.server_reset_query.clone(),
+        pin_session_state: pg.pin_session_state,
+        max_pinned: pg.max_pinned_servers.unwrap_or(db.pool_size(pg) / 2),
         max_prepared_statements: pg.max_prepared_statements,
         server_idle_timeout: nonzero(pg.server_idle_timeout),
         server_lifetime: nonzero(pg.server_lifetime),

@@ -46,6 +46,7 @@ pub(crate) mod client_io;
 pub mod console;
 pub mod context;
 pub mod listener;
+pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod session;

@@ -43,6 +43,11 @@ pub struct PoolSettings {
     pub mode: PoolMode,
     /// Query run before a used connection is reused (empty: none).
     pub reset_query: String,
+    /// Keep a server with a client whose session state cannot follow it (transaction
+    /// mode), at most `max_pinned` at once.
+    pub pin_session_state: bool,
+    /// Most servers pinned at once.
+    pub max_pinned: usize,
     /// Per-server prepared statement cache size (0: no statement mapping).
     pub max_prepared_statements: usize,
     /// Close idle connections above `min_size` unused this long.
@@ -105,6 +110,40 @@ pub struct ClientMeta {
     pub application_name: String,
 }
 
+/// Who pins a server, why and since when.
+struct PinRecord {
+    who: Arc<ClientMeta>,
+    reason: String,
+    since: std::time::Instant,
+}
+
+/// One pinned server's place in its pool's count; dropping it unpins.
+pub struct PinSlot {
+    pool: PgPool,
+    id: u64,
+}
+
+impl PinSlot {
+    /// Updates what keeps the server pinned.
+    pub fn set_reason(&self, reason: String) {
+        if let Some(r) = self.pool.inner.pins.lock().1.get_mut(&self.id) {
+            r.reason = reason;
+        }
+    }
+}
+
+impl Drop for PinSlot {
+    fn drop(&mut self) {
+        self.pool.inner.pins.lock().1.remove(&self.id);
+    }
+}
+
+impl std::fmt::Debug for PinSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinSlot").field("id", &self.id).finish()
+    }
+}
+
 /// Opens server connections for one pool and remembers the first one's parameters.
 pub struct PgConnector {
     upstream: Upstream,
@@ -164,6 +203,10 @@ struct Inner {
     /// Startup setting (name, value as a client sent it) → the value the server reports
     /// for it (`euc-jp` → `EUC_JP`), so a client is told at login what PostgreSQL would say.
     reported: Mutex<HashMap<StartupValue, Vec<u8>>>,
+    /// LISTEN/NOTIFY for this pool's clients in transaction mode.
+    notify: crate::notify::NotifyHub,
+    /// Clients pinning a server (transaction mode), by pin id.
+    pins: Mutex<(u64, std::collections::BTreeMap<u64, PinRecord>)>,
 }
 
 /// A handle to one pool; clones share it.
@@ -203,8 +246,41 @@ impl PgPool {
                 settings: RwLock::new(Arc::new(settings)),
                 statements: StatementRegistry::default(),
                 reported: Mutex::new(HashMap::new()),
+                notify: crate::notify::NotifyHub::default(),
+                pins: Mutex::new((0, Default::default())),
             }),
         }
+    }
+
+    /// Pins a server for `who` (transaction mode) unless `max` are pinned already; the pin
+    /// lasts as long as the returned slot.
+    pub fn try_pin(&self, who: &Arc<ClientMeta>, reason: String, max: usize) -> Option<PinSlot> {
+        let mut pins = self.inner.pins.lock();
+        if pins.1.len() >= max {
+            return None;
+        }
+        pins.0 += 1;
+        let id = pins.0;
+        let record = PinRecord {
+            who: who.clone(),
+            reason,
+            since: std::time::Instant::now(),
+        };
+        pins.1.insert(id, record);
+        Some(PinSlot {
+            pool: self.clone(),
+            id,
+        })
+    }
+
+    /// Servers pinned right now.
+    pub fn pinned(&self) -> usize {
+        self.inner.pins.lock().1.len()
+    }
+
+    /// The pool's LISTEN/NOTIFY hub (transaction mode).
+    pub fn notify_hub(&self) -> &crate::notify::NotifyHub {
+        &self.inner.notify
     }
 
     /// The settings in force.
@@ -412,6 +488,28 @@ impl PoolSource for PgPool {
                 age_seconds: age.as_secs_f64(),
             }),
             prepared_statements: self.inner.statements.len() as u64,
+            pinned: {
+                let pins = self.inner.pins.lock();
+                pins.1
+                    .values()
+                    .map(|p| sluice_stats::PinnedInfo {
+                        client_addr: p.who.addr.to_string(),
+                        application_name: p.who.application_name.clone(),
+                        reason: p.reason.clone(),
+                        age_seconds: p.since.elapsed().as_secs_f64(),
+                    })
+                    .collect()
+            },
+            notify: {
+                let hub = self.inner.notify.figures();
+                sluice_stats::NotifySnapshot {
+                    channels: hub.channels as u64,
+                    listeners: hub.listeners as u64,
+                    notifications_total: hub.delivered,
+                    overflows_total: hub.overflows,
+                    reconnects_total: self.counters().listen_reconnects(),
+                }
+            },
             ..PoolSnapshot::default()
         }
         .with_counters(self.counters().snapshot())

@@ -67,6 +67,7 @@ pub struct PoolCounters {
     bytes_in_total: AtomicU64,
     bytes_out_total: AtomicU64,
     server_connects_total: AtomicU64,
+    listen_reconnects_total: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
     /// Time clients waited to check out a server connection.
     pub checkout_wait: Histogram,
@@ -106,6 +107,16 @@ impl PoolCounters {
     /// Counts one new server connection successfully opened.
     pub fn inc_server_connects(&self) {
         self.server_connects_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The notification listener reconnected after losing its connection.
+    pub fn inc_listen_reconnects(&self) {
+        self.listen_reconnects_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reconnects of the notification listener so far.
+    pub fn listen_reconnects(&self) -> u64 {
+        self.listen_reconnects_total.load(Ordering::Relaxed)
     }
 
     /// Counts one error of the given kind.

@@ -122,6 +122,53 @@ const PREPARED: (&str, &str) = (
     "Distinct prepared statements in the pool's shared registry (held by a client or server).",
 );
 
+/// Postgres-only families of session features (LISTEN/NOTIFY, pinning): name, help,
+/// type, value.
+type SessionFamily = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&PoolSnapshot) -> u64,
+);
+const SESSION_FEATURES: [SessionFamily; 6] = [
+    (
+        "sluice_pinned_servers",
+        "Servers kept by a client across transactions for session state (transaction mode pinning).",
+        MetricType::GAUGE,
+        |p| p.pinned.len() as u64,
+    ),
+    (
+        "sluice_listen_channels",
+        "Channels the pool's notification listener connection LISTENs on.",
+        MetricType::GAUGE,
+        |p| p.notify.channels,
+    ),
+    (
+        "sluice_listen_clients",
+        "Clients listening on channels through the pool's notification listener.",
+        MetricType::GAUGE,
+        |p| p.notify.listeners,
+    ),
+    (
+        "sluice_notifications_total",
+        "Notifications handed to listening clients.",
+        MetricType::COUNTER,
+        |p| p.notify.notifications_total,
+    ),
+    (
+        "sluice_notification_overflows_total",
+        "Clients disconnected because their queue of undelivered notifications was full.",
+        MetricType::COUNTER,
+        |p| p.notify.overflows_total,
+    ),
+    (
+        "sluice_listen_reconnects_total",
+        "Reconnects of the notification listener after its connection broke (notifications sent meanwhile are lost).",
+        MetricType::COUNTER,
+        |p| p.notify.reconnects_total,
+    ),
+];
+
 /// A `prometheus` [`Collector`] over a Sluice [`Registry`]: on every
 /// [`Collector::collect`] it snapshots each pool (Postgres, then MongoDB) and
 /// the client gauges and builds the `sluice_*` families from them.
@@ -153,6 +200,9 @@ impl PoolCollector {
         descs.push(desc(ERRORS, &["kind"])?);
         descs.push(desc(WAIT, &[])?);
         descs.push(desc(PREPARED, &[])?);
+        for (name, help, _, _) in SESSION_FEATURES {
+            descs.push(desc((name, help), &[])?);
+        }
         descs.push(Desc::new(
             CLIENTS.0.into(),
             CLIENTS.1.into(),
@@ -235,6 +285,20 @@ fn pool_families(pools: &[PoolSnapshot], pg: usize) -> Vec<MetricFamily> {
             .map(|(p, l)| gauge(l.clone(), p.prepared_statements as f64))
             .collect(),
     ));
+    for (name, help, kind, value) in SESSION_FEATURES {
+        let metrics = series()
+            .take(pg)
+            .map(|(p, l)| {
+                let v = value(p) as f64;
+                if kind == MetricType::COUNTER {
+                    counter(l.clone(), v)
+                } else {
+                    gauge(l.clone(), v)
+                }
+            })
+            .collect();
+        families.push(family((name, help), kind, metrics));
+    }
     families
 }
 

@@ -37,6 +37,14 @@ impl PoolSource for FakePool {
                 age_seconds: 1.5,
             }),
             prepared_statements: 7,
+            notify: crate::NotifySnapshot {
+                channels: 2,
+                listeners: 3,
+                notifications_total: 11,
+                overflows_total: 1,
+                reconnects_total: 4,
+            },
+            pinned: vec![crate::PinnedInfo::default(); 2],
             ..Default::default()
         }
         .with_counters(self.counters.snapshot())
@@ -115,7 +123,7 @@ fn scalar(s: &Scrape, metric: &str, pool: &str, extra: &[(&str, &str)]) -> f64 {
 }
 
 /// Every family today's dashboards and alerts read, with its type and help.
-const FAMILIES: [(&str, &str, &str); 15] = [
+const FAMILIES: [(&str, &str, &str); 21] = [
     (
         "sluice_pool_connections",
         "gauge",
@@ -183,6 +191,36 @@ const FAMILIES: [(&str, &str, &str); 15] = [
         "gauge",
         "Client connections by state.",
     ),
+    (
+        "sluice_pinned_servers",
+        "gauge",
+        "Servers kept by a client across transactions for session state (transaction mode pinning).",
+    ),
+    (
+        "sluice_listen_channels",
+        "gauge",
+        "Channels the pool's notification listener connection LISTENs on.",
+    ),
+    (
+        "sluice_listen_clients",
+        "gauge",
+        "Clients listening on channels through the pool's notification listener.",
+    ),
+    (
+        "sluice_notifications_total",
+        "counter",
+        "Notifications handed to listening clients.",
+    ),
+    (
+        "sluice_notification_overflows_total",
+        "counter",
+        "Clients disconnected because their queue of undelivered notifications was full.",
+    ),
+    (
+        "sluice_listen_reconnects_total",
+        "counter",
+        "Reconnects of the notification listener after its connection broke (notifications sent meanwhile are lost).",
+    ),
 ];
 
 #[test]
@@ -224,6 +262,18 @@ fn values_come_from_the_snapshots() {
     assert_eq!(scalar(&s, "sluice_pool_max_connections", "main", max), 10.0);
     assert_eq!(scalar(&s, "sluice_pool_utilization", "main", &[]), 0.3);
     assert_eq!(scalar(&s, "sluice_prepared_statements", "main", &[]), 7.0);
+    assert_eq!(scalar(&s, "sluice_listen_channels", "main", &[]), 2.0);
+    assert_eq!(scalar(&s, "sluice_pinned_servers", "main", &[]), 2.0);
+    assert_eq!(scalar(&s, "sluice_listen_clients", "main", &[]), 3.0);
+    assert_eq!(scalar(&s, "sluice_notifications_total", "main", &[]), 11.0);
+    assert_eq!(
+        scalar(&s, "sluice_notification_overflows_total", "main", &[]),
+        1.0
+    );
+    assert_eq!(
+        scalar(&s, "sluice_listen_reconnects_total", "main", &[]),
+        4.0
+    );
     assert_eq!(
         scalar(&s, "sluice_pool_longest_wait_seconds", "main", &[]),
         0.25

@@ -30,6 +30,20 @@ pub struct CheckoutInfo {
     pub age_seconds: f64,
 }
 
+/// A client that keeps its server across transactions for session state (transaction
+/// mode pinning).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PinnedInfo {
+    /// Client peer address.
+    pub client_addr: String,
+    /// The client's `application_name`.
+    pub application_name: String,
+    /// What keeps it pinned (`temp table`, `cursor`, `advisory lock`, `prepared statement`).
+    pub reason: String,
+    /// How long it has been pinned, in seconds.
+    pub age_seconds: f64,
+}
+
 /// Plain-data description of one pool at one moment; what `/admin/pool-stats`
 /// returns per pool and what the Prometheus output is rendered from.
 ///
@@ -71,6 +85,26 @@ pub struct PoolSnapshot {
     /// server connection still holds, at most `prepared_statement_registry_size`
     /// (PostgreSQL pools in transaction mode; 0 otherwise).
     pub prepared_statements: u64,
+    /// LISTEN/NOTIFY through the pool's notification hub (transaction mode).
+    pub notify: NotifySnapshot,
+    /// Clients pinning a server (transaction mode), oldest first.
+    pub pinned: Vec<PinnedInfo>,
+}
+
+/// The figures of a pool's notification hub (LISTEN/NOTIFY in transaction mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct NotifySnapshot {
+    /// Distinct channels the hub's connection LISTENs on.
+    pub channels: u64,
+    /// Clients listening through the hub.
+    pub listeners: u64,
+    /// Notifications handed to clients.
+    pub notifications_total: u64,
+    /// Clients disconnected because their notification queue was full.
+    pub overflows_total: u64,
+    /// Reconnects of the hub's connection after it broke (notifications sent while it
+    /// was down are lost).
+    pub reconnects_total: u64,
 }
 
 impl PoolSnapshot {

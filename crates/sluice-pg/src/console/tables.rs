@@ -78,6 +78,8 @@ fn pools(ctx: &PgContext) -> ResultSet {
         // Sluice's own: the pool's shared statement registry (PgBouncer 1.21+ shows
         // `prepared_statements` per client and server; this is the pool-wide index).
         "prepared_statements",
+        // Sluice's own: servers pinned by a client for session state.
+        "pinned",
     ]);
     let mut clients: HashMap<(String, String), u64> = HashMap::new();
     for c in ctx.cancel.list() {
@@ -107,6 +109,7 @@ fn pools(ctx: &PgContext) -> ResultSet {
                 ((wait.fract() * 1e6) as u64).to_string(),
                 s.mode,
                 pool.statements().len().to_string(),
+                s.pinned.len().to_string(),
             ]);
         }
     }

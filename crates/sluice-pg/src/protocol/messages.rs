@@ -190,6 +190,17 @@ pub fn error_code(body: &[u8]) -> Option<&[u8]> {
     None
 }
 
+/// A whole ParseComplete frame (for statements Sluice answers itself).
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// A whole BindComplete frame.
+pub const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
+/// A whole CloseComplete frame.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+/// A whole NoData frame.
+pub const NO_DATA: &[u8] = b"n\0\0\0\x04";
+/// ParameterDescription with no parameters, then NoData.
+pub const NO_PARAMETERS_NO_DATA: &[u8] = b"t\0\0\0\x06\0\0n\0\0\0\x04";
+
 #[cfg(test)]
 mod tests {
     use super::*;

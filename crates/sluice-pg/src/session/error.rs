@@ -61,6 +61,9 @@ pub enum PgSessionError {
     /// The client held no server and sent nothing for `client_idle_timeout`.
     #[error("client_idle_timeout expired")]
     IdleTimeout,
+    /// More than [`crate::notify::CLIENT_QUEUE`] notifications waited for the client.
+    #[error("too many notifications waiting for the client")]
+    NotificationsOverflow,
     /// The client sat in an open transaction for `idle_transaction_timeout`.
     #[error("idle_transaction_timeout expired")]
     IdleInTransactionTimeout,
@@ -187,6 +190,15 @@ impl PgSessionError {
                 Fatal,
                 "57P05",
                 "terminating connection due to idle-session timeout (client_idle_timeout)".into(),
+            ),
+            PgSessionError::NotificationsOverflow => (
+                Fatal,
+                "53400",
+                format!(
+                    "terminating connection: more than {} notifications were waiting for this \
+                     client (it does not read them fast enough)",
+                    crate::notify::CLIENT_QUEUE
+                ),
             ),
             PgSessionError::IdleInTransactionTimeout => (
                 Fatal,

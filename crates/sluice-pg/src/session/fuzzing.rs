@@ -41,7 +41,7 @@ pub fn drive_exchange(data: &[u8]) -> usize {
         map_statements: sel & 1 != 0,
         track_settings: sel & 2 != 0,
         cache_size: usize::from(sel >> 4),
-        refuse_listen: sel & 4 != 0,
+        listen_in_place: sel & 4 != 0,
     });
     let registry = StatementRegistry::default();
     let mut client = ClientState::default();

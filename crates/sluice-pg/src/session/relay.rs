@@ -15,6 +15,7 @@
 //! other goes unread; [`checkout`] gets a server when a request needs one.
 
 mod checkout;
+mod pin;
 mod pump;
 
 use bytes::Buf;
@@ -67,6 +68,15 @@ pub(crate) struct Relay<'a> {
     timer_armed: bool,
     /// Shutdown, watched while the client waits for a server (set by [`Relay::run`]).
     shutdown: Option<CancellationToken>,
+    /// The client's place in the pool's notification hub, while it LISTENs (transaction
+    /// mode; boxed so a client that never listens carries a pointer).
+    notify: Option<Box<crate::notify::Subscription>>,
+    /// The server is pinned to this client for session state (see [`pin`]).
+    pin: Option<Box<crate::pool::PinSlot>>,
+    /// The client was told once that `max_pinned_servers` was reached.
+    pin_warned: bool,
+    /// The client is gone: its server is cleaned and returned, never pinned.
+    leaving: bool,
 }
 
 /// Per-client limits from the configuration.
@@ -120,7 +130,7 @@ impl<'a> Relay<'a> {
             map_statements: transaction && settings.max_prepared_statements > 0,
             track_settings: transaction,
             cache_size: settings.max_prepared_statements,
-            refuse_listen: transaction,
+            listen_in_place: transaction,
         };
         let mut exchange = Exchange::new(features);
         if let Some(server) = &server {
@@ -146,6 +156,10 @@ impl<'a> Relay<'a> {
             timer: None,
             timer_armed: false,
             shutdown: None,
+            notify: None,
+            pin: None,
+            pin_warned: false,
+            leaving: false,
         }
     }
 
@@ -269,6 +283,7 @@ impl<'a> Relay<'a> {
                     read_while_waiting = self.client.buf.len() > buffered;
                 }
                 self.forward_client(len)?;
+                self.after_exchange().await;
                 if read_while_waiting {
                     // What the client sent during the wait is already buffered: the socket
                     // will not wake the pump for it again.
@@ -306,6 +321,53 @@ impl<'a> Relay<'a> {
         result?;
         self.count();
         Ok(())
+    }
+
+    /// After client frames went through the exchange: follow LISTEN/UNLISTEN, and give
+    /// the server back when Sluice answered everything itself (a DEALLOCATE or LISTEN
+    /// between transactions needs no server).
+    async fn after_exchange(&mut self) {
+        if self.listens() {
+            Box::pin(self.sync_listening()).await;
+        }
+        if self.mode == PoolMode::Transaction
+            && self.server.is_some()
+            && self.exchange.idle()
+            && self.to_server.is_empty()
+        {
+            self.release().await;
+        }
+    }
+
+    /// The client listens on a channel, or did until now.
+    fn listens(&self) -> bool {
+        self.notify.is_some() || !self.state.listening.is_empty()
+    }
+
+    /// Brings the pool's notification hub in line with the channels the client listens
+    /// on, and waits (at most [`crate::notify::LISTEN_ACK_TIMEOUT`]) for new upstream
+    /// LISTENs: the client's `LISTEN` answer, still queued, then means what it says.
+    async fn sync_listening(&mut self) {
+        if self.state.listening.is_empty() {
+            self.notify = None;
+            return;
+        }
+        let pool = self.pool;
+        let sub = self
+            .notify
+            .get_or_insert_with(|| Box::new(pool.notify_hub().subscribe(pool)));
+        for wait in sub.sync(&self.state.listening) {
+            if tokio::time::timeout(crate::notify::LISTEN_ACK_TIMEOUT, wait)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    client = %self.who.addr,
+                    "LISTEN answered before the upstream LISTEN completed (the notification \
+                     listener is not connected); notifications may be missed until it is"
+                );
+            }
+        }
     }
 
     /// Moves the exchange's query and transaction counts into the pool's counters.
@@ -357,6 +419,9 @@ impl<'a> Relay<'a> {
         };
         server.buf.advance(consumed);
         self.count();
+        if self.listens() {
+            Box::pin(self.sync_listening()).await;
+        }
         if self.terminating {
             self.to_client.discard();
         }
@@ -371,6 +436,7 @@ impl<'a> Relay<'a> {
     /// The server closed or failed while this client held it.
     async fn server_lost(&mut self) -> Result<Flow, PgSessionError> {
         self.server = None;
+        self.pin = None;
         self.gauge.set(GaugeState::Idle);
         self.pool.counters().inc_error(ErrorKind::ServerLost);
         self.registration.slot.set(None);
@@ -389,6 +455,9 @@ impl<'a> Relay<'a> {
 
     /// Returns the server to the pool, resetting it first if it picked up session state.
     async fn release(&mut self) {
+        if self.server.is_none() || Box::pin(self.keep_pinned()).await {
+            return;
+        }
         let Some(mut server) = self.server.take() else {
             return;
         };
@@ -413,6 +482,8 @@ impl<'a> Relay<'a> {
 
     /// The client is gone: clean the server and return it, or close it.
     async fn finish(&mut self) {
+        self.leaving = true;
+        self.pin = None;
         let Some(mut server) = self.server.take() else {
             return;
         };

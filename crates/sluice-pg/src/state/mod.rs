@@ -97,6 +97,9 @@ pub struct ClientState {
     pub startup: Settings,
     /// The client's named prepared statements (names as the client's bytes).
     pub statements: HashMap<Vec<u8>, Arc<Statement>>,
+    /// Channels the client LISTENs on through the pool's notification hub (transaction
+    /// mode; committed LISTENs only).
+    pub listening: std::collections::BTreeSet<Vec<u8>>,
 }
 
 impl ClientState {
@@ -126,6 +129,7 @@ impl ClientState {
             settings: startup.clone(),
             startup,
             statements: HashMap::new(),
+            listening: Default::default(),
         }
     }
 

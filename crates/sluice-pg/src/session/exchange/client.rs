@@ -10,6 +10,9 @@ use super::sql::{classify, hidden_effects, Statement as Sql};
 use super::{Effect, Exchange, Expect, Sides, Synthetic};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
 use crate::protocol::messages::{self, Bind, Parse, Target};
+use crate::protocol::messages::{
+    BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, NO_PARAMETERS_NO_DATA, PARSE_COMPLETE,
+};
 use crate::protocol::tag::frontend::*;
 use crate::state::prepared::Statement;
 
@@ -63,7 +66,7 @@ impl Exchange {
             BIND => return self.on_bind(body, raw, io),
             DESCRIBE => return self.on_describe(body, raw, io),
             CLOSE => return self.on_close(body, raw, io),
-            EXECUTE => self.on_execute(raw, io),
+            EXECUTE => self.on_execute(body, raw, io),
             SYNC => self.on_sync(raw, io),
             FUNCTION_CALL => self.on_function_call(raw, io),
             COPY_DONE | COPY_FAIL => self.on_copy_end(raw, io),
@@ -83,6 +86,9 @@ impl Exchange {
     ) -> Result<(), ProtocolError> {
         self.begin_batch(io);
         let p = Parse::decode(body)?;
+        if self.listen_parse(&p) {
+            return Ok(());
+        }
         self.note_hidden_effects(p.query());
         if !self.features.map_statements || p.name.is_empty() {
             if !p.name.is_empty() {
@@ -123,6 +129,9 @@ impl Exchange {
     ) -> Result<(), ProtocolError> {
         self.begin_batch(io);
         let b = Bind::decode(body)?;
+        if self.listen_bind(&b) {
+            return Ok(());
+        }
         let stmt = self.mapped(b.statement, io);
         match &stmt {
             Some(stmt) => {
@@ -144,6 +153,9 @@ impl Exchange {
     ) -> Result<(), ProtocolError> {
         self.begin_batch(io);
         let t = Target::decode(body)?;
+        if self.listen_target(&t, false) {
+            return Ok(());
+        }
         let stmt = self.mapped(t.name, io).filter(|_| t.kind == b'S');
         match &stmt {
             Some(stmt) => {
@@ -166,6 +178,9 @@ impl Exchange {
     ) -> Result<(), ProtocolError> {
         self.begin_batch(io);
         let t = Target::decode(body)?;
+        if self.listen_target(&t, true) {
+            return Ok(());
+        }
         if self.features.map_statements && t.kind == b'S' && !t.name.is_empty() {
             let removed = io.client.statements.remove_entry(t.name);
             self.push(Expect::Synthetic(Synthetic::CloseComplete(removed)));
@@ -177,12 +192,84 @@ impl Exchange {
     }
 
     /// Execute: counted as a query.
-    fn on_execute(&mut self, raw: &[u8], io: &mut Sides<'_>) {
+    fn on_execute(&mut self, body: &[u8], raw: &[u8], io: &mut Sides<'_>) {
         self.counts.0 += 1;
         self.begin_batch(io);
+        if let Some(names) = &self.listen_names {
+            let portal =
+                crate::protocol::frame::read_cstr(body, "portal").map_or(&b""[..], |(p, _)| p);
+            if let Some(effect) = names.portals.get(portal).cloned() {
+                self.push(Expect::Synthetic(Synthetic::Listen {
+                    effect,
+                    ready: false,
+                }));
+                return;
+            }
+        }
         io.to_server.put_slice(raw);
         self.syncs_since_command = 0;
         self.push(Expect::Execute);
+    }
+
+    /// A Parse of `LISTEN x` / `UNLISTEN x` (transaction mode): answered in place and
+    /// remembered, so its Bind, Describe, Execute and Close are answered too. True when
+    /// handled. Any other Parse forgets a LISTEN statement of the same name.
+    fn listen_parse(&mut self, p: &Parse<'_>) -> bool {
+        if !self.features.listen_in_place {
+            return false;
+        }
+        let effect = match classify(p.query()) {
+            Sql::Listen(c) => Effect::Listen(c),
+            Sql::Unlisten(c) => Effect::Unlisten(c),
+            _ => {
+                if let Some(names) = &mut self.listen_names {
+                    names.statements.remove(p.name);
+                }
+                return false;
+            }
+        };
+        let names = self.listen_names.get_or_insert_with(Default::default);
+        names.statements.insert(p.name.to_vec(), effect);
+        self.push(Expect::Synthetic(Synthetic::Frames(PARSE_COMPLETE)));
+        true
+    }
+
+    /// Bind of a LISTEN statement: answered in place, the portal remembered.
+    fn listen_bind(&mut self, b: &Bind<'_>) -> bool {
+        let Some(names) = &mut self.listen_names else {
+            return false;
+        };
+        let Some(effect) = names.statements.get(b.statement).cloned() else {
+            names.portals.remove(b.portal);
+            return false;
+        };
+        names.portals.insert(b.portal.to_vec(), effect);
+        self.push(Expect::Synthetic(Synthetic::Frames(BIND_COMPLETE)));
+        true
+    }
+
+    /// Describe or Close of a LISTEN statement or portal: answered in place.
+    fn listen_target(&mut self, t: &Target<'_>, close: bool) -> bool {
+        let Some(names) = &mut self.listen_names else {
+            return false;
+        };
+        let names = match t.kind {
+            b'S' => &mut names.statements,
+            _ => &mut names.portals,
+        };
+        if !names.contains_key(t.name) {
+            return false;
+        }
+        let answer = match (close, t.kind) {
+            (true, _) => {
+                names.remove(t.name);
+                CLOSE_COMPLETE
+            }
+            (false, b'S') => NO_PARAMETERS_NO_DATA,
+            (false, _) => NO_DATA,
+        };
+        self.push(Expect::Synthetic(Synthetic::Frames(answer)));
+        true
     }
 
     /// Sync: ends the extended-protocol batch (and Sluice's own refusal of it).
@@ -271,11 +358,28 @@ impl Exchange {
                 self.push(Expect::Synthetic(Synthetic::Command("DEALLOCATE")));
                 return None;
             }
-            Sql::Listen if self.features.refuse_listen => {
+            Sql::Listen(channel) if self.features.listen_in_place => {
+                let effect = Effect::Listen(channel.clone());
+                self.push(Expect::Synthetic(Synthetic::Listen {
+                    effect,
+                    ready: true,
+                }));
+                return None;
+            }
+            Sql::Unlisten(channel) if self.features.listen_in_place => {
+                let effect = Effect::Unlisten(channel.clone());
+                self.push(Expect::Synthetic(Synthetic::Listen {
+                    effect,
+                    ready: true,
+                }));
+                return None;
+            }
+            Sql::ListenOther if self.features.listen_in_place => {
                 self.push(Expect::Synthetic(Synthetic::Error {
                     code: "0A000",
-                    message: "LISTEN is not supported in transaction pooling mode: notifications \
-                              would reach whichever client holds the connection (use a session-mode pool)"
+                    message: "in transaction pooling mode Sluice answers LISTEN and UNLISTEN \
+                              itself: send one `LISTEN channel` (or `UNLISTEN channel | *`) \
+                              per query, on its own"
                         .into(),
                     ready: true,
                 }));

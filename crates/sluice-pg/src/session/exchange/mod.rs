@@ -62,8 +62,10 @@ pub(crate) struct Features {
     pub track_settings: bool,
     /// Per-server prepared statement cache size.
     pub cache_size: usize,
-    /// Refuse LISTEN (transaction mode: notifications could go to anyone).
-    pub refuse_listen: bool,
+    /// Answer LISTEN/UNLISTEN in place and keep the channels in the client's state, for
+    /// the pool's notification hub (transaction mode: a server's own LISTEN would
+    /// deliver to whichever client holds it next).
+    pub listen_in_place: bool,
 }
 
 /// Both sides as one step of the exchange sees them: their state, the pool's statement
@@ -99,6 +101,10 @@ enum Effect {
     Savepoint(Vec<u8>),
     RollbackTo(Vec<u8>),
     Release(Vec<u8>),
+    /// LISTEN on a channel through the hub.
+    Listen(Vec<u8>),
+    /// UNLISTEN a channel (`None`: all).
+    Unlisten(Option<Vec<u8>>),
 }
 
 /// Something emitted to the client without a server message behind it.
@@ -111,6 +117,13 @@ enum Synthetic {
     CloseComplete(Option<(Vec<u8>, Arc<Statement>)>),
     /// CommandComplete + ReadyForQuery for a query Sluice answered itself.
     Command(&'static str),
+    /// A LISTEN/UNLISTEN answered in place: in force now outside a transaction block,
+    /// at commit inside one; refused as PostgreSQL does in a failed block.
+    /// ReadyForQuery follows for a simple query.
+    Listen { effect: Effect, ready: bool },
+    /// Fixed frames answering an extended-protocol message about a LISTEN statement or
+    /// portal (ParseComplete, BindComplete, ParameterDescription + NoData, ...).
+    Frames(&'static [u8]),
     /// ErrorResponse for a frame Sluice refused; ReadyForQuery follows for a simple query.
     Error {
         code: &'static str,
@@ -147,6 +160,13 @@ enum Expect {
     Synthetic(Synthetic),
 }
 
+/// Extended-protocol statements and portals (by client name) that are a LISTEN/UNLISTEN.
+#[derive(Debug, Default)]
+struct ListenNames {
+    statements: std::collections::HashMap<Vec<u8>, Effect>,
+    portals: std::collections::HashMap<Vec<u8>, Effect>,
+}
+
 /// Per-client relay state; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Exchange {
@@ -175,6 +195,9 @@ pub(crate) struct Exchange {
     tentative: Vec<Effect>,
     /// Open savepoints: name and how many tentative effects preceded it.
     savepoints: Vec<(Vec<u8>, usize)>,
+    /// Client statements and portals that are a LISTEN/UNLISTEN answered in place
+    /// (extended protocol, transaction mode); boxed, allocated on the first one.
+    listen_names: Option<Box<ListenNames>>,
     /// Value captured from the DataRow of an injected `current_setting` query.
     captured: Option<Option<Vec<u8>>>,
     /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
@@ -199,6 +222,7 @@ impl Exchange {
             tentative: Vec::new(),
             savepoints: Vec::new(),
             captured: None,
+            listen_names: None,
             counts: (0, 0),
         }
     }
@@ -288,6 +312,35 @@ impl Exchange {
             Synthetic::Command(tag) => {
                 messages::write_command_complete(out, tag);
                 backend::ready_for_query(out, self.status);
+            }
+            Synthetic::Frames(frames) => out.extend_from_slice(frames),
+            Synthetic::Listen { ready, .. } if self.status == b'E' => {
+                backend::error_response(
+                    out,
+                    Severity::Error,
+                    "25P02",
+                    "current transaction is aborted, commands ignored until end of transaction block",
+                );
+                if ready {
+                    backend::ready_for_query(out, self.status);
+                } else {
+                    self.last_was_error = true;
+                }
+            }
+            Synthetic::Listen { effect, ready } => {
+                let tag = match effect {
+                    Effect::Listen(_) => "LISTEN",
+                    _ => "UNLISTEN",
+                };
+                messages::write_command_complete(out, tag);
+                if ready {
+                    backend::ready_for_query(out, self.status);
+                }
+                if self.status == b'I' {
+                    server::apply(effect, io);
+                } else {
+                    self.tentative.push(effect);
+                }
             }
             Synthetic::Error {
                 code,

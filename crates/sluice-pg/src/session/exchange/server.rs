@@ -338,7 +338,8 @@ impl Exchange {
     }
 }
 
-fn apply(e: Effect, io: &mut Sides<'_>) {
+/// Puts a settled effect in force on both sides.
+pub(super) fn apply(e: Effect, io: &mut Sides<'_>) {
     let (client, server) = (&mut *io.client, &mut *io.server);
     match e {
         Effect::Value(name, Some(v)) => {
@@ -364,7 +365,15 @@ fn apply(e: Effect, io: &mut Sides<'_>) {
             server.clear();
             client.settings = client.startup.clone();
             client.statements.clear();
+            client.listening.clear();
         }
+        Effect::Listen(channel) => {
+            client.listening.insert(channel);
+        }
+        Effect::Unlisten(Some(channel)) => {
+            client.listening.remove(&channel);
+        }
+        Effect::Unlisten(None) => client.listening.clear(),
         Effect::DeallocateAll => client.statements.clear(),
         Effect::ReadBack(rows) => {
             // The server's session now holds exactly these; the client holds them on top

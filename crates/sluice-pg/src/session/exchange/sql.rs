@@ -22,8 +22,13 @@ pub(crate) enum Statement {
     DeallocateAll,
     /// `DISCARD ALL`.
     DiscardAll,
-    /// `LISTEN channel`, which cannot work in transaction mode.
-    Listen,
+    /// `LISTEN channel` (the channel as PostgreSQL names it: unquoted names fold to
+    /// lower case).
+    Listen(Vec<u8>),
+    /// `UNLISTEN channel`; `None` for `UNLISTEN *`.
+    Unlisten(Option<Vec<u8>>),
+    /// A LISTEN or UNLISTEN Sluice cannot read (several statements, comments, ...).
+    ListenOther,
     /// `SAVEPOINT name`.
     Savepoint(Vec<u8>),
     /// `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name`.
@@ -45,12 +50,13 @@ pub(crate) fn classify(sql: &[u8]) -> Statement {
         .position(|b| !b.is_ascii_alphabetic())
         .unwrap_or(trimmed.len());
     let first = &trimmed[..first_len];
-    const OURS: [&[u8]; 8] = [
+    const OURS: [&[u8]; 9] = [
         b"SET",
         b"RESET",
         b"DEALLOCATE",
         b"DISCARD",
         b"LISTEN",
+        b"UNLISTEN",
         b"SAVEPOINT",
         b"RELEASE",
         b"ROLLBACK",
@@ -60,6 +66,10 @@ pub(crate) fn classify(sql: &[u8]) -> Statement {
     }
     let sql = sql.trim_ascii();
     let sql = sql.strip_suffix(b";").unwrap_or(sql).trim_ascii_end();
+    let listen = first.eq_ignore_ascii_case(b"LISTEN");
+    if listen || first.eq_ignore_ascii_case(b"UNLISTEN") {
+        return classify_listen(listen, sql[first_len..].trim_ascii());
+    }
     if sql.contains(&b';') || sql.starts_with(b"--") || sql.starts_with(b"/*") {
         return Statement::Other;
     }
@@ -98,9 +108,6 @@ fn classify_words(words: &[&[u8]]) -> Statement {
     if is(0, "DISCARD") && words.len() == 2 && is(1, "ALL") {
         return Statement::DiscardAll;
     }
-    if is(0, "LISTEN") {
-        return Statement::Listen;
-    }
     if is(0, "SAVEPOINT") && words.len() == 2 {
         return Statement::Savepoint(unquote(words[1]));
     }
@@ -115,6 +122,44 @@ fn classify_words(words: &[&[u8]]) -> Statement {
         return classify_rollback(words);
     }
     Statement::Other
+}
+
+/// `LISTEN channel` / `UNLISTEN channel | *`, given what follows the keyword: one
+/// identifier, quoted (`"Chan"`, `""` for a quote) or not (folded to lower case, as
+/// PostgreSQL folds it). Anything else is [`Statement::ListenOther`].
+fn classify_listen(listen: bool, rest: &[u8]) -> Statement {
+    let channel = if let Some(quoted) = rest.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\""))
+    {
+        (!quoted.is_empty() && quotes_doubled(quoted)).then(|| unquote(rest))
+    } else {
+        let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80;
+        let ok = rest
+            .first()
+            .is_some_and(|b| !b.is_ascii_digit() && *b != b'$')
+            && rest.iter().all(word);
+        ok.then(|| rest.to_ascii_lowercase())
+    };
+    match (listen, channel) {
+        (true, Some(c)) => Statement::Listen(c),
+        (false, Some(c)) => Statement::Unlisten(Some(c)),
+        (false, None) if rest == b"*" => Statement::Unlisten(None),
+        _ => Statement::ListenOther,
+    }
+}
+
+/// Inside a quoted identifier, every quote is doubled.
+fn quotes_doubled(quoted: &[u8]) -> bool {
+    let mut i = 0;
+    while i < quoted.len() {
+        if quoted[i] == b'"' {
+            if quoted.get(i + 1) != Some(&b'"') {
+                return false;
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`; other ROLLBACKs are not ours.
@@ -300,7 +345,7 @@ mod tests {
 
     #[test]
     fn classifies() {
-        let cases: [(&[u8], Statement); 33] = [
+        let cases: [(&[u8], Statement); 43] = [
             (b"SET search_path TO a, b", Set("search_path".into())),
             (b"set TimeZone = 'UTC';", Set("timezone".into())),
             (
@@ -332,7 +377,17 @@ mod tests {
             (b"DEALLOCATE PREPARE ALL", DeallocateAll),
             (b"deallocate all;", DeallocateAll),
             (b"DISCARD ALL", DiscardAll),
-            (b"LISTEN chan", Listen),
+            (b"LISTEN chan", Listen(b"chan".to_vec())),
+            (b"listen \"Mixed Case\";", Listen(b"Mixed Case".to_vec())),
+            (b"LISTEN \"a\"\"b\"", Listen(b"a\"b".to_vec())),
+            (b"LISTEN \"a\"b\"", ListenOther),
+            (b"LISTEN a; LISTEN b", ListenOther),
+            (b"LISTEN", ListenOther),
+            (b"UNLISTEN a b", ListenOther),
+            (b"LISTEN \"Mixed\"", Listen(b"Mixed".to_vec())),
+            (b"LISTEN Chan;", Listen(b"chan".to_vec())),
+            (b"UNLISTEN chan", Unlisten(Some(b"chan".to_vec()))),
+            (b"unlisten *", Unlisten(None)),
             (b"SET a = 1; SELECT 1", Other),
             (b"SELECT 1", Other),
             (b"select '\xa4'", Other),

@@ -21,7 +21,7 @@ fn features(cache_size: usize) -> Features {
         map_statements: true,
         track_settings: true,
         cache_size,
-        refuse_listen: true,
+        listen_in_place: true,
     }
 }
 
@@ -564,8 +564,48 @@ fn deallocate_and_listen_are_answered_by_sluice() {
     assert!(f.client.statements.is_empty());
     let (to_server, to_client) = f.client(&query("LISTEN chan"));
     assert!(to_server.is_empty());
-    assert_eq!(tags(&to_client), "EZ");
+    assert_eq!(tags(&to_client), "CZ");
+    assert!(f.client.listening.contains(b"chan".as_slice()));
     assert!(f.ex.idle());
+    let (_, to_client) = f.client(&query("LISTEN a; LISTEN b"));
+    assert_eq!(tags(&to_client), "EZ");
+    let (_, to_client) = f.client(&query("UNLISTEN *"));
+    assert_eq!(tags(&to_client), "CZ");
+    assert!(f.client.listening.is_empty());
+}
+
+#[test]
+fn listen_in_a_transaction_counts_only_if_it_commits() {
+    let mut f = Fixture::new(10);
+    for (end, kept) in [("ROLLBACK", false), ("COMMIT", true)] {
+        f.client(&query("BEGIN"));
+        f.server(&cat(&[&be(b'C', b"BEGIN\0"), &ready(b'T')]));
+        let (to_server, to_client) = f.client(&query("LISTEN chan"));
+        assert!(to_server.is_empty());
+        assert_eq!(tags(&to_client), "CZ");
+        assert!(f.client.listening.is_empty(), "not before the block ends");
+        f.client(&query(end));
+        let tag = format!("{end}\0");
+        f.server(&cat(&[&be(b'C', tag.as_bytes()), &ready(b'I')]));
+        assert_eq!(
+            f.client.listening.contains(b"chan".as_slice()),
+            kept,
+            "{end}"
+        );
+    }
+    // In a failed block, PostgreSQL refuses every command but the block's end.
+    f.client(&query("BEGIN"));
+    f.server(&cat(&[&be(b'C', b"BEGIN\0"), &ready(b'T')]));
+    f.client(&query("select 1/0"));
+    f.server(&cat(&[
+        &be(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"),
+        &ready(b'E'),
+    ]));
+    let (_, to_client) = f.client(&query("UNLISTEN chan"));
+    assert_eq!(tags(&to_client), "EZ");
+    f.client(&query("ROLLBACK"));
+    f.server(&cat(&[&be(b'C', b"ROLLBACK\0"), &ready(b'I')]));
+    assert!(f.client.listening.contains(b"chan".as_slice()));
 }
 
 #[test]

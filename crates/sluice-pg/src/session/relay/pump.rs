@@ -163,6 +163,12 @@ impl Relay<'_> {
                 }
             }
         }
+        if self.poll_notifications(cx)? {
+            return Poll::Ready(Ok(Wake::Input {
+                client: None,
+                server: None,
+            }));
+        }
         if self.terminating {
             if self.to_server.is_empty() {
                 return Poll::Ready(Ok(Wake::Flushed));
@@ -188,6 +194,30 @@ impl Relay<'_> {
             }
         }
         Poll::Pending
+    }
+
+    /// Queues the notifications waiting for a listening client, when nothing is owed to it
+    /// (between responses: right after a ReadyForQuery, never inside another answer).
+    /// True when some were queued (the next pass writes them).
+    fn poll_notifications(&mut self, cx: &mut Context<'_>) -> Result<bool, PgSessionError> {
+        let Some(sub) = self.notify.as_mut() else {
+            return Ok(false);
+        };
+        if self.terminating || self.exchange.busy() {
+            return Ok(false);
+        }
+        let mut queued = false;
+        while self.to_client.has_room() {
+            match sub.poll_next(cx) {
+                Poll::Ready(Some(frame)) => {
+                    self.to_client.buf.extend_from_slice(&frame);
+                    queued = true;
+                }
+                Poll::Ready(None) => return Err(PgSessionError::NotificationsOverflow),
+                Poll::Pending => break,
+            }
+        }
+        Ok(queued)
     }
 
     /// Writes what waits for the server; a failed write loses the server.
