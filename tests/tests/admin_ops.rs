@@ -288,7 +288,8 @@ async fn show_pools_through_psql() {
             "maxwait",
             "maxwait_us",
             "pool_mode",
-            "prepared_statements"
+            "prepared_statements",
+            "pinned",
         ],
         "{stdout}"
     );
@@ -303,6 +304,7 @@ async fn show_pools_through_psql() {
     assert_eq!(row["cl_waiting"], "0", "{stdout}");
     assert_eq!(row["pool_mode"], "transaction", "{stdout}");
     assert_eq!(row["maxwait"], "0", "{stdout}");
+    assert_eq!(row["pinned"], "0", "{stdout}");
     // The transaction-mode client holds no server between queries: it sits idle. The pool's
     // health upkeep opens one connection at start, which may race the client's first
     // checkout, so one or two idle servers are both right.

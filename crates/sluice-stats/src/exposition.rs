@@ -285,21 +285,31 @@ fn pool_families(pools: &[PoolSnapshot], pg: usize) -> Vec<MetricFamily> {
             .map(|(p, l)| gauge(l.clone(), p.prepared_statements as f64))
             .collect(),
     ));
-    for (name, help, kind, value) in SESSION_FEATURES {
-        let metrics = series()
-            .take(pg)
-            .map(|(p, l)| {
-                let v = value(p) as f64;
-                if kind == MetricType::COUNTER {
-                    counter(l.clone(), v)
-                } else {
-                    gauge(l.clone(), v)
-                }
-            })
-            .collect();
-        families.push(family((name, help), kind, metrics));
-    }
+    families.extend(session_families(series().take(pg)));
     families
+}
+
+/// The [`SESSION_FEATURES`] families over the Postgres pools' `series`.
+fn session_families<'a>(
+    series: impl Iterator<Item = (&'a PoolSnapshot, &'a Vec<LabelPair>)> + Clone,
+) -> Vec<MetricFamily> {
+    SESSION_FEATURES
+        .iter()
+        .map(|&(name, help, kind, value)| {
+            let metrics = series
+                .clone()
+                .map(|(p, l)| {
+                    let v = value(p) as f64;
+                    if kind == MetricType::COUNTER {
+                        counter(l.clone(), v)
+                    } else {
+                        gauge(l.clone(), v)
+                    }
+                })
+                .collect();
+            family((name, help), kind, metrics)
+        })
+        .collect()
 }
 
 /// Client connections by state.

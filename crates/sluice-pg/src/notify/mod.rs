@@ -25,7 +25,20 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pool::PgPool;
+use crate::upstream::{PgUpstreamError, ServerConn};
+
+/// Where a hub's connection comes from: the pool it serves (implemented by
+/// [`crate::pool::PgPool`]; a trait so this module does not depend on the pool).
+pub trait HubUpstream: Send + Sync + 'static {
+    /// Opens and authenticates a connection with the pool's credentials and settings.
+    fn connect(
+        &self,
+    ) -> impl std::future::Future<Output = Result<ServerConn, PgUpstreamError>> + Send;
+    /// The pool's name, for logs.
+    fn name(&self) -> String;
+    /// Counts a reconnect after the connection broke.
+    fn reconnected(&self);
+}
 
 /// Notifications that may wait for one client (about 8 MiB at PostgreSQL's largest
 /// payload). A client that falls further behind is disconnected with
@@ -271,13 +284,13 @@ pub struct HubFigures {
 impl NotifyHub {
     /// A client's subscription (with no channels yet); starts the connection task when it
     /// is not running.
-    pub fn subscribe(&self, pool: &PgPool) -> Subscription {
+    pub fn subscribe(&self, upstream: impl HubUpstream) -> Subscription {
         let mut reg = self.registry.lock();
         let (id, rx, overflowed) = reg.subscribe();
         if !reg.running {
             reg.running = true;
             let (registry, changed) = (self.registry.clone(), self.changed.clone());
-            tokio::spawn(task::run(registry, changed, pool.clone()));
+            tokio::spawn(task::run(registry, changed, upstream));
         }
         Subscription {
             registry: self.registry.clone(),
@@ -286,6 +299,18 @@ impl NotifyHub {
             rx,
             overflowed,
             channels: BTreeSet::new(),
+        }
+    }
+
+    /// The figures for the statistics, with the pool's count of listener reconnects.
+    pub fn snapshot(&self, reconnects: u64) -> sluice_stats::NotifySnapshot {
+        let hub = self.figures();
+        sluice_stats::NotifySnapshot {
+            channels: hub.channels as u64,
+            listeners: hub.listeners as u64,
+            notifications_total: hub.delivered,
+            overflows_total: hub.overflows,
+            reconnects_total: reconnects,
         }
     }
 

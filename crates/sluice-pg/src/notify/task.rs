@@ -10,8 +10,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Command, Registry};
-use crate::pool::PgPool;
+use super::{Command, HubUpstream, Registry};
 use crate::protocol::frame::ProtocolError;
 use crate::protocol::frame::{read_cstr, Frames, MAX_FRAME_LEN};
 use crate::protocol::messages;
@@ -34,9 +33,9 @@ enum End {
 pub(super) async fn run(
     registry: Arc<Mutex<Registry>>,
     changed: Arc<tokio::sync::Notify>,
-    pool: PgPool,
+    upstream: impl HubUpstream,
 ) {
-    let name = pool.settings().name.clone();
+    let name = upstream.name();
     let mut backoff = Duration::from_millis(100);
     let mut lost = false;
     loop {
@@ -44,10 +43,7 @@ pub(super) async fn run(
             tracing::debug!(pool = %name, "notification listener closed: nobody listens");
             return;
         }
-        let s = pool.settings();
-        let conn =
-            ServerConn::connect(&s.upstream, s.connect_timeout, s.tls.as_ref(), s.sslmode).await;
-        let conn = match conn {
+        let conn = match upstream.connect().await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(pool = %name, error = %e, retry_in = ?backoff, "notification listener cannot connect");
@@ -58,7 +54,7 @@ pub(super) async fn run(
         };
         backoff = Duration::from_millis(100);
         if lost {
-            pool.counters().inc_listen_reconnects();
+            upstream.reconnected();
             tracing::warn!(pool = %name, "notification listener reconnected; notifications sent while it was down were lost");
         }
         match serve(&registry, &changed, conn, &name).await {

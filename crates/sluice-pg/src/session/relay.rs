@@ -15,6 +15,7 @@
 //! other goes unread; [`checkout`] gets a server when a request needs one.
 
 mod checkout;
+mod listen;
 mod pin;
 mod pump;
 
@@ -93,6 +94,17 @@ pub(crate) struct Limits {
 /// Most bytes read from a client that waits for a server (see [`Relay::wait_for_server`]).
 const WATCH_CAP: usize = 64 * 1024;
 
+impl Limits {
+    fn from_config(pg: &sluice_config::PostgresConfig) -> Self {
+        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        Limits {
+            max_packet: pg.max_packet_size,
+            client_idle: nonzero(pg.client_idle_timeout),
+            idle_transaction: nonzero(pg.idle_transaction_timeout),
+        }
+    }
+}
+
 enum Flow {
     Continue,
     Done,
@@ -112,13 +124,7 @@ impl<'a> Relay<'a> {
             count,
             server,
         } = logged_in;
-        let pg = &ctx.config.postgres;
-        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
-        let limits = Limits {
-            max_packet: pg.max_packet_size,
-            client_idle: nonzero(pg.client_idle_timeout),
-            idle_transaction: nonzero(pg.idle_transaction_timeout),
-        };
+        let limits = Limits::from_config(&ctx.config.postgres);
         let gauge = ctx.stats.clients().track(match server {
             Some(_) => sluice_stats::ClientState::Active,
             None => sluice_stats::ClientState::Idle,
@@ -231,40 +237,6 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Sets the idle timer for the wait that starts now (or disarms it).
-    fn arm_timer(&mut self) {
-        match self.idle_limit() {
-            Some(limit) => {
-                let deadline = tokio::time::Instant::now() + limit;
-                match &mut self.timer {
-                    Some(t) => t.as_mut().reset(deadline),
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                }
-            }
-            None => {
-                self.timer_armed = false;
-                return;
-            }
-        }
-        self.timer_armed = true;
-    }
-
-    /// The idle timeout that applies right now: `client_idle_timeout` between
-    /// transactions, `idle_transaction_timeout` inside one with nothing in flight.
-    /// As in PostgreSQL, a session that still owes the client output is not idle.
-    fn idle_limit(&self) -> Option<std::time::Duration> {
-        if !self.to_client.is_empty() {
-            return None;
-        }
-        match &self.server {
-            None => self.limits.client_idle,
-            Some(_) if !self.exchange.busy() && self.exchange.status() != b'I' => {
-                self.limits.idle_transaction
-            }
-            Some(_) => None,
-        }
-    }
-
     /// Handles bytes from the client: complete frames go through the exchange to a server
     /// (checked out first if none is held).
     async fn client_input(&mut self) -> Result<Flow, PgSessionError> {
@@ -321,53 +293,6 @@ impl<'a> Relay<'a> {
         result?;
         self.count();
         Ok(())
-    }
-
-    /// After client frames went through the exchange: follow LISTEN/UNLISTEN, and give
-    /// the server back when Sluice answered everything itself (a DEALLOCATE or LISTEN
-    /// between transactions needs no server).
-    async fn after_exchange(&mut self) {
-        if self.listens() {
-            Box::pin(self.sync_listening()).await;
-        }
-        if self.mode == PoolMode::Transaction
-            && self.server.is_some()
-            && self.exchange.idle()
-            && self.to_server.is_empty()
-        {
-            self.release().await;
-        }
-    }
-
-    /// The client listens on a channel, or did until now.
-    fn listens(&self) -> bool {
-        self.notify.is_some() || !self.state.listening.is_empty()
-    }
-
-    /// Brings the pool's notification hub in line with the channels the client listens
-    /// on, and waits (at most [`crate::notify::LISTEN_ACK_TIMEOUT`]) for new upstream
-    /// LISTENs: the client's `LISTEN` answer, still queued, then means what it says.
-    async fn sync_listening(&mut self) {
-        if self.state.listening.is_empty() {
-            self.notify = None;
-            return;
-        }
-        let pool = self.pool;
-        let sub = self
-            .notify
-            .get_or_insert_with(|| Box::new(pool.notify_hub().subscribe(pool)));
-        for wait in sub.sync(&self.state.listening) {
-            if tokio::time::timeout(crate::notify::LISTEN_ACK_TIMEOUT, wait)
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    client = %self.who.addr,
-                    "LISTEN answered before the upstream LISTEN completed (the notification \
-                     listener is not connected); notifications may be missed until it is"
-                );
-            }
-        }
     }
 
     /// Moves the exchange's query and transaction counts into the pool's counters.

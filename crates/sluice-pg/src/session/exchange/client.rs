@@ -10,9 +10,6 @@ use super::sql::{classify, hidden_effects, Statement as Sql};
 use super::{Effect, Exchange, Expect, Sides, Synthetic};
 use crate::protocol::frame::{Frames, ProtocolError, MAX_FRAME_LEN};
 use crate::protocol::messages::{self, Bind, Parse, Target};
-use crate::protocol::messages::{
-    BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, NO_PARAMETERS_NO_DATA, PARSE_COMPLETE,
-};
 use crate::protocol::tag::frontend::*;
 use crate::state::prepared::Statement;
 
@@ -209,67 +206,6 @@ impl Exchange {
         io.to_server.put_slice(raw);
         self.syncs_since_command = 0;
         self.push(Expect::Execute);
-    }
-
-    /// A Parse of `LISTEN x` / `UNLISTEN x` (transaction mode): answered in place and
-    /// remembered, so its Bind, Describe, Execute and Close are answered too. True when
-    /// handled. Any other Parse forgets a LISTEN statement of the same name.
-    fn listen_parse(&mut self, p: &Parse<'_>) -> bool {
-        if !self.features.listen_in_place {
-            return false;
-        }
-        let effect = match classify(p.query()) {
-            Sql::Listen(c) => Effect::Listen(c),
-            Sql::Unlisten(c) => Effect::Unlisten(c),
-            _ => {
-                if let Some(names) = &mut self.listen_names {
-                    names.statements.remove(p.name);
-                }
-                return false;
-            }
-        };
-        let names = self.listen_names.get_or_insert_with(Default::default);
-        names.statements.insert(p.name.to_vec(), effect);
-        self.push(Expect::Synthetic(Synthetic::Frames(PARSE_COMPLETE)));
-        true
-    }
-
-    /// Bind of a LISTEN statement: answered in place, the portal remembered.
-    fn listen_bind(&mut self, b: &Bind<'_>) -> bool {
-        let Some(names) = &mut self.listen_names else {
-            return false;
-        };
-        let Some(effect) = names.statements.get(b.statement).cloned() else {
-            names.portals.remove(b.portal);
-            return false;
-        };
-        names.portals.insert(b.portal.to_vec(), effect);
-        self.push(Expect::Synthetic(Synthetic::Frames(BIND_COMPLETE)));
-        true
-    }
-
-    /// Describe or Close of a LISTEN statement or portal: answered in place.
-    fn listen_target(&mut self, t: &Target<'_>, close: bool) -> bool {
-        let Some(names) = &mut self.listen_names else {
-            return false;
-        };
-        let names = match t.kind {
-            b'S' => &mut names.statements,
-            _ => &mut names.portals,
-        };
-        if !names.contains_key(t.name) {
-            return false;
-        }
-        let answer = match (close, t.kind) {
-            (true, _) => {
-                names.remove(t.name);
-                CLOSE_COMPLETE
-            }
-            (false, b'S') => NO_PARAMETERS_NO_DATA,
-            (false, _) => NO_DATA,
-        };
-        self.push(Expect::Synthetic(Synthetic::Frames(answer)));
-        true
     }
 
     /// Sync: ends the extended-protocol batch (and Sluice's own refusal of it).

@@ -28,6 +28,7 @@
 //! text (SET/RESET/DEALLOCATE/...) and scans it for hidden effects.
 
 mod client;
+mod listen;
 pub(crate) mod server;
 pub(crate) mod sql;
 

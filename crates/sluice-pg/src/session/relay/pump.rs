@@ -196,28 +196,38 @@ impl Relay<'_> {
         Poll::Pending
     }
 
-    /// Queues the notifications waiting for a listening client, when nothing is owed to it
-    /// (between responses: right after a ReadyForQuery, never inside another answer).
-    /// True when some were queued (the next pass writes them).
-    fn poll_notifications(&mut self, cx: &mut Context<'_>) -> Result<bool, PgSessionError> {
-        let Some(sub) = self.notify.as_mut() else {
-            return Ok(false);
-        };
-        if self.terminating || self.exchange.busy() {
-            return Ok(false);
-        }
-        let mut queued = false;
-        while self.to_client.has_room() {
-            match sub.poll_next(cx) {
-                Poll::Ready(Some(frame)) => {
-                    self.to_client.buf.extend_from_slice(&frame);
-                    queued = true;
+    /// Sets the idle timer for the wait that starts now (or disarms it).
+    pub(super) fn arm_timer(&mut self) {
+        match self.idle_limit() {
+            Some(limit) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                match &mut self.timer {
+                    Some(t) => t.as_mut().reset(deadline),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
                 }
-                Poll::Ready(None) => return Err(PgSessionError::NotificationsOverflow),
-                Poll::Pending => break,
+            }
+            None => {
+                self.timer_armed = false;
+                return;
             }
         }
-        Ok(queued)
+        self.timer_armed = true;
+    }
+
+    /// The idle timeout that applies right now: `client_idle_timeout` between
+    /// transactions, `idle_transaction_timeout` inside one with nothing in flight.
+    /// As in PostgreSQL, a session that still owes the client output is not idle.
+    fn idle_limit(&self) -> Option<std::time::Duration> {
+        if !self.to_client.is_empty() {
+            return None;
+        }
+        match &self.server {
+            None => self.limits.client_idle,
+            Some(_) if !self.exchange.busy() && self.exchange.status() != b'I' => {
+                self.limits.idle_transaction
+            }
+            Some(_) => None,
+        }
     }
 
     /// Writes what waits for the server; a failed write loses the server.

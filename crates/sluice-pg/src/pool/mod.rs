@@ -21,6 +21,11 @@ use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
 use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 
+mod hub;
+mod pins;
+
+pub use pins::PinSlot;
+
 use crate::state::prepared::StatementRegistry;
 use crate::upstream::{PgUpstreamError, ServerConn, ServerParams};
 
@@ -110,40 +115,6 @@ pub struct ClientMeta {
     pub application_name: String,
 }
 
-/// Who pins a server, why and since when.
-struct PinRecord {
-    who: Arc<ClientMeta>,
-    reason: String,
-    since: std::time::Instant,
-}
-
-/// One pinned server's place in its pool's count; dropping it unpins.
-pub struct PinSlot {
-    pool: PgPool,
-    id: u64,
-}
-
-impl PinSlot {
-    /// Updates what keeps the server pinned.
-    pub fn set_reason(&self, reason: String) {
-        if let Some(r) = self.pool.inner.pins.lock().1.get_mut(&self.id) {
-            r.reason = reason;
-        }
-    }
-}
-
-impl Drop for PinSlot {
-    fn drop(&mut self) {
-        self.pool.inner.pins.lock().1.remove(&self.id);
-    }
-}
-
-impl std::fmt::Debug for PinSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PinSlot").field("id", &self.id).finish()
-    }
-}
-
 /// Opens server connections for one pool and remembers the first one's parameters.
 pub struct PgConnector {
     upstream: Upstream,
@@ -206,7 +177,7 @@ struct Inner {
     /// LISTEN/NOTIFY for this pool's clients in transaction mode.
     notify: crate::notify::NotifyHub,
     /// Clients pinning a server (transaction mode), by pin id.
-    pins: Mutex<(u64, std::collections::BTreeMap<u64, PinRecord>)>,
+    pins: Mutex<(u64, std::collections::BTreeMap<u64, pins::PinRecord>)>,
 }
 
 /// A handle to one pool; clones share it.
@@ -250,32 +221,6 @@ impl PgPool {
                 pins: Mutex::new((0, Default::default())),
             }),
         }
-    }
-
-    /// Pins a server for `who` (transaction mode) unless `max` are pinned already; the pin
-    /// lasts as long as the returned slot.
-    pub fn try_pin(&self, who: &Arc<ClientMeta>, reason: String, max: usize) -> Option<PinSlot> {
-        let mut pins = self.inner.pins.lock();
-        if pins.1.len() >= max {
-            return None;
-        }
-        pins.0 += 1;
-        let id = pins.0;
-        let record = PinRecord {
-            who: who.clone(),
-            reason,
-            since: std::time::Instant::now(),
-        };
-        pins.1.insert(id, record);
-        Some(PinSlot {
-            pool: self.clone(),
-            id,
-        })
-    }
-
-    /// Servers pinned right now.
-    pub fn pinned(&self) -> usize {
-        self.inner.pins.lock().1.len()
     }
 
     /// The pool's LISTEN/NOTIFY hub (transaction mode).
@@ -488,28 +433,11 @@ impl PoolSource for PgPool {
                 age_seconds: age.as_secs_f64(),
             }),
             prepared_statements: self.inner.statements.len() as u64,
-            pinned: {
-                let pins = self.inner.pins.lock();
-                pins.1
-                    .values()
-                    .map(|p| sluice_stats::PinnedInfo {
-                        client_addr: p.who.addr.to_string(),
-                        application_name: p.who.application_name.clone(),
-                        reason: p.reason.clone(),
-                        age_seconds: p.since.elapsed().as_secs_f64(),
-                    })
-                    .collect()
-            },
-            notify: {
-                let hub = self.inner.notify.figures();
-                sluice_stats::NotifySnapshot {
-                    channels: hub.channels as u64,
-                    listeners: hub.listeners as u64,
-                    notifications_total: hub.delivered,
-                    overflows_total: hub.overflows,
-                    reconnects_total: self.counters().listen_reconnects(),
-                }
-            },
+            pinned: self.pinned_clients(),
+            notify: self
+                .inner
+                .notify
+                .snapshot(self.counters().listen_reconnects()),
             ..PoolSnapshot::default()
         }
         .with_counters(self.counters().snapshot())
