@@ -140,8 +140,18 @@ def psycopg_checks():
     if chans != 0:
         fail(f"psycopg: a pooled server listens on {chans} channels")
     listener.close()
+    # The last listener left (the hub closes its connection); a new client listening on the
+    # same channel gets notifications again.
+    time.sleep(0.5)
+    again = psycopg.connect(URL, autocommit=True)
+    again.execute("LISTEN psy_chan")
+    notify("psy_chan", "new listener")
+    notes = psycopg_recv(again, 1)
+    if [n.payload for n in notes] != ["new listener"]:
+        fail(f"psycopg: a new listener after the last one left got {notes}")
+    again.close()
     sender.close()
-    print("psycopg: notifies, rollback, commit, in-transaction, unlisten, reconnect ok", flush=True)
+    print("psycopg: notifies, rollback, commit, in-transaction, unlisten, reconnect, relisten ok", flush=True)
 
 
 async def main():

@@ -57,11 +57,14 @@ pub(super) async fn run(
             upstream.reconnected();
             tracing::warn!(pool = %name, "notification listener reconnected; notifications sent while it was down were lost");
         }
-        match serve(&registry, &changed, conn, &name).await {
+        let end = serve(&registry, &changed, conn, &name).await;
+        // The connection is gone either way: a channel listened on again must be
+        // LISTENed on the next one.
+        registry.lock().disconnected();
+        match end {
             End::Unused => {}
             End::Lost(e) => {
                 lost = true;
-                registry.lock().disconnected();
                 tracing::warn!(pool = %name, error = %e, "notification listener connection lost; reconnecting");
             }
         }
