@@ -7,6 +7,7 @@
 mod builder;
 mod duration;
 mod error;
+mod expand;
 mod load;
 mod model;
 mod raw;
@@ -64,10 +65,11 @@ impl Config {
         load::load(file, env, overrides)
     }
 
-    /// Parses TOML text on its own (defaults < text) and validates.
+    /// Parses TOML text on its own (defaults < text) and validates; `${VAR}` in it is
+    /// expanded from the process environment.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let mut builder = builder::Builder::new();
-        raw::apply_toml(&mut builder, text, None)?;
+        raw::apply_toml(&mut builder, text, None, &|v| std::env::var(v).ok())?;
         builder.finish()
     }
 

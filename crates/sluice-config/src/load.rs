@@ -54,7 +54,7 @@ pub(crate) fn load(
             path: path.clone(),
             error,
         })?;
-        raw::apply_toml(&mut builder, &text, Some(&path.display().to_string()))?;
+        raw::apply_toml(&mut builder, &text, Some(&path.display().to_string()), env)?;
     }
     for (var, key) in ENV_VARS {
         if let Some(value) = env(var).filter(|value| !value.trim().is_empty()) {

@@ -50,6 +50,8 @@ struct RawAdmin {
     enabled: Option<bool>,
     listen: Option<Spanned<String>>,
     token: Option<String>,
+    /// A file holding `token` (a mounted secret).
+    token_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -116,7 +118,9 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     name: String,
-    password: String,
+    password: Option<String>,
+    /// A file holding `password` (a mounted secret).
+    password_file: Option<String>,
 }
 
 /// Where the TOML text came from, used to point error messages at a line.
@@ -198,7 +202,10 @@ pub(crate) fn apply_toml(
     builder: &mut Builder,
     text: &str,
     origin: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
+    let expanded = crate::expand::expand(text, env)?;
+    let text = expanded.as_str();
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml {
         origin: origin.unwrap_or("config").to_owned(),
         message: e.to_string().trim_end().to_owned(),
@@ -210,10 +217,8 @@ pub(crate) fn apply_toml(
     let admin = &mut builder.config.admin;
     set(&mut admin.enabled, raw.admin.enabled);
     source.set_listen(&mut admin.listen, "admin.listen", &raw.admin.listen)?;
-    set(
-        &mut admin.token,
-        raw.admin.token.filter(|t| !t.is_empty()).map(Some),
-    );
+    let token = secret("admin.token_file", raw.admin.token, raw.admin.token_file)?;
+    set(&mut admin.token, token.filter(|t| !t.is_empty()).map(Some));
     let general = &mut builder.config.general;
     set(&mut general.worker_threads, raw.general.worker_threads);
     let shutdown = &raw.general.shutdown_timeout;
@@ -256,7 +261,7 @@ fn apply_postgres(
     );
     set(&mut pg.auth_type, raw.auth_type);
     pg.databases = databases(source, raw.databases)?;
-    pg.users = users(raw.users);
+    pg.users = users("postgres", raw.users)?;
     Ok(())
 }
 
@@ -341,14 +346,39 @@ fn databases(
         .collect()
 }
 
-/// A `[[<section>.users]]` list.
-fn users(raw: Vec<RawUser>) -> Vec<UserConfig> {
+/// A `[[<section>.users]]` list; each password is given inline or in a `password_file`.
+fn users(section: &str, raw: Vec<RawUser>) -> Result<Vec<UserConfig>, ConfigError> {
     raw.into_iter()
-        .map(|user| UserConfig {
-            name: user.name,
-            password: user.password,
+        .map(|user| {
+            let key = format!("{section}.users.password_file");
+            let password = secret(&key, user.password, user.password_file)?.ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("{section}.users"),
+                    format!("user {:?} needs password or password_file", user.name),
+                )
+            })?;
+            Ok(UserConfig {
+                name: user.name,
+                password,
+            })
         })
         .collect()
+}
+
+/// A secret given inline or as `*_file` (not both).
+fn secret(
+    file_key: &str,
+    inline: Option<String>,
+    file: Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            file_key,
+            "give the value or the file, not both",
+        )),
+        (None, Some(path)) => crate::expand::read_secret_file(file_key, &path).map(Some),
+        (inline, None) => Ok(inline),
+    }
 }
 
 /// Applies a `[mongo]` section (its presence turns the MongoDB listener on).
@@ -401,6 +431,6 @@ fn apply_mongo(
     ] {
         source.set_duration(slot, key, value)?;
     }
-    mongo.users = users(raw.users);
+    mongo.users = users("mongo", raw.users)?;
     Ok(())
 }

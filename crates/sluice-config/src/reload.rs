@@ -98,6 +98,12 @@ pub static KEYS: &[Key] = &[
         Restart("the admin listener keeps the token it started with"),
         admin.token
     ),
+    // A `*_file` key is read into its value key; a change shows there.
+    Key {
+        path: "admin.token_file",
+        apply: Restart("the admin listener keeps the token it started with"),
+        changed: |_, _| false,
+    },
     key!("postgres.listen", LISTENER, postgres.listen),
     key!("postgres.pool_mode", MODE, postgres.pool_mode),
     key!("postgres.max_client_conn", Live, postgres.max_client_conn),
@@ -199,6 +205,11 @@ pub static KEYS: &[Key] = &[
         apply: USERS,
         changed: |a, b| users_differ(&a.postgres.users, &b.postgres.users, true),
     },
+    Key {
+        path: "postgres.users.*.password_file",
+        apply: USERS,
+        changed: |_, _| false,
+    },
     mongo_key!("mongo.listen", LISTENER, listen),
     mongo_key!("mongo.upstream", MONGO, upstream),
     mongo_key!("mongo.max_pool_size", Live, max_pool_size),
@@ -217,6 +228,11 @@ pub static KEYS: &[Key] = &[
         path: "mongo.users.*.password",
         apply: MONGO,
         changed: |a, b| mongo_differs(a, b, |x, y| users_differ(&x.users, &y.users, true)),
+    },
+    Key {
+        path: "mongo.users.*.password_file",
+        apply: MONGO,
+        changed: |_, _| false,
     },
 ];
 

@@ -480,3 +480,52 @@ fn mongo_client_guards_parse() {
         "idle timeout off by default"
     );
 }
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn environment_expansion_and_secret_files() {
+    let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "s3cr\"et\n").unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "tok\n").unwrap();
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[admin]
+token_file = "{token}"
+[postgres]
+pool_size = ${{POOL:-9}}
+[[postgres.databases]]
+name = "app"
+upstream = "postgres://app:${{DB_PASSWORD}}@${{DB_HOST:-localhost}}:5432/app"
+[[postgres.users]]
+name = "app"
+password_file = "{pw}"
+"#,
+            token = token.display(),
+            pw = pw.display()
+        ),
+    )
+    .unwrap();
+    let env = |name: &str| match name {
+        "DB_PASSWORD" => Some("p@ss".to_owned()),
+        _ => None,
+    };
+    let config = Config::load(Some(&file), &env, &[]).unwrap();
+    assert_eq!(config.postgres.pool_size, 9);
+    assert_eq!(config.postgres.users[0].password, "s3cr\"et");
+    assert_eq!(config.admin.token.as_deref(), Some("tok"));
+    let db = &config.postgres.databases[0];
+    assert_eq!(db.upstream.host, "localhost");
+    assert_eq!(db.upstream.password.as_deref(), Some("p@ss"));
+    // An unset variable without a default is an error naming it.
+    let e = Config::load(Some(&file), &|_: &str| None, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DB_PASSWORD is not set"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
