@@ -99,6 +99,10 @@ struct RawPostgres {
 struct RawDatabase {
     name: String,
     upstream: Spanned<String>,
+    /// The upstream password, instead of one in the URL (no URL-encoding needed).
+    password: Option<String>,
+    /// A file holding `password` (a mounted secret).
+    password_file: Option<String>,
     pool_size: Option<usize>,
     min_pool_size: Option<usize>,
     pool_mode: Option<PoolMode>,
@@ -329,10 +333,20 @@ fn databases(
     raw.into_iter()
         .enumerate()
         .map(|(i, db)| {
-            let upstream = Upstream::parse(db.upstream.get_ref()).map_err(|e| {
+            let mut upstream = Upstream::parse(db.upstream.get_ref()).map_err(|e| {
                 let key = format!("postgres.databases[{i}].upstream");
                 source.error(&key, db.upstream.span().start, e)
             })?;
+            let key = format!("postgres.databases[{i}].password");
+            if let Some(password) = secret(&key, db.password, db.password_file)? {
+                if upstream.password.is_some() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "the upstream URL has a password too: give one of them",
+                    ));
+                }
+                upstream.password = Some(password);
+            }
             Ok(DatabaseConfig {
                 name: db.name,
                 upstream,

@@ -186,6 +186,17 @@ pub static KEYS: &[Key] = &[
         },
     },
     db_key!("postgres.databases.*.upstream", POOLS, upstream),
+    // Read into the upstream's password; a change shows there.
+    Key {
+        path: "postgres.databases.*.password",
+        apply: POOLS,
+        changed: |_, _| false,
+    },
+    Key {
+        path: "postgres.databases.*.password_file",
+        apply: POOLS,
+        changed: |_, _| false,
+    },
     db_key!("postgres.databases.*.pool_size", Live, pool_size),
     db_key!("postgres.databases.*.min_pool_size", Live, min_pool_size),
     db_key!("postgres.databases.*.pool_mode", MODE, pool_mode),

@@ -522,6 +522,15 @@ password_file = "{pw}"
     let db = &config.postgres.databases[0];
     assert_eq!(db.upstream.host, "localhost");
     assert_eq!(db.upstream.password.as_deref(), Some("p@ss"));
+    // A database's password may stand apart from its URL (no URL-encoding).
+    let text = "[[postgres.databases]]\nname = \"a\"\nupstream = \"postgres://u@h/a\"\npassword = \"p@ss:w/rd%#\"\n";
+    let c = Config::from_toml_str(text).unwrap();
+    assert_eq!(
+        c.postgres.databases[0].upstream.password.as_deref(),
+        Some("p@ss:w/rd%#")
+    );
+    let both = text.replace("u@h", "u:x@h");
+    assert!(Config::from_toml_str(&both).is_err());
     // An unset variable without a default is an error naming it.
     let e = Config::load(Some(&file), &|_: &str| None, &[])
         .unwrap_err()
