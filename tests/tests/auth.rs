@@ -137,6 +137,38 @@ async fn scram_with_scram_verifier() {
     check_user_entry("scram-sha-256", APP_USER, &verifier, APP_PASSWORD).await;
 }
 
+/// PgBouncer's userlist.txt as `postgres.auth_file`, with the role's real SCRAM verifier
+/// copied from `pg_authid` (as PgBouncer users generate it): no plaintext anywhere.
+#[tokio::test]
+async fn pgbouncer_auth_file_with_scram_verifiers() {
+    let cluster = shared_cluster();
+    let su = cluster.superuser().await;
+    let verifier = scalar(
+        &su,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+    )
+    .await;
+    let db = cluster.fresh_database("auth_file").await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("userlist.txt");
+    std::fs::write(
+        &list,
+        format!(";; generated from pg_authid\n\"{APP_USER}\" \"{verifier}\"\n"),
+    )
+    .unwrap();
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .extra_postgres(&format!("auth_file = \"{}\"", list.display()))
+        .start();
+    let c = within(T, "connect", sluice.connect(APP_USER, APP_PASSWORD, &db))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&c, "SELECT 41 + 1").await, "42");
+    let res = within(T, "connect", sluice.connect(APP_USER, "wrong", &db)).await;
+    expect_sqlstate(res, &["28P01"]);
+    let res = within(T, "connect", sluice.connect("nobody", APP_PASSWORD, &db)).await;
+    expect_sqlstate(res, &["28P01"]);
+}
+
 #[tokio::test]
 async fn md5_with_plaintext_password() {
     check_user_entry("md5", APP_USER, APP_PASSWORD, APP_PASSWORD).await;

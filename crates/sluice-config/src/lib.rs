@@ -13,6 +13,7 @@ mod model;
 mod raw;
 mod reload;
 mod upstream;
+mod userlist;
 mod validate;
 mod values;
 

@@ -204,7 +204,10 @@ pub struct PostgresConfig {
     /// Databases clients can connect to.
     pub databases: Vec<DatabaseConfig>,
     /// Users allowed to connect; empty means the upstream URL credentials are used.
+    /// Includes the users of `auth_file`.
     pub users: Vec<UserConfig>,
+    /// PgBouncer's userlist.txt the users were also read from, if any.
+    pub auth_file: Option<std::path::PathBuf>,
     /// Users (from `users`) allowed into the SQL admin console (database `sluice` or
     /// `pgbouncer`).
     pub admin_users: Vec<String>,
@@ -236,6 +239,7 @@ impl Default for PostgresConfig {
             server_login_retry: Duration::from_secs(5),
             databases: Vec::new(),
             users: Vec::new(),
+            auth_file: None,
             admin_users: Vec::new(),
         }
     }

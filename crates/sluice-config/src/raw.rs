@@ -90,6 +90,8 @@ struct RawPostgres {
     admin_users: Option<Vec<String>>,
     #[serde(default)]
     databases: Vec<RawDatabase>,
+    /// PgBouncer's userlist.txt, read for more users.
+    auth_file: Option<String>,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -266,6 +268,10 @@ fn apply_postgres(
     set(&mut pg.auth_type, raw.auth_type);
     pg.databases = databases(source, raw.databases)?;
     pg.users = users("postgres", raw.users)?;
+    if let Some(path) = raw.auth_file {
+        pg.users.extend(auth_file_users(&path, &pg.users)?);
+        pg.auth_file = Some(path.into());
+    }
     Ok(())
 }
 
@@ -375,6 +381,27 @@ fn users(section: &str, raw: Vec<RawUser>) -> Result<Vec<UserConfig>, ConfigErro
                 name: user.name,
                 password,
             })
+        })
+        .collect()
+}
+
+/// The users of a PgBouncer `auth_file`; a name also in `[[postgres.users]]` is an error.
+fn auth_file_users(path: &str, listed: &[UserConfig]) -> Result<Vec<UserConfig>, ConfigError> {
+    let key = "postgres.auth_file";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
+    let users = crate::userlist::parse(&text)
+        .map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
+    users
+        .into_iter()
+        .map(|(name, password)| {
+            if listed.iter().any(|u| u.name == name) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{path}: user {name:?} is also in [[postgres.users]]"),
+                ));
+            }
+            Ok(UserConfig { name, password })
         })
         .collect()
 }

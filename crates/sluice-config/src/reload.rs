@@ -216,6 +216,7 @@ pub static KEYS: &[Key] = &[
         apply: USERS,
         changed: |a, b| users_differ(&a.postgres.users, &b.postgres.users, true),
     },
+    key!("postgres.auth_file", USERS, postgres.auth_file),
     Key {
         path: "postgres.users.*.password_file",
         apply: USERS,

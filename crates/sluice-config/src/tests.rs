@@ -538,3 +538,34 @@ password_file = "{pw}"
     assert!(e.contains("DB_PASSWORD is not set"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+#[allow(clippy::unwrap_used)]
+fn pgbouncer_auth_file_adds_users() {
+    let dir = std::env::temp_dir().join(format!("sluice-userlist-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let list = dir.join("userlist.txt");
+    std::fs::write(
+        &list,
+        "; PgBouncer users\n\"bob\" \"md5d41d8cd98f00b204e9800998ecf8427e\"\n\"carol\" \"pw\"\n",
+    )
+    .unwrap();
+    let text = format!(
+        "[postgres]\nauth_file = \"{}\"\n[[postgres.users]]\nname = \"app\"\npassword = \"x\"\n\
+         [[postgres.databases]]\nname = \"a\"\nupstream = \"postgres://u:p@h/a\"\n",
+        list.display()
+    );
+    let c = Config::from_toml_str(&text).unwrap();
+    let names: Vec<&str> = c.postgres.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["app", "bob", "carol"]);
+    std::fs::write(&list, "\"app\" \"dup\"\n").unwrap();
+    let e = Config::from_toml_str(&text).unwrap_err().to_string();
+    assert!(
+        e.contains("postgres.auth_file") && e.contains("also in"),
+        "{e}"
+    );
+    std::fs::write(&list, "app secret\n").unwrap();
+    let e = Config::from_toml_str(&text).unwrap_err().to_string();
+    assert!(e.contains("line 1"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
