@@ -82,7 +82,7 @@ async fn help_lists_the_subcommands() {
     let out = sluice(&["--help"], &[]).await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = stdout(&out);
-    for sub in ["run", "health"] {
+    for sub in ["run", "health", "import-pgbouncer"] {
         assert!(
             lists(&text, sub),
             "sluice --help does not list {sub}:\n{text}"
@@ -379,5 +379,63 @@ async fn worker_threads_sets_the_runtime_threads() {
         "worker_threads = 4: {} threads (1: {})",
         counts[1],
         counts[0]
+    );
+}
+
+/// `sluice import-pgbouncer`: a PgBouncer setup (ini + userlist with the role's real SCRAM
+/// verifier) becomes a proxy.toml that `sluice-tools check` starts Sluice on and queries
+/// through; keys Sluice does not support are listed as comments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_pgbouncer_gives_a_config_sluice_runs_on() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("import_pgb").await;
+    let su = cluster.superuser().await;
+    let verifier = scalar(
+        &su,
+        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let userlist = dir.path().join("userlist.txt");
+    std::fs::write(&userlist, format!("\"app\" \"{verifier}\"\n")).unwrap();
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n{db} = host=127.0.0.1 port={port} dbname={db} user=app password=secret pool_size=3\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nauth_type = scram-sha-256\n\
+             auth_file = /etc/pgbouncer/userlist.txt\npool_mode = transaction\ndefault_pool_size = 2\n\
+             logfile = /var/log/pgbouncer.log\nunix_socket_dir = /tmp\n",
+            port = cluster.port(),
+            listen = free_port()
+        ),
+    )
+    .unwrap();
+    let ini_arg = ini.to_str().unwrap();
+    let userlist_arg = userlist.to_str().unwrap();
+    let out = sluice(
+        &["import-pgbouncer", ini_arg, "--userlist", userlist_arg],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", describe(&out));
+    let toml = stdout(&out);
+    assert!(
+        toml.contains("#   logfile = /var/log/pgbouncer.log"),
+        "{toml}"
+    );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let out = tools(
+        &["check", "--config", config.to_str().unwrap()],
+        &[("SLUICE_ADMIN_LISTEN", &admin)],
+    )
+    .await;
+    assert!(out.status.success(), "{}\n{toml}", describe(&out));
+    assert!(
+        stdout(&out).contains("✓ All checks passed"),
+        "{}",
+        describe(&out)
     );
 }

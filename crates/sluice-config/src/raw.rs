@@ -8,9 +8,7 @@ use toml::{Spanned, Value};
 
 use crate::builder::Builder;
 use crate::duration::{parse_duration, seconds_to_duration};
-use crate::model::{
-    AuthType, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode, UserConfig,
-};
+use crate::model::{AuthType, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode};
 use crate::upstream::Upstream;
 use crate::values::parse_listen;
 use crate::ConfigError;
@@ -129,6 +127,16 @@ struct RawUser {
     password_file: Option<String>,
 }
 
+impl RawUser {
+    fn into_parts(self) -> crate::secrets::UserEntry {
+        crate::secrets::UserEntry {
+            name: self.name,
+            password: self.password,
+            password_file: self.password_file,
+        }
+    }
+}
+
 /// Where the TOML text came from, used to point error messages at a line.
 struct Source<'a> {
     text: &'a str,
@@ -223,7 +231,7 @@ pub(crate) fn apply_toml(
     let admin = &mut builder.config.admin;
     set(&mut admin.enabled, raw.admin.enabled);
     source.set_listen(&mut admin.listen, "admin.listen", &raw.admin.listen)?;
-    let token = secret("admin.token_file", raw.admin.token, raw.admin.token_file)?;
+    let token = crate::secrets::secret("admin.token_file", raw.admin.token, raw.admin.token_file)?;
     set(&mut admin.token, token.filter(|t| !t.is_empty()).map(Some));
     let general = &mut builder.config.general;
     set(&mut general.worker_threads, raw.general.worker_threads);
@@ -267,9 +275,13 @@ fn apply_postgres(
     );
     set(&mut pg.auth_type, raw.auth_type);
     pg.databases = databases(source, raw.databases)?;
-    pg.users = users("postgres", raw.users)?;
+    pg.users = crate::secrets::users(
+        "postgres",
+        raw.users.into_iter().map(RawUser::into_parts).collect(),
+    )?;
     if let Some(path) = raw.auth_file {
-        pg.users.extend(auth_file_users(&path, &pg.users)?);
+        pg.users
+            .extend(crate::secrets::auth_file_users(&path, &pg.users)?);
         pg.auth_file = Some(path.into());
     }
     Ok(())
@@ -344,7 +356,7 @@ fn databases(
                 source.error(&key, db.upstream.span().start, e)
             })?;
             let key = format!("postgres.databases[{i}].password");
-            if let Some(password) = secret(&key, db.password, db.password_file)? {
+            if let Some(password) = crate::secrets::secret(&key, db.password, db.password_file)? {
                 if upstream.password.is_some() {
                     return Err(ConfigError::invalid(
                         key,
@@ -364,62 +376,6 @@ fn databases(
             })
         })
         .collect()
-}
-
-/// A `[[<section>.users]]` list; each password is given inline or in a `password_file`.
-fn users(section: &str, raw: Vec<RawUser>) -> Result<Vec<UserConfig>, ConfigError> {
-    raw.into_iter()
-        .map(|user| {
-            let key = format!("{section}.users.password_file");
-            let password = secret(&key, user.password, user.password_file)?.ok_or_else(|| {
-                ConfigError::invalid(
-                    format!("{section}.users"),
-                    format!("user {:?} needs password or password_file", user.name),
-                )
-            })?;
-            Ok(UserConfig {
-                name: user.name,
-                password,
-            })
-        })
-        .collect()
-}
-
-/// The users of a PgBouncer `auth_file`; a name also in `[[postgres.users]]` is an error.
-fn auth_file_users(path: &str, listed: &[UserConfig]) -> Result<Vec<UserConfig>, ConfigError> {
-    let key = "postgres.auth_file";
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
-    let users = crate::userlist::parse(&text)
-        .map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
-    users
-        .into_iter()
-        .map(|(name, password)| {
-            if listed.iter().any(|u| u.name == name) {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!("{path}: user {name:?} is also in [[postgres.users]]"),
-                ));
-            }
-            Ok(UserConfig { name, password })
-        })
-        .collect()
-}
-
-/// A secret given inline or as `*_file` (not both).
-fn secret(
-    file_key: &str,
-    inline: Option<String>,
-    file: Option<String>,
-) -> Result<Option<String>, ConfigError> {
-    match (inline, file) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(
-            file_key,
-            "give the value or the file, not both",
-        )),
-        (None, Some(path)) => crate::expand::read_secret_file(file_key, &path).map(Some),
-        (inline, None) => Ok(inline),
-    }
 }
 
 /// Applies a `[mongo]` section (its presence turns the MongoDB listener on).
@@ -472,6 +428,9 @@ fn apply_mongo(
     ] {
         source.set_duration(slot, key, value)?;
     }
-    mongo.users = users("mongo", raw.users)?;
+    mongo.users = crate::secrets::users(
+        "mongo",
+        raw.users.into_iter().map(RawUser::into_parts).collect(),
+    )?;
     Ok(())
 }

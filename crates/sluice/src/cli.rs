@@ -26,6 +26,8 @@ pub enum Command {
     Run(RunArgs),
     /// GET /health of the admin listener; exit 0 when healthy (for container HEALTHCHECKs).
     Health(HealthArgs),
+    /// Print the proxy.toml equivalent to a pgbouncer.ini (unsupported keys as comments).
+    ImportPgbouncer(ImportArgs),
     /// Moved: `sluice-tools check` (says so and exits 2).
     #[command(hide = true, disable_help_flag = true)]
     Check(MovedArgs),
@@ -41,6 +43,17 @@ pub struct MovedArgs {
     /// Whatever followed the subcommand.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     pub args: Vec<String>,
+}
+
+/// Options of `sluice import-pgbouncer`.
+#[derive(Debug, Args, Clone)]
+pub struct ImportArgs {
+    /// The pgbouncer.ini to convert.
+    #[arg(value_name = "PGBOUNCER_INI")]
+    pub ini: PathBuf,
+    /// The userlist.txt to use as `postgres.auth_file` (default: the ini's auth_file).
+    #[arg(long, value_name = "FILE")]
+    pub userlist: Option<PathBuf>,
 }
 
 /// Options of `sluice health`.

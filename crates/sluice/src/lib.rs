@@ -34,6 +34,7 @@ pub fn cli_main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     match &cli.command {
         Some(cli::Command::Health(args)) => return with_runtime(health::main(args.clone())),
+        Some(cli::Command::ImportPgbouncer(args)) => return import_pgbouncer(args),
         Some(cli::Command::Demo(args)) => return moved("demo", &args.args),
         Some(cli::Command::Check(args)) => return moved("check", &args.args),
         Some(cli::Command::Run(_)) | None => {}
@@ -60,6 +61,28 @@ pub fn cli_main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice import-pgbouncer`: prints the converted configuration on stdout.
+fn import_pgbouncer(args: &cli::ImportArgs) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.ini) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: cannot read {}: {e}", args.ini.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let userlist = args.userlist.as_ref().map(|p| p.display().to_string());
+    match sluice_config::pgbouncer::import(&text, userlist.as_deref()) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {}: {e}", args.ini.display());
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }
