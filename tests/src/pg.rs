@@ -218,6 +218,20 @@ impl PgCluster {
             .unwrap_or_else(|e| panic!("superuser connection failed: {e:?}"))
     }
 
+    /// The `app` role's SCRAM verifier as PostgreSQL stores it (`pg_authid.rolpassword`),
+    /// what a PgBouncer userlist or a `[[postgres.users]]` entry holds instead of a password.
+    pub async fn app_verifier(&self) -> String {
+        let su = self.superuser().await;
+        let row = su
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&APP_USER],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("reading the app verifier: {e:?}"));
+        row.get(0)
+    }
+
     /// Creates database `name` owned by `app` and returns its name.
     ///
     /// # Panics

@@ -127,12 +127,7 @@ async fn scram_with_plaintext_password() {
 #[tokio::test]
 async fn scram_with_scram_verifier() {
     let cluster = shared_cluster();
-    let su = cluster.superuser().await;
-    let verifier = scalar(
-        &su,
-        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
-    )
-    .await;
+    let verifier = cluster.app_verifier().await;
     assert!(verifier.starts_with("SCRAM-SHA-256$"));
     check_user_entry("scram-sha-256", APP_USER, &verifier, APP_PASSWORD).await;
 }
@@ -142,12 +137,7 @@ async fn scram_with_scram_verifier() {
 #[tokio::test]
 async fn pgbouncer_auth_file_with_scram_verifiers() {
     let cluster = shared_cluster();
-    let su = cluster.superuser().await;
-    let verifier = scalar(
-        &su,
-        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
-    )
-    .await;
+    let verifier = cluster.app_verifier().await;
     let db = cluster.fresh_database("auth_file").await;
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("userlist.txt");

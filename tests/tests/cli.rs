@@ -389,12 +389,7 @@ async fn worker_threads_sets_the_runtime_threads() {
 async fn import_pgbouncer_gives_a_config_sluice_runs_on() {
     let cluster = shared_cluster();
     let db = cluster.fresh_database("import_pgb").await;
-    let su = cluster.superuser().await;
-    let verifier = scalar(
-        &su,
-        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
-    )
-    .await;
+    let verifier = cluster.app_verifier().await;
     let dir = tempfile::tempdir().unwrap();
     let userlist = dir.path().join("userlist.txt");
     std::fs::write(&userlist, format!("\"app\" \"{verifier}\"\n")).unwrap();

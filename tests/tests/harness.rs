@@ -29,11 +29,7 @@ async fn cluster_accepts_app_and_superuser() {
         .await
         .unwrap();
     assert_eq!(scalar(&app, "SELECT current_database()").await, "app");
-    let verifier = scalar(
-        &su,
-        "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'",
-    )
-    .await;
+    let verifier = cluster.app_verifier().await;
     assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
 }
 
