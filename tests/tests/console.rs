@@ -88,6 +88,30 @@ async fn show_commands_pause_resume_and_access() {
     assert!(rows(&dbs)
         .iter()
         .any(|r| r[0].as_deref() == Some(db.as_str())));
+    let users = admin.simple_query("SHOW USERS").await.unwrap();
+    assert_eq!(columns(&users), ["name", "pool_mode"]);
+    assert!(
+        rows(&users)
+            .iter()
+            .any(|r| r[0].as_deref() == Some(APP_USER)),
+        "SHOW USERS lists {APP_USER}"
+    );
+    let lists = admin.simple_query("SHOW LISTS").await.unwrap();
+    let item = |name: &str| -> u64 {
+        rows(&lists)
+            .iter()
+            .find(|r| r[0].as_deref() == Some(name))
+            .and_then(|r| r[1].as_deref())
+            .unwrap_or_else(|| panic!("SHOW LISTS has no {name}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(item("databases"), 1);
+    assert!(item("pools") >= 1);
+    assert!(
+        item("free_clients") + item("used_clients") >= 1,
+        "the app client"
+    );
     let version = scalar(&admin, "SHOW VERSION").await;
     assert!(version.starts_with("Sluice "), "{version}");
     assert!(!rows(&admin.simple_query("SHOW CONFIG").await.unwrap()).is_empty());

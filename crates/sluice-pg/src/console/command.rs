@@ -17,6 +17,10 @@ pub enum Show {
     Config,
     /// Sluice's version.
     Version,
+    /// Users clients may log in as.
+    Users,
+    /// Counts of Sluice's internal lists (databases, users, pools, clients, servers).
+    Lists,
 }
 
 /// A console statement.
@@ -63,6 +67,8 @@ pub fn parse(sql: &str) -> Result<Command, String> {
             "DATABASES" => Show::Databases,
             "CONFIG" => Show::Config,
             "VERSION" => Show::Version,
+            "USERS" => Show::Users,
+            "LISTS" => Show::Lists,
             _ => return Err(unsupported(sql)),
         }),
         ["RELOAD"] => Command::Reload,
@@ -78,7 +84,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
 
 fn unsupported(sql: &str) -> String {
     format!(
-        "unsupported admin command \"{sql}\": use SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|CONFIG|VERSION, \
+        "unsupported admin command \"{sql}\": use SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|LISTS|CONFIG|VERSION, \
          RELOAD, PAUSE [db], RESUME [db] or SHUTDOWN"
     )
 }
@@ -94,7 +100,9 @@ mod tests {
         assert_eq!(parse("pause app"), Ok(Command::Pause(Some("app".into()))));
         assert_eq!(parse("RESUME"), Ok(Command::Resume(None)));
         assert_eq!(parse(""), Ok(Command::Empty));
-        assert!(parse("show lists").is_err());
+        assert_eq!(parse("show lists"), Ok(Command::Show(Show::Lists)));
+        assert_eq!(parse("SHOW USERS"), Ok(Command::Show(Show::Users)));
+        assert!(parse("show mem").is_err());
         assert!(parse("select 1").is_err());
     }
 }

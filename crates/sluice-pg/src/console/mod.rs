@@ -1,6 +1,6 @@
 //! The SQL admin console: clients that connect to the virtual database `sluice` (alias
 //! `pgbouncer`) as an admin user get PgBouncer's commands — `SHOW POOLS`, `SHOW STATS`,
-//! `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW DATABASES`, `SHOW CONFIG`, `SHOW VERSION`,
+//! `SHOW CLIENTS`, `SHOW SERVERS`, `SHOW DATABASES`, `SHOW USERS`, `SHOW LISTS`, `SHOW CONFIG`, `SHOW VERSION`,
 //! `RELOAD`, `PAUSE [db]`, `RESUME [db]`, `SHUTDOWN` — with PgBouncer's column names where
 //! Sluice has the same number, so scripts and pgbouncer_exporter keep working.
 //!

@@ -53,6 +53,8 @@ pub fn show(what: Show, ctx: &PgContext) -> ResultSet {
         Show::Servers => servers(ctx),
         Show::Databases => databases(ctx),
         Show::Config => config(ctx),
+        Show::Users => users(ctx),
+        Show::Lists => lists(ctx),
         Show::Version => {
             let mut rs = ResultSet::new(&["version"]);
             rs.row(vec![VERSION.to_owned()]);
@@ -300,6 +302,57 @@ fn config(ctx: &PgContext) -> ResultSet {
             .is_some_and(|key| key.apply == sluice_config::Apply::Live);
         let v = if live { now } else { at_start };
         rs.row(vec![k.into(), v, if live { "yes" } else { "no" }.into()]);
+    }
+    rs
+}
+
+/// The users clients log in as: `[[postgres.users]]` and `auth_file`, else the upstream
+/// users of the databases (as PgBouncer lists its auth_file and forced users).
+fn user_names(ctx: &PgContext) -> Vec<String> {
+    let pg = &ctx.config.postgres;
+    let mut names: Vec<String> = if pg.users.is_empty() {
+        pg.databases
+            .iter()
+            .map(|d| d.upstream.user.clone())
+            .collect()
+    } else {
+        pg.users.iter().map(|u| u.name.clone()).collect()
+    };
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `SHOW USERS`: PgBouncer's `name` and `pool_mode` (empty: each database's own).
+fn users(ctx: &PgContext) -> ResultSet {
+    let mut rs = ResultSet::new(&["name", "pool_mode"]);
+    for name in user_names(ctx) {
+        rs.row(vec![name, String::new()]);
+    }
+    rs
+}
+
+/// `SHOW LISTS`: PgBouncer's rows that mean something in Sluice (no DNS cache, no
+/// separate login list: clients still logging in are not counted).
+fn lists(ctx: &PgContext) -> ResultSet {
+    let mut rs = ResultSet::new(&["list", "items"]);
+    let pools: Vec<_> = sorted(ctx)
+        .into_iter()
+        .flat_map(|(_, d)| d.pools.values().map(|p| p.snapshot()))
+        .collect();
+    let clients = ctx.stats.clients().snapshot();
+    let servers_used: u64 = pools.iter().map(|p| p.active).sum();
+    let servers_free: u64 = pools.iter().map(|p| p.idle).sum();
+    for (list, items) in [
+        ("databases", ctx.databases.len() as u64),
+        ("users", user_names(ctx).len() as u64),
+        ("pools", pools.len() as u64),
+        ("free_clients", clients.idle + clients.waiting),
+        ("used_clients", clients.active),
+        ("free_servers", servers_free),
+        ("used_servers", servers_used),
+    ] {
+        rs.row(vec![list.into(), items.to_string()]);
     }
     rs
 }
