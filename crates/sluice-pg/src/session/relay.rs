@@ -380,9 +380,14 @@ impl<'a> Relay<'a> {
 
     /// Returns the server to the pool, resetting it first if it picked up session state.
     async fn release(&mut self) {
-        if self.server.is_none() || Box::pin(self.keep_pinned()).await {
+        // Only a server with state goes through the pin check (boxed: it is rare); the
+        // common release allocates nothing and reads no settings.
+        if self.server.is_none()
+            || (self.exchange.needs_reset() && Box::pin(self.keep_pinned()).await)
+        {
             return;
         }
+        self.pin = None;
         let Some(mut server) = self.server.take() else {
             return;
         };

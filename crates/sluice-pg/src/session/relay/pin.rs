@@ -26,14 +26,14 @@ const REASONS: [&str; 4] = [
 ];
 
 impl Relay<'_> {
-    /// At a transaction's end with state on the server: true when the client keeps the
-    /// server (pinned), false when it should be reset and released.
+    /// At a transaction's end with state on the server (the caller checked
+    /// `needs_reset`): true when the client keeps the server (pinned), false when it
+    /// should be reset and released.
     pub(super) async fn keep_pinned(&mut self) -> bool {
         let settings = self.pool.settings();
         let wanted = settings.pin_session_state
             && self.mode == sluice_config::PoolMode::Transaction
-            && !self.leaving
-            && self.exchange.needs_reset();
+            && !self.leaving;
         let Some(server) = self.server.as_mut().filter(|_| wanted) else {
             self.pin = None;
             return false;
