@@ -352,7 +352,7 @@ impl<'a> Relay<'a> {
         }
         // Released only once everything meant for it was written (the answers are queued
         // for the client; they need no server).
-        if self.mode == PoolMode::Transaction && self.exchange.idle() && self.to_server.is_empty() {
+        if self.transaction_over() {
             self.release().await;
         }
         Ok(())
@@ -376,6 +376,14 @@ impl<'a> Relay<'a> {
             return Ok(Flow::Done);
         }
         Err(PgSessionError::ServerLost(PgUpstreamError::Closed))
+    }
+
+    /// Transaction mode, and the server owes nothing and is owed nothing: it may go back.
+    fn transaction_over(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.server.is_some()
+            && self.exchange.idle()
+            && self.to_server.is_empty()
     }
 
     /// Returns the server to the pool, resetting it first if it picked up session state.

@@ -5,8 +5,6 @@
 
 use std::task::{Context, Poll};
 
-use sluice_config::PoolMode;
-
 use super::Relay;
 use crate::session::PgSessionError;
 
@@ -18,11 +16,7 @@ impl Relay<'_> {
         if self.listens() {
             Box::pin(self.sync_listening()).await;
         }
-        if self.mode == PoolMode::Transaction
-            && self.server.is_some()
-            && self.exchange.idle()
-            && self.to_server.is_empty()
-        {
+        if self.transaction_over() {
             self.release().await;
         }
     }
