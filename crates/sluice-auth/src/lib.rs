@@ -7,15 +7,19 @@
 //!   `SCRAM-SHA-256$…` verifier) and derives a [`ScramVerifier`] from it.
 //! * [`ScramServer`] is the server side of SCRAM-SHA-256 (what the proxy runs
 //!   towards clients in AuthenticationSASL / SASLContinue / SASLFinal).
-//! * [`md5_verify`] / [`md5_response`] handle AuthenticationMD5Password in
-//!   both directions.
+//! * [`md5_verify`] / [`md5_response`] / [`md5_response_from_hash`] handle
+//!   AuthenticationMD5Password in both directions.
+//! * [`ScramKeysClient`] logs in upstream with the [`ScramKeys`] a client's SCRAM
+//!   exchange revealed (SCRAM pass-through).
 #![forbid(unsafe_code)]
 
 mod md5;
+mod passthrough;
 mod scram;
 mod secret;
 
-pub use crate::md5::{md5_response, md5_verify};
+pub use crate::md5::{md5_response, md5_response_from_hash, md5_verify};
+pub use crate::passthrough::{ScramKeys, ScramKeysClient};
 pub use crate::scram::ScramServer;
 pub use crate::secret::{ScramVerifier, Secret};
 

@@ -38,6 +38,15 @@ pub fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
     postgres_protocol::authentication::md5_hash(user.as_bytes(), password.as_bytes(), salt)
 }
 
+/// The md5 answer computed from a stored `md5(password || user)` hash rather than the
+/// password: PostgreSQL's md5 method only ever needs that hash.
+pub fn md5_response_from_hash(hash: &[u8; 16], salt: [u8; 4]) -> String {
+    let mut h = Md5::new();
+    h.update(hex_encode(hash).as_bytes());
+    h.update(salt);
+    format!("md5{}", hex_encode(&h.finalize()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -54,5 +63,9 @@ mod tests {
         let stored = Secret::parse("md532e12f215ba27cb750c9e093ce4b5127").unwrap();
         assert!(matches!(stored, Secret::Md5(_)));
         assert!(md5_verify(&stored, "postgres", salt, resp.as_bytes()));
+        let Secret::Md5(hash) = stored else {
+            unreachable!()
+        };
+        assert_eq!(md5_response_from_hash(&hash, salt), resp);
     }
 }

@@ -8,7 +8,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::secret::{hmac_sha256, DEFAULT_ITERATIONS, DEFAULT_SALT_LEN};
-use crate::{ct_eq, AuthError, ScramVerifier};
+use crate::{ct_eq, AuthError, ScramKeys, ScramVerifier};
 
 /// Number of random bytes in a server nonce (before base64), as PostgreSQL.
 const SERVER_NONCE_BYTES: usize = 18;
@@ -40,8 +40,8 @@ enum State {
         /// client nonce + server nonce.
         nonce: String,
     },
-    /// Finished successfully.
-    Done,
+    /// Finished successfully; the ClientKey the client's proof revealed.
+    Done { client_key: [u8; 32] },
     /// Failed; sticky.
     Failed,
 }
@@ -124,14 +124,27 @@ impl ScramServer {
         else {
             return Err(AuthError::InvalidState);
         };
-        let reply = self.client_final(msg, gs2_header, &auth_prefix, &nonce)?;
-        self.state = State::Done;
+        let (reply, client_key) = self.client_final(msg, gs2_header, &auth_prefix, &nonce)?;
+        self.state = State::Done { client_key };
         Ok(reply)
     }
 
     /// Whether the exchange completed successfully.
     pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Done)
+        matches!(self.state, State::Done { .. })
+    }
+
+    /// After a successful exchange, the client's ClientKey (its proof XOR the client
+    /// signature) and the verifier's ServerKey: what logs in to a PostgreSQL server that
+    /// holds the same verifier, as this user, without the password (SCRAM pass-through).
+    pub fn keys(&self) -> Option<ScramKeys> {
+        match self.state {
+            State::Done { client_key } => Some(ScramKeys {
+                client_key,
+                server_key: self.verifier.server_key,
+            }),
+            _ => None,
+        }
     }
 
     fn fail<T>(&mut self, e: AuthError) -> Result<T, AuthError> {
@@ -193,7 +206,7 @@ impl ScramServer {
         gs2_header: &[u8],
         auth_prefix: &str,
         nonce: &str,
-    ) -> Result<Vec<u8>, AuthError> {
+    ) -> Result<(Vec<u8>, [u8; 32]), AuthError> {
         let msg = std::str::from_utf8(msg)
             .map_err(|_| AuthError::Malformed("client-final-message is not UTF-8"))?;
         // client-final-message-without-proof "," proof, proof is last.
@@ -236,7 +249,8 @@ impl ScramServer {
             return Err(AuthError::InvalidPassword);
         }
         let server_signature = hmac_sha256(&v.server_key, &[auth_message.as_bytes()]);
-        Ok(format!("v={}", STANDARD.encode(server_signature)).into_bytes())
+        let reply = format!("v={}", STANDARD.encode(server_signature)).into_bytes();
+        Ok((reply, client_key))
     }
 }
 

@@ -10,6 +10,7 @@ mod error;
 mod expand;
 mod load;
 mod model;
+mod modes;
 pub mod pgbouncer;
 mod raw;
 mod reload;

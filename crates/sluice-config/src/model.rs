@@ -2,100 +2,11 @@
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
-
-use serde::Deserialize;
 
 use crate::upstream::Upstream;
 
-/// How long a server connection stays assigned to a client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// A server connection is held for the whole client session.
-    Session,
-    /// A server connection is held only for the duration of a transaction.
-    #[default]
-    Transaction,
-}
-
-impl PoolMode {
-    /// The spelling used in the configuration file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Session => "session",
-            Self::Transaction => "transaction",
-        }
-    }
-}
-
-impl fmt::Display for PoolMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for PoolMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "session" => Ok(Self::Session),
-            "transaction" => Ok(Self::Transaction),
-            _ => Err(format!(
-                "unknown pool mode {s:?} (expected \"session\" or \"transaction\")"
-            )),
-        }
-    }
-}
-
-/// How clients authenticate to the proxy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-pub enum AuthType {
-    /// SCRAM-SHA-256 password authentication.
-    #[default]
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// MD5 password authentication.
-    #[serde(rename = "md5")]
-    Md5,
-    /// No authentication; every client is accepted.
-    #[serde(rename = "trust")]
-    Trust,
-}
-
-impl AuthType {
-    /// The spelling used in the configuration file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ScramSha256 => "scram-sha-256",
-            Self::Md5 => "md5",
-            Self::Trust => "trust",
-        }
-    }
-}
-
-impl fmt::Display for AuthType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for AuthType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "scram-sha-256" => Ok(Self::ScramSha256),
-            "md5" => Ok(Self::Md5),
-            "trust" => Ok(Self::Trust),
-            _ => Err(format!(
-                "unknown auth type {s:?} (expected \"scram-sha-256\", \"md5\" or \"trust\")"
-            )),
-        }
-    }
-}
+pub use crate::modes::{AuthType, PoolMode};
 
 /// Process-wide settings (`[general]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -208,10 +119,23 @@ pub struct PostgresConfig {
     pub users: Vec<UserConfig>,
     /// PgBouncer's userlist.txt the users were also read from, if any.
     pub auth_file: Option<std::path::PathBuf>,
+    /// PgBouncer's `auth_user`: a user of `users` (plaintext password or md5 hash) as whom
+    /// Sluice runs `auth_query` to fetch the secret of a user it does not know. None: only
+    /// `users` may log in.
+    pub auth_user: Option<String>,
+    /// The query that returns `(name, secret)` for the user name `$1`; run on the client's
+    /// database, as `auth_user`.
+    pub auth_query: String,
+    /// How long a secret fetched by `auth_query` (or the absence of one) is trusted; a
+    /// failed login with a cached secret drops it at once.
+    pub auth_cache_ttl: Duration,
     /// Users (from `users`) allowed into the SQL admin console (database `sluice` or
     /// `pgbouncer`).
     pub admin_users: Vec<String>,
 }
+
+/// PgBouncer's default `auth_query`.
+pub const DEFAULT_AUTH_QUERY: &str = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1";
 
 impl Default for PostgresConfig {
     fn default() -> Self {
@@ -240,6 +164,9 @@ impl Default for PostgresConfig {
             databases: Vec::new(),
             users: Vec::new(),
             auth_file: None,
+            auth_user: None,
+            auth_query: DEFAULT_AUTH_QUERY.to_owned(),
+            auth_cache_ttl: Duration::from_secs(60),
             admin_users: Vec::new(),
         }
     }

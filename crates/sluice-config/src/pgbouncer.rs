@@ -39,6 +39,8 @@ const MAPPED: &[(&str, &str, Kind)] = &[
         Kind::Int,
     ),
     ("auth_file", "auth_file", Kind::Str),
+    ("auth_user", "auth_user", Kind::Str),
+    ("auth_query", "auth_query", Kind::Str),
 ];
 
 /// `[pgbouncer]` keys Sluice does not need or does differently, with the reason.
@@ -77,8 +79,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("max_db_connections", "not supported yet (issue 16)"),
     ("max_user_connections", "not supported yet (issue 16)"),
     ("query_timeout", "not supported yet (issue 16)"),
-    ("auth_query", "not supported yet (issue 16)"),
-    ("auth_user", "not supported yet (issue 16)"),
     (
         "stats_users",
         "the console has one user list: add them to admin_users",
@@ -270,7 +270,10 @@ fn database(
     }
     let fields = connect_string(conn)?;
     let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let user = field("user").ok_or("no user=: Sluice logs in upstream as one configured user (auth_query / pass-through are not supported yet)")?;
+    // Without user=, each client logs in upstream as itself (as in PgBouncer).
+    let user = field("user")
+        .map(|u| format!("{}@", encode(u)))
+        .unwrap_or_default();
     let host = field("host").unwrap_or("127.0.0.1");
     if host.starts_with('/') {
         return Err(format!(
@@ -280,13 +283,7 @@ fn database(
     let port = field("port").unwrap_or("5432");
     let dbname = field("dbname").unwrap_or(name);
     let mut out = format!("\n[[postgres.databases]]\nname = {}\n", quote(name));
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        encode(user),
-        host,
-        port,
-        encode(dbname)
-    );
+    let url = format!("postgres://{}{}:{}/{}", user, host, port, encode(dbname));
     let _ = writeln!(out, "upstream = {}", quote(&url));
     if let Some(pw) = field("password") {
         let _ = writeln!(out, "password = {}", quote(pw));

@@ -90,6 +90,9 @@ struct RawPostgres {
     databases: Vec<RawDatabase>,
     /// PgBouncer's userlist.txt, read for more users.
     auth_file: Option<String>,
+    auth_user: Option<String>,
+    auth_query: Option<String>,
+    auth_cache_ttl: Option<Spanned<Value>>,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -274,6 +277,8 @@ fn apply_postgres(
         raw.prepared_statement_registry_size,
     );
     set(&mut pg.auth_type, raw.auth_type);
+    set(&mut pg.auth_user, raw.auth_user.map(Some));
+    set(&mut pg.auth_query, raw.auth_query);
     pg.databases = databases(source, raw.databases)?;
     pg.users = crate::secrets::users(
         "postgres",
@@ -336,6 +341,11 @@ fn postgres_timeouts(
             &mut pg.server_connect_timeout,
             "postgres.server_connect_timeout",
             &raw.server_connect_timeout,
+        ),
+        (
+            &mut pg.auth_cache_ttl,
+            "postgres.auth_cache_ttl",
+            &raw.auth_cache_ttl,
         ),
     ] {
         source.set_duration(slot, key, value)?;

@@ -217,6 +217,9 @@ pub static KEYS: &[Key] = &[
         changed: |a, b| users_differ(&a.postgres.users, &b.postgres.users, true),
     },
     key!("postgres.auth_file", USERS, postgres.auth_file),
+    key!("postgres.auth_user", USERS, postgres.auth_user),
+    key!("postgres.auth_query", Live, postgres.auth_query),
+    key!("postgres.auth_cache_ttl", Live, postgres.auth_cache_ttl),
     Key {
         path: "postgres.users.*.password_file",
         apply: USERS,

@@ -19,9 +19,9 @@ pub enum UpstreamUrlError {
     /// No host was given.
     #[error("missing host (expected postgres://user:password@host:port/database)")]
     MissingHost,
-    /// No user name was given.
-    #[error("missing user name (expected postgres://user:password@host:port/database)")]
-    MissingUser,
+    /// Neither a user name nor a database name was given.
+    #[error("a URL without a user name (clients' own user names are used) must name the database")]
+    MissingDatabase,
     /// The path names more than one segment.
     #[error("the path must be a single database name")]
     Path,
@@ -43,7 +43,8 @@ pub struct Upstream {
     pub host: String,
     /// TCP port of the PostgreSQL server.
     pub port: u16,
-    /// User name the proxy logs in with.
+    /// User name the proxy logs in with; empty when the URL names none, and each client's
+    /// own user name is used (see [`Upstream::forwards_user`]).
     pub user: String,
     /// Password the proxy logs in with, if any.
     pub password: Option<String>,
@@ -78,9 +79,6 @@ impl Upstream {
             return Err(UpstreamUrlError::MissingHost);
         }
         let user = percent_decode(url.username(), "user name")?;
-        if user.is_empty() {
-            return Err(UpstreamUrlError::MissingUser);
-        }
         let password = url
             .password()
             .map(|p| percent_decode(p, "password"))
@@ -90,6 +88,9 @@ impl Upstream {
             return Err(UpstreamUrlError::Path);
         }
         let database = match percent_decode(path, "database name")? {
+            db if db.is_empty() && user.is_empty() => {
+                return Err(UpstreamUrlError::MissingDatabase)
+            }
             db if db.is_empty() => user.clone(),
             db => db,
         };
@@ -100,6 +101,21 @@ impl Upstream {
             password,
             database,
         })
+    }
+
+    /// Whether the URL names no user, so that each client logs in upstream as itself
+    /// (PgBouncer's database entry without `user=`).
+    pub fn forwards_user(&self) -> bool {
+        self.user.is_empty()
+    }
+
+    /// This upstream as `user` (a client's own name, for [`Upstream::forwards_user`]).
+    pub fn as_user(&self, user: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            password: None,
+            ..self.clone()
+        }
     }
 
     /// Host and port as `host:port`, with brackets around IPv6 addresses.
@@ -123,11 +139,15 @@ impl FromStr for Upstream {
 /// Shows the URL with the password replaced by `***`.
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "postgres://{}", self.user)?;
-        if self.password.is_some() {
-            f.write_str(":***")?;
+        f.write_str("postgres://")?;
+        if !self.user.is_empty() {
+            f.write_str(&self.user)?;
+            if self.password.is_some() {
+                f.write_str(":***")?;
+            }
+            f.write_str("@")?;
         }
-        write!(f, "@{}/{}", self.address(), self.database)
+        write!(f, "{}/{}", self.address(), self.database)
     }
 }
 
@@ -228,9 +248,13 @@ mod tests {
             Err(UpstreamUrlError::Scheme("mysql".into()))
         );
         assert_eq!(
-            Upstream::parse("postgres://h:5432/d"),
-            Err(UpstreamUrlError::MissingUser)
+            Upstream::parse("postgres://h:5432"),
+            Err(UpstreamUrlError::MissingDatabase)
         );
+        let forwarding = Upstream::parse("postgres://h:5432/d").expect("a URL without a user");
+        assert!(forwarding.forwards_user());
+        assert_eq!(forwarding.to_string(), "postgres://h:5432/d");
+        assert_eq!(forwarding.as_user("alice").user, "alice");
         assert_eq!(
             Upstream::parse("postgres://u:p@/d"),
             Err(UpstreamUrlError::MissingHost)

@@ -27,7 +27,40 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         validate_database(pg, i, db, &mut seen)?;
     }
     let users = users("postgres", &pg.users)?;
-    validate_admin_users(pg, &users)
+    validate_admin_users(pg, &users)?;
+    validate_auth_user(pg)
+}
+
+/// `auth_user` is a configured user whose secret can log in upstream (not a verifier),
+/// and `auth_query` has the `$1` it is run with.
+fn validate_auth_user(pg: &PostgresConfig) -> Result<(), ConfigError> {
+    let Some(name) = &pg.auth_user else {
+        return Ok(());
+    };
+    let Some(user) = pg.users.iter().find(|u| &u.name == name) else {
+        return Err(ConfigError::invalid(
+            "postgres.auth_user",
+            format!(
+                "{name:?} is not in [[postgres.users]] or auth_file, where its password must be"
+            ),
+        ));
+    };
+    if user.password.starts_with("SCRAM-SHA-256$") {
+        return Err(ConfigError::invalid(
+            "postgres.auth_user",
+            format!(
+                "{name:?} has a SCRAM verifier, which cannot log in to the server; give its \
+                 password (or password_file)"
+            ),
+        ));
+    }
+    if !pg.auth_query.contains("$1") {
+        return Err(ConfigError::invalid(
+            "postgres.auth_query",
+            "must take the user name as $1",
+        ));
+    }
+    Ok(())
 }
 
 /// Rules for the `[postgres]` settings (not its lists).
@@ -110,8 +143,13 @@ fn validate_database<'a>(
     if db.upstream.host.is_empty() {
         return Err(ConfigError::invalid(key("upstream"), "missing host"));
     }
-    if db.upstream.user.is_empty() {
-        return Err(ConfigError::invalid(key("upstream"), "missing user name"));
+    if db.upstream.forwards_user() && pg.users.is_empty() {
+        return Err(ConfigError::invalid(
+            key("upstream"),
+            "names no user, so each client logs in upstream as itself; that needs \
+             [[postgres.users]] (or auth_file) to say who may connect, optionally with \
+             auth_user for auth_query",
+        ));
     }
     if let Some(size) = db.pool_size {
         at_least_one(&key("pool_size"), size)?;

@@ -27,6 +27,7 @@
 //! * [`state`] — what follows a client across servers (settings, prepared statements) and
 //!   the pool-wide statement registry.
 //! * [`upstream`] — one connection to a PostgreSQL server: open, log in, run a query.
+//! * [`auth_query`] — secrets of unlisted users, read from PostgreSQL and cached.
 //! * `client_io` — the client socket and its read buffer.
 //! * [`pool`] — per-(database, user) pools of upstream connections.
 //! * [`cancel`] — CancelRequest routing.
@@ -40,6 +41,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth_query;
 mod bufpool;
 pub mod cancel;
 pub(crate) mod client_io;

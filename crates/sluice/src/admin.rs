@@ -28,6 +28,7 @@ impl AdminHooks for Hooks {
         let ctx = self.live.current();
         let pools = ctx
             .pools()
+            .iter()
             .map(|pool| {
                 let health = pool.health();
                 PoolHealth {

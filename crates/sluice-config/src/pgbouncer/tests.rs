@@ -101,7 +101,11 @@ fn odd_inputs() {
         "{toml}"
     );
     assert!(toml.contains("foo = 1: not supported"), "{toml}");
-    assert!(toml.contains("[databases] y (line 3): no user="), "{toml}");
+    // No user=: each client logs in as itself.
+    assert!(
+        toml.contains("upstream = \"postgres://h:5432/y\""),
+        "{toml}"
+    );
     let e = import("key = 1\n", None).unwrap_err();
     assert_eq!(e.line, 1);
     assert!(import("[pgbouncer]\n%include other.ini\n", None).is_err());

@@ -169,9 +169,9 @@ fn known(ctx: &PgContext, db: Option<&str>) -> bool {
 fn pools<'a>(
     ctx: &'a PgContext,
     db: Option<&'a str>,
-) -> impl Iterator<Item = (&'a str, &'a crate::pool::PgPool)> {
+) -> impl Iterator<Item = (&'a str, crate::pool::PgPool)> {
     ctx.databases
         .iter()
         .filter(move |(name, _)| db.is_none_or(|d| d == name.as_str()))
-        .flat_map(|(name, d)| d.pools.values().map(move |p| (name.as_str(), p)))
+        .flat_map(|(name, d)| d.pools().into_iter().map(move |(_, p)| (name.as_str(), p)))
 }

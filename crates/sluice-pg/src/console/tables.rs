@@ -245,8 +245,9 @@ fn databases(ctx: &PgContext) -> ResultSet {
     let pg = &ctx.config.postgres;
     for (db, d) in sorted(ctx) {
         let c = &d.config;
-        let current: u64 = d.pools.values().map(|p| p.snapshot().size).sum();
-        let paused = d.pools.values().any(|p| p.is_paused());
+        let pools = d.pools();
+        let current: u64 = pools.iter().map(|(_, p)| p.snapshot().size).sum();
+        let paused = pools.iter().any(|(_, p)| p.is_paused());
         rs.row(vec![
             db,
             c.upstream.host.clone(),
@@ -338,7 +339,7 @@ fn lists(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&["list", "items"]);
     let pools: Vec<_> = sorted(ctx)
         .into_iter()
-        .flat_map(|(_, d)| d.pools.values().map(|p| p.snapshot()))
+        .flat_map(|(_, d)| d.pools().into_iter().map(|(_, p)| p.snapshot()))
         .collect();
     let clients = ctx.stats.clients().snapshot();
     let servers_used: u64 = pools.iter().map(|p| p.active).sum();
@@ -363,10 +364,8 @@ fn sorted(ctx: &PgContext) -> Vec<(String, &crate::context::Database)> {
     v
 }
 
-fn sorted_pools(d: &crate::context::Database) -> Vec<(String, &crate::pool::PgPool)> {
-    let mut v: Vec<_> = d.pools.iter().map(|(k, p)| (k.clone(), p)).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+fn sorted_pools(d: &crate::context::Database) -> Vec<(String, crate::pool::PgPool)> {
+    d.pools()
 }
 
 #[cfg(test)]

@@ -7,7 +7,15 @@ use crate::upstream::{PgUpstreamError, ServerConn};
 impl crate::notify::HubUpstream for PgPool {
     async fn connect(&self) -> Result<ServerConn, PgUpstreamError> {
         let s = self.settings();
-        ServerConn::connect(&s.upstream, s.connect_timeout, s.tls.as_ref(), s.sslmode).await
+        let secret = self.secret();
+        ServerConn::connect(
+            &s.upstream,
+            &secret,
+            s.connect_timeout,
+            s.tls.as_ref(),
+            s.sslmode,
+        )
+        .await
     }
 
     fn name(&self) -> String {

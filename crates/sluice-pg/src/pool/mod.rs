@@ -16,68 +16,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use sluice_config::{PoolMode, Upstream};
+use sluice_config::Upstream;
 use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
 use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 
 mod hub;
 mod pins;
+mod settings;
 
 pub use pins::PinSlot;
+pub use settings::PoolSettings;
 
 use crate::state::prepared::StatementRegistry;
-use crate::upstream::{PgUpstreamError, ServerConn, ServerParams};
-
-/// Settings of one pool, resolved from the configuration.
-#[derive(Clone)]
-pub struct PoolSettings {
-    /// Display name, `database/user`, used in errors and logs.
-    pub name: String,
-    /// Where and as whom to connect.
-    pub upstream: Upstream,
-    /// Most server connections this pool may hold.
-    pub max_size: usize,
-    /// Connections opened at start and kept open.
-    pub min_size: usize,
-    /// How long a client may wait for a connection.
-    pub timeout: Duration,
-    /// Bound on one connect + login.
-    pub connect_timeout: Duration,
-    /// Session or transaction pooling.
-    pub mode: PoolMode,
-    /// Query run before a used connection is reused (empty: none).
-    pub reset_query: String,
-    /// Keep a server with a client whose session state cannot follow it (transaction
-    /// mode), at most `max_pinned` at once.
-    pub pin_session_state: bool,
-    /// Most servers pinned at once.
-    pub max_pinned: usize,
-    /// Per-server prepared statement cache size (0: no statement mapping).
-    pub max_prepared_statements: usize,
-    /// Close idle connections above `min_size` unused this long.
-    pub server_idle_timeout: Option<Duration>,
-    /// Close connections older than this (with up to 10% jitter).
-    pub server_lifetime: Option<Duration>,
-    /// Pause before retrying after the upstream refused a login.
-    pub server_login_retry: Duration,
-    /// TLS towards the upstream (`None`: sslmode disable).
-    pub tls: Option<tokio_rustls::TlsConnector>,
-    /// libpq-style sslmode (prefer falls back to plaintext).
-    pub sslmode: sluice_config::SslMode,
-}
-
-impl std::fmt::Debug for PoolSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolSettings")
-            .field("name", &self.name)
-            .field("upstream", &self.upstream)
-            .field("max_size", &self.max_size)
-            .field("mode", &self.mode)
-            .field("sslmode", &self.sslmode)
-            .finish_non_exhaustive()
-    }
-}
+use crate::upstream::{PgUpstreamError, ServerConn, ServerParams, UpstreamSecret};
 
 /// Why a checkout failed.
 #[derive(Debug, Error)]
@@ -118,6 +70,8 @@ pub struct ClientMeta {
 /// Opens server connections for one pool and remembers the first one's parameters.
 pub struct PgConnector {
     upstream: Upstream,
+    /// What the pool logs in with (shared with the pool: a SCRAM login fills it in).
+    secret: Arc<RwLock<UpstreamSecret>>,
     tls: Option<tokio_rustls::TlsConnector>,
     sslmode: sluice_config::SslMode,
     /// Startup parameters of the first server connection, replayed to clients at login.
@@ -130,8 +84,10 @@ impl Connector for PgConnector {
     type Holder = ClientMeta;
 
     async fn connect(&self, limit: Duration) -> Result<ServerConn, PgUpstreamError> {
+        let secret = self.secret.read().clone();
         Box::pin(ServerConn::connect(
             &self.upstream,
+            &secret,
             limit,
             self.tls.as_ref(),
             self.sslmode,
@@ -176,6 +132,8 @@ struct Inner {
     reported: Mutex<HashMap<StartupValue, Vec<u8>>>,
     /// LISTEN/NOTIFY for this pool's clients in transaction mode.
     notify: crate::notify::NotifyHub,
+    /// What servers are logged in with (the connector's, shared).
+    secret: Arc<RwLock<UpstreamSecret>>,
     /// Clients pinning a server (transaction mode), by pin id.
     pins: Mutex<(u64, std::collections::BTreeMap<u64, pins::PinRecord>)>,
 }
@@ -202,9 +160,18 @@ fn limits(s: &PoolSettings) -> Limits {
 }
 
 impl PgPool {
-    /// Creates an empty pool; call [`PgPool::spawn_maintenance`] to keep `min_size` open.
+    /// Creates an empty pool that logs in with the upstream URL's password; call
+    /// [`PgPool::spawn_maintenance`] to keep `min_size` open.
     pub fn new(settings: PoolSettings) -> Self {
+        let secret = UpstreamSecret::of(&settings.upstream);
+        Self::with_secret(settings, secret)
+    }
+
+    /// Creates an empty pool that logs in with `secret`.
+    pub fn with_secret(settings: PoolSettings, secret: UpstreamSecret) -> Self {
+        let secret = Arc::new(RwLock::new(secret));
         let connector = PgConnector {
+            secret: secret.clone(),
             upstream: settings.upstream.clone(),
             tls: settings.tls.clone(),
             sslmode: settings.sslmode,
@@ -218,9 +185,21 @@ impl PgPool {
                 statements: StatementRegistry::default(),
                 reported: Mutex::new(HashMap::new()),
                 notify: crate::notify::NotifyHub::default(),
+                secret,
                 pins: Mutex::new((0, Default::default())),
             }),
         }
+    }
+
+    /// What new server connections log in with.
+    pub fn secret(&self) -> UpstreamSecret {
+        self.inner.secret.read().clone()
+    }
+
+    /// Replaces what new server connections log in with (a client's SCRAM login
+    /// revealed fresh keys, or its secret changed); open connections stay.
+    pub fn set_secret(&self, secret: UpstreamSecret) {
+        *self.inner.secret.write() = secret;
     }
 
     /// The pool's LISTEN/NOTIFY hub (transaction mode).

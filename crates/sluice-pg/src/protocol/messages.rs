@@ -143,6 +143,33 @@ pub fn write_query(out: &mut BytesMut, sql: &[u8]) {
     out.put_u8(0);
 }
 
+/// Writes Parse, Bind, Execute and Sync running `sql` once, unnamed, with `params` as
+/// text values for `$1`, `$2`, ... (results in text).
+pub fn write_one_shot(out: &mut BytesMut, sql: &[u8], params: &[&[u8]]) {
+    // Parse: no name, the text, no parameter types.
+    let mut rest = Vec::with_capacity(sql.len() + 3);
+    rest.extend_from_slice(sql);
+    rest.extend_from_slice(&[0, 0, 0]);
+    write_parse(out, b"", &rest);
+    // Bind: no portal, no statement name, no formats (text), the values, no result formats.
+    let values: usize = params.iter().map(|p| 4 + p.len()).sum();
+    out.put_u8(b'B');
+    out.put_i32((4 + 1 + 1 + 2 + 2 + values + 2) as i32);
+    out.put_slice(&[0, 0, 0, 0]);
+    out.put_i16(params.len() as i16);
+    for p in params {
+        out.put_i32(p.len() as i32);
+        out.put_slice(p);
+    }
+    out.put_i16(0);
+    // Execute the unnamed portal, all rows; then Sync.
+    out.put_u8(b'E');
+    out.put_i32(4 + 1 + 4);
+    out.put_u8(0);
+    out.put_i32(0);
+    write_empty(out, b'S');
+}
+
 /// The text of a simple Query body: bytes in the client's encoding, not necessarily UTF-8.
 pub fn query_text(body: &[u8]) -> Result<&[u8], ProtocolError> {
     read_cstr(body, "Query").map(|(q, _)| q)

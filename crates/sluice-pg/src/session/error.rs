@@ -28,6 +28,9 @@ pub enum PgSessionError {
     /// Wrong password or unknown user (deliberately indistinguishable to the client).
     #[error("authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// `auth_query` could not answer (PostgreSQL down, a bad query or privileges).
+    #[error("{0}")]
+    AuthQuery(crate::auth_query::AuthQueryError),
     /// The client's authentication messages broke the exchange Sluice offered.
     #[error("unsupported authentication response: {0}")]
     AuthProtocol(#[from] AuthProtocolError),
@@ -124,7 +127,9 @@ impl PgSessionError {
                 tracing::debug!(%client, error = %self, "client session ended")
             }
             PgSessionError::Shutdown => tracing::debug!(%client, "client closed for shutdown"),
-            PgSessionError::PgPool(_) | PgSessionError::ServerLost(_) => {
+            PgSessionError::PgPool(_)
+            | PgSessionError::ServerLost(_)
+            | PgSessionError::AuthQuery(_) => {
                 tracing::warn!(%client, error = %self, "client session failed")
             }
             _ => tracing::info!(%client, error = %self, "client rejected"),
@@ -163,8 +168,8 @@ impl PgSessionError {
                 let (code, msg) = pool_error_fields(e);
                 (Fatal, code, msg)
             }
-            PgSessionError::ServerLost(e) => {
-                (Fatal, "08006", format!("server connection lost: {e}"))
+            PgSessionError::ServerLost(_) | PgSessionError::AuthQuery(_) => {
+                (Fatal, "08006", self.to_string())
             }
             PgSessionError::BadStartupSetting { code, message } => {
                 // The SQLSTATEs set_config() raises; the field must be 'static here.

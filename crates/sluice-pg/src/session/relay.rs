@@ -38,7 +38,7 @@ use std::sync::Arc;
 /// The relay state of one client.
 pub(crate) struct Relay<'a> {
     client: &'a mut ClientIo,
-    pool: &'a PgPool,
+    pool: PgPool,
     mode: PoolMode,
     /// This client's cancel-key registration (its slot names the server it is on).
     registration: crate::cancel::Registration,

@@ -1,6 +1,7 @@
 //! Opening a server connection: TCP, the SSLRequest and TLS handshake when configured,
-//! the StartupMessage, and the login as Sluice's upstream user — whatever the server asks
-//! (SCRAM-SHA-256, md5, cleartext or trust) — collecting ParameterStatus and BackendKeyData
+//! the StartupMessage, and the login as the pool's upstream user — whatever the server asks
+//! (SCRAM-SHA-256, md5, cleartext or trust), with a password, a stored md5 hash or a
+//! client's SCRAM keys ([`UpstreamSecret`]) — collecting ParameterStatus and BackendKeyData
 //! up to the first ReadyForQuery.
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 
 use super::{
     proto, read_message, server_error, unexpected, CancelKey, PgUpstreamError, ServerConn,
-    UpstreamAuthError, UpstreamProtocolError, UpstreamTlsError,
+    UpstreamAuthError, UpstreamProtocolError, UpstreamSecret, UpstreamTlsError,
 };
 use crate::protocol::startup;
 use crate::state::ServerState;
@@ -27,6 +28,7 @@ use crate::tls::{MaybeTls, ServerStream};
 /// Opens and authenticates a connection (unbounded: the caller sets the timeout).
 pub(super) async fn connect(
     up: &Upstream,
+    secret: &UpstreamSecret,
     tls: Option<&tokio_rustls::TlsConnector>,
     sslmode: SslMode,
 ) -> Result<ServerConn, PgUpstreamError> {
@@ -42,7 +44,7 @@ pub(super) async fn connect(
     );
     stream.write_all(&out).await?;
     let mut buf = BytesMut::with_capacity(8192);
-    let (params, key) = log_in(&mut stream, &mut buf, up).await?;
+    let (params, key) = log_in(&mut stream, &mut buf, up, secret).await?;
     Ok(ServerConn {
         stream,
         buf,
@@ -102,8 +104,9 @@ async fn log_in(
     stream: &mut ServerStream,
     buf: &mut BytesMut,
     up: &Upstream,
+    secret: &UpstreamSecret,
 ) -> Result<LoginResult, PgUpstreamError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     let mut params = Vec::new();
     let mut key = (0, 0);
     loop {
@@ -119,7 +122,7 @@ async fn log_in(
             Message::ErrorResponse(body) => return Err(server_error(body.fields())),
             Message::NoticeResponse(_) => {}
             Message::ReadyForQuery(_) => return Ok((params, key)),
-            msg => answer(msg, up, &mut scram, &mut reply)?,
+            msg => answer(msg, (&up.user, secret), &mut scram, &mut reply)?,
         }
         if !reply.is_empty() {
             stream.write_all(&reply).await?;
@@ -127,20 +130,63 @@ async fn log_in(
     }
 }
 
-/// Writes into `reply` the answer to one authentication request.
+/// A SCRAM exchange in progress: from a password, or from a client's keys (pass-through).
+enum Scram {
+    Password(ScramSha256),
+    Keys(sluice_auth::ScramKeysClient),
+}
+
+/// The md5 method's answer, from a password or a stored hash.
+fn md5_answer(
+    user: &str,
+    secret: &UpstreamSecret,
+    salt: [u8; 4],
+) -> Result<String, PgUpstreamError> {
+    match secret {
+        UpstreamSecret::Password(p) => Ok(sluice_auth::md5_response(user, p, salt)),
+        UpstreamSecret::Md5(h) => Ok(sluice_auth::md5_response_from_hash(h, salt)),
+        _ => Err(UpstreamAuthError::NoPassword.into()),
+    }
+}
+
+impl Scram {
+    /// Starts an exchange with `secret`: the client-first-message to send.
+    fn start(secret: &UpstreamSecret) -> Result<(Self, Vec<u8>), PgUpstreamError> {
+        Ok(match secret {
+            UpstreamSecret::Password(p) => {
+                let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
+                let first = s.message().to_vec();
+                (Scram::Password(s), first)
+            }
+            UpstreamSecret::Scram(keys) => {
+                let nonce = sluice_auth::ScramServer::random_nonce();
+                let s = sluice_auth::ScramKeysClient::new(*keys, nonce);
+                let first = s.client_first();
+                (Scram::Keys(s), first)
+            }
+            _ => return Err(UpstreamAuthError::NoPassword.into()),
+        })
+    }
+}
+
+/// Writes into `reply` the answer to one authentication request for (`user`, `secret`).
 fn answer(
     msg: Message,
-    up: &Upstream,
-    scram: &mut Option<ScramSha256>,
+    (user, secret): (&str, &UpstreamSecret),
+    scram: &mut Option<Scram>,
     reply: &mut BytesMut,
 ) -> Result<(), PgUpstreamError> {
+    let scram_err = |e| UpstreamAuthError::Scram(Arc::new(std::io::Error::other(e)));
     match msg {
         Message::AuthenticationOk => {}
         Message::AuthenticationCleartextPassword => {
-            frontend::password_message(password(up)?.as_bytes(), reply).map_err(proto)?;
+            let UpstreamSecret::Password(password) = secret else {
+                return Err(UpstreamAuthError::NoPassword.into());
+            };
+            frontend::password_message(password.as_bytes(), reply).map_err(proto)?;
         }
         Message::AuthenticationMd5Password(body) => {
-            let hash = sluice_auth::md5_response(&up.user, password(up)?, body.salt());
+            let hash = md5_answer(user, secret, body.salt())?;
             frontend::password_message(hash.as_bytes(), reply).map_err(proto)?;
         }
         Message::AuthenticationSasl(body) => {
@@ -152,28 +198,33 @@ fn answer(
             if !found {
                 return Err(UpstreamAuthError::NoMechanism.into());
             }
-            let s = ScramSha256::new(password(up)?.as_bytes(), ChannelBinding::unsupported());
-            frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), reply).map_err(proto)?;
+            let (s, first) = Scram::start(secret)?;
+            frontend::sasl_initial_response(SCRAM_SHA_256, &first, reply).map_err(proto)?;
             *scram = Some(s);
         }
         Message::AuthenticationSaslContinue(body) => {
             let s = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
-            s.update(body.data())
-                .map_err(|e| UpstreamAuthError::Scram(Arc::new(e)))?;
-            frontend::sasl_response(s.message(), reply).map_err(proto)?;
+            let next = match s {
+                Scram::Password(s) => {
+                    s.update(body.data())
+                        .map_err(|e| UpstreamAuthError::Scram(Arc::new(e)))?;
+                    s.message().to_vec()
+                }
+                Scram::Keys(s) => s.handle_server_first(body.data()).map_err(scram_err)?,
+            };
+            frontend::sasl_response(&next, reply).map_err(proto)?;
         }
         Message::AuthenticationSaslFinal(body) => {
-            let mut s = scram.take().ok_or_else(|| unexpected("SASLFinal"))?;
-            s.finish(body.data())
-                .map_err(|e| UpstreamAuthError::ServerSignature(Arc::new(e)))?;
+            match scram.take().ok_or_else(|| unexpected("SASLFinal"))? {
+                Scram::Password(mut s) => s
+                    .finish(body.data())
+                    .map_err(|e| UpstreamAuthError::ServerSignature(Arc::new(e)))?,
+                Scram::Keys(s) => s.handle_server_final(body.data()).map_err(|e| {
+                    UpstreamAuthError::ServerSignature(Arc::new(std::io::Error::other(e)))
+                })?,
+            }
         }
         _ => return Err(UpstreamAuthError::Unsupported.into()),
     }
     Ok(())
-}
-
-fn password(up: &Upstream) -> Result<&str, PgUpstreamError> {
-    up.password
-        .as_deref()
-        .ok_or_else(|| UpstreamAuthError::NoPassword.into())
 }

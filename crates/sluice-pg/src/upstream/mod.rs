@@ -30,6 +30,53 @@ pub type ServerParams = Arc<[(String, String)]>;
 /// closed instead (a hung or stopped backend must not hold its slot, or its client, forever).
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What Sluice proves itself with when it logs in to a server as a pool's user.
+#[derive(Clone, Default)]
+pub enum UpstreamSecret {
+    /// Nothing: only trust (or a server that asks for nothing) lets the login through.
+    #[default]
+    None,
+    /// A password (from the upstream URL, or a configured user's plaintext secret).
+    Password(String),
+    /// A stored `md5(password || user)`: enough for the md5 method, not for SCRAM.
+    Md5([u8; 16]),
+    /// The keys a client's SCRAM login revealed (pass-through; SCRAM only).
+    Scram(sluice_auth::ScramKeys),
+}
+
+impl UpstreamSecret {
+    /// The secret an upstream URL carries.
+    pub fn of(up: &Upstream) -> Self {
+        up.password.clone().map_or(Self::None, Self::Password)
+    }
+
+    /// What a client's stored secret lets Sluice log in with as that user: a verifier
+    /// needs the keys of a SCRAM login first (`None` here).
+    pub fn from_client_secret(secret: &sluice_auth::Secret) -> Self {
+        match secret {
+            sluice_auth::Secret::Plain(p) => Self::Password(p.clone()),
+            sluice_auth::Secret::Md5(h) => Self::Md5(*h),
+            sluice_auth::Secret::Scram(_) => Self::None,
+        }
+    }
+
+    /// Whether there is anything to log in with.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Self::None)
+    }
+}
+
+impl std::fmt::Debug for UpstreamSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "UpstreamSecret::None",
+            Self::Password(_) => "UpstreamSecret::Password(<redacted>)",
+            Self::Md5(_) => "UpstreamSecret::Md5(<redacted>)",
+            Self::Scram(_) => "UpstreamSecret::Scram(<redacted>)",
+        })
+    }
+}
+
 /// The key needed to cancel a query running on one upstream backend.
 #[derive(Debug, Clone)]
 pub struct CancelKey {
@@ -66,14 +113,16 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Opens and authenticates a connection, bounded by `timeout`.
+    /// Opens and authenticates a connection as `up.user` with `secret`, bounded by
+    /// `timeout`.
     pub async fn connect(
         up: &Upstream,
+        secret: &UpstreamSecret,
         timeout: Duration,
         tls: Option<&tokio_rustls::TlsConnector>,
         sslmode: SslMode,
     ) -> Result<ServerConn, PgUpstreamError> {
-        tokio::time::timeout(timeout, login::connect(up, tls, sslmode))
+        tokio::time::timeout(timeout, login::connect(up, secret, tls, sslmode))
             .await
             .map_err(|_| PgUpstreamError::Timeout)?
     }
@@ -119,7 +168,27 @@ impl ServerConn {
     ) -> Result<Option<Vec<Option<Vec<u8>>>>, PgUpstreamError> {
         let mut out = BytesMut::new();
         messages::write_query(&mut out, sql);
-        self.stream.write_all(&out).await?;
+        self.first_row_of(&out).await
+    }
+
+    /// As [`ServerConn::query_first_row`], with `params` bound as text to `$1`, `$2`, ...
+    /// (the extended protocol, so no value is ever spliced into SQL).
+    pub async fn query_first_row_with(
+        &mut self,
+        sql: &[u8],
+        params: &[&[u8]],
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, PgUpstreamError> {
+        let mut out = BytesMut::new();
+        messages::write_one_shot(&mut out, sql, params);
+        self.first_row_of(&out).await
+    }
+
+    /// Sends `request` and returns the first DataRow's columns up to ReadyForQuery.
+    async fn first_row_of(
+        &mut self,
+        request: &[u8],
+    ) -> Result<Option<Vec<Option<Vec<u8>>>>, PgUpstreamError> {
+        self.stream.write_all(request).await?;
         let (mut row, mut err) = (None, None);
         loop {
             match read_message(&mut self.stream, &mut self.buf).await? {

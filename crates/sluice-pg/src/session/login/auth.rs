@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use rand::Rng;
-use sluice_auth::{md5_verify, ScramServer, Secret, SCRAM_SHA_256};
+use sluice_auth::{md5_verify, ScramKeys, ScramServer, Secret, SCRAM_SHA_256};
 use sluice_config::AuthType;
 
 use crate::client_io::ClientIo;
@@ -14,16 +14,18 @@ use crate::protocol::{backend, frontend};
 use crate::session::error::AuthProtocolError;
 use crate::session::PgSessionError;
 
-/// Authenticates `user`; returns the user name to pool under. `out` must be empty; on
-/// success it may hold an AuthenticationSASLFinal that the caller sends with AuthenticationOk.
+/// Authenticates `user`. `out` must be empty; on success it may hold an
+/// AuthenticationSASLFinal that the caller sends with AuthenticationOk, and a SCRAM login
+/// returns the client's keys (for SCRAM pass-through).
 pub(crate) async fn authenticate(
     client: &mut ClientIo,
     out: &mut BytesMut,
     method: AuthType,
     user: &str,
     known: Option<&UserAuth>,
-) -> Result<String, PgSessionError> {
+) -> Result<Option<ScramKeys>, PgSessionError> {
     let failed = || PgSessionError::AuthFailed(user.to_owned());
+    let mut keys = None;
     let ok = match (method, known) {
         (AuthType::Trust, Some(_)) => true,
         (AuthType::Trust, None) => false,
@@ -34,12 +36,9 @@ pub(crate) async fn authenticate(
                 secret,
             }),
         ) if use_scram(method, secret) => {
-            scram(
-                client,
-                out,
-                ScramServer::new(v.clone(), ScramServer::random_nonce()),
-            )
-            .await?
+            let server = ScramServer::new(v.clone(), ScramServer::random_nonce());
+            keys = scram(client, out, server).await?;
+            keys.is_some()
         }
         (_, Some(UserAuth { secret, .. })) => md5(client, out, user, secret).await?,
         (AuthType::Md5, None) => {
@@ -48,16 +47,12 @@ pub(crate) async fn authenticate(
             false
         }
         (_, None) => {
-            scram(
-                client,
-                out,
-                ScramServer::new_failing(user, ScramServer::random_nonce()),
-            )
-            .await?
+            let server = ScramServer::new_failing(user, ScramServer::random_nonce());
+            scram(client, out, server).await?.is_some()
         }
     };
     if ok {
-        Ok(user.to_owned())
+        Ok(keys)
     } else {
         Err(failed())
     }
@@ -76,11 +71,12 @@ async fn read_password_frame(client: &mut ClientIo) -> Result<bytes::Bytes, PgSe
     }
 }
 
+/// One SCRAM exchange; the client's keys when its proof was right, `None` when wrong.
 async fn scram(
     client: &mut ClientIo,
     out: &mut BytesMut,
     mut server: ScramServer,
-) -> Result<bool, PgSessionError> {
+) -> Result<Option<ScramKeys>, PgSessionError> {
     backend::auth_sasl(out, SCRAM_SHA_256);
     client.write(out).await?;
     out.clear();
@@ -99,9 +95,9 @@ async fn scram(
     match server.handle_client_final(&body) {
         Ok(last) => {
             backend::auth_sasl_final(out, &last);
-            Ok(true)
+            Ok(server.keys())
         }
-        Err(sluice_auth::AuthError::InvalidPassword) => Ok(false),
+        Err(sluice_auth::AuthError::InvalidPassword) => Ok(None),
         Err(e) => Err(AuthProtocolError::Scram(e).into()),
     }
 }

@@ -42,7 +42,7 @@ impl Drop for ClientCount<'_> {
 
 /// What a successful login hands to the relay phase.
 pub(crate) struct LoggedIn<'a> {
-    pub(crate) pool: &'a PgPool,
+    pub(crate) pool: PgPool,
     pub(crate) registration: crate::cancel::Registration,
     pub(crate) state: ClientState,
     pub(crate) who: Arc<ClientMeta>,
@@ -88,7 +88,7 @@ pub(crate) async fn login<'a>(
             .unwrap_or_default()
             .to_owned(),
     });
-    let greeted = greet(client, out, ctx, pool, &who, &params, (&user, &dbname));
+    let greeted = greet(client, out, ctx, &pool, &who, &params, (&user, &dbname));
     let (server, registration, state) = Box::pin(greeted).await?;
     Ok(Some(LoggedIn {
         pool,
@@ -148,25 +148,53 @@ async fn console(
 }
 
 /// Authenticates a client of database `db` and returns the pool of the user it logged in
-/// as. The answer so far (for SCRAM, the final server message) is in `out`.
-async fn authenticate<'a>(
+/// as. A user the configuration does not list is looked up with `auth_query` (when
+/// `auth_user` is set). The answer so far (for SCRAM, the final server message) is in
+/// `out`.
+async fn authenticate(
     client: &mut ClientIo,
     out: &mut BytesMut,
     ctx: &PgContext,
-    db: &'a Database,
+    db: &Database,
     user: &str,
     deadline: Option<Instant>,
-) -> Result<&'a PgPool, PgSessionError> {
-    let auth_type = ctx.config.postgres.auth_type;
-    let known = db.users.get(user);
-    let auth_user = step(
-        deadline,
-        Box::pin(auth::authenticate(client, out, auth_type, user, known)),
-    )
-    .await?;
-    db.pools
-        .get(&auth_user)
-        .ok_or_else(|| PgSessionError::AuthFailed(user.to_owned()))
+) -> Result<PgPool, PgSessionError> {
+    let pg = &ctx.config.postgres;
+    let fetched = match db.users.get(user) {
+        Some(known) => crate::auth_query::Fetched {
+            auth: Some(known.clone()),
+            cached: false,
+        },
+        None if ctx.auth_query.enabled() => {
+            let target = db.query_target();
+            let lookup = ctx.auth_query.lookup(pg, &target, user);
+            step(deadline, async {
+                Box::pin(lookup).await.map_err(PgSessionError::AuthQuery)
+            })
+            .await?
+        }
+        None => crate::auth_query::Fetched {
+            auth: None,
+            cached: false,
+        },
+    };
+    let known = fetched.auth.as_ref();
+    let login = auth::authenticate(client, out, pg.auth_type, user, known);
+    let keys = match step(deadline, Box::pin(login)).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            if fetched.cached && matches!(e, PgSessionError::AuthFailed(_)) {
+                ctx.auth_query.forget(&db.config.name, user);
+            }
+            return Err(e);
+        }
+    };
+    let known = known.ok_or_else(|| PgSessionError::AuthFailed(user.to_owned()))?;
+    let pool = ctx.pool_for(db, user, known);
+    if let Some(keys) = keys.filter(|_| db.config.upstream.forwards_user()) {
+        ctx.pass_through(db, user, &pool, keys);
+    }
+    Ok(pool)
 }
 
 /// What the greeting leaves the session: its own server (session mode), its cancel

@@ -17,7 +17,7 @@ impl Relay<'_> {
     /// checkout gives up its place in the queue. What the client sends meanwhile is kept
     /// (up to [`WATCH_CAP`] bytes; beyond that only shutdown and the pool are watched).
     async fn wait_for_server(&mut self) -> Result<Result<PooledConn, PgPoolError>, PgSessionError> {
-        let (pool, who) = (self.pool, self.who.clone());
+        let (pool, who) = (self.pool.clone(), self.who.clone());
         let checkout = pool.checkout(&who);
         tokio::pin!(checkout);
         let shutdown = self.shutdown.clone().unwrap_or_default();

@@ -34,7 +34,7 @@ impl Relay<'_> {
             self.notify = None;
             return;
         }
-        let pool = self.pool;
+        let pool = self.pool.clone();
         let sub = self
             .notify
             .get_or_insert_with(|| Box::new(pool.notify_hub().subscribe(pool.clone())));

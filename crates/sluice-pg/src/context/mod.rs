@@ -12,33 +12,19 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use sluice_auth::{ScramVerifier, Secret};
+use sluice_auth::Secret;
 use sluice_config::{Config, DatabaseConfig, PostgresConfig};
 use sluice_stats::Registry;
 use thiserror::Error;
 
 use crate::cancel::CancelRegistry;
-use crate::pool::{PgPool, PoolSettings};
+use crate::pool::PgPool;
+use crate::upstream::UpstreamSecret;
 
-/// How one user proves who they are.
-#[derive(Debug, Clone)]
-pub struct UserAuth {
-    /// The stored secret (plaintext, md5 hash or SCRAM verifier).
-    pub secret: Secret,
-    /// The SCRAM verifier for this secret, when SCRAM is possible.
-    pub scram: Option<ScramVerifier>,
-}
+pub use crate::auth_query::UserAuth;
+pub use database::Database;
 
-/// One configured database: its pools and who may use it.
-#[derive(Clone)]
-pub struct Database {
-    /// Its configuration.
-    pub config: DatabaseConfig,
-    /// Pools by client user name.
-    pub pools: HashMap<String, PgPool>,
-    /// Users allowed on this database and their credentials.
-    pub users: HashMap<String, UserAuth>,
-}
+mod database;
 
 /// A configuration that cannot be turned into pools.
 #[derive(Debug, Error)]
@@ -77,6 +63,8 @@ pub struct PgContext {
     pub tls: Arc<parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     /// Reload and shutdown for the console, set by the binary at start.
     pub console_hooks: Arc<std::sync::OnceLock<Arc<dyn ConsoleHooks>>>,
+    /// `auth_query` lookups and their cache (shared by every context).
+    pub auth_query: Arc<crate::auth_query::AuthQuery>,
     /// Credentials of `postgres.users` (built at start; `admin_users` are looked up here).
     credentials: Arc<HashMap<String, UserAuth>>,
     /// The startup settings of the latest client: clients of one application send the
@@ -118,14 +106,15 @@ impl PgContext {
         let configured = configured_users(pg)?;
         let mut databases = HashMap::new();
         for db in &pg.databases {
-            databases.insert(db.name.clone(), database(db, pg, &configured)?);
+            databases.insert(db.name.clone(), database::database(db, pg, &configured)?);
         }
         let admin_users = admin_credentials(pg, &config.postgres, &configured);
         let acceptor = crate::tls::acceptor(&pg.tls)?;
+        let auth_query = Arc::new(auth_query(pg, &configured));
         let stats = Arc::new(Registry::new());
         for db in databases.values() {
-            for pool in db.pools.values() {
-                stats.register(Arc::new(pool.clone()));
+            for (_, pool) in db.pools() {
+                stats.register(Arc::new(pool));
             }
         }
         Ok(Self {
@@ -138,6 +127,7 @@ impl PgContext {
             admin_users,
             tls: Arc::new(parking_lot::RwLock::new(acceptor)),
             console_hooks: Arc::default(),
+            auth_query,
             credentials: Arc::new(configured),
             last_startup: Arc::default(),
             names: Arc::default(),
@@ -155,11 +145,6 @@ impl PgContext {
             let Some(new) = pg.database(name) else {
                 continue;
             };
-            for (user, pool) in &db.pools {
-                pool.reconfigure(pool_settings(new, user, pg, pool.settings().tls.clone()));
-                pool.statements()
-                    .set_capacity(pg.prepared_statement_registry_size);
-            }
             db.config = DatabaseConfig {
                 upstream: db.config.upstream.clone(),
                 pool_mode: db.config.pool_mode,
@@ -167,6 +152,11 @@ impl PgContext {
                 sslrootcert: db.config.sslrootcert.clone(),
                 ..new.clone()
             };
+            for (user, pool) in db.pools() {
+                pool.reconfigure(db.settings_for(&user, pg, &pool.secret()));
+                pool.statements()
+                    .set_capacity(pg.prepared_statement_registry_size);
+            }
         }
         Self {
             started: self.started.clone(),
@@ -178,6 +168,7 @@ impl PgContext {
             stats: self.stats.clone(),
             tls: self.tls.clone(),
             console_hooks: self.console_hooks.clone(),
+            auth_query: self.auth_query.clone(),
             credentials: self.credentials.clone(),
             last_startup: self.last_startup.clone(),
             names: self.names.clone(),
@@ -186,11 +177,22 @@ impl PgContext {
 
     /// Starts the background tasks that open and keep `min_pool_size` connections.
     pub fn start_pools(&self) {
-        for db in self.databases.values() {
-            for pool in db.pools.values() {
-                pool.spawn_maintenance();
-            }
+        for pool in self.pools() {
+            pool.spawn_maintenance();
         }
+    }
+
+    /// The pool of `user` on `db`, made (and started) on first use by a user the
+    /// configuration does not list, whom `auth` (from `auth_query`) let in.
+    pub(crate) fn pool_for(&self, db: &Database, user: &str, auth: &UserAuth) -> PgPool {
+        let (pool, new) = db.pool_or_insert(user, auth, &self.config.postgres);
+        if !new {
+            return pool;
+        }
+        self.stats.register(Arc::new(pool.clone()));
+        pool.spawn_maintenance();
+        tracing::info!(pool = %pool.settings().name, "pool opened for a user auth_query let in");
+        pool
     }
 
     /// The current client TLS acceptor, if TLS is enabled.
@@ -206,46 +208,57 @@ impl PgContext {
         Ok(())
     }
 
+    /// Gives `user`'s pool (which logs in as that user) the SCRAM keys of its latest
+    /// login, when they differ from those it has: pass-through, so no password is needed.
+    /// A pool that had nothing to log in with may now keep its `min_pool_size`.
+    pub(crate) fn pass_through(
+        &self,
+        db: &Database,
+        user: &str,
+        pool: &PgPool,
+        keys: sluice_auth::ScramKeys,
+    ) {
+        let had = pool.secret();
+        if matches!(&had, UpstreamSecret::Scram(k) if *k == keys) {
+            return;
+        }
+        if !matches!(had, UpstreamSecret::None | UpstreamSecret::Scram(_)) {
+            // A password or md5 hash is configured: it stays what the pool logs in with.
+            return;
+        }
+        let secret = UpstreamSecret::Scram(keys);
+        pool.reconfigure(db.settings_for(user, &self.config.postgres, &secret));
+        pool.set_secret(secret);
+    }
+
     /// Every pool, for health reports and reload.
-    pub fn pools(&self) -> impl Iterator<Item = &PgPool> {
-        self.databases.values().flat_map(|db| db.pools.values())
+    pub fn pools(&self) -> Vec<PgPool> {
+        self.databases
+            .values()
+            .flat_map(|db| db.pools().into_iter().map(|(_, p)| p))
+            .collect()
     }
 
     /// Closes every pool (at shutdown).
     pub fn close_pools(&self) {
-        for db in self.databases.values() {
-            for pool in db.pools.values() {
-                pool.close();
-            }
+        for pool in self.pools() {
+            pool.close();
         }
     }
 }
 
-/// One pool's settings from the configuration (`tls`: the database's upstream connector).
-fn pool_settings(
-    db: &DatabaseConfig,
-    user: &str,
+/// `auth_query` as `auth_user`, logging in with its configured secret (off without one).
+fn auth_query(
     pg: &PostgresConfig,
-    tls: Option<tokio_rustls::TlsConnector>,
-) -> PoolSettings {
-    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
-    PoolSettings {
-        name: format!("{}/{}", db.name, user),
-        upstream: db.upstream.clone(),
-        max_size: db.pool_size(pg),
-        min_size: db.min_pool_size(pg),
-        timeout: pg.pool_timeout,
-        connect_timeout: pg.server_connect_timeout,
-        mode: db.pool_mode(pg),
-        reset_query: pg.server_reset_query.clone(),
-        pin_session_state: pg.pin_session_state,
-        max_pinned: pg.max_pinned_servers.unwrap_or(db.pool_size(pg) / 2),
-        max_prepared_statements: pg.max_prepared_statements,
-        server_idle_timeout: nonzero(pg.server_idle_timeout),
-        server_lifetime: nonzero(pg.server_lifetime),
-        server_login_retry: pg.server_login_retry,
-        tls,
-        sslmode: db.sslmode,
+    configured: &HashMap<String, UserAuth>,
+) -> crate::auth_query::AuthQuery {
+    let login = pg.auth_user.as_ref().and_then(|name| {
+        let secret = UpstreamSecret::from_client_secret(&configured.get(name)?.secret);
+        Some((name.clone(), secret))
+    });
+    match login {
+        Some((name, secret)) => crate::auth_query::AuthQuery::new(name, secret),
+        None => crate::auth_query::AuthQuery::default(),
     }
 }
 
@@ -261,38 +274,6 @@ fn configured_users(pg: &PostgresConfig) -> Result<HashMap<String, UserAuth>, Co
         configured.insert(u.name.clone(), UserAuth { secret, scram });
     }
     Ok(configured)
-}
-
-/// One database: who may log in to it and a pool per such user.
-fn database(
-    db: &DatabaseConfig,
-    pg: &PostgresConfig,
-    configured: &HashMap<String, UserAuth>,
-) -> Result<Database, ContextError> {
-    let users = if pg.users.is_empty() {
-        // No user list: clients log in as the upstream URL's user with its password.
-        let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
-        let scram = secret.scram_verifier();
-        HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
-    } else {
-        configured.clone()
-    };
-    let tls = crate::tls::connector(db.sslmode, db.sslrootcert.as_deref())?;
-    let pools = users
-        .keys()
-        .map(|user| {
-            let settings = pool_settings(db, user, pg, tls.clone());
-            let pool = PgPool::new(settings);
-            pool.statements()
-                .set_capacity(pg.prepared_statement_registry_size);
-            (user.clone(), pool)
-        })
-        .collect();
-    Ok(Database {
-        config: db.clone(),
-        pools,
-        users,
-    })
 }
 
 /// What the admin console needs from the binary: reload, shutdown and the context in
@@ -404,8 +385,8 @@ upstream = "postgres://u:p@127.0.0.1:1/a"
             .replace("127.0.0.1:1/a", "127.0.0.1:2/a");
         let next = ctx.reconfigured(config(&changed));
         let (old, new) = (
-            &ctx.databases["a"].pools["u"],
-            &next.databases["a"].pools["u"],
+            &ctx.databases["a"].pool("u").unwrap(),
+            &next.databases["a"].pool("u").unwrap(),
         );
         // One pool, seen from both contexts.
         assert!(Arc::ptr_eq(&old.settings(), &new.settings()));

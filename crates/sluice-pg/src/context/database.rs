@@ -1,0 +1,165 @@
+//! One configured database: who may log in to it, and its pools (one per user, made at
+//! start for the configured users and on first login for users `auth_query` let in).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_auth::Secret;
+use sluice_config::{DatabaseConfig, PostgresConfig};
+
+use super::{ContextError, UserAuth};
+use crate::pool::{PgPool, PoolSettings};
+use crate::upstream::UpstreamSecret;
+
+/// One configured database: its pools and who may use it.
+#[derive(Clone)]
+pub struct Database {
+    /// Its configuration.
+    pub config: DatabaseConfig,
+    /// Pools by client user name: one per configured user from the start, and one more for
+    /// each user `auth_query` let in (shared by every context after a reload).
+    pools: Arc<parking_lot::RwLock<HashMap<String, PgPool>>>,
+    /// Users allowed on this database and their credentials.
+    pub users: HashMap<String, UserAuth>,
+    /// TLS towards this database's upstream (`None`: sslmode disable).
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Database {
+    /// Where `auth_query` looks this database's users up.
+    pub(crate) fn query_target(&self) -> crate::auth_query::QueryTarget<'_> {
+        crate::auth_query::QueryTarget {
+            name: &self.config.name,
+            upstream: &self.config.upstream,
+            tls: self.tls.clone(),
+            sslmode: self.config.sslmode,
+        }
+    }
+
+    /// The pool of client user `user`, if it has one yet.
+    pub fn pool(&self, user: &str) -> Option<PgPool> {
+        self.pools.read().get(user).cloned()
+    }
+
+    /// Every pool, by user name in name order.
+    pub fn pools(&self) -> Vec<(String, PgPool)> {
+        let mut v: Vec<_> = self
+            .pools
+            .read()
+            .iter()
+            .map(|(u, p)| (u.clone(), p.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The settings of `user`'s pool under `pg`. A pool that logs in as its client and
+    /// has nothing to log in with yet (a verifier, before the first SCRAM login) keeps no
+    /// idle connections: it could not open them.
+    pub(super) fn settings_for(
+        &self,
+        user: &str,
+        pg: &PostgresConfig,
+        secret: &UpstreamSecret,
+    ) -> PoolSettings {
+        let mut settings = pool_settings(&self.config, user, pg, self.tls.clone());
+        if self.config.upstream.forwards_user() {
+            settings.upstream = self.config.upstream.as_user(user);
+            if secret.is_none() {
+                settings.min_size = 0;
+            }
+        }
+        settings
+    }
+
+    /// The pool of `user`, made on first use; `true` when it was made just now.
+    pub(super) fn pool_or_insert(
+        &self,
+        user: &str,
+        auth: &UserAuth,
+        pg: &PostgresConfig,
+    ) -> (PgPool, bool) {
+        if let Some(pool) = self.pool(user) {
+            return (pool, false);
+        }
+        let mut pools = self.pools.write();
+        if let Some(pool) = pools.get(user) {
+            return (pool.clone(), false);
+        }
+        let pool = self.new_pool(user, auth, pg);
+        pools.insert(user.to_owned(), pool.clone());
+        (pool, true)
+    }
+
+    /// A new pool for `user`, logging in as the upstream URL's user or (with none in the
+    /// URL) as `user` with what `auth` allows.
+    fn new_pool(&self, user: &str, auth: &UserAuth, pg: &PostgresConfig) -> PgPool {
+        let secret = if self.config.upstream.forwards_user() {
+            UpstreamSecret::from_client_secret(&auth.secret)
+        } else {
+            UpstreamSecret::of(&self.config.upstream)
+        };
+        let pool = PgPool::with_secret(self.settings_for(user, pg, &secret), secret);
+        pool.statements()
+            .set_capacity(pg.prepared_statement_registry_size);
+        pool
+    }
+}
+
+/// One pool's settings from the configuration (`tls`: the database's upstream connector).
+fn pool_settings(
+    db: &DatabaseConfig,
+    user: &str,
+    pg: &PostgresConfig,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> PoolSettings {
+    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+    PoolSettings {
+        name: format!("{}/{}", db.name, user),
+        upstream: db.upstream.clone(),
+        max_size: db.pool_size(pg),
+        min_size: db.min_pool_size(pg),
+        timeout: pg.pool_timeout,
+        connect_timeout: pg.server_connect_timeout,
+        mode: db.pool_mode(pg),
+        reset_query: pg.server_reset_query.clone(),
+        pin_session_state: pg.pin_session_state,
+        max_pinned: pg.max_pinned_servers.unwrap_or(db.pool_size(pg) / 2),
+        max_prepared_statements: pg.max_prepared_statements,
+        server_idle_timeout: nonzero(pg.server_idle_timeout),
+        server_lifetime: nonzero(pg.server_lifetime),
+        server_login_retry: pg.server_login_retry,
+        tls,
+        sslmode: db.sslmode,
+    }
+}
+
+/// One database: who may log in to it and a pool per such user.
+pub(super) fn database(
+    db: &DatabaseConfig,
+    pg: &PostgresConfig,
+    configured: &HashMap<String, UserAuth>,
+) -> Result<Database, ContextError> {
+    let users = if pg.users.is_empty() {
+        // No user list: clients log in as the upstream URL's user with its password.
+        let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
+        let scram = secret.scram_verifier();
+        HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
+    } else {
+        configured.clone()
+    };
+    let tls = crate::tls::connector(db.sslmode, db.sslrootcert.as_deref())?;
+    let database = Database {
+        config: db.clone(),
+        pools: Arc::default(),
+        users,
+        tls,
+    };
+    let pools = database
+        .users
+        .iter()
+        .map(|(user, auth)| (user.clone(), database.new_pool(user, auth, pg)))
+        .collect();
+    *database.pools.write() = pools;
+    Ok(database)
+}
