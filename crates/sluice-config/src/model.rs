@@ -68,6 +68,11 @@ pub struct PostgresConfig {
     pub pool_mode: PoolMode,
     /// Maximum number of simultaneous client connections.
     pub max_client_conn: usize,
+    /// Most clients of one database at once (0: no limit), PgBouncer's
+    /// `max_db_client_connections`.
+    pub max_db_client_connections: usize,
+    /// Most clients of one user at once (0: no limit), `max_user_client_connections`.
+    pub max_user_client_connections: usize,
     /// Default maximum number of server connections per database pool.
     pub pool_size: usize,
     /// Default number of server connections kept open per database pool.
@@ -143,6 +148,8 @@ impl Default for PostgresConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 6432)),
             pool_mode: PoolMode::Transaction,
             max_client_conn: 10_000,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             pool_size: 15,
             min_pool_size: 5,
             pool_timeout: Duration::from_secs(30),

@@ -13,6 +13,16 @@ use ini::{connect_string, parse_ini};
 const MAPPED: &[(&str, &str, Kind)] = &[
     ("pool_mode", "pool_mode", Kind::Mode),
     ("max_client_conn", "max_client_conn", Kind::Int),
+    (
+        "max_db_client_connections",
+        "max_db_client_connections",
+        Kind::Int,
+    ),
+    (
+        "max_user_client_connections",
+        "max_user_client_connections",
+        Kind::Int,
+    ),
     ("default_pool_size", "pool_size", Kind::Int),
     ("min_pool_size", "min_pool_size", Kind::Int),
     ("server_reset_query", "server_reset_query", Kind::Str),

@@ -67,6 +67,8 @@ struct RawPostgres {
     listen: Option<Spanned<String>>,
     pool_mode: Option<PoolMode>,
     max_client_conn: Option<usize>,
+    max_db_client_connections: Option<usize>,
+    max_user_client_connections: Option<usize>,
     pool_size: Option<usize>,
     min_pool_size: Option<usize>,
     pool_timeout: Option<Spanned<Value>>,
@@ -261,6 +263,14 @@ fn apply_postgres(
     source.set_listen(&mut pg.listen, "postgres.listen", &raw.listen)?;
     set(&mut pg.pool_mode, raw.pool_mode);
     set(&mut pg.max_client_conn, raw.max_client_conn);
+    set(
+        &mut pg.max_db_client_connections,
+        raw.max_db_client_connections,
+    );
+    set(
+        &mut pg.max_user_client_connections,
+        raw.max_user_client_connections,
+    );
     set(&mut pg.pool_size, raw.pool_size);
     set(&mut pg.min_pool_size, raw.min_pool_size);
     set(&mut pg.server_reset_query, raw.server_reset_query);

@@ -107,6 +107,16 @@ pub static KEYS: &[Key] = &[
     key!("postgres.listen", LISTENER, postgres.listen),
     key!("postgres.pool_mode", MODE, postgres.pool_mode),
     key!("postgres.max_client_conn", Live, postgres.max_client_conn),
+    key!(
+        "postgres.max_db_client_connections",
+        Live,
+        postgres.max_db_client_connections
+    ),
+    key!(
+        "postgres.max_user_client_connections",
+        Live,
+        postgres.max_user_client_connections
+    ),
     key!("postgres.pool_size", Live, postgres.pool_size),
     key!("postgres.min_pool_size", Live, postgres.min_pool_size),
     key!("postgres.pool_timeout", Live, postgres.pool_timeout),

@@ -21,6 +21,8 @@ pub struct Database {
     pools: Arc<parking_lot::RwLock<HashMap<String, PgPool>>>,
     /// Users allowed on this database and their credentials.
     pub users: HashMap<String, UserAuth>,
+    /// Clients of this database now (for `max_db_client_connections`; shared).
+    pub(crate) clients: Arc<std::sync::atomic::AtomicUsize>,
     /// TLS towards this database's upstream (`None`: sslmode disable).
     tls: Option<tokio_rustls::TlsConnector>,
 }
@@ -153,6 +155,7 @@ pub(super) fn database(
         config: db.clone(),
         pools: Arc::default(),
         users,
+        clients: Arc::default(),
         tls,
     };
     let pools = database

@@ -63,6 +63,8 @@ pub struct PgContext {
     pub tls: Arc<parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     /// Reload and shutdown for the console, set by the binary at start.
     pub console_hooks: Arc<std::sync::OnceLock<Arc<dyn ConsoleHooks>>>,
+    /// Clients of each user now (for `max_user_client_connections`; shared).
+    user_clients: Arc<parking_lot::Mutex<HashMap<String, Arc<AtomicUsize>>>>,
     /// `auth_query` lookups and their cache (shared by every context).
     pub auth_query: Arc<crate::auth_query::AuthQuery>,
     /// Credentials of `postgres.users` (built at start; `admin_users` are looked up here).
@@ -128,6 +130,7 @@ impl PgContext {
             tls: Arc::new(parking_lot::RwLock::new(acceptor)),
             console_hooks: Arc::default(),
             auth_query,
+            user_clients: Arc::default(),
             credentials: Arc::new(configured),
             last_startup: Arc::default(),
             names: Arc::default(),
@@ -169,6 +172,7 @@ impl PgContext {
             tls: self.tls.clone(),
             console_hooks: self.console_hooks.clone(),
             auth_query: self.auth_query.clone(),
+            user_clients: self.user_clients.clone(),
             credentials: self.credentials.clone(),
             last_startup: self.last_startup.clone(),
             names: self.names.clone(),
@@ -206,6 +210,17 @@ impl PgContext {
         let acceptor = crate::tls::acceptor(&config.postgres.tls)?;
         *self.tls.write() = acceptor;
         Ok(())
+    }
+
+    /// The count of `user`'s clients (made on first use, for authenticated users only).
+    pub(crate) fn user_clients(&self, user: &str) -> Arc<AtomicUsize> {
+        let mut map = self.user_clients.lock();
+        if let Some(c) = map.get(user) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicUsize::new(0));
+        map.insert(user.to_owned(), c.clone());
+        c
     }
 
     /// Gives `user`'s pool (which logs in as that user) the SCRAM keys of its latest

@@ -35,8 +35,8 @@ pub enum PgSessionError {
     #[error("unsupported authentication response: {0}")]
     AuthProtocol(#[from] AuthProtocolError),
     /// `max_client_conn` reached.
-    #[error("too many clients (max_client_conn = {0})")]
-    TooManyClients(usize),
+    #[error("too many clients ({0} = {1})")]
+    TooManyClients(&'static str, usize),
     /// A server connection could not be had.
     #[error(transparent)]
     PgPool(PgPoolError),
@@ -159,10 +159,10 @@ impl PgSessionError {
                 format!("password authentication failed for user \"{user}\""),
             ),
             PgSessionError::AuthProtocol(what) => (Fatal, "08P01", what.to_string()),
-            PgSessionError::TooManyClients(max) => (
+            PgSessionError::TooManyClients(key, max) => (
                 Fatal,
                 "53300",
-                format!("sorry, too many clients already (max_client_conn = {max})"),
+                format!("sorry, too many clients already ({key} = {max})"),
             ),
             PgSessionError::PgPool(e) => {
                 let (code, msg) = pool_error_fields(e);

@@ -16,7 +16,7 @@ mod greeting;
 mod startup;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -31,12 +31,40 @@ use crate::protocol::startup::StartupParams;
 use crate::session::PgSessionError;
 use crate::state::ClientState;
 
-/// Decrements the client count when a session ends, however it ends.
-pub(crate) struct ClientCount<'a>(&'a PgContext);
+/// Decrements the client counts (all clients; this database's and this user's, once
+/// counted) when a session ends, however it ends.
+pub(crate) struct ClientCount<'a> {
+    ctx: &'a PgContext,
+    more: [Option<Arc<AtomicUsize>>; 2],
+}
+
+impl ClientCount<'_> {
+    /// Counts the client in `counter` too, refusing it past `max` (0: no limit; `key`
+    /// names the setting in the error).
+    fn admit(
+        &mut self,
+        i: usize,
+        counter: Arc<AtomicUsize>,
+        (key, max): (&'static str, usize),
+    ) -> Result<(), PgSessionError> {
+        if max == 0 {
+            return Ok(());
+        }
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        self.more[i] = Some(counter);
+        if n > max {
+            return Err(PgSessionError::TooManyClients(key, max));
+        }
+        Ok(())
+    }
+}
 
 impl Drop for ClientCount<'_> {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
+        for c in self.more.iter().flatten() {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -67,7 +95,7 @@ pub(crate) async fn login<'a>(
     let Some(params) = step(deadline, Box::pin(startup::read_startup(client, ctx))).await? else {
         return Ok(None);
     };
-    let count = admit(ctx)?;
+    let mut count = admit(ctx)?;
     let user = params.user().ok_or(PgSessionError::MissingUser)?.to_owned();
     let dbname = params.database().unwrap_or_default().to_owned();
     if crate::console::CONSOLE_DATABASES.contains(&dbname.as_str()) {
@@ -80,6 +108,14 @@ pub(crate) async fn login<'a>(
         .ok_or_else(|| PgSessionError::UnknownDatabase(dbname.clone()))?;
     let mut out = BytesMut::with_capacity(1024);
     let pool = authenticate(client, &mut out, ctx, db, &user, deadline).await?;
+    let pg = &ctx.config.postgres;
+    let per_db = ("max_db_client_connections", pg.max_db_client_connections);
+    count.admit(0, db.clients.clone(), per_db)?;
+    let per_user = (
+        "max_user_client_connections",
+        pg.max_user_client_connections,
+    );
+    count.admit(1, ctx.user_clients(&user), per_user)?;
     tracing::debug!(user = %user, database = %dbname, "client authenticated");
     let who = Arc::new(ClientMeta {
         addr: peer,
@@ -117,9 +153,12 @@ async fn step<T>(
 fn admit(ctx: &PgContext) -> Result<ClientCount<'_>, PgSessionError> {
     let max = ctx.config.postgres.max_client_conn;
     let count = ctx.clients.fetch_add(1, Ordering::Relaxed) + 1;
-    let guard = ClientCount(ctx);
+    let guard = ClientCount {
+        ctx,
+        more: [None, None],
+    };
     if count > max {
-        return Err(PgSessionError::TooManyClients(max));
+        return Err(PgSessionError::TooManyClients("max_client_conn", max));
     }
     Ok(guard)
 }

@@ -1,0 +1,54 @@
+//! The limits PgBouncer users rely on, beyond `max_client_conn`: clients per database
+//! (`max_db_client_connections`) and per user (`max_user_client_connections`), refused with
+//! 53300 naming the setting, and admitted again once a client leaves.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_sqlstate, sluice_for};
+use sluice_tests::{error_message, scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
+
+#[tokio::test]
+async fn clients_per_database_and_per_user_are_bounded() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("limits_clients").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .user(APP_USER, APP_PASSWORD)
+        .user("other", "other-pw")
+        .extra_postgres("max_db_client_connections = 3\nmax_user_client_connections = 2")
+        .start();
+
+    let a1 = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let a2 = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let e = expect_sqlstate(
+        sluice.connect(APP_USER, APP_PASSWORD, &db).await,
+        &["53300"],
+    );
+    assert!(
+        error_message(&e).contains("max_user_client_connections = 2"),
+        "{e:?}"
+    );
+    let o1 = sluice.connect("other", "other-pw", &db).await.unwrap();
+    let e = expect_sqlstate(sluice.connect("other", "other-pw", &db).await, &["53300"]);
+    assert!(
+        error_message(&e).contains("max_db_client_connections = 3"),
+        "{e:?}"
+    );
+    // A refused client is not counted: the ones in still work, and one leaving lets
+    // another in.
+    assert_eq!(scalar(&o1, "SELECT 1").await, "1");
+    assert_eq!(scalar(&a2, "SELECT 2").await, "2");
+    drop(a1);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(c) = sluice.connect(APP_USER, APP_PASSWORD, &db).await {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = again.expect("a client was not admitted after another left");
+    assert_eq!(scalar(&again, "SELECT 3").await, "3");
+}
