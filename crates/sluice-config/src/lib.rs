@@ -15,6 +15,7 @@ pub mod pgbouncer;
 mod raw;
 mod reload;
 mod secrets;
+mod source;
 mod upstream;
 mod userlist;
 mod validate;
