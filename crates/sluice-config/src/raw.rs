@@ -8,7 +8,9 @@ use toml::{Spanned, Value};
 
 use crate::builder::Builder;
 use crate::duration::{parse_duration, seconds_to_duration};
-use crate::model::{AuthType, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode};
+use crate::model::{
+    AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode,
+};
 use crate::upstream::Upstream;
 use crate::values::parse_listen;
 use crate::ConfigError;
@@ -38,6 +40,8 @@ struct RawMongo {
     max_client_conn: Option<usize>,
     client_login_timeout: Option<Spanned<Value>>,
     client_idle_timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    tls: RawTls,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -125,6 +129,15 @@ struct RawUser {
     password: Option<String>,
     /// A file holding `password` (a mounted secret).
     password_file: Option<String>,
+}
+
+impl RawTls {
+    /// Overwrites the keys of a `tls` table (`[postgres.tls]`, `[mongo.tls]`) it sets.
+    fn apply(self, tls: &mut ClientTlsConfig) {
+        set(&mut tls.mode, self.mode);
+        set(&mut tls.cert_file, self.cert_file.map(Some));
+        set(&mut tls.key_file, self.key_file.map(Some));
+    }
 }
 
 impl RawUser {
@@ -264,9 +277,7 @@ fn apply_postgres(
     set(&mut pg.pin_session_state, raw.pin_session_state);
     set(&mut pg.max_pinned_servers, raw.max_pinned_servers.map(Some));
     set(&mut pg.admin_users, raw.admin_users);
-    set(&mut pg.tls.mode, raw.tls.mode);
-    set(&mut pg.tls.cert_file, raw.tls.cert_file.map(Some));
-    set(&mut pg.tls.key_file, raw.tls.key_file.map(Some));
+    raw.tls.apply(&mut pg.tls);
     set(&mut pg.max_packet_size, raw.max_packet_size);
     set(&mut pg.max_prepared_statements, raw.max_prepared_statements);
     set(
@@ -428,6 +439,7 @@ fn apply_mongo(
     ] {
         source.set_duration(slot, key, value)?;
     }
+    raw.tls.apply(&mut mongo.tls);
     mongo.users = crate::secrets::users(
         "mongo",
         raw.users.into_iter().map(RawUser::into_parts).collect(),
