@@ -286,8 +286,7 @@ pub struct MongoConfig {
     /// Close a logged-in client that sent nothing for this long while it had no request
     /// in flight, no open cursor and no pinned transaction. 0 disables (the default).
     pub client_idle_timeout: Duration,
-    /// TLS towards clients (`[mongo.tls]`). MongoDB has no in-band upgrade: a connection
-    /// is TLS when its first byte starts a TLS handshake record.
+    /// TLS towards clients (`[mongo.tls]`; told from plaintext by the first bytes).
     pub tls: ClientTlsConfig,
     /// Users who may log in to Sluice (SCRAM-SHA-256); empty means clients need not
     /// authenticate, which validation allows only on a loopback listener.
@@ -399,15 +398,12 @@ pub struct ClientTlsConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientTlsMode {
-    /// No TLS (the default): PostgreSQL's SSLRequest is answered `N`; a MongoDB client's
-    /// handshake is not recognised.
+    /// No TLS (the default; PostgreSQL's SSLRequest is answered `N`).
     #[default]
     Disable,
-    /// TLS when the client asks for it (SSLRequest, or a MongoDB connection opening with a
-    /// TLS handshake), plaintext otherwise.
+    /// TLS when the client asks (SSLRequest, or a MongoDB ClientHello), else plaintext.
     Allow,
-    /// Plaintext logins are refused (MongoDB: a connection not opening with a TLS
-    /// handshake is closed).
+    /// Plaintext clients are refused (MongoDB: closed before their first request).
     Require,
 }
 
