@@ -428,6 +428,19 @@ impl MongoSluice {
             .status();
     }
 
+    /// Sends a signal by name (e.g. "HUP": reload) to the program.
+    ///
+    /// # Panics
+    /// If `kill` fails.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
     /// Waits up to `limit` for the program to exit; `None` if it is still running.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;

@@ -220,6 +220,8 @@ pub struct MongoConfig {
     /// Close a logged-in client that sent nothing for this long while it had no request
     /// in flight, no open cursor and no pinned transaction. 0 disables (the default).
     pub client_idle_timeout: Duration,
+    /// TLS towards clients (`[mongo.tls]`; told from plaintext by the first bytes).
+    pub tls: ClientTlsConfig,
     /// Users who may log in to Sluice (SCRAM-SHA-256); empty means clients need not
     /// authenticate, which validation allows only on a loopback listener.
     pub users: Vec<UserConfig>,
@@ -255,6 +257,7 @@ impl fmt::Debug for MongoConfig {
             .field("max_client_conn", &self.max_client_conn)
             .field("client_login_timeout", &self.client_login_timeout)
             .field("client_idle_timeout", &self.client_idle_timeout)
+            .field("tls", &self.tls)
             .field("users", &self.users)
             .finish()
     }
@@ -272,6 +275,7 @@ impl Default for MongoConfig {
             max_client_conn: 10_000,
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
+            tls: ClientTlsConfig::default(),
             users: Vec::new(),
         }
     }
@@ -313,7 +317,7 @@ pub enum SslMode {
     VerifyFull,
 }
 
-/// TLS towards clients (`[postgres.tls]`).
+/// TLS towards clients (`[postgres.tls]`, `[mongo.tls]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientTlsConfig {
     /// Whether clients may, must or cannot use TLS.
@@ -328,12 +332,12 @@ pub struct ClientTlsConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientTlsMode {
-    /// SSLRequest is answered `N` (the default).
+    /// No TLS (the default; PostgreSQL's SSLRequest is answered `N`).
     #[default]
     Disable,
-    /// TLS when the client asks for it, plaintext otherwise.
+    /// TLS when the client asks (SSLRequest, or a MongoDB ClientHello), else plaintext.
     Allow,
-    /// Plaintext logins are refused.
+    /// Plaintext clients are refused (MongoDB: closed before their first request).
     Require,
 }
 

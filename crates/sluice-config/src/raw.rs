@@ -4,7 +4,9 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use crate::builder::Builder;
-use crate::model::{AuthType, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode};
+use crate::model::{
+    AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode,
+};
 use crate::source::Source;
 use crate::upstream::Upstream;
 use crate::ConfigError;
@@ -34,6 +36,8 @@ struct RawMongo {
     max_client_conn: Option<usize>,
     client_login_timeout: Option<Spanned<Value>>,
     client_idle_timeout: Option<Spanned<Value>>,
+    #[serde(default)]
+    tls: RawTls,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -128,6 +132,15 @@ struct RawUser {
     password_file: Option<String>,
 }
 
+impl RawTls {
+    /// Overwrites the keys of a `tls` table (`[postgres.tls]`, `[mongo.tls]`) it sets.
+    fn apply(self, tls: &mut ClientTlsConfig) {
+        set(&mut tls.mode, self.mode);
+        set(&mut tls.cert_file, self.cert_file.map(Some));
+        set(&mut tls.key_file, self.key_file.map(Some));
+    }
+}
+
 impl RawUser {
     fn into_parts(self) -> crate::secrets::UserEntry {
         crate::secrets::UserEntry {
@@ -208,9 +221,7 @@ fn apply_postgres(
     set(&mut pg.pin_session_state, raw.pin_session_state);
     set(&mut pg.max_pinned_servers, raw.max_pinned_servers.map(Some));
     set(&mut pg.admin_users, raw.admin_users);
-    set(&mut pg.tls.mode, raw.tls.mode);
-    set(&mut pg.tls.cert_file, raw.tls.cert_file.map(Some));
-    set(&mut pg.tls.key_file, raw.tls.key_file.map(Some));
+    raw.tls.apply(&mut pg.tls);
     set(&mut pg.max_packet_size, raw.max_packet_size);
     set(&mut pg.max_prepared_statements, raw.max_prepared_statements);
     set(
@@ -379,6 +390,7 @@ fn apply_mongo(
     ] {
         source.set_duration(slot, key, value)?;
     }
+    raw.tls.apply(&mut mongo.tls);
     mongo.users = crate::secrets::users(
         "mongo",
         raw.users.into_iter().map(RawUser::into_parts).collect(),

@@ -244,6 +244,22 @@ pub static KEYS: &[Key] = &[
     mongo_key!("mongo.max_client_conn", Live, max_client_conn),
     mongo_key!("mongo.client_login_timeout", Live, client_login_timeout),
     mongo_key!("mongo.client_idle_timeout", Live, client_idle_timeout),
+    // Reload loads the certificate and key files again (a change of their contents too).
+    Key {
+        path: "mongo.tls.mode",
+        apply: Live,
+        changed: |a, b| mongo_differs(a, b, |x, y| x.tls.mode != y.tls.mode),
+    },
+    Key {
+        path: "mongo.tls.cert_file",
+        apply: Live,
+        changed: |a, b| mongo_differs(a, b, |x, y| x.tls.cert_file != y.tls.cert_file),
+    },
+    Key {
+        path: "mongo.tls.key_file",
+        apply: Live,
+        changed: |a, b| mongo_differs(a, b, |x, y| x.tls.key_file != y.tls.key_file),
+    },
     Key {
         path: "mongo.users.*.name",
         apply: MONGO,

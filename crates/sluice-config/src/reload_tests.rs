@@ -187,6 +187,7 @@ fn walker_finds_nested_and_array_keys() {
         "postgres.admin_users",
         "mongo.max_pool_size",
         "mongo.users.*.password",
+        "mongo.tls.cert_file",
     ] {
         assert!(keys.contains(path), "{path} not found in {keys:?}");
     }
@@ -289,4 +290,30 @@ fn mongo_section_coming_needs_restart() {
     let plan = diff(&new, &bigger);
     assert_eq!(plan.applied, ["mongo.max_pool_size"]);
     assert_eq!(plan.restart, ["mongo.listen"]);
+}
+
+#[test]
+fn mongo_tls_keys_apply_live() {
+    let mut old = with("");
+    old.mongo = Some(crate::MongoConfig::default());
+    let mut new = old.clone();
+    if let Some(m) = &mut new.mongo {
+        m.tls.mode = crate::ClientTlsMode::Require;
+        m.tls.cert_file = Some("/c.pem".into());
+        m.tls.key_file = Some("/k.pem".into());
+    }
+    let plan = diff(&old, &new);
+    assert_eq!(
+        plan.applied,
+        [
+            "mongo.tls.mode",
+            "mongo.tls.cert_file",
+            "mongo.tls.key_file"
+        ]
+    );
+    assert!(plan.restart.is_empty(), "{plan}");
+    assert!(
+        diff(&with(""), &with("")).is_empty(),
+        "no [mongo] section: no mongo.tls changes"
+    );
 }

@@ -458,6 +458,40 @@ fn mongo_validation() {
 }
 
 #[test]
+fn mongo_tls_parses_and_validates() {
+    let defaults = Config::from_toml_str(MONGO_ONLY).expect("defaults");
+    let tls = defaults.mongo.expect("mongo").tls;
+    assert_eq!(tls, crate::ClientTlsConfig::default());
+    assert_eq!(tls.mode, crate::ClientTlsMode::Disable);
+
+    let text = format!(
+        "{MONGO_ONLY}[mongo.tls]\nmode = \"require\"\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
+    );
+    let config = Config::from_toml_str(&text).expect("mongo tls");
+    let tls = config.mongo.expect("mongo").tls;
+    assert_eq!(tls.mode, crate::ClientTlsMode::Require);
+    assert_eq!(
+        tls.cert_file.as_deref(),
+        Some(std::path::Path::new("/c.pem"))
+    );
+    assert_eq!(
+        tls.key_file.as_deref(),
+        Some(std::path::Path::new("/k.pem"))
+    );
+    assert_eq!(
+        config.postgres.tls,
+        crate::ClientTlsConfig::default(),
+        "[mongo.tls] leaves [postgres.tls] alone"
+    );
+
+    let err = |text: &str| Config::from_toml_str(text).expect_err(text).to_string();
+    let no_key = format!("{MONGO_ONLY}[mongo.tls]\nmode = \"allow\"\ncert_file = \"/c.pem\"\n");
+    assert!(err(&no_key).starts_with("mongo.tls: mode \"allow\" or \"require\" needs"));
+    assert!(err(&format!("{MONGO_ONLY}[mongo.tls]\nmode = \"prefer\"\n")).contains("prefer"));
+    assert!(err(&format!("{MONGO_ONLY}[mongo.tls]\ncert = \"/c.pem\"\n")).contains("cert"));
+}
+
+#[test]
 fn mongo_client_guards_parse() {
     let text = format!(
         "{MONGO_ONLY}max_client_conn = 7\nclient_login_timeout = \"2s\"\nclient_idle_timeout = 90\n"

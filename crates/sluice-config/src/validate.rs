@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::model::{AuthType, DatabaseConfig, MongoConfig, PostgresConfig};
+use crate::model::{AuthType, ClientTlsConfig, DatabaseConfig, MongoConfig, PostgresConfig};
 use crate::{Config, ConfigError};
 
 /// Database names reserved for the admin console.
@@ -82,14 +82,7 @@ fn validate_postgres(pg: &PostgresConfig) -> Result<(), ConfigError> {
     }
     positive("postgres.pool_timeout", pg.pool_timeout)?;
     positive("postgres.server_connect_timeout", pg.server_connect_timeout)?;
-    if pg.tls.mode != crate::ClientTlsMode::Disable
-        && (pg.tls.cert_file.is_none() || pg.tls.key_file.is_none())
-    {
-        return Err(ConfigError::invalid(
-            "postgres.tls",
-            "mode \"allow\" or \"require\" needs cert_file and key_file",
-        ));
-    }
+    client_tls("postgres.tls", &pg.tls)?;
     for (i, db) in pg.databases.iter().enumerate() {
         if matches!(
             db.sslmode,
@@ -212,6 +205,7 @@ fn validate_mongo(mongo: &MongoConfig) -> Result<(), ConfigError> {
     positive("mongo.pool_timeout", mongo.pool_timeout)?;
     positive("mongo.connect_timeout", mongo.connect_timeout)?;
     at_least_one("mongo.max_client_conn", mongo.max_client_conn)?;
+    client_tls("mongo.tls", &mongo.tls)?;
     if mongo.users.is_empty() && !mongo.listen.ip().is_loopback() {
         return Err(ConfigError::invalid(
             "mongo.listen",
@@ -223,6 +217,19 @@ fn validate_mongo(mongo: &MongoConfig) -> Result<(), ConfigError> {
         ));
     }
     users("mongo", &mongo.users)?;
+    Ok(())
+}
+
+/// A `tls` table that turns TLS on names both the certificate and the key.
+fn client_tls(key: &str, tls: &ClientTlsConfig) -> Result<(), ConfigError> {
+    if tls.mode != crate::ClientTlsMode::Disable
+        && (tls.cert_file.is_none() || tls.key_file.is_none())
+    {
+        return Err(ConfigError::invalid(
+            key,
+            "mode \"allow\" or \"require\" needs cert_file and key_file",
+        ));
+    }
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! What every MongoDB client session shares: the pool, transaction pins, client
-//! credentials, the long-poll bound and Sluice's router identity.
+//! credentials, the client TLS acceptor, the long-poll bound and Sluice's router identity.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use bson::oid::ObjectId;
+use parking_lot::RwLock;
 use sluice_auth::{ScramVerifier, Secret};
 use sluice_config::MongoConfig;
 use sluice_stats::Registry;
@@ -16,6 +17,7 @@ use crate::guards::{GuardSettings, Guards};
 use crate::pins::Pins;
 use crate::pool::{MongoPool, PoolSettings};
 use crate::replicas::Replicas;
+use crate::tls::ClientTls;
 use crate::upstream::{MongoUpstreamError, ServerInfo, Target};
 
 /// A `[mongo]` section that cannot be started.
@@ -32,6 +34,9 @@ pub enum ContextError {
         /// The user.
         user: String,
     },
+    /// The `[mongo.tls]` certificate or key cannot be loaded.
+    #[error("mongo.tls: {0}")]
+    Tls(#[from] sluice_tls::TlsError),
 }
 
 /// Shared state of the MongoDB listener.
@@ -56,6 +61,8 @@ pub struct MongoContext {
     pub guards: Arc<Guards>,
     /// Sluice's `topologyVersion.processId`.
     pub process_id: ObjectId,
+    /// TLS towards clients (`None`: `disable`); swapped on reload.
+    tls: RwLock<Option<ClientTls>>,
     next_connection_id: AtomicI64,
 }
 
@@ -65,27 +72,9 @@ impl MongoContext {
         config: MongoConfig,
         stats: &Arc<Registry>,
     ) -> Result<Arc<MongoContext>, ContextError> {
+        let tls = ClientTls::load(&config.tls)?;
         let target = Target::parse(&config.upstream).await?;
-        let mut users = HashMap::new();
-        for u in &config.users {
-            let verifier = Secret::parse(&u.password)
-                .ok()
-                .and_then(|s| s.scram_verifier())
-                .ok_or_else(|| ContextError::BadSecret {
-                    user: u.name.clone(),
-                })?;
-            users.insert(u.name.clone(), verifier);
-        }
-        let auth_required = !users.is_empty();
-        if users.is_empty() {
-            // Without [[mongo.users]] login is optional; a client that does log in (an
-            // unchanged MONGODB_URI) uses the upstream URI's credentials.
-            if let Some(c) = &target.credential {
-                if let Some(v) = Secret::Plain(c.password.clone()).scram_verifier() {
-                    users.insert(c.user.clone(), v);
-                }
-            }
-        }
+        let (users, auth_required) = client_users(&config, &target)?;
         let settings = PoolSettings {
             name: "mongo".into(),
             user: target
@@ -117,6 +106,7 @@ impl MongoContext {
             users: Arc::new(users),
             auth_required,
             process_id: ObjectId::new(),
+            tls: RwLock::new(tls),
             next_connection_id: AtomicI64::new(1),
         }))
     }
@@ -141,6 +131,18 @@ impl MongoContext {
         self.guards.set(GuardSettings::from_config(new));
     }
 
+    /// The client TLS setting new connections get (`None`: `disable`).
+    pub fn client_tls(&self) -> Option<ClientTls> {
+        self.tls.read().clone()
+    }
+
+    /// Installs a client TLS setting loaded by [`ClientTls::load`] (on reload: new
+    /// connections get it; open ones keep theirs). Loading first and installing after lets
+    /// a reload reject bad certificate files before it changes anything.
+    pub fn set_client_tls(&self, tls: Option<ClientTls>) {
+        *self.tls.write() = tls;
+    }
+
     /// A new client connection's `connectionId`.
     pub fn next_connection_id(&self) -> i64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
@@ -157,6 +159,35 @@ impl MongoContext {
             Err(_) => ServerInfo::default(),
         }
     }
+}
+
+/// The client credentials (SCRAM verifiers) and whether clients must log in: the
+/// `[[mongo.users]]`, or without any, the upstream URI's user (login is then optional).
+fn client_users(
+    config: &MongoConfig,
+    target: &Target,
+) -> Result<(HashMap<String, ScramVerifier>, bool), ContextError> {
+    let mut users = HashMap::new();
+    for u in &config.users {
+        let verifier = Secret::parse(&u.password)
+            .ok()
+            .and_then(|s| s.scram_verifier())
+            .ok_or_else(|| ContextError::BadSecret {
+                user: u.name.clone(),
+            })?;
+        users.insert(u.name.clone(), verifier);
+    }
+    let auth_required = !users.is_empty();
+    if users.is_empty() {
+        // Without [[mongo.users]] login is optional; a client that does log in (an
+        // unchanged MONGODB_URI) uses the upstream URI's credentials.
+        if let Some(c) = &target.credential {
+            if let Some(v) = Secret::Plain(c.password.clone()).scram_verifier() {
+                users.insert(c.user.clone(), v);
+            }
+        }
+    }
+    Ok((users, auth_required))
 }
 
 /// How many long-polling getMores may hold upstream connections: half the pool, at least 1.

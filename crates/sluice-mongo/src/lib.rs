@@ -10,6 +10,7 @@
 //!   towards clients.
 //! * [`upstream`] / [`pool`] — connections and the bounded FIFO pool.
 //! * [`hello`], [`request`], [`pins`], [`session`], [`listener`] — the data path;
+//!   [`tls`] — TLS towards clients, told from plaintext by the first bytes;
 //!   [`guards`] — the client cap, login and idle timeouts and pre-auth message cap.
 //! * [`topology`] (sans-IO) / [`replicas`] — replica sets: following the primary after a
 //!   failover and routing `$readPreference`.
@@ -33,6 +34,7 @@ pub mod replicas;
 pub mod request;
 pub mod scram_client;
 pub mod session;
+pub mod tls;
 pub mod topology;
 pub mod upstream;
 pub mod wire;

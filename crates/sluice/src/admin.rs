@@ -80,8 +80,9 @@ impl sluice_pg::context::ConsoleHooks for ConsoleBridge {
 /// key `sluice_config::KEYS` marks live takes effect for new clients and the next
 /// checkout. The answer names the changed keys, those applied and those that need a
 /// restart (compared with the configuration at start, so they stay listed until then):
-/// `applied: a, b; needs restart: c`, or `no changes`. An invalid file changes nothing and
-/// is returned as the error.
+/// `applied: a, b; needs restart: c`, or `no changes`. The client TLS certificates and
+/// keys (`[postgres.tls]`, `[mongo.tls]`) are read again every time. An invalid file, or a
+/// certificate or key that does not load, changes nothing and is returned as the error.
 pub fn reload(
     live: &LiveContext,
     mongo: Option<&sluice_mongo::MongoContext>,
@@ -91,19 +92,31 @@ pub fn reload(
         tracing::error!(error = %e, "reload rejected; keeping the running configuration");
     })?);
     let plan = live.update(|current| {
-        current.reload_tls(&new).map_err(|e| {
-            tracing::error!(error = %e, "reload rejected: TLS files");
-            ReloadError::Tls(Box::new(e))
-        })?;
+        // Both sides' certificates load before either is installed: bad files on one side
+        // change nothing on the other.
+        let mongo_tls = match (mongo, &new.mongo) {
+            (Some(_), Some(new_mongo)) => {
+                Some(sluice_mongo::tls::ClientTls::load(&new_mongo.tls).map_err(tls_rejected)?)
+            }
+            _ => None,
+        };
+        current.reload_tls(&new).map_err(tls_rejected)?;
         let plan = ReloadPlan {
             applied: sluice_config::diff(&current.config, &new).applied,
             restart: sluice_config::diff(&current.started, &new).restart,
         };
         if let (Some(running), Some(new_mongo)) = (mongo, &new.mongo) {
             running.reload(new_mongo);
+            running.set_client_tls(mongo_tls.flatten());
         }
         Ok::<_, ReloadError>((current.reconfigured(new.clone()), plan))
     })?;
     tracing::info!(applied = ?plan.applied, needs_restart = ?plan.restart, "configuration reloaded");
     Ok(plan)
+}
+
+/// A certificate or key that does not load rejects the reload (logged here).
+fn tls_rejected(e: impl std::error::Error + Send + Sync + 'static) -> ReloadError {
+    tracing::error!(error = %e, "reload rejected: TLS files");
+    ReloadError::Tls(Box::new(e))
 }

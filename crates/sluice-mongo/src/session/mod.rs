@@ -3,7 +3,8 @@
 //! connection pinned to its transaction), write the reply back with the client's ids.
 //! Between requests the [`crate::guards`] apply: the login and idle deadlines, the
 //! pre-authentication message cap; a connection over `max_client_conn` gets its first
-//! request answered with an error and is closed.
+//! request answered with an error and is closed. Before all that, the connection may be
+//! TLS ([`crate::tls`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use bson::{doc, Document};
 use bytes::BytesMut;
 use sluice_stats::ErrorKind;
+use sluice_tls::ClientStream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -20,9 +22,10 @@ use tracing::Instrument;
 
 use crate::client_auth::ClientAuth;
 use crate::context::MongoContext;
-use crate::guards::{Expiry, OpenCursors, PRE_AUTH_MAX_MESSAGE};
+use crate::guards::{deadline, Expiry, OpenCursors, PRE_AUTH_MAX_MESSAGE, REFUSAL_WAIT};
 use crate::hello::{hello_reply, is_hello, HelloRequest};
 use crate::request::RequestInfo;
+use crate::tls::ClientTlsError;
 use crate::wire::{
     encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, FrameDecoder, OpCode, OpMsg,
     OpQuery, WireError,
@@ -42,17 +45,28 @@ enum MongoSessionError {
     Expired(Expiry),
 }
 
-/// Runs one client session to its end.
+/// Runs one client session to its end: TLS first when `[mongo.tls]` turns it on (see
+/// [`crate::tls`]), then requests until the client leaves.
 pub async fn run(
     ctx: Arc<MongoContext>,
-    stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     token: CancellationToken,
 ) {
     let span = tracing::info_span!("mongo", client = %peer);
     async move {
+        let connected = Instant::now();
         let slot = ctx.guards.admit();
-        let mut session = Session::new(ctx, stream, peer, token);
+        // The handshake counts towards the login deadline; a refused client gets as long
+        // as for its first request.
+        let until = match &slot {
+            Ok(_) => deadline(&ctx.guards.settings(), false, connected, false).map(|d| d.0),
+            Err(_) => Some(connected + REFUSAL_WAIT),
+        };
+        let Some(stream) = open(&ctx, tcp, until, &token).await else {
+            return;
+        };
+        let mut session = Session::new(ctx, stream, peer, token, connected);
         let _slot = match slot {
             Ok(slot) => slot,
             Err(refused) => {
@@ -73,9 +87,46 @@ pub async fn run(
     .await;
 }
 
+/// The client stream (TLS accepted, plaintext detected or refused) before `until`;
+/// `None` (logged once, at info) when the connection is to be closed.
+async fn open(
+    ctx: &MongoContext,
+    tcp: TcpStream,
+    until: Option<Instant>,
+    token: &CancellationToken,
+) -> Option<ClientStream> {
+    let tls = ctx.client_tls();
+    let accepted = tokio::select! {
+        _ = token.cancelled() => return None,
+        _ = sleep_until(until) => {
+            tracing::info!(timeout = Expiry::Login.key(), "closing a MongoDB client before TLS");
+            return None;
+        }
+        a = crate::tls::accept(tls.as_ref(), tcp) => a,
+    };
+    match accepted {
+        Ok(stream) => Some(stream),
+        Err(ClientTlsError::Closed) => None,
+        // Caused by the client, like the Postgres side's refusals: info, once per connection.
+        Err(e) => {
+            tracing::info!(error = %e, "closing a MongoDB client");
+            None
+        }
+    }
+}
+
+/// Sleeps until `until`; for ever when `None`.
+async fn sleep_until(until: Option<Instant>) {
+    match until {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Session {
     ctx: Arc<MongoContext>,
-    stream: TcpStream,
+    /// Plaintext or TLS (boxed: an idle plaintext client pays one enum tag for it).
+    stream: ClientStream,
     buf: BytesMut,
     decoder: FrameDecoder,
     peer: String,
@@ -100,9 +151,10 @@ struct Session {
 impl Session {
     fn new(
         ctx: Arc<MongoContext>,
-        stream: TcpStream,
+        stream: ClientStream,
         peer: SocketAddr,
         token: CancellationToken,
+        connected: Instant,
     ) -> Self {
         let max = ctx.pool.server_info().map_or(48_000_000, |i| {
             usize::try_from(i.max_message_size_bytes).unwrap_or(48_000_000)
@@ -111,7 +163,7 @@ impl Session {
             token,
             max_message: max,
             greeted: false,
-            last_seen: Instant::now(),
+            last_seen: connected,
             cursors: OpenCursors::default(),
             txn_sessions: HashSet::new(),
             auth: ClientAuth::new(ctx.users.clone(), ctx.auth_required),
@@ -281,6 +333,9 @@ impl Session {
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), MongoSessionError> {
         self.stream.write_all(bytes).await?;
+        // TLS: write_all can leave the last records inside rustls when the socket is full;
+        // the reply must reach the client before the next wait (a no-op on plaintext).
+        self.stream.flush().await?;
         Ok(())
     }
 }
