@@ -52,3 +52,40 @@ async fn clients_per_database_and_per_user_are_bounded() {
     let again = again.expect("a client was not admitted after another left");
     assert_eq!(scalar(&again, "SELECT 3").await, "3");
 }
+
+#[tokio::test]
+async fn max_db_connections_caps_the_pools_of_a_database_together() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("limits_db_conns").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(5)
+        .min_pool_size(0)
+        .pool_timeout(Duration::from_secs(20))
+        .user(APP_USER, APP_PASSWORD)
+        .user("other", "other-pw")
+        .extra_postgres("max_db_connections = 2")
+        .start();
+    let su = cluster.superuser().await;
+
+    // app holds both connections the database may have, in open transactions.
+    let a1 = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let a2 = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    for c in [&a1, &a2] {
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    // other's query waits for the budget rather than opening a third connection.
+    let other = sluice.connect("other", "other-pw", &db).await.unwrap();
+    let query = tokio::spawn(async move { scalar(&other, "SELECT 42").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !query.is_finished(),
+        "a third server was opened past max_db_connections"
+    );
+    assert_eq!(sluice_tests::PgCluster::backend_count(&su, &db).await, 2);
+    // app's transaction ends: its idle server is closed to make room for other's.
+    a1.batch_execute("COMMIT").await.unwrap();
+    let answer = sluice_tests::within(Duration::from_secs(10), "other's query", query).await;
+    assert_eq!(answer.unwrap(), "42");
+    assert!(sluice_tests::PgCluster::backend_count(&su, &db).await <= 2);
+    a2.batch_execute("COMMIT").await.unwrap();
+}

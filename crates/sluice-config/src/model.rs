@@ -73,6 +73,10 @@ pub struct PostgresConfig {
     pub max_db_client_connections: usize,
     /// Most clients of one user at once (0: no limit), `max_user_client_connections`.
     pub max_user_client_connections: usize,
+    /// Most server connections of all pools of one database together (0: no limit).
+    pub max_db_connections: usize,
+    /// Most server connections of all pools of one user together (0: no limit).
+    pub max_user_connections: usize,
     /// Default maximum number of server connections per database pool.
     pub pool_size: usize,
     /// Default number of server connections kept open per database pool.
@@ -150,6 +154,8 @@ impl Default for PostgresConfig {
             max_client_conn: 10_000,
             max_db_client_connections: 0,
             max_user_client_connections: 0,
+            max_db_connections: 0,
+            max_user_connections: 0,
             pool_size: 15,
             min_pool_size: 5,
             pool_timeout: Duration::from_secs(30),

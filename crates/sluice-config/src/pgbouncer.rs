@@ -13,6 +13,8 @@ use ini::{connect_string, parse_ini};
 const MAPPED: &[(&str, &str, Kind)] = &[
     ("pool_mode", "pool_mode", Kind::Mode),
     ("max_client_conn", "max_client_conn", Kind::Int),
+    ("max_db_connections", "max_db_connections", Kind::Int),
+    ("max_user_connections", "max_user_connections", Kind::Int),
     (
         "max_db_client_connections",
         "max_db_client_connections",
@@ -86,8 +88,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("server_check_delay", "not supported yet (issue 16)"),
     ("reserve_pool_size", "not supported yet (issue 16)"),
     ("reserve_pool_timeout", "not supported yet (issue 16)"),
-    ("max_db_connections", "not supported yet (issue 16)"),
-    ("max_user_connections", "not supported yet (issue 16)"),
     ("query_timeout", "not supported yet (issue 16)"),
     (
         "stats_users",

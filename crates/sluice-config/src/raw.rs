@@ -69,6 +69,8 @@ struct RawPostgres {
     max_client_conn: Option<usize>,
     max_db_client_connections: Option<usize>,
     max_user_client_connections: Option<usize>,
+    max_db_connections: Option<usize>,
+    max_user_connections: Option<usize>,
     pool_size: Option<usize>,
     min_pool_size: Option<usize>,
     pool_timeout: Option<Spanned<Value>>,
@@ -215,6 +217,8 @@ fn apply_postgres(
         &mut pg.max_user_client_connections,
         raw.max_user_client_connections,
     );
+    set(&mut pg.max_db_connections, raw.max_db_connections);
+    set(&mut pg.max_user_connections, raw.max_user_connections);
     set(&mut pg.pool_size, raw.pool_size);
     set(&mut pg.min_pool_size, raw.min_pool_size);
     set(&mut pg.server_reset_query, raw.server_reset_query);

@@ -117,6 +117,16 @@ pub static KEYS: &[Key] = &[
         Live,
         postgres.max_user_client_connections
     ),
+    key!(
+        "postgres.max_db_connections",
+        Live,
+        postgres.max_db_connections
+    ),
+    key!(
+        "postgres.max_user_connections",
+        Live,
+        postgres.max_user_connections
+    ),
     key!("postgres.pool_size", Live, postgres.pool_size),
     key!("postgres.min_pool_size", Live, postgres.min_pool_size),
     key!("postgres.pool_timeout", Live, postgres.pool_timeout),

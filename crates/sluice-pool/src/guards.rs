@@ -95,3 +95,28 @@ impl<K: Connector> Drop for Hold<'_, K> {
         }
     }
 }
+
+/// A checkout counted as waiting while it waits for a budget's permit (it holds a slot, so
+/// it is not in the queue).
+pub(crate) struct BudgetWait<'a, K: Connector> {
+    pool: &'a Inner<K>,
+}
+
+impl<'a, K: Connector> BudgetWait<'a, K> {
+    pub fn new(pool: &'a Inner<K>) -> Self {
+        pool.state.lock().budget_waiting += 1;
+        for b in &pool.budgets {
+            b.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        BudgetWait { pool }
+    }
+}
+
+impl<K: Connector> Drop for BudgetWait<'_, K> {
+    fn drop(&mut self) {
+        self.pool.state.lock().budget_waiting -= 1;
+        for b in &self.pool.budgets {
+            b.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

@@ -11,9 +11,12 @@
 //! - Every change a waiting task makes to the state is owned by an RAII guard (a queue
 //!   place, a reserved slot, a PAUSE hold): dropping the checkout future at any `.await`
 //!   (client gone, shutdown, timeout) undoes it at once and hands on anything it was given.
+//! - A [`Budget`] caps the connections of several pools together (per database, per
+//!   user); each connection holds its [`Permit`].
 //! - [`Pooled`] is a checked-out connection: [`Pooled::checkin`] returns it, dropping it
 //!   closes it and frees its slot.
 
+mod budget;
 mod connector;
 mod guards;
 mod pool;
@@ -22,5 +25,6 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+pub use budget::{Budget, Permit};
 pub use connector::Connector;
 pub use pool::{CheckoutError, ConnView, Limits, Occupancy, Pool, Pooled};

@@ -18,6 +18,9 @@ pub(crate) struct Entry<C> {
     pub idle_since: Instant,
     /// When `lifetime` (with jitter) runs out, if set.
     pub expires: Option<Instant>,
+    /// Its share of the pool's budgets, given back when the entry drops (closes).
+    #[allow(dead_code)] // held only for its Drop
+    pub permits: Vec<crate::budget::Permit>,
 }
 
 /// What a waiting client is handed.
@@ -59,6 +62,8 @@ pub(crate) struct State<C, H> {
     pub held: BTreeMap<u64, Instant>,
     pub paused: bool,
     pub closed: bool,
+    /// Checkouts that hold a slot but wait for a budget's permit.
+    pub budget_waiting: usize,
     next_id: u64,
 }
 
@@ -73,6 +78,7 @@ impl<C, H> State<C, H> {
             held: BTreeMap::new(),
             paused: false,
             closed: false,
+            budget_waiting: 0,
             next_id: 0,
         }
     }
@@ -196,7 +202,7 @@ impl<C, H> State<C, H> {
 
     /// Clients waiting for a connection: queued ones and ones held by PAUSE.
     pub fn waiting(&self) -> usize {
-        self.waiters.len() + self.held.len()
+        self.waiters.len() + self.held.len() + self.budget_waiting
     }
 
     /// How long the longest-waiting client has waited.

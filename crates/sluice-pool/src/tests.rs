@@ -478,3 +478,107 @@ async fn saturation_numbers_describe_who_waits_and_who_holds() {
     assert!(age >= Duration::from_secs(3));
     assert_eq!(pool.conns().len(), 2);
 }
+
+/// Two pools of one budget: `max` each, sharing `budget` connections.
+fn budget_pools(
+    max: usize,
+    budget: usize,
+) -> (Pool<Arc<Fake>>, Pool<Arc<Fake>>, Arc<crate::Budget>) {
+    let budget = crate::Budget::new("db", budget);
+    let limits = Limits {
+        max_size: max,
+        timeout: Duration::from_millis(1000),
+        ..Limits::default()
+    };
+    let make = |name: &str| {
+        let fake = Arc::new(Fake::default());
+        Pool::with_budgets(name, fake, limits.clone(), vec![budget.clone()])
+    };
+    (make("a"), make("b"), budget)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_caps_its_pools_together_and_a_closed_connection_frees_a_permit() {
+    let (a, b, budget) = budget_pools(5, 2);
+    let (a1, a2) = (take(&a).await, take(&a).await);
+    assert_eq!(budget.used(), 2);
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.checkout(&who("w")).await })
+    };
+    settle().await;
+    assert_eq!(
+        b.occupancy().waiting,
+        1,
+        "a client waiting for the budget is waiting"
+    );
+    a1.discard();
+    let b1 = waiter
+        .await
+        .expect("task")
+        .expect("checkout after a permit freed");
+    assert_eq!(b1.n, 1);
+    assert_eq!(budget.used(), 2);
+    assert_eq!(b.occupancy().waiting, 0);
+    // Nothing frees: the wait ends at the pool timeout.
+    let start = tokio::time::Instant::now();
+    let e = a
+        .checkout(&who("late"))
+        .await
+        .err()
+        .expect("no room in the budget");
+    assert!(matches!(e, CheckoutError::Timeout { .. }), "{e}");
+    assert!(start.elapsed() >= Duration::from_millis(1000));
+    drop((a2, b1));
+    assert_eq!(budget.used(), 0, "every permit is given back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_of_another_pool_is_closed_to_make_room() {
+    let (a, b, budget) = budget_pools(5, 1);
+    take(&a).await.checkin();
+    assert_eq!(a.occupancy().idle, 1);
+    let c = take(&b).await;
+    assert_eq!(a.occupancy().size, 0, "a's idle connection made room");
+    assert_eq!(budget.used(), 1);
+    drop(c);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_returned_to_its_own_pool_ends_a_budget_wait() {
+    let (a, _b, budget) = budget_pools(5, 1);
+    let held = take(&a).await;
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move { a.checkout(&who("w")).await })
+    };
+    settle().await;
+    held.checkin();
+    let c = waiter
+        .await
+        .expect("task")
+        .expect("the returned connection");
+    assert_eq!(c.n, 1, "reused, not a new connection");
+    assert_eq!(a.occupancy().size, 1);
+    assert_eq!(budget.used(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_going_idle_in_one_pool_wakes_a_budget_wait_in_another() {
+    let (a, b, budget) = budget_pools(5, 1);
+    let held = take(&a).await;
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.checkout(&who("w")).await })
+    };
+    settle().await;
+    held.checkin();
+    let c = waiter
+        .await
+        .expect("task")
+        .expect("room made by closing a's idle one");
+    assert_eq!(a.occupancy().size, 0);
+    assert_eq!(b.occupancy().size, 1);
+    assert_eq!(budget.used(), 1);
+    drop(c);
+}

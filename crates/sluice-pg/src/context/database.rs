@@ -6,10 +6,14 @@ use std::sync::Arc;
 
 use sluice_auth::Secret;
 use sluice_config::{DatabaseConfig, PostgresConfig};
+use sluice_pool::Budget;
 
 use super::{ContextError, UserAuth};
 use crate::pool::{PgPool, PoolSettings};
 use crate::upstream::UpstreamSecret;
+
+/// The `max_user_connections` budget of each user, shared by every database.
+pub(crate) type UserBudgets = Arc<parking_lot::Mutex<HashMap<String, Arc<Budget>>>>;
 
 /// One configured database: its pools and who may use it.
 #[derive(Clone)]
@@ -21,6 +25,11 @@ pub struct Database {
     pools: Arc<parking_lot::RwLock<HashMap<String, PgPool>>>,
     /// Users allowed on this database and their credentials.
     pub users: HashMap<String, UserAuth>,
+    /// Server connections of all its pools together (`max_db_connections`).
+    pub(crate) budget: Arc<Budget>,
+    /// Server connections of each user across databases (`max_user_connections`;
+    /// shared by every database).
+    user_budgets: UserBudgets,
     /// Clients of this database now (for `max_db_client_connections`; shared).
     pub(crate) clients: Arc<std::sync::atomic::AtomicUsize>,
     /// TLS towards this database's upstream (`None`: sslmode disable).
@@ -28,6 +37,14 @@ pub struct Database {
 }
 
 impl Database {
+    /// Applies reloaded `max_db_connections` and `max_user_connections`.
+    pub(super) fn set_budgets(&self, pg: &PostgresConfig) {
+        self.budget.set_max(pg.max_db_connections);
+        for b in self.user_budgets.lock().values() {
+            b.set_max(pg.max_user_connections);
+        }
+    }
+
     /// Where `auth_query` looks this database's users up.
     pub(crate) fn query_target(&self) -> crate::auth_query::QueryTarget<'_> {
         crate::auth_query::QueryTarget {
@@ -93,6 +110,15 @@ impl Database {
         (pool, true)
     }
 
+    /// The budget of `user`'s connections across databases.
+    fn user_budget(&self, user: &str, pg: &PostgresConfig) -> Arc<Budget> {
+        let mut budgets = self.user_budgets.lock();
+        let budget = budgets
+            .entry(user.to_owned())
+            .or_insert_with(|| Budget::new(format!("user {user}"), pg.max_user_connections));
+        budget.clone()
+    }
+
     /// A new pool for `user`, logging in as the upstream URL's user or (with none in the
     /// URL) as `user` with what `auth` allows.
     fn new_pool(&self, user: &str, auth: &UserAuth, pg: &PostgresConfig) -> PgPool {
@@ -101,7 +127,9 @@ impl Database {
         } else {
             UpstreamSecret::of(&self.config.upstream)
         };
-        let pool = PgPool::with_secret(self.settings_for(user, pg, &secret), secret);
+        let budgets = vec![self.budget.clone(), self.user_budget(user, pg)];
+        let settings = self.settings_for(user, pg, &secret);
+        let pool = PgPool::with_secret(settings, secret, budgets);
         pool.statements()
             .set_capacity(pg.prepared_statement_registry_size);
         pool
@@ -141,6 +169,7 @@ pub(super) fn database(
     db: &DatabaseConfig,
     pg: &PostgresConfig,
     configured: &HashMap<String, UserAuth>,
+    user_budgets: &UserBudgets,
 ) -> Result<Database, ContextError> {
     let users = if pg.users.is_empty() {
         // No user list: clients log in as the upstream URL's user with its password.
@@ -155,6 +184,8 @@ pub(super) fn database(
         config: db.clone(),
         pools: Arc::default(),
         users,
+        budget: Budget::new(format!("database {}", db.name), pg.max_db_connections),
+        user_budgets: user_budgets.clone(),
         clients: Arc::default(),
         tls,
     };

@@ -107,8 +107,10 @@ impl PgContext {
         let pg = &config.postgres;
         let configured = configured_users(pg)?;
         let mut databases = HashMap::new();
+        let user_budgets = database::UserBudgets::default();
         for db in &pg.databases {
-            databases.insert(db.name.clone(), database::database(db, pg, &configured)?);
+            let built = database::database(db, pg, &configured, &user_budgets)?;
+            databases.insert(db.name.clone(), built);
         }
         let admin_users = admin_credentials(pg, &config.postgres, &configured);
         let acceptor = crate::tls::acceptor(&pg.tls)?;
@@ -155,6 +157,7 @@ impl PgContext {
                 sslrootcert: db.config.sslrootcert.clone(),
                 ..new.clone()
             };
+            db.set_budgets(pg);
             for (user, pool) in db.pools() {
                 pool.reconfigure(db.settings_for(&user, pg, &pool.secret()));
                 pool.statements()

@@ -164,11 +164,16 @@ impl PgPool {
     /// [`PgPool::spawn_maintenance`] to keep `min_size` open.
     pub fn new(settings: PoolSettings) -> Self {
         let secret = UpstreamSecret::of(&settings.upstream);
-        Self::with_secret(settings, secret)
+        Self::with_secret(settings, secret, Vec::new())
     }
 
-    /// Creates an empty pool that logs in with `secret`.
-    pub fn with_secret(settings: PoolSettings, secret: UpstreamSecret) -> Self {
+    /// Creates an empty pool that logs in with `secret`, its connections also counted
+    /// against `budgets` (`max_db_connections`, `max_user_connections`).
+    pub fn with_secret(
+        settings: PoolSettings,
+        secret: UpstreamSecret,
+        budgets: Vec<Arc<sluice_pool::Budget>>,
+    ) -> Self {
         let secret = Arc::new(RwLock::new(secret));
         let connector = PgConnector {
             secret: secret.clone(),
@@ -177,7 +182,12 @@ impl PgPool {
             sslmode: settings.sslmode,
             params: Mutex::new(None),
         };
-        let core = sluice_pool::Pool::new(settings.name.clone(), connector, limits(&settings));
+        let core = sluice_pool::Pool::with_budgets(
+            settings.name.clone(),
+            connector,
+            limits(&settings),
+            budgets,
+        );
         Self {
             inner: Arc::new(Inner {
                 core,

@@ -2,6 +2,7 @@
 //! handed over, a slot frees for a new connection, or `pool_timeout` passes; PAUSE holds
 //! new checkouts; refused logins are not retried in a tight loop.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,8 +11,14 @@ use tokio::time::Instant;
 
 use super::{CheckoutError, Limits, Pool, Pooled, Result};
 use crate::connector::Connector;
-use crate::guards::{Hold, QueuePlace, Slot};
+use crate::guards::{BudgetWait, Hold, QueuePlace, Slot};
 use crate::state::{Checkout, Entry, Grant, State};
+
+/// What waiting for a budget gave: permits to open a connection, or an idle one instead.
+enum Budgeted<C> {
+    Permits(Vec<crate::Permit>),
+    Idle(Box<Entry<C>>),
+}
 
 impl<K: Connector> Pool<K> {
     /// Checks out an idle connection without waiting, when one is ready and nobody is
@@ -198,6 +205,11 @@ impl<K: Connector> Pool<K> {
         if let Some(e) = self.login_blocked() {
             return Err(CheckoutError::Connect(e));
         }
+        let permits = match self.budget_permits(deadline).await {
+            Some(Budgeted::Permits(p)) => p,
+            Some(Budgeted::Idle(entry)) => return Ok(entry),
+            None => return Err(self.timeout_error(start)),
+        };
         let limits = self.limits();
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -209,7 +221,7 @@ impl<K: Connector> Pool<K> {
             match self.inner.connector.connect(limit).await {
                 Ok(conn) => {
                     slot.fill();
-                    return Ok(self.opened(conn, &limits));
+                    return Ok(self.opened(conn, &limits, permits));
                 }
                 Err(e) => {
                     self.record_failure(&e);
@@ -232,8 +244,59 @@ impl<K: Connector> Pool<K> {
         }
     }
 
+    /// A permit of every budget of the pool (none to take: at once), waiting until
+    /// `deadline`. Meanwhile an idle connection of this pool is taken instead, and an idle
+    /// one of another member pool is closed to make room. `None`: the deadline passed.
+    async fn budget_permits(&self, deadline: Instant) -> Option<Budgeted<K::Conn>> {
+        let budgets = &self.inner.budgets;
+        if budgets.is_empty() {
+            return Some(Budgeted::Permits(Vec::new()));
+        }
+        let own = Arc::as_ptr(&self.inner).cast::<()>().addr();
+        let _waiting = BudgetWait::new(&self.inner);
+        loop {
+            // Registered before looking, so a permit given back in between wakes us.
+            let mut freed: Vec<_> = budgets.iter().map(|b| Box::pin(b.freed())).collect();
+            for f in &mut freed {
+                f.as_mut().enable();
+            }
+            if let Some(p) = crate::budget::take_all(budgets) {
+                return Some(Budgeted::Permits(p));
+            }
+            if let Some(entry) = self.take_idle() {
+                return Some(Budgeted::Idle(entry));
+            }
+            if budgets.iter().any(|b| b.evict_elsewhere(own)) {
+                continue;
+            }
+            let any = std::future::poll_fn(|cx| {
+                match freed.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) {
+                    true => std::task::Poll::Ready(()),
+                    false => std::task::Poll::Pending,
+                }
+            });
+            tokio::time::timeout_at(deadline, any).await.ok()?;
+        }
+    }
+
+    /// A usable idle connection of this pool, if one came back.
+    fn take_idle(&self) -> Option<Box<Entry<K::Conn>>> {
+        let mut st = self.inner.state.lock();
+        let entry = st.idle.pop()?;
+        if self.inner.connector.is_reusable(&entry.conn) {
+            return Some(entry);
+        }
+        st.idle.push(entry);
+        None
+    }
+
     /// Records a new connection and wraps it with its lifecycle times.
-    pub(super) fn opened(&self, conn: K::Conn, limits: &Limits) -> Box<Entry<K::Conn>> {
+    pub(super) fn opened(
+        &self,
+        conn: K::Conn,
+        limits: &Limits,
+        permits: Vec<crate::Permit>,
+    ) -> Box<Entry<K::Conn>> {
         self.inner.connector.opened(&conn);
         {
             let mut h = self.inner.health.lock();
@@ -254,6 +317,7 @@ impl<K: Connector> Pool<K> {
             created: now,
             idle_since: now,
             expires,
+            permits,
         })
     }
 

@@ -191,10 +191,14 @@ impl<K: Connector> Pool<K> {
         if self.login_blocked().is_some() {
             return Some(true);
         }
+        // Idle connections never wait for a budget: they are opened only with room.
+        let Some(permits) = crate::budget::take_all(&self.inner.budgets) else {
+            return Some(true);
+        };
         match self.inner.connector.connect(limits.connect_timeout).await {
             Ok(conn) => {
                 slot.fill();
-                let entry = self.opened(conn, &limits);
+                let entry = self.opened(conn, &limits, permits);
                 let close = self.inner.state.lock().checkin(entry, Instant::now());
                 drop(close);
                 Some(true)

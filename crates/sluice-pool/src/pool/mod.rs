@@ -133,6 +133,24 @@ pub(crate) struct Inner<K: Connector> {
     resumed: Notify,
     /// Woken when the last checkout returns while paused.
     drained: Notify,
+    /// Budgets shared with other pools; each connection holds a permit of every one.
+    pub(crate) budgets: Vec<Arc<crate::Budget>>,
+}
+
+impl<K: Connector> crate::budget::Evict for Inner<K> {
+    fn evict_idle(&self) -> bool {
+        let entry = {
+            let mut st = self.state.lock();
+            if st.idle.is_empty() {
+                return false;
+            }
+            st.total -= 1;
+            st.idle.remove(0)
+        };
+        tracing::debug!(pool = %self.name, "closing an idle connection for another pool of its budget");
+        drop(entry);
+        true
+    }
 }
 
 /// A handle on one pool; clones share it.
@@ -153,7 +171,17 @@ type Result<T, K> = std::result::Result<T, CheckoutError<<K as Connector>::Error
 impl<K: Connector> Pool<K> {
     /// An empty pool; [`Pool::spawn_maintenance`] keeps `min_size` open.
     pub fn new(name: impl Into<String>, connector: K, limits: Limits) -> Self {
-        Pool {
+        Self::with_budgets(name, connector, limits, Vec::new())
+    }
+
+    /// An empty pool whose connections also count against `budgets`.
+    pub fn with_budgets(
+        name: impl Into<String>,
+        connector: K,
+        limits: Limits,
+        budgets: Vec<Arc<crate::Budget>>,
+    ) -> Self {
+        let pool = Pool {
             inner: Arc::new(Inner {
                 connector,
                 name: name.into(),
@@ -167,8 +195,14 @@ impl<K: Connector> Pool<K> {
                 }),
                 resumed: Notify::new(),
                 drained: Notify::new(),
+                budgets,
             }),
+        };
+        for b in &pool.inner.budgets {
+            let weak = Arc::downgrade(&pool.inner);
+            b.join(weak);
         }
+        pool
     }
 
     /// The pool's name (in logs).

@@ -47,17 +47,22 @@ impl<K: Connector> Pooled<K> {
         self.entry.as_ref().map_or_else(Instant::now, |e| e.created)
     }
 
-    /// Ends the checkout under the lock, then wakes PAUSE if it was the last one.
+    /// Ends the checkout under the lock, then wakes PAUSE if it was the last one, and
+    /// checkouts waiting for the pool's budgets if a connection is idle now.
     fn finish<T>(&self, f: impl FnOnce(&mut State<K::Conn, K::Holder>) -> T) -> T {
         let inner = &self.pool.inner;
-        let (out, drained) = {
+        let (out, drained, idle_for_budget) = {
             let mut st = inner.state.lock();
             st.active.remove(&self.id);
             let out = f(&mut st);
-            (out, st.paused && st.active.is_empty())
+            let idle_for_budget = !st.idle.is_empty() && !inner.budgets.is_empty();
+            (out, st.paused && st.active.is_empty(), idle_for_budget)
         };
         if drained {
             inner.drained.notify_waiters();
+        }
+        if idle_for_budget {
+            inner.budgets.iter().for_each(|b| b.wake());
         }
         out
     }
