@@ -89,3 +89,47 @@ async fn max_db_connections_caps_the_pools_of_a_database_together() {
     assert!(sluice_tests::PgCluster::backend_count(&su, &db).await <= 2);
     a2.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test]
+async fn query_timeout_and_transaction_timeout_end_the_session_and_free_the_server() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("limits_timeouts").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .min_pool_size(0)
+        .extra_postgres("query_timeout = \"1s\"\ntransaction_timeout = \"3s\"")
+        .start();
+    let su = cluster.superuser().await;
+    let setup = sluice.client(&db).await;
+    setup.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+
+    // A query the server does not finish within query_timeout: cancelled, client told.
+    let e = expect_sqlstate(setup.simple_query("SELECT pg_sleep(30)").await, &["57014"]);
+    assert!(error_message(&e).contains("query_timeout"), "{e:?}");
+    // The cancelled server is gone and the pool's one slot serves the next client.
+    let next = sluice.client(&db).await;
+    assert_eq!(scalar(&next, "SELECT 7").await, "7");
+    let sleeping: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sleeping, 0, "the timed-out query still runs on the server");
+
+    // A transaction open past transaction_timeout: the client is disconnected and the
+    // transaction rolled back, though each statement was quick.
+    next.batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let closed = sluice_tests::within(Duration::from_secs(15), "disconnect", async {
+        while !next.is_closed() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    closed.await;
+    let after = sluice.client(&db).await;
+    assert_eq!(scalar(&after, "SELECT count(*) FROM t").await, "0");
+}

@@ -223,3 +223,73 @@ async fn console_reload_names_the_keys_and_show_config_follows() {
         "{stdout}"
     );
 }
+
+/// A `[[postgres.databases]]` block for `name` on `cluster` as `app`.
+fn database_block(cluster: &sluice_tests::PgCluster, name: &str) -> String {
+    format!(
+        "\n[[postgres.databases]]\nname = \"{name}\"\nupstream = \"{}\"\n",
+        cluster.app_url(name)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_are_added_changed_and_removed_without_a_restart() {
+    let cluster = shared_cluster();
+    let first = cluster.fresh_database("reload_db_a").await;
+    let second = cluster.fresh_database("reload_db_b").await;
+    let sluice = sluice_for(cluster, &first, PoolMode::Transaction).start();
+    let original = std::fs::read_to_string(sluice.config_path()).unwrap();
+    expect_sqlstate(
+        sluice.connect(APP_USER, APP_PASSWORD, &second).await,
+        &["3D000"],
+    );
+
+    // Added: clients of the new database are served at once.
+    let with_second = format!("{original}{}", database_block(cluster, &second));
+    std::fs::write(sluice.config_path(), &with_second).unwrap();
+    assert_eq!(
+        reload(&sluice).await,
+        "applied: postgres.databases.*.name; needs restart: none"
+    );
+    let b = sluice
+        .connect(APP_USER, APP_PASSWORD, &second)
+        .await
+        .unwrap();
+    assert_eq!(scalar(&b, "SELECT current_database()").await, second);
+
+    // Removed: a client in a transaction finishes it, then is disconnected; new clients
+    // are refused.
+    let a = sluice
+        .connect(APP_USER, APP_PASSWORD, &first)
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN; CREATE TABLE kept (x int)")
+        .await
+        .unwrap();
+    let only_second =
+        with_second.replacen(&format!("name = \"{first}\""), "name = \"renamed_away\"", 1);
+    std::fs::write(sluice.config_path(), &only_second).unwrap();
+    reload(&sluice).await;
+    a.batch_execute("COMMIT").await.unwrap();
+    let e = expect_sqlstate(a.simple_query("SELECT 1").await, &["57P01"]);
+    assert!(sluice_tests::error_message(&e).contains("reload"), "{e:?}");
+    expect_sqlstate(
+        sluice.connect(APP_USER, APP_PASSWORD, &first).await,
+        &["3D000"],
+    );
+    let direct = cluster
+        .connect(APP_USER, APP_PASSWORD, &first)
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(
+            &direct,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'kept'"
+        )
+        .await,
+        "1",
+        "the transaction in flight during the reload was lost"
+    );
+    // The other database's clients never noticed.
+    assert_eq!(scalar(&b, "SELECT 2").await, "2");
+}

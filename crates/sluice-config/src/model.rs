@@ -115,6 +115,12 @@ pub struct PostgresConfig {
     pub client_idle_timeout: Duration,
     /// Take the server back from a client idle inside a transaction for this long: the transaction is rolled back and the client gets an error and is disconnected. 0 disables.
     pub idle_transaction_timeout: Duration,
+    /// A request the server has not finished answering after this long is cancelled and
+    /// the client disconnected (PgBouncer's `query_timeout`). 0 disables.
+    pub query_timeout: Duration,
+    /// A client whose transaction has been open this long is disconnected and the
+    /// transaction rolled back (`transaction_timeout`). 0 disables.
+    pub transaction_timeout: Duration,
     /// Close idle server connections above min_pool_size unused for this long. 0 disables.
     pub server_idle_timeout: Duration,
     /// Close server connections older than this (each gets up to 10% random jitter, so a pool does not reconnect all at once) when they are next idle. 0 disables.
@@ -171,6 +177,8 @@ impl Default for PostgresConfig {
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(0),
             idle_transaction_timeout: Duration::from_secs(0),
+            query_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
             server_login_retry: Duration::from_secs(5),
@@ -348,6 +356,15 @@ pub enum ClientTlsMode {
 }
 
 impl DatabaseConfig {
+    /// Whether `other` pools to the same server in the same way (upstream with its
+    /// credentials, TLS; the caller compares the pool modes in force): a reload keeps the
+    /// database's pools only then.
+    pub fn same_upstream(&self, other: &DatabaseConfig) -> bool {
+        self.upstream == other.upstream
+            && self.sslmode == other.sslmode
+            && self.sslrootcert == other.sslrootcert
+    }
+
     /// Effective maximum pool size for this database.
     pub fn pool_size(&self, pg: &PostgresConfig) -> usize {
         self.pool_size.unwrap_or(pg.pool_size)

@@ -44,6 +44,8 @@ const MAPPED: &[(&str, &str, Kind)] = &[
         Kind::Secs,
     ),
     ("query_wait_timeout", "pool_timeout", Kind::Secs),
+    ("query_timeout", "query_timeout", Kind::Secs),
+    ("transaction_timeout", "transaction_timeout", Kind::Secs),
     ("max_packet_size", "max_packet_size", Kind::Int),
     (
         "max_prepared_statements",
@@ -88,7 +90,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
     ("server_check_delay", "not supported yet (issue 16)"),
     ("reserve_pool_size", "not supported yet (issue 16)"),
     ("reserve_pool_timeout", "not supported yet (issue 16)"),
-    ("query_timeout", "not supported yet (issue 16)"),
     (
         "stats_users",
         "the console has one user list: add them to admin_users",

@@ -86,6 +86,8 @@ struct RawPostgres {
     client_login_timeout: Option<Spanned<Value>>,
     client_idle_timeout: Option<Spanned<Value>>,
     idle_transaction_timeout: Option<Spanned<Value>>,
+    query_timeout: Option<Spanned<Value>>,
+    transaction_timeout: Option<Spanned<Value>>,
     server_idle_timeout: Option<Spanned<Value>>,
     server_lifetime: Option<Spanned<Value>>,
     server_login_retry: Option<Spanned<Value>>,
@@ -206,6 +208,7 @@ fn apply_postgres(
     }
     let pg = &mut builder.config.postgres;
     postgres_timeouts(pg, source, &raw)?;
+    postgres_limits(pg, source, &raw)?;
     source.set_listen(&mut pg.listen, "postgres.listen", &raw.listen)?;
     set(&mut pg.pool_mode, raw.pool_mode);
     set(&mut pg.max_client_conn, raw.max_client_conn);
@@ -244,6 +247,35 @@ fn apply_postgres(
         pg.users
             .extend(crate::secrets::auth_file_users(&path, &pg.users)?);
         pg.auth_file = Some(path.into());
+    }
+    Ok(())
+}
+
+/// Applies the `[postgres]` limits on clients' requests and transactions, and the
+/// `auth_query` cache's lifetime.
+fn postgres_limits(
+    pg: &mut crate::PostgresConfig,
+    source: &Source<'_>,
+    raw: &RawPostgres,
+) -> Result<(), ConfigError> {
+    for (slot, key, value) in [
+        (
+            &mut pg.auth_cache_ttl,
+            "postgres.auth_cache_ttl",
+            &raw.auth_cache_ttl,
+        ),
+        (
+            &mut pg.query_timeout,
+            "postgres.query_timeout",
+            &raw.query_timeout,
+        ),
+        (
+            &mut pg.transaction_timeout,
+            "postgres.transaction_timeout",
+            &raw.transaction_timeout,
+        ),
+    ] {
+        source.set_duration(slot, key, value)?;
     }
     Ok(())
 }
@@ -297,11 +329,6 @@ fn postgres_timeouts(
             &mut pg.server_connect_timeout,
             "postgres.server_connect_timeout",
             &raw.server_connect_timeout,
-        ),
-        (
-            &mut pg.auth_cache_ttl,
-            "postgres.auth_cache_ttl",
-            &raw.auth_cache_ttl,
         ),
     ] {
         source.set_duration(slot, key, value)?;

@@ -74,10 +74,7 @@ macro_rules! mongo_key {
 use Apply::{Live, Restart};
 
 const LISTENER: Apply = Restart("the listening socket is bound at start");
-const POOLS: Apply = Restart("pools and their upstream connections are built at start");
 const USERS: Apply = Restart("credentials and per-user pools are built at start");
-const MODE: Apply = Restart("a running pool keeps its pooling mode");
-const UPSTREAM_TLS: Apply = Restart("the upstream TLS connector is built at start");
 const MONGO: Apply = Restart("the MongoDB upstream and its credentials are set up at start");
 
 /// Reported under "needs restart" when the `[mongo]` section is added or removed.
@@ -105,7 +102,7 @@ pub static KEYS: &[Key] = &[
         changed: |_, _| false,
     },
     key!("postgres.listen", LISTENER, postgres.listen),
-    key!("postgres.pool_mode", MODE, postgres.pool_mode),
+    key!("postgres.pool_mode", Live, postgres.pool_mode),
     key!("postgres.max_client_conn", Live, postgres.max_client_conn),
     key!(
         "postgres.max_db_client_connections",
@@ -200,32 +197,28 @@ pub static KEYS: &[Key] = &[
     key!("postgres.tls.key_file", Live, postgres.tls.key_file),
     Key {
         path: "postgres.databases.*.name",
-        apply: POOLS,
+        apply: Live,
         changed: |a, b| {
             names(&a.postgres.databases, |d| &d.name) != names(&b.postgres.databases, |d| &d.name)
         },
     },
-    db_key!("postgres.databases.*.upstream", POOLS, upstream),
+    db_key!("postgres.databases.*.upstream", Live, upstream),
     // Read into the upstream's password; a change shows there.
     Key {
         path: "postgres.databases.*.password",
-        apply: POOLS,
+        apply: Live,
         changed: |_, _| false,
     },
     Key {
         path: "postgres.databases.*.password_file",
-        apply: POOLS,
+        apply: Live,
         changed: |_, _| false,
     },
     db_key!("postgres.databases.*.pool_size", Live, pool_size),
     db_key!("postgres.databases.*.min_pool_size", Live, min_pool_size),
-    db_key!("postgres.databases.*.pool_mode", MODE, pool_mode),
-    db_key!("postgres.databases.*.sslmode", UPSTREAM_TLS, sslmode),
-    db_key!(
-        "postgres.databases.*.sslrootcert",
-        UPSTREAM_TLS,
-        sslrootcert
-    ),
+    db_key!("postgres.databases.*.pool_mode", Live, pool_mode),
+    db_key!("postgres.databases.*.sslmode", Live, sslmode),
+    db_key!("postgres.databases.*.sslrootcert", Live, sslrootcert),
     Key {
         path: "postgres.users.*.name",
         apply: USERS,
@@ -240,6 +233,12 @@ pub static KEYS: &[Key] = &[
     key!("postgres.auth_user", USERS, postgres.auth_user),
     key!("postgres.auth_query", Live, postgres.auth_query),
     key!("postgres.auth_cache_ttl", Live, postgres.auth_cache_ttl),
+    key!("postgres.query_timeout", Live, postgres.query_timeout),
+    key!(
+        "postgres.transaction_timeout",
+        Live,
+        postgres.transaction_timeout
+    ),
     Key {
         path: "postgres.users.*.password_file",
         apply: USERS,

@@ -100,6 +100,7 @@ pub fn reload(
             }
             _ => None,
         };
+        let next = current.reconfigured(new.clone()).map_err(tls_rejected)?;
         current.reload_tls(&new).map_err(tls_rejected)?;
         let plan = ReloadPlan {
             applied: sluice_config::diff(&current.config, &new).applied,
@@ -109,7 +110,8 @@ pub fn reload(
             running.reload(new_mongo);
             running.set_client_tls(mongo_tls.flatten());
         }
-        Ok::<_, ReloadError>((current.reconfigured(new.clone()), plan))
+        next.take_over_from(current);
+        Ok::<_, ReloadError>((next, plan))
     })?;
     tracing::info!(applied = ?plan.applied, needs_restart = ?plan.restart, "configuration reloaded");
     Ok(plan)

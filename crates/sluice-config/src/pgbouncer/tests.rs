@@ -33,6 +33,9 @@ server_tls_ca_file = /etc/ssl/ca.pem
 logfile = /var/log/pgbouncer/pgbouncer.log
 pidfile = /run/pgbouncer/pgbouncer.pid
 max_db_connections = 100
+auth_user = pgbouncer_auth
+auth_query = SELECT usename, passwd FROM pgbouncer.get_auth($1)
+query_timeout = 30
 ignore_startup_parameters = extra_float_digits
 
 [users]
@@ -52,6 +55,10 @@ fn a_typical_file_maps_every_supported_key_and_names_the_rest() {
         "pool_size = 25",
         "server_idle_timeout = \"600s\"",
         "pool_timeout = \"120s\"",
+        "max_db_connections = 100",
+        "auth_user = \"pgbouncer_auth\"",
+        "auth_query = \"SELECT usename, passwd FROM pgbouncer.get_auth($1)\"",
+        "query_timeout = \"30s\"",
         "[postgres.tls]",
         "mode = \"require\"",
         "upstream = \"postgres://app@10.0.0.5:5433/app_prod\"",
@@ -67,7 +74,6 @@ fn a_typical_file_maps_every_supported_key_and_names_the_rest() {
     for skipped in [
         "#   stats_users = grafana",
         "#   logfile",
-        "#   max_db_connections = 100: not supported yet",
         "#   [databases] * (line",
         "#   [users] ops",
     ] {

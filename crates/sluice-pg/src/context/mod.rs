@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use sluice_auth::Secret;
-use sluice_config::{Config, DatabaseConfig, PostgresConfig};
+use sluice_config::{Config, PostgresConfig};
 use sluice_stats::Registry;
 use thiserror::Error;
 
@@ -63,6 +63,8 @@ pub struct PgContext {
     pub tls: Arc<parking_lot::RwLock<Option<tokio_rustls::TlsAcceptor>>>,
     /// Reload and shutdown for the console, set by the binary at start.
     pub console_hooks: Arc<std::sync::OnceLock<Arc<dyn ConsoleHooks>>>,
+    /// The `max_user_connections` budget of each user (shared by every database).
+    user_budgets: database::UserBudgets,
     /// Clients of each user now (for `max_user_client_connections`; shared).
     user_clients: Arc<parking_lot::Mutex<HashMap<String, Arc<AtomicUsize>>>>,
     /// `auth_query` lookups and their cache (shared by every context).
@@ -133,38 +135,43 @@ impl PgContext {
             console_hooks: Arc::default(),
             auth_query,
             user_clients: Arc::default(),
+            user_budgets,
             credentials: Arc::new(configured),
             last_startup: Arc::default(),
             names: Arc::default(),
         })
     }
 
-    /// The context after a reload to `config`: the same pools, counters and registries,
-    /// with every pool reconfigured (sizes, timeouts, reset query, server lifetimes) and
-    /// `admin_users` looked up again. Databases, users, upstreams and pool modes stay as
-    /// they started (see `sluice_config::KEYS`).
-    pub fn reconfigured(&self, config: Arc<Config>) -> Self {
+    /// The context after a reload to `config`: the same counters and registries; a
+    /// database whose upstream, mode and TLS are unchanged keeps its pools, reconfigured
+    /// (sizes, timeouts, reset query, lifetimes); an added or changed one gets new pools;
+    /// a removed one is gone. Nothing starts or closes until
+    /// [`PgContext::take_over_from`]. Users stay as they started (see `sluice_config::KEYS`).
+    pub fn reconfigured(&self, config: Arc<Config>) -> Result<Self, ContextError> {
         let pg = &config.postgres;
-        let mut databases = self.databases.clone();
-        for (name, db) in &mut databases {
-            let Some(new) = pg.database(name) else {
-                continue;
+        let mut databases = HashMap::new();
+        for new in &pg.databases {
+            let db = match self.databases.get(&new.name) {
+                Some(old)
+                    if old.config.same_upstream(new)
+                        && old.config.pool_mode(&self.config.postgres) == new.pool_mode(pg) =>
+                {
+                    let mut db = old.clone();
+                    db.config = new.clone();
+                    db.set_budgets(pg);
+                    for (user, pool) in db.pools() {
+                        pool.reconfigure(db.settings_for(&user, pg, &pool.secret()));
+                        pool.statements()
+                            .set_capacity(pg.prepared_statement_registry_size);
+                    }
+                    db
+                }
+                // Added, or its upstream, mode or TLS changed: new pools.
+                _ => database::database(new, pg, &self.credentials, &self.user_budgets)?,
             };
-            db.config = DatabaseConfig {
-                upstream: db.config.upstream.clone(),
-                pool_mode: db.config.pool_mode,
-                sslmode: db.config.sslmode,
-                sslrootcert: db.config.sslrootcert.clone(),
-                ..new.clone()
-            };
-            db.set_budgets(pg);
-            for (user, pool) in db.pools() {
-                pool.reconfigure(db.settings_for(&user, pg, &pool.secret()));
-                pool.statements()
-                    .set_capacity(pg.prepared_statement_registry_size);
-            }
+            databases.insert(new.name.clone(), db);
         }
-        Self {
+        Ok(Self {
             started: self.started.clone(),
             admin_users: admin_credentials(pg, &self.started.postgres, &self.credentials),
             config,
@@ -176,10 +183,31 @@ impl PgContext {
             console_hooks: self.console_hooks.clone(),
             auth_query: self.auth_query.clone(),
             user_clients: self.user_clients.clone(),
+            user_budgets: self.user_budgets.clone(),
             credentials: self.credentials.clone(),
             last_startup: self.last_startup.clone(),
             names: self.names.clone(),
+        })
+    }
+
+    /// Puts a reload's database changes into effect, once nothing can fail any more:
+    /// pools new since `previous` start, pools it had that this context lost close (their
+    /// clients finish the transaction they are in, then are disconnected), and the
+    /// statistics follow.
+    pub fn take_over_from(&self, previous: &PgContext) {
+        let (now, before) = (self.pools(), previous.pools());
+        for pool in now.iter().filter(|p| !before.iter().any(|b| b.same(p))) {
+            pool.spawn_maintenance();
         }
+        for pool in before.iter().filter(|b| !now.iter().any(|p| p.same(b))) {
+            tracing::info!(pool = %pool.settings().name, "pool closed by the reload");
+            pool.close();
+        }
+        let sources = now
+            .into_iter()
+            .map(|p| Arc::new(p) as Arc<dyn sluice_stats::PoolSource>)
+            .collect();
+        self.stats.replace_all(sources);
     }
 
     /// Starts the background tasks that open and keep `min_pool_size` connections.
@@ -398,28 +426,46 @@ upstream = "postgres://u:p@127.0.0.1:1/a"
                 "[postgres]\npool_size = 3\nserver_reset_query = \"RESET ALL\"\n",
                 1,
             )
-            .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"")
-            .replace("admin_users = []", "admin_users = [\"u\"]")
-            .replace("127.0.0.1:1/a", "127.0.0.1:2/a");
-        let next = ctx.reconfigured(config(&changed));
+            .replace("admin_users = []", "admin_users = [\"u\"]");
+        let next = ctx.reconfigured(config(&changed)).unwrap();
+        next.take_over_from(&ctx);
         let (old, new) = (
             &ctx.databases["a"].pool("u").unwrap(),
             &next.databases["a"].pool("u").unwrap(),
         );
         // One pool, seen from both contexts.
-        assert!(Arc::ptr_eq(&old.settings(), &new.settings()));
+        assert!(old.same(new) && !new.is_closed());
         let s = new.settings();
         assert_eq!(s.reset_query, "RESET ALL");
         assert_eq!(s.max_size, 3);
         assert_eq!(new.snapshot().max, 3);
-        // Needs a restart: the pool keeps its mode and upstream.
-        assert_eq!(s.mode, PoolMode::Transaction);
-        assert_eq!(s.upstream.port, 1);
-        assert_eq!(next.databases["a"].config.upstream.port, 1);
         assert_eq!(next.started.postgres.pool_size, 15);
         // admin_users is looked up again; counters are shared.
         assert!(ctx.admin_users.is_empty());
         assert!(next.admin_users.contains_key("u"));
         assert!(Arc::ptr_eq(&ctx.clients, &next.clients));
+    }
+
+    #[tokio::test]
+    async fn a_changed_upstream_or_mode_gets_new_pools_and_a_removed_database_closes() {
+        let two = format!(
+            "{BASE}[[postgres.databases]]\nname = \"b\"\nupstream = \"postgres://u:p@127.0.0.1:1/b\"\n"
+        );
+        let ctx = PgContext::new(config(&two)).unwrap();
+        let changed = BASE
+            .replace("pool_mode = \"transaction\"", "pool_mode = \"session\"")
+            .replace("127.0.0.1:1/a", "127.0.0.1:2/a");
+        let next = ctx.reconfigured(config(&changed)).unwrap();
+        let old = ctx.databases["a"].pool("u").unwrap();
+        // Nothing closes before the new context takes over.
+        assert!(!old.is_closed());
+        next.take_over_from(&ctx);
+        let new = next.databases["a"].pool("u").unwrap();
+        assert!(!old.same(&new) && old.is_closed() && !new.is_closed());
+        let s = new.settings();
+        assert_eq!((s.mode, s.upstream.port), (PoolMode::Session, 2));
+        assert!(!next.databases.contains_key("b"));
+        assert!(ctx.databases["b"].pool("u").unwrap().is_closed());
+        assert_eq!(next.stats.pool_count(), 1);
     }
 }

@@ -19,44 +19,18 @@ use parking_lot::{Mutex, RwLock};
 use sluice_config::Upstream;
 use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
 use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
-use thiserror::Error;
 
+mod error;
 mod hub;
 mod pins;
 mod settings;
 
+pub use error::PgPoolError;
 pub use pins::PinSlot;
 pub use settings::PoolSettings;
 
 use crate::state::prepared::StatementRegistry;
 use crate::upstream::{PgUpstreamError, ServerConn, ServerParams, UpstreamSecret};
-
-/// Why a checkout failed.
-#[derive(Debug, Error)]
-pub enum PgPoolError {
-    /// No connection became available within `pool_timeout`.
-    #[error("timed out after {waited:?} waiting for a server connection from pool \"{pool}\" (pool_timeout {timeout:?})")]
-    Timeout {
-        /// Pool name.
-        pool: String,
-        /// How long the client waited.
-        waited: Duration,
-        /// The configured limit.
-        timeout: Duration,
-    },
-    /// Opening a new server connection failed.
-    #[error("pool \"{pool}\" could not connect to its upstream: {source}")]
-    Connect {
-        /// Pool name.
-        pool: String,
-        /// What went wrong.
-        #[source]
-        source: PgUpstreamError,
-    },
-    /// The pool is shutting down.
-    #[error("pool \"{0}\" is closed")]
-    Closed(String),
-}
 
 /// Who holds a checked-out connection (for "oldest checkout" in the stats).
 #[derive(Debug, Clone)]
@@ -132,6 +106,8 @@ struct Inner {
     reported: Mutex<HashMap<StartupValue, Vec<u8>>>,
     /// LISTEN/NOTIFY for this pool's clients in transaction mode.
     notify: crate::notify::NotifyHub,
+    /// Closed (reload removed its database, or shutdown).
+    closed: std::sync::atomic::AtomicBool,
     /// What servers are logged in with (the connector's, shared).
     secret: Arc<RwLock<UpstreamSecret>>,
     /// Clients pinning a server (transaction mode), by pin id.
@@ -196,9 +172,15 @@ impl PgPool {
                 reported: Mutex::new(HashMap::new()),
                 notify: crate::notify::NotifyHub::default(),
                 secret,
+                closed: Default::default(),
                 pins: Mutex::new((0, Default::default())),
             }),
         }
+    }
+
+    /// Whether `other` is a handle on this same pool.
+    pub fn same(&self, other: &PgPool) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// What new server connections log in with.
@@ -370,7 +352,15 @@ impl PgPool {
     /// Closes the pool: idle connections are dropped, waiters fail, returned connections
     /// are closed.
     pub fn close(&self) {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.core.close();
+    }
+
+    /// Whether [`PgPool::close`] was called (a lock-free read, for session-mode clients).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -70,6 +70,15 @@ pub enum PgSessionError {
     /// The client sat in an open transaction for `idle_transaction_timeout`.
     #[error("idle_transaction_timeout expired")]
     IdleInTransactionTimeout,
+    /// The client's pool was closed: its database was removed or changed by a reload.
+    #[error("the pool was closed by a reload")]
+    PoolClosed,
+    /// The server had not answered a request for `query_timeout`.
+    #[error("query_timeout expired")]
+    QueryTimeout,
+    /// The client's transaction had been open for `transaction_timeout`.
+    #[error("transaction_timeout expired")]
+    TransactionTimeout,
     /// A message exceeded `max_packet_size`.
     #[error("message of {len} bytes exceeds max_packet_size {max}")]
     PacketTooLarge {
@@ -186,16 +195,15 @@ impl PgSessionError {
                 "28000",
                 "SSL/TLS is required: connect with sslmode=require or stronger".into(),
             ),
-            PgSessionError::LoginTimeout => (
-                Fatal,
-                "08006",
-                "terminating connection: client_login_timeout expired before authentication".into(),
-            ),
-            PgSessionError::IdleTimeout => (
-                Fatal,
-                "57P05",
-                "terminating connection due to idle-session timeout (client_idle_timeout)".into(),
-            ),
+            PgSessionError::LoginTimeout
+            | PgSessionError::IdleTimeout
+            | PgSessionError::IdleInTransactionTimeout
+            | PgSessionError::QueryTimeout
+            | PgSessionError::TransactionTimeout
+            | PgSessionError::PoolClosed => {
+                let (code, message) = self.fixed_fields();
+                (Fatal, code, message.into())
+            }
             PgSessionError::NotificationsOverflow => (
                 Fatal,
                 "53400",
@@ -204,13 +212,6 @@ impl PgSessionError {
                      client (it does not read them fast enough)",
                     crate::notify::CLIENT_QUEUE
                 ),
-            ),
-            PgSessionError::IdleInTransactionTimeout => (
-                Fatal,
-                "25P03",
-                "terminating connection due to idle-in-transaction timeout \
-                 (idle_transaction_timeout); the transaction was rolled back"
-                    .into(),
             ),
             PgSessionError::PacketTooLarge { len, max } => (
                 Fatal,
@@ -223,6 +224,43 @@ impl PgSessionError {
                 "terminating connection because Sluice is shutting down".into(),
             ),
         })
+    }
+}
+
+impl PgSessionError {
+    /// SQLSTATE and message of the errors that end a session with a fixed text: the
+    /// timeouts (PostgreSQL's codes for the same events) and a pool closed by a reload.
+    fn fixed_fields(&self) -> (&'static str, &'static str) {
+        match self {
+            PgSessionError::PoolClosed => (
+                "57P01",
+                "terminating connection: its pool was closed (the database was removed or \
+                 changed by a configuration reload, or Sluice is shutting down); reconnect",
+            ),
+            PgSessionError::LoginTimeout => (
+                "08006",
+                "terminating connection: client_login_timeout expired before authentication",
+            ),
+            PgSessionError::IdleTimeout => (
+                "57P05",
+                "terminating connection due to idle-session timeout (client_idle_timeout)",
+            ),
+            PgSessionError::IdleInTransactionTimeout => (
+                "25P03",
+                "terminating connection due to idle-in-transaction timeout \
+                 (idle_transaction_timeout); the transaction was rolled back",
+            ),
+            PgSessionError::QueryTimeout => (
+                "57014",
+                "terminating connection: the server did not answer within query_timeout; \
+                 the query was cancelled",
+            ),
+            _ => (
+                "25P04",
+                "terminating connection due to transaction timeout (transaction_timeout); \
+                 the transaction was rolled back",
+            ),
+        }
     }
 }
 

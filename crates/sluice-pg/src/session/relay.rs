@@ -15,6 +15,9 @@
 //! other goes unread; [`checkout`] gets a server when a request needs one.
 
 mod checkout;
+mod limits;
+
+use limits::{Limits, Since};
 mod listen;
 mod pin;
 mod pump;
@@ -78,32 +81,13 @@ pub(crate) struct Relay<'a> {
     pin_warned: bool,
     /// The client is gone: its server is cleaned and returned, never pinned.
     leaving: bool,
-}
-
-/// Per-client limits from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// `max_packet_size`.
-    pub max_packet: usize,
-    /// `client_idle_timeout` (None: disabled).
-    pub client_idle: Option<std::time::Duration>,
-    /// `idle_transaction_timeout` (None: disabled).
-    pub idle_transaction: Option<std::time::Duration>,
+    /// `query_timeout` / `transaction_timeout` and when what they bound began (boxed,
+    /// and only when one is set).
+    since: Option<Box<Since>>,
 }
 
 /// Most bytes read from a client that waits for a server (see [`Relay::wait_for_server`]).
 const WATCH_CAP: usize = 64 * 1024;
-
-impl Limits {
-    fn from_config(pg: &sluice_config::PostgresConfig) -> Self {
-        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
-        Limits {
-            max_packet: pg.max_packet_size,
-            client_idle: nonzero(pg.client_idle_timeout),
-            idle_transaction: nonzero(pg.idle_transaction_timeout),
-        }
-    }
-}
 
 enum Flow {
     Continue,
@@ -166,6 +150,7 @@ impl<'a> Relay<'a> {
             pin: None,
             pin_warned: false,
             leaving: false,
+            since: Since::from_config(&ctx.config.postgres),
         }
     }
 
@@ -216,13 +201,7 @@ impl<'a> Relay<'a> {
         let (client, server) = match wake {
             Wake::Input { client, server } => (client, server),
             Wake::Flushed => return Ok(Flow::Done),
-            Wake::Timeout => {
-                return Err(if self.server.is_some() {
-                    PgSessionError::IdleInTransactionTimeout
-                } else {
-                    PgSessionError::IdleTimeout
-                })
-            }
+            Wake::Timeout => return Err(self.timeout_reason()),
         };
         match server {
             // Boxed, as the other rare paths: an idle client should not carry them.
@@ -240,6 +219,13 @@ impl<'a> Relay<'a> {
     /// Handles bytes from the client: complete frames go through the exchange to a server
     /// (checked out first if none is held).
     async fn client_input(&mut self) -> Result<Flow, PgSessionError> {
+        if self.mode == PoolMode::Session && self.exchange.idle() && self.pool.is_closed() {
+            // Session mode holds its server for life: a client of a closed pool ends
+            // between requests (transaction mode ends at its next checkout).
+            if self.exchange.status() == b'I' {
+                return Err(PgSessionError::PoolClosed);
+            }
+        }
         loop {
             let max = self.limits.max_packet;
             let (len, terminate) = frames_before_terminate(&self.client.buf, max)

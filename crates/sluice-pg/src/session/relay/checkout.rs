@@ -66,6 +66,7 @@ impl Relay<'_> {
                     self.exchange.on_checkout();
                     return Ok(None);
                 }
+                Err(PgPoolError::Closed(_)) => return Err(PgSessionError::PoolClosed),
                 Err(e) => {
                     self.gauge.set(GaugeState::Idle);
                     tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");

@@ -196,22 +196,62 @@ impl Relay<'_> {
         Poll::Pending
     }
 
-    /// Sets the idle timer for the wait that starts now (or disarms it).
+    /// Sets the timer for the wait that starts now (or disarms it): the idle timeout that
+    /// applies, or `query_timeout` / `transaction_timeout` when one runs out sooner.
     pub(super) fn arm_timer(&mut self) {
-        match self.idle_limit() {
-            Some(limit) => {
-                let deadline = tokio::time::Instant::now() + limit;
-                match &mut self.timer {
-                    Some(t) => t.as_mut().reset(deadline),
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                }
-            }
-            None => {
-                self.timer_armed = false;
-                return;
-            }
+        let hard = self.hard_deadline();
+        let idle = self
+            .idle_limit()
+            .map(|limit| tokio::time::Instant::now() + limit);
+        let Some(deadline) = idle.into_iter().chain(hard).min() else {
+            self.timer_armed = false;
+            return;
+        };
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
         self.timer_armed = true;
+    }
+
+    /// When `query_timeout` or `transaction_timeout` runs out for what is running now
+    /// (`None`: neither is set, or nothing runs), noting when the request and the
+    /// transaction began.
+    fn hard_deadline(&mut self) -> Option<tokio::time::Instant> {
+        let since = self.since.as_mut()?;
+        let held = self.server.is_some();
+        let busy = held && self.exchange.busy();
+        let in_transaction = held && self.exchange.status() != b'I';
+        let now = tokio::time::Instant::now();
+        since.request = busy.then(|| since.request.unwrap_or(now));
+        since.transaction = in_transaction.then(|| since.transaction.unwrap_or(now));
+        let query = since.request.zip(since.query).map(|(s, l)| s + l);
+        let transaction = since
+            .transaction
+            .zip(since.max_transaction)
+            .map(|(s, l)| s + l);
+        query.into_iter().chain(transaction).min()
+    }
+
+    /// Why the timer fired: a hard limit that ran out, else the idle timeout in force.
+    pub(super) fn timeout_reason(&self) -> PgSessionError {
+        let now = tokio::time::Instant::now();
+        if let Some(since) = &self.since {
+            let over = |s: Option<tokio::time::Instant>, l: Option<std::time::Duration>| {
+                s.zip(l).is_some_and(|(s, l)| now >= s + l)
+            };
+            if over(since.request, since.query) {
+                return PgSessionError::QueryTimeout;
+            }
+            if over(since.transaction, since.max_transaction) {
+                return PgSessionError::TransactionTimeout;
+            }
+        }
+        if self.server.is_some() {
+            PgSessionError::IdleInTransactionTimeout
+        } else {
+            PgSessionError::IdleTimeout
+        }
     }
 
     /// The idle timeout that applies right now: `client_idle_timeout` between
