@@ -156,3 +156,80 @@ async fn shutdown_from_the_console_exits_cleanly() {
         .expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_kill_db_and_show_mem() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("console_kill").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .user(APP_USER, APP_PASSWORD)
+        .user("admin", "adminpw")
+        .extra_postgres("admin_users = [\"admin\"]")
+        .start();
+    let admin = sluice.connect("admin", "adminpw", "sluice").await.unwrap();
+    let victim = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let bystander = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    // The victim is mid-transaction: killing it rolls the transaction back.
+    victim
+        .batch_execute("BEGIN; CREATE TABLE never (x int)")
+        .await
+        .unwrap();
+    let listing = admin.simple_query("SHOW CLIENTS").await.unwrap();
+    let id_col = columns(&listing).iter().position(|c| c == "id").unwrap();
+    let ids: Vec<String> = rows(&listing)
+        .into_iter()
+        .map(|r| r[id_col].clone().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    // Ids are unique; the victim connected first, so it has the smaller one.
+    let victim_id = ids.iter().map(|i| i.parse::<u64>().unwrap()).min().unwrap();
+    expect_sqlstate(admin.simple_query("KILL_CLIENT 999999").await, &["42704"]);
+    admin
+        .simple_query(&format!("KILL_CLIENT {victim_id}"))
+        .await
+        .unwrap();
+    sluice_tests::within(Duration::from_secs(10), "victim closed", async {
+        while !victim.is_closed() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        scalar(
+            &bystander,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'never'"
+        )
+        .await,
+        "0"
+    );
+
+    let mem = rows(&admin.simple_query("SHOW MEM").await.unwrap());
+    let find = |name: &str| mem.iter().find(|r| r[0].as_deref() == Some(name)).cloned();
+    // The bystander and this console session.
+    assert_eq!(find("client_connections").unwrap()[1].as_deref(), Some("2"));
+    let rss: u64 = find("process_resident").unwrap()[2]
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rss > 1_000_000, "resident size {rss}");
+
+    // KILL db: every client goes, and new ones wait until RESUME.
+    admin.simple_query(&format!("KILL {db}")).await.unwrap();
+    sluice_tests::within(Duration::from_secs(10), "bystander closed", async {
+        while !bystander.is_closed() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let late = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let query = tokio::spawn(async move { scalar(&late, "SELECT 5").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !query.is_finished(),
+        "a killed database served a query before RESUME"
+    );
+    admin.simple_query(&format!("RESUME {db}")).await.unwrap();
+    let answer = sluice_tests::within(Duration::from_secs(10), "query after RESUME", query).await;
+    assert_eq!(answer.unwrap(), "5");
+}

@@ -293,3 +293,40 @@ async fn databases_are_added_changed_and_removed_without_a_restart() {
     // The other database's clients never noticed.
     assert_eq!(scalar(&b, "SELECT 2").await, "2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wildcard_database_serves_any_database_name() {
+    let cluster = shared_cluster();
+    let first = cluster.fresh_database("wildcard_a").await;
+    let second = cluster.fresh_database("wildcard_b").await;
+    // Only the wildcard: its URL's database is replaced by the client's.
+    let star = cluster.app_url("postgres");
+    let sluice = common::sluice()
+        .mode(PoolMode::Transaction)
+        .database("*", &star)
+        .start();
+    for db in [&first, &second] {
+        let c = sluice.connect(APP_USER, APP_PASSWORD, db).await.unwrap();
+        assert_eq!(&scalar(&c, "SELECT current_database()").await, db);
+    }
+    // A name the server does not have: the server's own error.
+    let e = expect_sqlstate(
+        sluice
+            .connect(APP_USER, APP_PASSWORD, "no_such_db_here")
+            .await,
+        &["3D000"],
+    );
+    assert!(
+        sluice_tests::error_message(&e).contains("no_such_db_here"),
+        "{e:?}"
+    );
+    // Made databases are listed and survive a reload that leaves the wildcard alone.
+    let (_, stats) = http(sluice.admin_port(), "GET", "/admin/pool-stats", "").await;
+    assert!(stats.contains(&format!("{first}/{APP_USER}")), "{stats}");
+    assert_eq!(reload(&sluice).await, "no changes");
+    let again = sluice
+        .connect(APP_USER, APP_PASSWORD, &first)
+        .await
+        .unwrap();
+    assert_eq!(scalar(&again, "SELECT current_database()").await, first);
+}

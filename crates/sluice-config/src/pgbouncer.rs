@@ -276,9 +276,6 @@ fn database(
     conn: &str,
     (sslmode, ca): (Option<&str>, Option<&str>),
 ) -> Result<String, String> {
-    if name == "*" {
-        return Err("the wildcard database is not supported yet (issue 16)".into());
-    }
     let fields = connect_string(conn)?;
     let field = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     // Without user=, each client logs in upstream as itself (as in PgBouncer).
@@ -292,7 +289,8 @@ fn database(
         ));
     }
     let port = field("port").unwrap_or("5432");
-    let dbname = field("dbname").unwrap_or(name);
+    // The wildcard's database is each client's; its URL needs one all the same.
+    let dbname = field("dbname").unwrap_or(if name == "*" { "postgres" } else { name });
     let mut out = format!("\n[[postgres.databases]]\nname = {}\n", quote(name));
     let url = format!("postgres://{}{}:{}/{}", user, host, port, encode(dbname));
     let _ = writeln!(out, "upstream = {}", quote(&url));

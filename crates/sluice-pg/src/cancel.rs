@@ -23,6 +23,8 @@ use crate::upstream::CancelKey;
 #[derive(Debug, Default)]
 pub struct CancelSlot {
     current: Mutex<Option<CancelKey>>,
+    /// A number no other client of this process had.
+    id: u64,
     /// Who the client is (for `SHOW CLIENTS`).
     pub info: ClientInfo,
 }
@@ -39,6 +41,9 @@ pub struct ClientInfo {
     pub who: Option<Arc<crate::pool::ClientMeta>>,
     /// When it connected (seconds since the Unix epoch).
     pub connected_at: u64,
+    /// Its socket, for the console's KILL (registered only while the session owns it:
+    /// the registration ends before the socket closes, so the number is never stale).
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 /// One row of [`CancelRegistry::list`].
@@ -50,6 +55,8 @@ pub struct ClientRow {
     pub info: ClientInfo,
     /// The backend pid of the server it holds right now, if any.
     pub server_pid: Option<i32>,
+    /// Its unique id (`SHOW CLIENTS` `id`, what `KILL_CLIENT` takes).
+    pub id: u64,
 }
 
 impl CancelSlot {
@@ -63,6 +70,8 @@ impl CancelSlot {
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     clients: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
+    /// The latest client id given.
+    last_id: std::sync::atomic::AtomicU64,
 }
 
 /// Removes a client's key from the registry when the client goes away.
@@ -91,8 +100,12 @@ impl CancelRegistry {
     /// id (a session-mode client's server's real one), else a random one.
     pub fn register(self: &Arc<Self>, info: ClientInfo, pid: Option<i32>) -> Registration {
         let mut rng = rand::thread_rng();
+        let id = 1 + self
+            .last_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let slot = Arc::new(CancelSlot {
             current: Mutex::new(None),
+            id,
             info,
         });
         let mut clients = self.clients.lock();
@@ -121,8 +134,26 @@ impl CancelRegistry {
                 pid: *pid,
                 info: slot.info.clone(),
                 server_pid: slot.current.lock().as_ref().map(|k| k.pid),
+                id: slot.id,
             })
             .collect()
+    }
+
+    /// Disconnects every client `which` picks by shutting its socket down: its session
+    /// sees the end of its input and finishes as when a client leaves (a request in
+    /// flight is cancelled, an open transaction rolled back). Returns how many.
+    pub fn kill(&self, which: impl Fn(&ClientInfo, u64) -> bool) -> usize {
+        let clients = self.clients.lock();
+        let mut killed = 0;
+        for slot in clients.values().filter(|s| which(&s.info, s.id)) {
+            let Some(fd) = slot.info.fd else { continue };
+            // Under the lock: the session's registration (and so its socket) outlives this.
+            match nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both) {
+                Ok(()) => killed += 1,
+                Err(e) => tracing::debug!(id = slot.id, error = %e, "KILL: shutdown failed"),
+            }
+        }
+        killed
     }
 
     /// Handles a client's CancelRequest: if the key matches a client that is using a server

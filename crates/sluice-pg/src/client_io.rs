@@ -51,6 +51,16 @@ pub(crate) struct ClientIo {
 }
 
 impl ClientIo {
+    /// The socket's descriptor (under TLS too), for the console's KILL.
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.stream {
+            MaybeTls::Plain(tcp) => Some(tcp.as_raw_fd()),
+            MaybeTls::Tls(tls) => Some(tls.get_ref().0.as_raw_fd()),
+            MaybeTls::Detached => None,
+        }
+    }
+
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self {
             stream: MaybeTls::Plain(stream),

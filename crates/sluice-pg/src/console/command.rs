@@ -21,6 +21,8 @@ pub enum Show {
     Users,
     /// Counts of Sluice's internal lists (databases, users, pools, clients, servers).
     Lists,
+    /// What holds memory: clients, buffers, statement registries, caches, the process.
+    Mem,
 }
 
 /// A console statement.
@@ -38,6 +40,10 @@ pub enum Command {
     Resume(Option<String>),
     /// `SHUTDOWN`.
     Shutdown,
+    /// `KILL db`: disconnect every client of a database, close its servers, pause it.
+    Kill(String),
+    /// `KILL_CLIENT id`: disconnect one client (its `id` in `SHOW CLIENTS`).
+    KillClient(u64),
 }
 
 /// Parses one statement; the error text lists what is supported.
@@ -69,6 +75,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
             "VERSION" => Show::Version,
             "USERS" => Show::Users,
             "LISTS" => Show::Lists,
+            "MEM" => Show::Mem,
             _ => return Err(unsupported(sql)),
         }),
         ["RELOAD"] => Command::Reload,
@@ -77,6 +84,15 @@ pub fn parse(sql: &str) -> Result<Command, String> {
         ["RESUME"] => Command::Resume(None),
         ["RESUME", _] => Command::Resume(arg()),
         ["SHUTDOWN"] => Command::Shutdown,
+        ["KILL", _] => Command::Kill(arg().unwrap_or_default()),
+        ["KILL_CLIENT", id] => match id.parse() {
+            Ok(id) => Command::KillClient(id),
+            Err(_) => {
+                return Err(format!(
+                    "KILL_CLIENT takes a client id (SHOW CLIENTS): {id}"
+                ))
+            }
+        },
         _ => return Err(unsupported(sql)),
     };
     Ok(cmd)
@@ -84,8 +100,8 @@ pub fn parse(sql: &str) -> Result<Command, String> {
 
 fn unsupported(sql: &str) -> String {
     format!(
-        "unsupported admin command \"{sql}\": use SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|LISTS|CONFIG|VERSION, \
-         RELOAD, PAUSE [db], RESUME [db] or SHUTDOWN"
+        "unsupported admin command \"{sql}\": use SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|LISTS|MEM|CONFIG|VERSION, \
+         RELOAD, PAUSE [db], RESUME [db], KILL db, KILL_CLIENT id or SHUTDOWN"
     )
 }
 
@@ -98,11 +114,15 @@ mod tests {
         assert_eq!(parse("show pools;"), Ok(Command::Show(Show::Pools)));
         assert_eq!(parse("SHOW   stats"), Ok(Command::Show(Show::Stats)));
         assert_eq!(parse("pause app"), Ok(Command::Pause(Some("app".into()))));
+        assert_eq!(parse("KILL app;"), Ok(Command::Kill("app".into())));
+        assert_eq!(parse("kill_client 42"), Ok(Command::KillClient(42)));
+        assert!(parse("KILL_CLIENT x").is_err());
+        assert_eq!(parse("show mem"), Ok(Command::Show(Show::Mem)));
         assert_eq!(parse("RESUME"), Ok(Command::Resume(None)));
         assert_eq!(parse(""), Ok(Command::Empty));
         assert_eq!(parse("show lists"), Ok(Command::Show(Show::Lists)));
         assert_eq!(parse("SHOW USERS"), Ok(Command::Show(Show::Users)));
-        assert!(parse("show mem").is_err());
+        assert!(parse("show fds").is_err());
         assert!(parse("select 1").is_err());
     }
 }

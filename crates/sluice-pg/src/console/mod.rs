@@ -110,10 +110,29 @@ async fn run(sql: &str, ctx: &Arc<PgContext>, out: &mut BytesMut) -> bool {
             Some(Err(e)) => backend::error_response(out, Severity::Error, "F0000", &e.to_string()),
             None => backend::error_response(out, Severity::Error, "0A000", "reload unavailable"),
         },
-        Command::Pause(db) | Command::Resume(db) if !known(ctx, db.as_deref()) => {
-            let msg = format!("no such database: {}", db.unwrap_or_default());
-            backend::error_response(out, Severity::Error, "3D000", &msg);
+        Command::Pause(_) | Command::Resume(_) | Command::Kill(_) | Command::KillClient(_) => {
+            control(cmd, ctx, out).await
         }
+        Command::Shutdown => {
+            messages::write_command_complete(out, "SHUTDOWN");
+            return true;
+        }
+    }
+    false
+}
+
+/// PAUSE, RESUME, KILL and KILL_CLIENT.
+async fn control(cmd: Command, ctx: &PgContext, out: &mut BytesMut) {
+    let db = match &cmd {
+        Command::Pause(db) | Command::Resume(db) => db.clone(),
+        Command::Kill(db) => Some(db.clone()),
+        _ => None,
+    };
+    if !known(ctx, db.as_deref()) {
+        let msg = format!("no such database: {}", db.unwrap_or_default());
+        return backend::error_response(out, Severity::Error, "3D000", &msg);
+    }
+    match cmd {
         Command::Pause(db) => match pause(ctx, db.as_deref()).await {
             Ok(()) => messages::write_command_complete(out, "PAUSE"),
             Err(msg) => backend::error_response(out, Severity::Error, "55000", &msg),
@@ -124,19 +143,36 @@ async fn run(sql: &str, ctx: &Arc<PgContext>, out: &mut BytesMut) -> bool {
             }
             messages::write_command_complete(out, "RESUME");
         }
-        Command::Shutdown => {
-            messages::write_command_complete(out, "SHUTDOWN");
-            return true;
+        Command::Kill(db) => {
+            // As PgBouncer: clients go, servers close, and the database stays paused
+            // until RESUME.
+            let killed = ctx.cancel.kill(|c, _| *c.database == *db);
+            let paused = pause(ctx, Some(&db)).await;
+            for (_, pool) in pools(ctx, Some(&db)) {
+                pool.close_idle();
+            }
+            tracing::warn!(database = %db, clients = killed, "KILL");
+            match paused {
+                Ok(()) => messages::write_command_complete(out, "KILL"),
+                Err(msg) => backend::error_response(out, Severity::Error, "55000", &msg),
+            }
         }
+        Command::KillClient(id) => match ctx.cancel.kill(|_, c| c == id) {
+            0 => {
+                let msg = format!("no client with id {id} (SHOW CLIENTS)");
+                backend::error_response(out, Severity::Error, "42704", &msg);
+            }
+            _ => messages::write_command_complete(out, "KILL_CLIENT"),
+        },
+        _ => {}
     }
-    false
 }
 
 /// `PAUSE`: pauses the pools at once and waits for their checkouts to return, each at
 /// most its `pool_timeout`. If one does not drain in time, every pool is resumed and the
 /// error names the clients still holding a connection.
 async fn pause(ctx: &PgContext, db: Option<&str>) -> Result<(), String> {
-    let targets: Vec<_> = pools(ctx, db).collect();
+    let targets = pools(ctx, db);
     let results =
         futures_util::future::join_all(targets.iter().map(|(_, pool)| pool.pause())).await;
     let mut running = Vec::new();
@@ -163,15 +199,13 @@ async fn pause(ctx: &PgContext, db: Option<&str>) -> Result<(), String> {
 }
 
 fn known(ctx: &PgContext, db: Option<&str>) -> bool {
-    db.is_none_or(|d| ctx.databases.contains_key(d))
+    db.is_none_or(|d| ctx.all_databases().iter().any(|(name, _)| name == d))
 }
 
-fn pools<'a>(
-    ctx: &'a PgContext,
-    db: Option<&'a str>,
-) -> impl Iterator<Item = (&'a str, crate::pool::PgPool)> {
-    ctx.databases
-        .iter()
-        .filter(move |(name, _)| db.is_none_or(|d| d == name.as_str()))
-        .flat_map(|(name, d)| d.pools().into_iter().map(move |(_, p)| (name.as_str(), p)))
+fn pools(ctx: &PgContext, db: Option<&str>) -> Vec<(String, crate::pool::PgPool)> {
+    ctx.all_databases()
+        .into_iter()
+        .filter(|(name, _)| db.is_none_or(|d| d == name))
+        .flat_map(|(name, d)| d.pools().into_iter().map(move |(_, p)| (name.clone(), p)))
+        .collect()
 }

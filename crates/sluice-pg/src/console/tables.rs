@@ -55,6 +55,7 @@ pub fn show(what: Show, ctx: &PgContext) -> ResultSet {
         Show::Config => config(ctx),
         Show::Users => users(ctx),
         Show::Lists => lists(ctx),
+        Show::Mem => mem(ctx),
         Show::Version => {
             let mut rs = ResultSet::new(&["version"]);
             rs.row(vec![VERSION.to_owned()]);
@@ -90,7 +91,7 @@ fn pools(ctx: &PgContext) -> ResultSet {
             .or_default() += 1;
     }
     for (db, d) in sorted(ctx) {
-        for (user, pool) in sorted_pools(d) {
+        for (user, pool) in sorted_pools(&d) {
             let s = pool.snapshot();
             let total = clients
                 .get(&(db.clone(), user.clone()))
@@ -131,7 +132,7 @@ fn stats(ctx: &PgContext) -> ResultSet {
         "total_errors",
     ]);
     for (db, d) in sorted(ctx) {
-        for (user, pool) in sorted_pools(d) {
+        for (user, pool) in sorted_pools(&d) {
             let c = pool.snapshot().counters;
             rs.row(vec![
                 db.clone(),
@@ -161,6 +162,7 @@ fn clients(ctx: &PgContext) -> ResultSet {
         "application_name",
         "ptr",
         "link",
+        "id",
     ]);
     let mut list = ctx.cancel.list();
     list.sort_by_key(|c| c.pid);
@@ -191,6 +193,7 @@ fn clients(ctx: &PgContext) -> ResultSet {
                 .unwrap_or_default(),
             c.pid.to_string(),
             c.server_pid.map(|p| p.to_string()).unwrap_or_default(),
+            c.id.to_string(),
         ]);
     }
     rs
@@ -209,7 +212,7 @@ fn servers(ctx: &PgContext) -> ResultSet {
         "link",
     ]);
     for (db, d) in sorted(ctx) {
-        for (user, pool) in sorted_pools(d) {
+        for (user, pool) in sorted_pools(&d) {
             let up = &pool.settings().upstream;
             for (pid, active, age, link) in pool.servers() {
                 rs.row(vec![
@@ -345,7 +348,7 @@ fn lists(ctx: &PgContext) -> ResultSet {
     let servers_used: u64 = pools.iter().map(|p| p.active).sum();
     let servers_free: u64 = pools.iter().map(|p| p.idle).sum();
     for (list, items) in [
-        ("databases", ctx.databases.len() as u64),
+        ("databases", ctx.all_databases().len() as u64),
         ("users", user_names(ctx).len() as u64),
         ("pools", pools.len() as u64),
         ("free_clients", clients.idle + clients.waiting),
@@ -358,10 +361,41 @@ fn lists(ctx: &PgContext) -> ResultSet {
     rs
 }
 
-fn sorted(ctx: &PgContext) -> Vec<(String, &crate::context::Database)> {
-    let mut v: Vec<_> = ctx.databases.iter().map(|(k, d)| (k.clone(), d)).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
+/// `SHOW MEM`: what holds memory, as counts Sluice keeps (PgBouncer's slab caches have
+/// no equivalent; sizes are given only where they are measured).
+fn mem(ctx: &PgContext) -> ResultSet {
+    let mut rs = ResultSet::new(&["name", "items", "bytes"]);
+    let pools = ctx.pools();
+    let statements: usize = pools.iter().map(|p| p.statements().len()).sum();
+    let clients = ctx.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let servers: u64 = pools.iter().map(|p| p.snapshot().size).sum();
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map(|kb| (kb * 1024).to_string())
+        .unwrap_or_default();
+    for (name, items, bytes) in [
+        ("client_connections", clients.to_string(), String::new()),
+        ("server_connections", servers.to_string(), String::new()),
+        ("pools", pools.len().to_string(), String::new()),
+        ("prepared_statements", statements.to_string(), String::new()),
+        (
+            "auth_cache",
+            ctx.auth_query.cached().to_string(),
+            String::new(),
+        ),
+        ("process_resident", String::new(), rss),
+    ] {
+        rs.row(vec![name.into(), items, bytes]);
+    }
+    rs
+}
+
+fn sorted(ctx: &PgContext) -> Vec<(String, std::sync::Arc<crate::context::Database>)> {
+    ctx.all_databases()
 }
 
 fn sorted_pools(d: &crate::context::Database) -> Vec<(String, crate::pool::PgPool)> {

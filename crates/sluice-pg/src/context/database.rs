@@ -12,6 +12,24 @@ use super::{ContextError, UserAuth};
 use crate::pool::{PgPool, PoolSettings};
 use crate::upstream::UpstreamSecret;
 
+/// The name of PgBouncer's fallback database entry.
+pub const WILDCARD: &str = "*";
+
+/// Most databases the wildcard makes; a client asking for one more gets 3D000.
+pub const MAX_AUTO_DATABASES: usize = 1000;
+
+/// Databases made from the wildcard, by name.
+pub(crate) type AutoDatabases = Arc<parking_lot::Mutex<HashMap<String, Arc<Database>>>>;
+
+/// The configuration of database `name` made from the wildcard entry `star`: its upstream
+/// with `name` as the database.
+pub(super) fn from_wildcard(star: &DatabaseConfig, name: &str) -> DatabaseConfig {
+    let mut cfg = star.clone();
+    cfg.name = name.to_owned();
+    cfg.upstream.database = name.to_owned();
+    cfg
+}
+
 /// The `max_user_connections` budget of each user, shared by every database.
 pub(crate) type UserBudgets = Arc<parking_lot::Mutex<HashMap<String, Arc<Budget>>>>;
 
@@ -37,6 +55,16 @@ pub struct Database {
 }
 
 impl Database {
+    /// Applies a reload's settings to this database's pools and budgets.
+    pub(super) fn reconfigure(&self, pg: &PostgresConfig) {
+        self.set_budgets(pg);
+        for (user, pool) in self.pools() {
+            pool.reconfigure(self.settings_for(&user, pg, &pool.secret()));
+            pool.statements()
+                .set_capacity(pg.prepared_statement_registry_size);
+        }
+    }
+
     /// Applies reloaded `max_db_connections` and `max_user_connections`.
     pub(super) fn set_budgets(&self, pg: &PostgresConfig) {
         self.budget.set_max(pg.max_db_connections);

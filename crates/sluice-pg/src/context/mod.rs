@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use sluice_auth::Secret;
-use sluice_config::{Config, PostgresConfig};
+use sluice_config::{Config, DatabaseConfig, PostgresConfig};
 use sluice_stats::Registry;
 use thiserror::Error;
 
@@ -22,9 +22,10 @@ use crate::pool::PgPool;
 use crate::upstream::UpstreamSecret;
 
 pub use crate::auth_query::UserAuth;
-pub use database::Database;
+pub use database::{Database, MAX_AUTO_DATABASES, WILDCARD};
 
 mod database;
+mod lookup;
 
 /// A configuration that cannot be turned into pools.
 #[derive(Debug, Error)]
@@ -49,8 +50,14 @@ pub struct PgContext {
     pub config: Arc<Config>,
     /// The configuration at start: what keys that need a restart still follow.
     pub started: Arc<Config>,
-    /// Databases by the name clients ask for.
-    pub databases: HashMap<String, Database>,
+    /// Databases by the name clients ask for (not the wildcard `*`).
+    pub databases: HashMap<String, Arc<Database>>,
+    /// The wildcard entry (`name = "*"`), if any: a client asking for a database not
+    /// configured gets one made from it, for its database name.
+    wildcard: Option<DatabaseConfig>,
+    /// Databases made from the wildcard, by name (kept across reloads that leave the
+    /// wildcard as it was).
+    auto: database::AutoDatabases,
     /// CancelRequest routing.
     pub cancel: Arc<CancelRegistry>,
     /// Client connections currently open (for `max_client_conn`).
@@ -110,9 +117,9 @@ impl PgContext {
         let configured = configured_users(pg)?;
         let mut databases = HashMap::new();
         let user_budgets = database::UserBudgets::default();
-        for db in &pg.databases {
+        for db in pg.databases.iter().filter(|d| d.name != WILDCARD) {
             let built = database::database(db, pg, &configured, &user_budgets)?;
-            databases.insert(db.name.clone(), built);
+            databases.insert(db.name.clone(), Arc::new(built));
         }
         let admin_users = admin_credentials(pg, &config.postgres, &configured);
         let acceptor = crate::tls::acceptor(&pg.tls)?;
@@ -125,6 +132,8 @@ impl PgContext {
         }
         Ok(Self {
             started: config.clone(),
+            wildcard: pg.database(WILDCARD).cloned(),
+            auto: database::AutoDatabases::default(),
             config,
             databases,
             cancel: Arc::new(CancelRegistry::default()),
@@ -150,32 +159,39 @@ impl PgContext {
     pub fn reconfigured(&self, config: Arc<Config>) -> Result<Self, ContextError> {
         let pg = &config.postgres;
         let mut databases = HashMap::new();
-        for new in &pg.databases {
+        for new in pg.databases.iter().filter(|d| d.name != WILDCARD) {
             let db = match self.databases.get(&new.name) {
                 Some(old)
                     if old.config.same_upstream(new)
                         && old.config.pool_mode(&self.config.postgres) == new.pool_mode(pg) =>
                 {
-                    let mut db = old.clone();
+                    let mut db = (**old).clone();
                     db.config = new.clone();
-                    db.set_budgets(pg);
-                    for (user, pool) in db.pools() {
-                        pool.reconfigure(db.settings_for(&user, pg, &pool.secret()));
-                        pool.statements()
-                            .set_capacity(pg.prepared_statement_registry_size);
-                    }
+                    db.reconfigure(pg);
                     db
                 }
                 // Added, or its upstream, mode or TLS changed: new pools.
                 _ => database::database(new, pg, &self.credentials, &self.user_budgets)?,
             };
-            databases.insert(new.name.clone(), db);
+            databases.insert(new.name.clone(), Arc::new(db));
         }
+        // Databases made from an unchanged wildcard stay; any change starts afresh.
+        let wildcard = pg.database(WILDCARD).cloned();
+        let auto = if wildcard == self.wildcard {
+            for db in self.auto.lock().values() {
+                db.reconfigure(pg);
+            }
+            self.auto.clone()
+        } else {
+            database::AutoDatabases::default()
+        };
         Ok(Self {
             started: self.started.clone(),
             admin_users: admin_credentials(pg, &self.started.postgres, &self.credentials),
             config,
             databases,
+            wildcard,
+            auto,
             cancel: self.cancel.clone(),
             clients: self.clients.clone(),
             stats: self.stats.clone(),
@@ -217,19 +233,6 @@ impl PgContext {
         }
     }
 
-    /// The pool of `user` on `db`, made (and started) on first use by a user the
-    /// configuration does not list, whom `auth` (from `auth_query`) let in.
-    pub(crate) fn pool_for(&self, db: &Database, user: &str, auth: &UserAuth) -> PgPool {
-        let (pool, new) = db.pool_or_insert(user, auth, &self.config.postgres);
-        if !new {
-            return pool;
-        }
-        self.stats.register(Arc::new(pool.clone()));
-        pool.spawn_maintenance();
-        tracing::info!(pool = %pool.settings().name, "pool opened for a user auth_query let in");
-        pool
-    }
-
     /// The current client TLS acceptor, if TLS is enabled.
     pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
         self.tls.read().clone()
@@ -243,46 +246,24 @@ impl PgContext {
         Ok(())
     }
 
-    /// The count of `user`'s clients (made on first use, for authenticated users only).
-    pub(crate) fn user_clients(&self, user: &str) -> Arc<AtomicUsize> {
-        let mut map = self.user_clients.lock();
-        if let Some(c) = map.get(user) {
-            return c.clone();
-        }
-        let c = Arc::new(AtomicUsize::new(0));
-        map.insert(user.to_owned(), c.clone());
-        c
-    }
-
-    /// Gives `user`'s pool (which logs in as that user) the SCRAM keys of its latest
-    /// login, when they differ from those it has: pass-through, so no password is needed.
-    /// A pool that had nothing to log in with may now keep its `min_pool_size`.
-    pub(crate) fn pass_through(
-        &self,
-        db: &Database,
-        user: &str,
-        pool: &PgPool,
-        keys: sluice_auth::ScramKeys,
-    ) {
-        let had = pool.secret();
-        if matches!(&had, UpstreamSecret::Scram(k) if *k == keys) {
-            return;
-        }
-        if !matches!(had, UpstreamSecret::None | UpstreamSecret::Scram(_)) {
-            // A password or md5 hash is configured: it stays what the pool logs in with.
-            return;
-        }
-        let secret = UpstreamSecret::Scram(keys);
-        pool.reconfigure(db.settings_for(user, &self.config.postgres, &secret));
-        pool.set_secret(secret);
-    }
-
     /// Every pool, for health reports and reload.
     pub fn pools(&self) -> Vec<PgPool> {
-        self.databases
-            .values()
-            .flat_map(|db| db.pools().into_iter().map(|(_, p)| p))
+        self.all_databases()
+            .into_iter()
+            .flat_map(|(_, db)| db.pools().into_iter().map(|(_, p)| p))
             .collect()
+    }
+
+    /// Every database, configured or made from the wildcard, in name order.
+    pub fn all_databases(&self) -> Vec<(String, Arc<Database>)> {
+        let mut all: Vec<_> = self
+            .databases
+            .iter()
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect();
+        all.extend(self.auto.lock().iter().map(|(n, d)| (n.clone(), d.clone())));
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Closes every pool (at shutdown).

@@ -358,6 +358,11 @@ impl PgPool {
         self.inner.core.close();
     }
 
+    /// Closes every idle server connection now (the console's KILL).
+    pub fn close_idle(&self) {
+        self.inner.core.retain_idle(|_| false);
+    }
+
     /// Whether [`PgPool::close`] was called (a lock-free read, for session-mode clients).
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(std::sync::atomic::Ordering::Relaxed)

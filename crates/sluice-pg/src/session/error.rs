@@ -25,6 +25,9 @@ pub enum PgSessionError {
     /// The client asked for a database Sluice does not serve.
     #[error("unknown database \"{0}\"")]
     UnknownDatabase(String),
+    /// The wildcard entry has made as many databases as it may.
+    #[error("database \"{0}\" not made: the wildcard entry's limit of {1} databases is reached")]
+    TooManyDatabases(String, usize),
     /// Wrong password or unknown user (deliberately indistinguishable to the client).
     #[error("authentication failed for user \"{0}\"")]
     AuthFailed(String),
@@ -162,6 +165,7 @@ impl PgSessionError {
             PgSessionError::UnknownDatabase(db) => {
                 (Fatal, "3D000", format!("database \"{db}\" does not exist"))
             }
+            PgSessionError::TooManyDatabases(..) => (Fatal, "53300", self.to_string()),
             PgSessionError::AuthFailed(user) => (
                 Fatal,
                 "28P01",

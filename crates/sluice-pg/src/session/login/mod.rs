@@ -103,11 +103,10 @@ pub(crate) async fn login<'a>(
         return Ok(None);
     }
     let db = ctx
-        .databases
-        .get(&dbname)
+        .database(&dbname)
         .ok_or_else(|| PgSessionError::UnknownDatabase(dbname.clone()))?;
     let mut out = BytesMut::with_capacity(1024);
-    let pool = authenticate(client, &mut out, ctx, db, &user, deadline).await?;
+    let (pool, db) = authenticate(client, &mut out, ctx, db, &user, deadline).await?;
     let pg = &ctx.config.postgres;
     let per_db = ("max_db_client_connections", pg.max_db_client_connections);
     count.admit(0, db.clients.clone(), per_db)?;
@@ -187,17 +186,17 @@ async fn console(
 }
 
 /// Authenticates a client of database `db` and returns the pool of the user it logged in
-/// as. A user the configuration does not list is looked up with `auth_query` (when
-/// `auth_user` is set). The answer so far (for SCRAM, the final server message) is in
-/// `out`.
+/// as, with the database as kept (one made from the wildcard is kept only now). A user the
+/// configuration does not list is looked up with `auth_query` (when `auth_user` is set).
+/// The answer so far (for SCRAM, the final server message) is in `out`.
 async fn authenticate(
     client: &mut ClientIo,
     out: &mut BytesMut,
     ctx: &PgContext,
-    db: &Database,
+    db: Arc<Database>,
     user: &str,
     deadline: Option<Instant>,
-) -> Result<PgPool, PgSessionError> {
+) -> Result<(PgPool, Arc<Database>), PgSessionError> {
     let pg = &ctx.config.postgres;
     let fetched = match db.users.get(user) {
         Some(known) => crate::auth_query::Fetched {
@@ -229,11 +228,15 @@ async fn authenticate(
         }
     };
     let known = known.ok_or_else(|| PgSessionError::AuthFailed(user.to_owned()))?;
-    let pool = ctx.pool_for(db, user, known);
+    let name = db.config.name.clone();
+    let db = ctx
+        .keep(db)
+        .map_err(|max| PgSessionError::TooManyDatabases(name, max))?;
+    let pool = ctx.pool_for(&db, user, known);
     if let Some(keys) = keys.filter(|_| db.config.upstream.forwards_user()) {
-        ctx.pass_through(db, user, &pool, keys);
+        ctx.pass_through(&db, user, &pool, keys);
     }
-    Ok(pool)
+    Ok((pool, db))
 }
 
 /// What the greeting leaves the session: its own server (session mode), its cancel
@@ -267,7 +270,7 @@ async fn greet(
             .await
             .map_err(PgSessionError::PgPool)?,
     };
-    let registration = register(ctx, who, user, dbname, server.as_ref());
+    let registration = register(client.raw_fd(), ctx, who, user, dbname, server.as_ref());
     let mut state = ClientState::from_startup(&params.params);
     ctx.intern_startup(&mut state);
     let reported = Box::pin(greeting::reported_values(
@@ -295,6 +298,7 @@ async fn greet(
 /// Registers the client for CancelRequests (and SHOW CLIENTS): a session-mode client gets
 /// its server's real backend pid.
 fn register(
+    fd: Option<std::os::fd::RawFd>,
     ctx: &PgContext,
     who: &Arc<ClientMeta>,
     user: &str,
@@ -309,6 +313,7 @@ fn register(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default(),
+        fd,
     };
     ctx.cancel.register(info, server.map(|s| s.cancel.pid))
 }
