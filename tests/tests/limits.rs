@@ -133,3 +133,59 @@ async fn query_timeout_and_transaction_timeout_end_the_session_and_free_the_serv
     let after = sluice.client(&db).await;
     assert_eq!(scalar(&after, "SELECT count(*) FROM t").await, "0");
 }
+
+#[tokio::test]
+async fn server_check_query_runs_on_servers_that_sat_idle_and_a_failing_one_is_replaced() {
+    let db = shared_cluster().fresh_database("limits_check").await;
+    // A check that passes: the one server serves every transaction.
+    assert_eq!(backend_pids(&db, "select 1").await, 1);
+    // A check that fails: each returned server is closed when next wanted, and a new one
+    // (not checked: it was never idle) takes its place.
+    assert_eq!(backend_pids(&db, "SELECT 1/0").await, 3);
+}
+
+/// How many server backends three transactions of one client used, with `check` as the
+/// server_check_query run on every reused server.
+async fn backend_pids(db: &str, check: &str) -> usize {
+    let sluice = sluice_for(shared_cluster(), db, PoolMode::Transaction)
+        .pool_size(1)
+        .min_pool_size(0)
+        .extra_postgres(&format!(
+            "server_check_query = \"{check}\"\nserver_check_delay = \"0s\""
+        ))
+        .start();
+    let c = sluice.client(db).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..3 {
+        seen.insert(scalar(&c, "SELECT pg_backend_pid()").await);
+    }
+    seen.len()
+}
+
+#[tokio::test]
+async fn a_client_that_waited_reserve_pool_timeout_gets_a_reserve_server() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("limits_reserve").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(1)
+        .min_pool_size(0)
+        .pool_timeout(Duration::from_secs(20))
+        .extra_postgres("reserve_pool_size = 1\nreserve_pool_timeout = \"500ms\"")
+        .start();
+    let holder = sluice.client(&db).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let held = scalar(&holder, "SELECT pg_backend_pid()").await;
+    let waiter = sluice.client(&db).await;
+    // The pool's one server is held; the waiter is served by a reserve server.
+    let reserve = sluice_tests::within(
+        Duration::from_secs(10),
+        "a query served by the reserve",
+        scalar(&waiter, "SELECT pg_backend_pid()"),
+    )
+    .await;
+    assert_ne!(reserve, held);
+    // Back with nobody waiting, the reserve server closed.
+    let su = cluster.superuser().await;
+    assert_eq!(common::wait_backends(&su, &db, 1).await, 1);
+    holder.batch_execute("COMMIT").await.unwrap();
+}

@@ -115,6 +115,16 @@ pub struct PostgresConfig {
     pub client_idle_timeout: Duration,
     /// Take the server back from a client idle inside a transaction for this long: the transaction is rolled back and the client gets an error and is disconnected. 0 disables.
     pub idle_transaction_timeout: Duration,
+    /// Extra server connections per pool a client may open once it has waited
+    /// `reserve_pool_timeout` (PgBouncer's `reserve_pool_size`; 0: none).
+    pub reserve_pool_size: usize,
+    /// How long a client waits before the reserve may be used.
+    pub reserve_pool_timeout: Duration,
+    /// Run on a server connection idle at least `server_check_delay` before it is handed
+    /// to a client; a failure closes it and another is taken. Empty: no check.
+    pub server_check_query: String,
+    /// How long a returned server may sit idle and still be handed out unchecked.
+    pub server_check_delay: Duration,
     /// A request the server has not finished answering after this long is cancelled and
     /// the client disconnected (PgBouncer's `query_timeout`). 0 disables.
     pub query_timeout: Duration,
@@ -177,6 +187,10 @@ impl Default for PostgresConfig {
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(0),
             idle_transaction_timeout: Duration::from_secs(0),
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Duration::from_secs(5),
+            server_check_query: "select 1".to_owned(),
+            server_check_delay: Duration::from_secs(30),
             query_timeout: Duration::ZERO,
             transaction_timeout: Duration::ZERO,
             server_idle_timeout: Duration::from_secs(600),

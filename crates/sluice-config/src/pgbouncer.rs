@@ -45,6 +45,10 @@ const MAPPED: &[(&str, &str, Kind)] = &[
     ),
     ("query_wait_timeout", "pool_timeout", Kind::Secs),
     ("query_timeout", "query_timeout", Kind::Secs),
+    ("server_check_query", "server_check_query", Kind::Str),
+    ("reserve_pool_size", "reserve_pool_size", Kind::Int),
+    ("reserve_pool_timeout", "reserve_pool_timeout", Kind::Secs),
+    ("server_check_delay", "server_check_delay", Kind::Secs),
     ("transaction_timeout", "transaction_timeout", Kind::Secs),
     ("max_packet_size", "max_packet_size", Kind::Int),
     (
@@ -83,13 +87,6 @@ const NOT_NEEDED: &[(&str, &str)] = &[
         "stats_period",
         "Sluice's counters are exact at every scrape of /metrics",
     ),
-    (
-        "server_check_query",
-        "not supported yet (issue 16); Sluice probes idle servers itself",
-    ),
-    ("server_check_delay", "not supported yet (issue 16)"),
-    ("reserve_pool_size", "not supported yet (issue 16)"),
-    ("reserve_pool_timeout", "not supported yet (issue 16)"),
     (
         "stats_users",
         "the console has one user list: add them to admin_users",

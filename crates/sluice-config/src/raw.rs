@@ -87,6 +87,10 @@ struct RawPostgres {
     client_idle_timeout: Option<Spanned<Value>>,
     idle_transaction_timeout: Option<Spanned<Value>>,
     query_timeout: Option<Spanned<Value>>,
+    server_check_query: Option<String>,
+    reserve_pool_size: Option<usize>,
+    reserve_pool_timeout: Option<Spanned<Value>>,
+    server_check_delay: Option<Spanned<Value>>,
     transaction_timeout: Option<Spanned<Value>>,
     server_idle_timeout: Option<Spanned<Value>>,
     server_lifetime: Option<Spanned<Value>>,
@@ -225,6 +229,8 @@ fn apply_postgres(
     set(&mut pg.pool_size, raw.pool_size);
     set(&mut pg.min_pool_size, raw.min_pool_size);
     set(&mut pg.server_reset_query, raw.server_reset_query);
+    set(&mut pg.server_check_query, raw.server_check_query);
+    set(&mut pg.reserve_pool_size, raw.reserve_pool_size);
     set(&mut pg.pin_session_state, raw.pin_session_state);
     set(&mut pg.max_pinned_servers, raw.max_pinned_servers.map(Some));
     set(&mut pg.admin_users, raw.admin_users);
@@ -273,6 +279,16 @@ fn postgres_limits(
             &mut pg.transaction_timeout,
             "postgres.transaction_timeout",
             &raw.transaction_timeout,
+        ),
+        (
+            &mut pg.server_check_delay,
+            "postgres.server_check_delay",
+            &raw.server_check_delay,
+        ),
+        (
+            &mut pg.reserve_pool_timeout,
+            "postgres.reserve_pool_timeout",
+            &raw.reserve_pool_timeout,
         ),
     ] {
         source.set_duration(slot, key, value)?;

@@ -235,6 +235,26 @@ pub static KEYS: &[Key] = &[
     key!("postgres.auth_cache_ttl", Live, postgres.auth_cache_ttl),
     key!("postgres.query_timeout", Live, postgres.query_timeout),
     key!(
+        "postgres.server_check_query",
+        Live,
+        postgres.server_check_query
+    ),
+    key!(
+        "postgres.server_check_delay",
+        Live,
+        postgres.server_check_delay
+    ),
+    key!(
+        "postgres.reserve_pool_size",
+        Live,
+        postgres.reserve_pool_size
+    ),
+    key!(
+        "postgres.reserve_pool_timeout",
+        Live,
+        postgres.reserve_pool_timeout
+    ),
+    key!(
         "postgres.transaction_timeout",
         Live,
         postgres.transaction_timeout

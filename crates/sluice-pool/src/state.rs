@@ -136,7 +136,10 @@ impl<C, H> State<C, H> {
     /// Returns the connection when it must be closed (dropped outside the lock).
     pub fn checkin(&mut self, mut entry: Box<Entry<C>>, now: Instant) -> Option<Box<Entry<C>>> {
         let expired = entry.expires.is_some_and(|t| now >= t);
-        if self.closed || expired || self.total > self.limits.max_size {
+        // Above the size (a reserve connection, or a reload shrank the pool) a connection
+        // still serves whoever waits, and closes when nobody does.
+        let surplus = self.total > self.limits.max_size && self.waiters.is_empty();
+        if self.closed || expired || surplus {
             self.free_slot();
             return Some(entry);
         }

@@ -582,3 +582,42 @@ async fn a_connection_going_idle_in_one_pool_wakes_a_budget_wait_in_another() {
     assert_eq!(budget.used(), 1);
     drop(c);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_waited_reserve_timeout_opens_a_reserve_connection() {
+    let fake = Arc::new(Fake::default());
+    let limits = Limits {
+        max_size: 1,
+        timeout: Duration::from_millis(1000),
+        reserve_size: 1,
+        reserve_timeout: Duration::from_millis(100),
+        ..Limits::default()
+    };
+    let pool = Pool::new("reserve", fake.clone(), limits);
+    let held = take(&pool).await;
+    let start = tokio::time::Instant::now();
+    let reserve = take(&pool).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(100),
+        "the reserve opened early"
+    );
+    assert_eq!((reserve.n, pool.occupancy().size), (2, 2));
+    // The reserve is spent: the next client waits, and gets a returned connection.
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.checkout(&who("w")).await })
+    };
+    settle().await;
+    assert_eq!(pool.occupancy().waiting, 1);
+    reserve.checkin();
+    let third = waiter
+        .await
+        .expect("task")
+        .expect("handed the reserve connection");
+    assert_eq!(third.n, 2);
+    // With nobody waiting, a connection above max_size closes as it comes back.
+    third.checkin();
+    assert_eq!(pool.occupancy().size, 1);
+    held.checkin();
+    assert_eq!(pool.occupancy().idle, 1);
+}

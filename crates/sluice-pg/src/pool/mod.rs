@@ -132,6 +132,8 @@ fn limits(s: &PoolSettings) -> Limits {
         login_retry: s.server_login_retry,
         retry_transient: true,
         probe_when_empty: true,
+        reserve_size: s.reserve_size,
+        reserve_timeout: s.reserve_timeout,
     }
 }
 
@@ -379,6 +381,12 @@ impl PooledConn {
     /// Returns a clean connection (at ReadyForQuery `I`, reset as the mode requires).
     pub fn checkin(self) {
         self.conn.checkin();
+    }
+
+    /// Whether it was returned to the pool and sat idle at least `delay` before this
+    /// checkout (a connection opened for it never was).
+    pub fn idle_at_least(&self, delay: Duration) -> bool {
+        self.conn.idle_since().is_some_and(|t| t.elapsed() >= delay)
     }
 }
 

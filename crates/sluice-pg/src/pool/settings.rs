@@ -23,6 +23,14 @@ pub struct PoolSettings {
     pub mode: PoolMode,
     /// Query run before a used connection is reused (empty: none).
     pub reset_query: String,
+    /// Connections beyond `max_size` for clients that waited `reserve_timeout`.
+    pub reserve_size: usize,
+    /// How long a client waits before the reserve may be used.
+    pub reserve_timeout: Duration,
+    /// Run on a server idle at least `check_delay` before it is handed out (empty: none).
+    pub check_query: String,
+    /// How long a server may sit idle and be handed out unchecked.
+    pub check_delay: Duration,
     /// Keep a server with a client whose session state cannot follow it (transaction
     /// mode), at most `max_pinned` at once.
     pub pin_session_state: bool,

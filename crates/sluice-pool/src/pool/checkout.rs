@@ -165,21 +165,18 @@ impl<K: Connector> Pool<K> {
                     .await
             }
             Step::Wait(id, rx) => {
-                let mut place = QueuePlace {
+                let place = QueuePlace {
                     pool: &self.inner,
                     id,
                     rx: Some(rx),
                 };
-                match tokio::time::timeout_at(deadline, place.granted()).await {
-                    Ok(Some(Grant::Conn(entry))) => entry,
-                    Ok(Some(Grant::Slot)) => {
+                match self.wait_in_line(place, start, deadline).await? {
+                    Some(entry) => entry,
+                    None => {
                         return self
                             .connect_in(Slot::taken(&self.inner), start, deadline)
                             .await
                     }
-                    Ok(None) => return Err(CheckoutError::Closed),
-                    // `place` leaves the queue (and hands on a late grant) as it drops.
-                    Err(_) => return Err(self.timeout_error(start)),
                 }
             }
         };
@@ -192,6 +189,46 @@ impl<K: Connector> Pool<K> {
         drop(entry);
         self.connect_in(Slot::taken(&self.inner), start, deadline)
             .await
+    }
+
+    /// Waits in line for a connection handed over (`Some`) or a slot to open one in
+    /// (`None`, counted already): one that frees, or past `reserve_timeout` one of the
+    /// reserve's, while the pool is within `max_size + reserve_size`.
+    async fn wait_in_line(
+        &self,
+        mut place: QueuePlace<'_, K>,
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Option<Box<Entry<K::Conn>>>, K> {
+        let limits = self.limits();
+        let reserve_at = (limits.reserve_size > 0).then(|| start + limits.reserve_timeout);
+        let mut reserve_at = reserve_at.filter(|t| *t < deadline);
+        loop {
+            let granted = tokio::time::timeout_at(reserve_at.unwrap_or(deadline), place.granted());
+            match granted.await {
+                Ok(Some(Grant::Conn(entry))) => return Ok(Some(entry)),
+                Ok(Some(Grant::Slot)) => return Ok(None),
+                Ok(None) => return Err(CheckoutError::Closed),
+                Err(_) if reserve_at.take().is_some() => {
+                    let taken = {
+                        let mut st = self.inner.state.lock();
+                        let room = st.total < st.limits.max_size + st.limits.reserve_size;
+                        if room {
+                            st.total += 1;
+                        }
+                        room
+                    };
+                    if taken {
+                        tracing::info!(pool = %self.inner.name, "a client waited reserve_pool_timeout: opening a reserve connection");
+                        // Leaves the queue; a grant that came meanwhile is handed on.
+                        drop(place);
+                        return Ok(None);
+                    }
+                }
+                // `place` leaves the queue (and hands on a late grant) as it drops.
+                Err(_) => return Err(self.timeout_error(start)),
+            }
+        }
     }
 
     /// Opens a connection in `slot`, retrying transient failures (when the limits say so)

@@ -45,6 +45,12 @@ pub struct Limits {
     /// Open a connection now and then when none is open, so `/health` stays true to the
     /// upstream without a probe per request.
     pub probe_when_empty: bool,
+    /// Connections beyond `max_size` a client may open once it has waited
+    /// `reserve_timeout` (PgBouncer's `reserve_pool_size`); they close as they come back
+    /// with nobody waiting.
+    pub reserve_size: usize,
+    /// How long a client waits before it may use the reserve.
+    pub reserve_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -59,6 +65,8 @@ impl Default for Limits {
             login_retry: Duration::ZERO,
             retry_transient: false,
             probe_when_empty: false,
+            reserve_size: 0,
+            reserve_timeout: Duration::from_secs(5),
         }
     }
 }

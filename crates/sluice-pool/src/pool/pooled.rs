@@ -47,6 +47,13 @@ impl<K: Connector> Pooled<K> {
         self.entry.as_ref().map_or_else(Instant::now, |e| e.created)
     }
 
+    /// Since when it had been idle in the pool before this checkout; `None` for a
+    /// connection opened for this checkout (never returned yet).
+    pub fn idle_since(&self) -> Option<Instant> {
+        let e = self.entry.as_ref()?;
+        (e.idle_since != e.created).then_some(e.idle_since)
+    }
+
     /// Ends the checkout under the lock, then wakes PAUSE if it was the last one, and
     /// checkouts waiting for the pool's budgets if a connection is idle now.
     fn finish<T>(&self, f: impl FnOnce(&mut State<K::Conn, K::Holder>) -> T) -> T {

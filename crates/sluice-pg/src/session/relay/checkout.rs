@@ -38,6 +38,55 @@ impl Relay<'_> {
         }
     }
 
+    /// A server for the next request: an idle one, or one from the queue, checked with
+    /// `server_check_query` first when it sat idle past `server_check_delay`.
+    async fn obtain_server(
+        &mut self,
+        mut first: Option<PooledConn>,
+    ) -> Result<Result<PooledConn, PgPoolError>, PgSessionError> {
+        loop {
+            let got = match first.take().or_else(|| self.pool.try_checkout(&self.who)) {
+                Some(server) => Ok(server),
+                None => {
+                    self.gauge.set(GaugeState::Waiting);
+                    self.wait_for_server().await?
+                }
+            };
+            match got {
+                Ok(server) if self.check_due(&server) => {
+                    if let Some(server) = self.check_server(server).await {
+                        return Ok(Ok(server));
+                    }
+                    // Closed; the next one (or a new one) is taken.
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Whether `server` sat idle long enough to be checked before use.
+    fn check_due(&self, server: &PooledConn) -> bool {
+        self.limits
+            .check_delay
+            .is_some_and(|d| server.idle_at_least(d))
+    }
+
+    /// Runs `server_check_query` on a server that sat idle past `server_check_delay`:
+    /// the server if it answered, `None` (and the connection closed) if not.
+    async fn check_server(&self, mut server: PooledConn) -> Option<PooledConn> {
+        let query = self.pool.settings().check_query.clone();
+        if query.is_empty() {
+            return Some(server);
+        }
+        match server.run_simple(&query).await {
+            Ok(b'I') => Some(server),
+            other => {
+                tracing::info!(pool = %self.pool.settings().name, result = ?other, "server_check_query failed; closing that server");
+                None
+            }
+        }
+    }
+
     /// Checks out a server for the `len` bytes of complete frames at the front of the
     /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
     /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
@@ -45,13 +94,10 @@ impl Relay<'_> {
     pub(super) async fn checkout(&mut self, len: usize) -> Result<Option<usize>, PgSessionError> {
         if !self.skip_until_sync {
             let checkout = match self.pool.try_checkout(&self.who) {
-                Some(server) => Ok(server),
-                None => {
-                    self.gauge.set(GaugeState::Waiting);
-                    // Boxed: the waiting and connect paths are large and rarer; idle
-                    // clients should not carry them.
-                    Box::pin(self.wait_for_server()).await?
-                }
+                Some(server) if !self.check_due(&server) => Ok(server),
+                // Boxed: waiting, connecting and checking are larger and rarer paths; idle
+                // clients should not carry them.
+                first => Box::pin(self.obtain_server(first)).await?,
             };
             match checkout {
                 Ok(server) => {

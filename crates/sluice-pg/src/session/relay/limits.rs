@@ -39,6 +39,8 @@ pub(crate) struct Limits {
     pub client_idle: Option<std::time::Duration>,
     /// `idle_transaction_timeout` (None: disabled).
     pub idle_transaction: Option<std::time::Duration>,
+    /// `server_check_delay`, when `server_check_query` is set (None: no check).
+    pub check_delay: Option<std::time::Duration>,
 }
 
 impl Limits {
@@ -48,6 +50,7 @@ impl Limits {
             max_packet: pg.max_packet_size,
             client_idle: nonzero(pg.client_idle_timeout),
             idle_transaction: nonzero(pg.idle_transaction_timeout),
+            check_delay: (!pg.server_check_query.is_empty()).then_some(pg.server_check_delay),
         }
     }
 }
