@@ -330,3 +330,60 @@ async fn the_wildcard_database_serves_any_database_name() {
         .unwrap();
     assert_eq!(scalar(&again, "SELECT current_database()").await, first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_added_changed_and_removed_without_a_restart() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("reload_users").await;
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .user(APP_USER, APP_PASSWORD)
+        .start();
+    let original = std::fs::read_to_string(sluice.config_path()).unwrap();
+    expect_sqlstate(sluice.connect("newbie", "first-pw", &db).await, &["28P01"]);
+    let user = |name: &str, pw: &str| {
+        format!("\n[[postgres.users]]\nname = \"{name}\"\npassword = \"{pw}\"\n")
+    };
+
+    // Added: the new user logs in at once; clients of the others are untouched.
+    let app = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    std::fs::write(
+        sluice.config_path(),
+        format!("{original}{}", user("newbie", "first-pw")),
+    )
+    .unwrap();
+    let detail = reload(&sluice).await;
+    assert!(
+        detail.contains("postgres.users.*.name") && detail.ends_with("needs restart: none"),
+        "{detail}"
+    );
+    let newbie = sluice.connect("newbie", "first-pw", &db).await.unwrap();
+    assert_eq!(scalar(&newbie, "SELECT 1").await, "1");
+    assert_eq!(scalar(&app, "SELECT 2").await, "2");
+
+    // Changed password: the new one works, the old one no longer.
+    std::fs::write(
+        sluice.config_path(),
+        format!("{original}{}", user("newbie", "second-pw")),
+    )
+    .unwrap();
+    reload(&sluice).await;
+    expect_sqlstate(sluice.connect("newbie", "first-pw", &db).await, &["28P01"]);
+    sluice.connect("newbie", "second-pw", &db).await.unwrap();
+
+    // Removed: new logins are refused; a connected client is disconnected at its next
+    // transaction (its pool closed).
+    let without_app = original.replacen(
+        &format!("name = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\""),
+        "name = \"newbie\"\npassword = \"second-pw\"",
+        1,
+    );
+    assert_ne!(without_app, original, "no app user block in:\n{original}");
+    std::fs::write(sluice.config_path(), &without_app).unwrap();
+    reload(&sluice).await;
+    expect_sqlstate(
+        sluice.connect(APP_USER, APP_PASSWORD, &db).await,
+        &["28P01"],
+    );
+    expect_sqlstate(app.simple_query("SELECT 3").await, &["57P01"]);
+    assert_eq!(scalar(&newbie, "SELECT 4").await, "4");
+}

@@ -74,7 +74,7 @@ macro_rules! mongo_key {
 use Apply::{Live, Restart};
 
 const LISTENER: Apply = Restart("the listening socket is bound at start");
-const USERS: Apply = Restart("credentials and per-user pools are built at start");
+const USERS: Apply = Restart("auth_query logs in as the auth_user it started with");
 const MONGO: Apply = Restart("the MongoDB upstream and its credentials are set up at start");
 
 /// Reported under "needs restart" when the `[mongo]` section is added or removed.
@@ -221,15 +221,15 @@ pub static KEYS: &[Key] = &[
     db_key!("postgres.databases.*.sslrootcert", Live, sslrootcert),
     Key {
         path: "postgres.users.*.name",
-        apply: USERS,
+        apply: Live,
         changed: |a, b| users_differ(&a.postgres.users, &b.postgres.users, false),
     },
     Key {
         path: "postgres.users.*.password",
-        apply: USERS,
+        apply: Live,
         changed: |a, b| users_differ(&a.postgres.users, &b.postgres.users, true),
     },
-    key!("postgres.auth_file", USERS, postgres.auth_file),
+    key!("postgres.auth_file", Live, postgres.auth_file),
     key!("postgres.auth_user", USERS, postgres.auth_user),
     key!("postgres.auth_query", Live, postgres.auth_query),
     key!("postgres.auth_cache_ttl", Live, postgres.auth_cache_ttl),
@@ -261,7 +261,7 @@ pub static KEYS: &[Key] = &[
     ),
     Key {
         path: "postgres.users.*.password_file",
-        apply: USERS,
+        apply: Live,
         changed: |_, _| false,
     },
     mongo_key!("mongo.listen", LISTENER, listen),

@@ -55,6 +55,40 @@ pub struct Database {
 }
 
 impl Database {
+    /// Applies a reload's user list: pools of users still listed stay (unless the pool
+    /// logs in with the user's own secret and that changed), pools of users `auth_query`
+    /// let in stay, pools of users no longer listed go (in a new map, so the context in
+    /// force before keeps its own until the new one takes over), and new users get pools.
+    pub(super) fn set_users(&mut self, users: HashMap<String, UserAuth>, pg: &PostgresConfig) {
+        if users.len() == self.users.len()
+            && users
+                .iter()
+                .all(|(u, a)| self.users.get(u).is_some_and(|o| o.secret == a.secret))
+        {
+            return;
+        }
+        let forwards = self.config.upstream.forwards_user();
+        let mut pools: HashMap<String, PgPool> = HashMap::new();
+        for (user, pool) in self.pools.read().iter() {
+            let (before, now) = (self.users.get(user), users.get(user));
+            let keep = match (before, now) {
+                (None, None) => true,
+                (Some(b), Some(n)) => !forwards || b.secret == n.secret,
+                _ => false,
+            };
+            if keep {
+                pools.insert(user.clone(), pool.clone());
+            }
+        }
+        self.users = users;
+        for (user, auth) in &self.users {
+            if !pools.contains_key(user) {
+                pools.insert(user.clone(), self.new_pool(user, auth, pg));
+            }
+        }
+        self.pools = Arc::new(parking_lot::RwLock::new(pools));
+    }
+
     /// Applies a reload's settings to this database's pools and budgets.
     pub(super) fn reconfigure(&self, pg: &PostgresConfig) {
         self.set_budgets(pg);
@@ -196,6 +230,21 @@ fn pool_settings(
     }
 }
 
+/// Who may log in to `db`: the configured users, or with none, the upstream URL's user
+/// with its password.
+pub(super) fn users_of(
+    db: &DatabaseConfig,
+    pg: &PostgresConfig,
+    configured: &HashMap<String, UserAuth>,
+) -> HashMap<String, UserAuth> {
+    if !pg.users.is_empty() {
+        return configured.clone();
+    }
+    let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
+    let scram = secret.scram_verifier();
+    HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
+}
+
 /// One database: who may log in to it and a pool per such user.
 pub(super) fn database(
     db: &DatabaseConfig,
@@ -203,14 +252,7 @@ pub(super) fn database(
     configured: &HashMap<String, UserAuth>,
     user_budgets: &UserBudgets,
 ) -> Result<Database, ContextError> {
-    let users = if pg.users.is_empty() {
-        // No user list: clients log in as the upstream URL's user with its password.
-        let secret = Secret::Plain(db.upstream.password.clone().unwrap_or_default());
-        let scram = secret.scram_verifier();
-        HashMap::from([(db.upstream.user.clone(), UserAuth { secret, scram })])
-    } else {
-        configured.clone()
-    };
+    let users = users_of(db, pg, configured);
     let tls = crate::tls::connector(db.sslmode, db.sslrootcert.as_deref())?;
     let database = Database {
         config: db.clone(),

@@ -158,6 +158,7 @@ impl PgContext {
     /// [`PgContext::take_over_from`]. Users stay as they started (see `sluice_config::KEYS`).
     pub fn reconfigured(&self, config: Arc<Config>) -> Result<Self, ContextError> {
         let pg = &config.postgres;
+        let credentials = Arc::new(refreshed_users(pg, &self.credentials)?);
         let mut databases = HashMap::new();
         for new in pg.databases.iter().filter(|d| d.name != WILDCARD) {
             let db = match self.databases.get(&new.name) {
@@ -167,17 +168,20 @@ impl PgContext {
                 {
                     let mut db = (**old).clone();
                     db.config = new.clone();
+                    db.set_users(database::users_of(new, pg, &credentials), pg);
                     db.reconfigure(pg);
                     db
                 }
                 // Added, or its upstream, mode or TLS changed: new pools.
-                _ => database::database(new, pg, &self.credentials, &self.user_budgets)?,
+                _ => database::database(new, pg, &credentials, &self.user_budgets)?,
             };
             databases.insert(new.name.clone(), Arc::new(db));
         }
-        // Databases made from an unchanged wildcard stay; any change starts afresh.
+        // Databases made from an unchanged wildcard, with unchanged users, stay; any
+        // change starts afresh.
         let wildcard = pg.database(WILDCARD).cloned();
-        let auto = if wildcard == self.wildcard {
+        let same_users = same_secrets(&credentials, &self.credentials);
+        let auto = if wildcard == self.wildcard && same_users {
             for db in self.auto.lock().values() {
                 db.reconfigure(pg);
             }
@@ -187,7 +191,7 @@ impl PgContext {
         };
         Ok(Self {
             started: self.started.clone(),
-            admin_users: admin_credentials(pg, &self.started.postgres, &self.credentials),
+            admin_users: admin_credentials(pg, &self.started.postgres, &credentials),
             config,
             databases,
             wildcard,
@@ -200,7 +204,7 @@ impl PgContext {
             auth_query: self.auth_query.clone(),
             user_clients: self.user_clients.clone(),
             user_budgets: self.user_budgets.clone(),
-            credentials: self.credentials.clone(),
+            credentials,
             last_startup: self.last_startup.clone(),
             names: self.names.clone(),
         })
@@ -289,16 +293,38 @@ fn auth_query(
     }
 }
 
-/// The credentials of the `[[postgres.users]]` list.
+/// Whether two user lists have the same users with the same secrets.
+fn same_secrets(a: &HashMap<String, UserAuth>, b: &HashMap<String, UserAuth>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .all(|(name, x)| b.get(name).is_some_and(|y| y.secret == x.secret))
+}
+
+/// The credentials of the `[[postgres.users]]` list (and `auth_file`).
 fn configured_users(pg: &PostgresConfig) -> Result<HashMap<String, UserAuth>, ContextError> {
+    refreshed_users(pg, &HashMap::new())
+}
+
+/// The credentials of `pg`'s users, reusing those of `before` whose secret is unchanged
+/// (deriving a verifier from a password runs PBKDF2, and gives a new salt each time).
+fn refreshed_users(
+    pg: &PostgresConfig,
+    before: &HashMap<String, UserAuth>,
+) -> Result<HashMap<String, UserAuth>, ContextError> {
     let mut configured = HashMap::new();
     for u in &pg.users {
         let secret = Secret::parse(&u.password).map_err(|source| ContextError::BadSecret {
             user: u.name.clone(),
             source,
         })?;
-        let scram = secret.scram_verifier();
-        configured.insert(u.name.clone(), UserAuth { secret, scram });
+        let auth = match before.get(&u.name) {
+            Some(old) if old.secret == secret => old.clone(),
+            _ => {
+                let scram = secret.scram_verifier();
+                UserAuth { secret, scram }
+            }
+        };
+        configured.insert(u.name.clone(), auth);
     }
     Ok(configured)
 }
