@@ -400,7 +400,8 @@ async fn import_pgbouncer_gives_a_config_sluice_runs_on() {
             "[databases]\n{db} = host=127.0.0.1 port={port} dbname={db} user=app password=secret pool_size=3\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {listen}\nauth_type = scram-sha-256\n\
              auth_file = /etc/pgbouncer/userlist.txt\npool_mode = transaction\ndefault_pool_size = 2\n\
-             logfile = /var/log/pgbouncer.log\nunix_socket_dir = /tmp\n",
+             logfile = /var/log/pgbouncer.log\nunix_socket_dir = /tmp\n\
+             [users]\napp = pool_mode=session max_user_client_connections=100\n",
             port = cluster.port(),
             listen = free_port()
         ),
@@ -417,6 +418,10 @@ async fn import_pgbouncer_gives_a_config_sluice_runs_on() {
     let toml = stdout(&out);
     assert!(
         toml.contains("#   logfile = /var/log/pgbouncer.log"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("[[postgres.user_settings]]\nname = \"app\"\npool_mode = \"session\""),
         "{toml}"
     );
     let config = dir.path().join("proxy.toml");

@@ -189,3 +189,105 @@ async fn a_client_that_waited_reserve_pool_timeout_gets_a_reserve_server() {
     assert_eq!(common::wait_backends(&su, &db, 1).await, 1);
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+/// `(pool_mode, sv_active)` of `user`'s pool on `db` in the console's SHOW POOLS.
+async fn pool_row(admin: &tokio_postgres::Client, db: &str, user: &str) -> (String, String) {
+    let rows = admin.simple_query("SHOW POOLS").await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r)
+                if r.get("database") == Some(db) && r.get("user") == Some(user) =>
+            {
+                let get = |c: &str| r.get(c).unwrap_or_default().to_owned();
+                Some((get("pool_mode"), get("sv_active")))
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no pool {db}/{user} in SHOW POOLS"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_settings_override_the_database_for_one_user_and_apply_on_reload() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("limits_user_settings").await;
+    let settings = |mode: &str| {
+        format!(
+            "admin_users = [\"admin\"]\n\n[[postgres.user_settings]]\nname = \"batch\"\n\
+             pool_mode = \"{mode}\"\npool_size = 1\nmax_user_client_connections = 1"
+        )
+    };
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .pool_size(5)
+        .min_pool_size(0)
+        .user(APP_USER, APP_PASSWORD)
+        .user("batch", "batch-pw")
+        .user("admin", "adminpw")
+        .extra_postgres(&settings("session"))
+        .start();
+    let original = std::fs::read_to_string(sluice.config_path()).unwrap();
+    let admin = sluice
+        .connect("admin", "adminpw", "pgbouncer")
+        .await
+        .unwrap();
+
+    // batch: its own client limit, while app (the global limit, none) opens two.
+    let b1 = sluice.connect("batch", "batch-pw", &db).await.unwrap();
+    let e = expect_sqlstate(sluice.connect("batch", "batch-pw", &db).await, &["53300"]);
+    assert!(
+        error_message(&e).contains("max_user_client_connections = 1"),
+        "{e:?}"
+    );
+    let a1 = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    let a2 = sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap();
+    for c in [&b1, &a1, &a2] {
+        assert_eq!(scalar(c, "SELECT 1").await, "1");
+    }
+    // batch's pool is in session mode: its idle client keeps its server. app's is in the
+    // database's transaction mode: idle clients hold none.
+    assert_eq!(
+        pool_row(&admin, &db, "batch").await,
+        ("session".into(), "1".into())
+    );
+    assert_eq!(
+        pool_row(&admin, &db, APP_USER).await,
+        ("transaction".into(), "0".into())
+    );
+    let users = admin.simple_query("SHOW USERS").await.unwrap();
+    let batch_mode = users.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get("name") == Some("batch") => {
+            r.get("pool_mode").map(str::to_owned)
+        }
+        _ => None,
+    });
+    assert_eq!(batch_mode.as_deref(), Some("session"));
+
+    // Reloaded to transaction mode: batch's pool is replaced (its client is told at its
+    // next request), and the next batch client's idle session holds no server.
+    let text = original.replacen(&settings("session"), &settings("transaction"), 1);
+    assert_ne!(text, original);
+    std::fs::write(sluice.config_path(), text).unwrap();
+    let (status, body) = sluice_tests::http(sluice.admin_port(), "POST", "/admin/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("postgres.user_settings.*.pool_mode"),
+        "{body}"
+    );
+    expect_sqlstate(b1.simple_query("SELECT 2").await, &["57P01"]);
+    drop(b1);
+    let mut b2 = None;
+    for _ in 0..100 {
+        if let Ok(c) = sluice.connect("batch", "batch-pw", &db).await {
+            b2 = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b2 = b2.expect("batch was not admitted after its only client left");
+    assert_eq!(scalar(&b2, "SELECT 3").await, "3");
+    assert_eq!(
+        pool_row(&admin, &db, "batch").await,
+        ("transaction".into(), "0".into())
+    );
+    // app's clients and pool were left alone.
+    assert_eq!(scalar(&a1, "SELECT 4").await, "4");
+}

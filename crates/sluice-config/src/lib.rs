@@ -33,7 +33,7 @@ pub use error::ConfigError;
 pub use load::{CONFIG_ENV, ENV_VARS, OVERRIDE_KEYS};
 pub use model::{
     AdminConfig, AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, GeneralConfig,
-    MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig,
+    MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig, UserSettings,
 };
 pub use reload::{diff, Apply, Key, ReloadError, ReloadPlan, KEYS, MONGO_SECTION};
 pub use upstream::{Upstream, UpstreamUrlError, DEFAULT_PORT};

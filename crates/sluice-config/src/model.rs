@@ -157,6 +157,25 @@ pub struct PostgresConfig {
     /// Users (from `users`) allowed into the SQL admin console (database `sluice` or
     /// `pgbouncer`).
     pub admin_users: Vec<String>,
+    /// Per-user overrides (`[[postgres.user_settings]]`, PgBouncer's `[users]`).
+    pub user_settings: Vec<UserSettings>,
+}
+
+/// One user's settings, overriding the database's and the global ones as PgBouncer's
+/// `[users]` section does; they apply to the user whether it is configured or let in by
+/// `auth_query`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserSettings {
+    /// The client user name they apply to.
+    pub name: String,
+    /// Pool mode of this user's pools, over the database's.
+    pub pool_mode: Option<PoolMode>,
+    /// Most server connections of each of this user's pools, over the database's.
+    pub pool_size: Option<usize>,
+    /// Most server connections of this user across databases (0: no limit).
+    pub max_user_connections: Option<usize>,
+    /// Most clients of this user at once (0: no limit).
+    pub max_user_client_connections: Option<usize>,
 }
 
 /// PgBouncer's default `auth_query`.
@@ -198,6 +217,7 @@ impl Default for PostgresConfig {
             server_login_retry: Duration::from_secs(5),
             databases: Vec::new(),
             users: Vec::new(),
+            user_settings: Vec::new(),
             auth_file: None,
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.to_owned(),
@@ -216,6 +236,25 @@ impl PostgresConfig {
     /// Finds a configured user by name.
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|user| user.name == name)
+    }
+
+    /// The `[[postgres.user_settings]]` entry of `user`, if it has one.
+    pub fn user_settings(&self, user: &str) -> Option<&UserSettings> {
+        self.user_settings.iter().find(|s| s.name == user)
+    }
+
+    /// `max_user_connections` for `user`: its own setting, or the global one.
+    pub fn max_user_connections_of(&self, user: &str) -> usize {
+        self.user_settings(user)
+            .and_then(|s| s.max_user_connections)
+            .unwrap_or(self.max_user_connections)
+    }
+
+    /// `max_user_client_connections` for `user`: its own setting, or the global one.
+    pub fn max_user_client_connections_of(&self, user: &str) -> usize {
+        self.user_settings(user)
+            .and_then(|s| s.max_user_client_connections)
+            .unwrap_or(self.max_user_client_connections)
     }
 }
 
@@ -396,6 +435,21 @@ impl DatabaseConfig {
     /// Effective pool mode for this database.
     pub fn pool_mode(&self, pg: &PostgresConfig) -> PoolMode {
         self.pool_mode.unwrap_or(pg.pool_mode)
+    }
+
+    /// Pool mode of `user`'s pool here: the user's own, else the database's (PgBouncer's
+    /// order).
+    pub fn pool_mode_for(&self, pg: &PostgresConfig, user: &str) -> PoolMode {
+        pg.user_settings(user)
+            .and_then(|s| s.pool_mode)
+            .unwrap_or_else(|| self.pool_mode(pg))
+    }
+
+    /// Size of `user`'s pool here: the user's own, else the database's (PgBouncer's order).
+    pub fn pool_size_for(&self, pg: &PostgresConfig, user: &str) -> usize {
+        pg.user_settings(user)
+            .and_then(|s| s.pool_size)
+            .unwrap_or_else(|| self.pool_size(pg))
     }
 }
 

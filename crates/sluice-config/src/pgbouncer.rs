@@ -248,10 +248,18 @@ pub fn import(ini: &str, userlist: Option<&str>) -> Result<String, ImportError> 
             Err(why) => skipped.push(format!("[databases] {name} (line {line}): {why}")),
         }
     }
-    for (_, name, value) in get("users") {
-        skipped.push(format!(
-            "[users] {name} = {value}: per-user pool settings are not supported yet"
-        ));
+    for (line, name, value) in get("users") {
+        match user_settings(name, value) {
+            Ok((block, ignored)) => {
+                out.push_str(&block);
+                skipped.extend(
+                    ignored
+                        .into_iter()
+                        .map(|k| format!("[users] {name} {k} (line {line}): not supported")),
+                );
+            }
+            Err(why) => skipped.push(format!("[users] {name} (line {line}): {why}")),
+        }
     }
     for name in sections.keys() {
         if !matches!(name.as_str(), "pgbouncer" | "databases" | "users") {
@@ -296,6 +304,30 @@ fn database(
     }
     database_options(&fields, sslmode, ca, &mut out)?;
     Ok(out)
+}
+
+/// A `[[postgres.user_settings]]` block for `[users] name = <settings>`, and the keys it
+/// could not carry.
+fn user_settings(name: &str, value: &str) -> Result<(String, Vec<String>), String> {
+    let fields = connect_string(value)?;
+    let mut out = format!("\n[[postgres.user_settings]]\nname = {}\n", quote(name));
+    let mut ignored = Vec::new();
+    for (key, v) in &fields {
+        let kind = match key.as_str() {
+            "pool_mode" => Kind::Mode,
+            "pool_size" | "max_user_connections" | "max_user_client_connections" => Kind::Int,
+            _ => {
+                ignored.push(key.clone());
+                continue;
+            }
+        };
+        let rendered = render(kind, v).ok_or_else(|| match kind {
+            Kind::Mode => format!("pool_mode={v}: Sluice has session and transaction"),
+            _ => format!("{key}={v} is not a number"),
+        })?;
+        let _ = writeln!(out, "{key} = {rendered}");
+    }
+    Ok((out, ignored))
 }
 
 /// The per-database options of a connect string, appended to `out`.

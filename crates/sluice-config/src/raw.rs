@@ -105,6 +105,19 @@ struct RawPostgres {
     auth_cache_ttl: Option<Spanned<Value>>,
     #[serde(default)]
     users: Vec<RawUser>,
+    #[serde(default)]
+    user_settings: Vec<RawUserSettings>,
+}
+
+/// One `[[postgres.user_settings]]` entry (PgBouncer's `[users]`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserSettings {
+    name: String,
+    pool_mode: Option<PoolMode>,
+    pool_size: Option<usize>,
+    max_user_connections: Option<usize>,
+    max_user_client_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +258,17 @@ fn apply_postgres(
     set(&mut pg.auth_user, raw.auth_user.map(Some));
     set(&mut pg.auth_query, raw.auth_query);
     pg.databases = databases(source, raw.databases)?;
+    pg.user_settings = raw
+        .user_settings
+        .into_iter()
+        .map(|u| crate::model::UserSettings {
+            name: u.name,
+            pool_mode: u.pool_mode,
+            pool_size: u.pool_size,
+            max_user_connections: u.max_user_connections,
+            max_user_client_connections: u.max_user_client_connections,
+        })
+        .collect();
     pg.users = crate::secrets::users(
         "postgres",
         raw.users.into_iter().map(RawUser::into_parts).collect(),

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::model::{DatabaseConfig, MongoConfig, UserConfig};
+use crate::model::{DatabaseConfig, MongoConfig, UserConfig, UserSettings};
 use crate::Config;
 
 /// When a changed key takes effect.
@@ -55,6 +55,17 @@ macro_rules! db_key {
             path: $path,
             apply: $apply,
             changed: |a, b| databases_differ(a, b, |x, y| x.$field != y.$field),
+        }
+    };
+}
+
+/// A key of each `[[postgres.user_settings]]` entry, compared between entries of one name.
+macro_rules! user_key {
+    ($path:literal, $field:ident) => {
+        Key {
+            path: $path,
+            apply: Live,
+            changed: |a, b| user_settings_differ(a, b, |x, y| x.$field != y.$field),
         }
     };
 }
@@ -230,6 +241,24 @@ pub static KEYS: &[Key] = &[
         changed: |a, b| users_differ(&a.postgres.users, &b.postgres.users, true),
     },
     key!("postgres.auth_file", Live, postgres.auth_file),
+    Key {
+        path: "postgres.user_settings.*.name",
+        apply: Live,
+        changed: |a, b| {
+            names(&a.postgres.user_settings, |u| &u.name)
+                != names(&b.postgres.user_settings, |u| &u.name)
+        },
+    },
+    user_key!("postgres.user_settings.*.pool_mode", pool_mode),
+    user_key!("postgres.user_settings.*.pool_size", pool_size),
+    user_key!(
+        "postgres.user_settings.*.max_user_connections",
+        max_user_connections
+    ),
+    user_key!(
+        "postgres.user_settings.*.max_user_client_connections",
+        max_user_client_connections
+    ),
     key!("postgres.auth_user", USERS, postgres.auth_user),
     key!("postgres.auth_query", Live, postgres.auth_query),
     key!("postgres.auth_cache_ttl", Live, postgres.auth_cache_ttl),
@@ -381,6 +410,19 @@ fn databases_differ(
         .databases
         .iter()
         .any(|x| b.postgres.database(&x.name).is_some_and(|y| differ(x, y)))
+}
+
+/// Whether a `[[postgres.user_settings]]` entry present in both differs in the field.
+fn user_settings_differ(
+    a: &Config,
+    b: &Config,
+    differ: impl Fn(&UserSettings, &UserSettings) -> bool,
+) -> bool {
+    a.postgres.user_settings.iter().any(|x| {
+        b.postgres
+            .user_settings(&x.name)
+            .is_some_and(|y| differ(x, y))
+    })
 }
 
 /// Whether both have a `[mongo]` section and they differ in the compared field.

@@ -27,6 +27,7 @@ pub(crate) fn validate(config: &Config) -> Result<(), ConfigError> {
         validate_database(pg, i, db, &mut seen)?;
     }
     let users = users("postgres", &pg.users)?;
+    validate_user_settings(pg)?;
     validate_admin_users(pg, &users)?;
     validate_auth_user(pg)
 }
@@ -161,6 +162,30 @@ fn validate_database<'a>(
              when no [[postgres.users]] are configured; add a password, \
              configure [[postgres.users]], or set auth_type = \"trust\"",
         ));
+    }
+    Ok(())
+}
+
+/// `[[postgres.user_settings]]`: names present and unique, pool sizes at least 1.
+fn validate_user_settings(pg: &PostgresConfig) -> Result<(), ConfigError> {
+    let mut seen = HashMap::new();
+    for (i, s) in pg.user_settings.iter().enumerate() {
+        let key = |field: &str| format!("postgres.user_settings[{i}].{field}");
+        if s.name.is_empty() {
+            return Err(ConfigError::invalid(key("name"), "must not be empty"));
+        }
+        if let Some(first) = seen.insert(s.name.as_str(), i) {
+            return Err(ConfigError::invalid(
+                key("name"),
+                format!(
+                    "duplicate user {:?} (also postgres.user_settings[{first}])",
+                    s.name
+                ),
+            ));
+        }
+        if let Some(size) = s.pool_size {
+            at_least_one(&key("pool_size"), size)?;
+        }
     }
     Ok(())
 }

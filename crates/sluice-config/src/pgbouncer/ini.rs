@@ -87,7 +87,8 @@ pub(super) fn parse_ini(text: &str) -> Result<Sections, ImportError> {
             .as_ref()
             .ok_or_else(|| err("a key before any [section]"))?;
         let key = key.trim().trim_matches('"').to_owned();
-        let key = if section == "databases" {
+        // Database and user names keep their case; PgBouncer's own keys do not.
+        let key = if section == "databases" || section == "users" {
             key
         } else {
             key.to_ascii_lowercase()

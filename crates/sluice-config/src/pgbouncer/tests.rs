@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::Config;
+use crate::{Config, PoolMode};
 
 /// A typical production file: two databases, transaction pooling, SCRAM, console users.
 const TYPICAL: &str = r#"
@@ -40,6 +40,7 @@ ignore_startup_parameters = extra_float_digits
 
 [users]
 ops = pool_mode=session
+batch = pool_size=2 max_user_connections=4 max_user_client_connections=50 reserve_pool_size=1
 "#;
 
 #[test]
@@ -69,13 +70,15 @@ fn a_typical_file_maps_every_supported_key_and_names_the_rest() {
         "pool_mode = \"session\"",
         "sslmode = \"verify-full\"",
         "sslrootcert = \"/etc/ssl/ca.pem\"",
+        "[[postgres.user_settings]]\nname = \"ops\"\npool_mode = \"session\"",
+        "name = \"batch\"\npool_size = 2\nmax_user_connections = 4\nmax_user_client_connections = 50\n",
     ] {
         assert!(toml.contains(want), "missing {want:?} in:\n{toml}");
     }
     for skipped in [
         "#   stats_users = grafana",
         "#   logfile",
-        "#   [users] ops",
+        "#   [users] batch reserve_pool_size (line 37): not supported",
     ] {
         assert!(toml.contains(skipped), "missing {skipped:?} in:\n{toml}");
     }
@@ -86,7 +89,8 @@ fn the_output_is_a_valid_configuration() {
     // Without auth_file and TLS files (which must exist), the result loads as is.
     let ini = "[databases]\napp = host=127.0.0.1 user=app password=pw dbname=app\n\
                [pgbouncer]\nlisten_port = 7432\npool_mode = transaction\ndefault_pool_size = 3\n\
-               min_pool_size = 1\nserver_lifetime = 1800.5\nauth_type = md5\n";
+               min_pool_size = 1\nserver_lifetime = 1800.5\nauth_type = md5\n\
+               [users]\napp = pool_mode=session pool_size=2\n";
     let toml = import(ini, None).unwrap();
     let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     assert_eq!(config.postgres.listen.port(), 7432);
@@ -94,6 +98,9 @@ fn the_output_is_a_valid_configuration() {
     let db = config.database("app").unwrap();
     assert_eq!(db.upstream.password.as_deref(), Some("pw"));
     assert_eq!(config.postgres.server_lifetime.as_secs_f64(), 1800.5);
+    assert_eq!(db.pool_mode_for(&config.postgres, "app"), PoolMode::Session);
+    assert_eq!(db.pool_size_for(&config.postgres, "app"), 2);
+    assert_eq!(db.pool_size_for(&config.postgres, "other"), 3);
 }
 
 #[test]

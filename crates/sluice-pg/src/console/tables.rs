@@ -327,11 +327,18 @@ fn user_names(ctx: &PgContext) -> Vec<String> {
     names
 }
 
-/// `SHOW USERS`: PgBouncer's `name` and `pool_mode` (empty: each database's own).
+/// `SHOW USERS`: PgBouncer's `name` and `pool_mode` (the user's own from
+/// `[[postgres.user_settings]]`; empty: each database's).
 fn users(ctx: &PgContext) -> ResultSet {
     let mut rs = ResultSet::new(&["name", "pool_mode"]);
+    let pg = &ctx.config.postgres;
     for name in user_names(ctx) {
-        rs.row(vec![name, String::new()]);
+        let mode = pg
+            .user_settings(&name)
+            .and_then(|s| s.pool_mode)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        rs.row(vec![name, mode]);
     }
     rs
 }

@@ -59,11 +59,15 @@ impl Database {
     /// logs in with the user's own secret and that changed), pools of users `auth_query`
     /// let in stay, pools of users no longer listed go (in a new map, so the context in
     /// force before keeps its own until the new one takes over), and new users get pools.
+    /// A pool whose user's pool mode (`[[postgres.user_settings]]`) changed is replaced too.
     pub(super) fn set_users(&mut self, users: HashMap<String, UserAuth>, pg: &PostgresConfig) {
+        let same_mode =
+            |user: &str, pool: &PgPool| pool.settings().mode == self.config.pool_mode_for(pg, user);
         if users.len() == self.users.len()
             && users
                 .iter()
                 .all(|(u, a)| self.users.get(u).is_some_and(|o| o.secret == a.secret))
+            && self.pools.read().iter().all(|(u, p)| same_mode(u, p))
         {
             return;
         }
@@ -71,11 +75,12 @@ impl Database {
         let mut pools: HashMap<String, PgPool> = HashMap::new();
         for (user, pool) in self.pools.read().iter() {
             let (before, now) = (self.users.get(user), users.get(user));
-            let keep = match (before, now) {
-                (None, None) => true,
-                (Some(b), Some(n)) => !forwards || b.secret == n.secret,
-                _ => false,
-            };
+            let keep = same_mode(user, pool)
+                && match (before, now) {
+                    (None, None) => true,
+                    (Some(b), Some(n)) => !forwards || b.secret == n.secret,
+                    _ => false,
+                };
             if keep {
                 pools.insert(user.clone(), pool.clone());
             }
@@ -102,8 +107,8 @@ impl Database {
     /// Applies reloaded `max_db_connections` and `max_user_connections`.
     pub(super) fn set_budgets(&self, pg: &PostgresConfig) {
         self.budget.set_max(pg.max_db_connections);
-        for b in self.user_budgets.lock().values() {
-            b.set_max(pg.max_user_connections);
+        for (user, b) in self.user_budgets.lock().iter() {
+            b.set_max(pg.max_user_connections_of(user));
         }
     }
 
@@ -175,9 +180,9 @@ impl Database {
     /// The budget of `user`'s connections across databases.
     fn user_budget(&self, user: &str, pg: &PostgresConfig) -> Arc<Budget> {
         let mut budgets = self.user_budgets.lock();
-        let budget = budgets
-            .entry(user.to_owned())
-            .or_insert_with(|| Budget::new(format!("user {user}"), pg.max_user_connections));
+        let budget = budgets.entry(user.to_owned()).or_insert_with(|| {
+            Budget::new(format!("user {user}"), pg.max_user_connections_of(user))
+        });
         budget.clone()
     }
 
@@ -206,21 +211,22 @@ fn pool_settings(
     tls: Option<tokio_rustls::TlsConnector>,
 ) -> PoolSettings {
     let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+    let max_size = db.pool_size_for(pg, user);
     PoolSettings {
         name: format!("{}/{}", db.name, user),
         upstream: db.upstream.clone(),
-        max_size: db.pool_size(pg),
-        min_size: db.min_pool_size(pg),
+        max_size,
+        min_size: db.min_pool_size(pg).min(max_size),
         timeout: pg.pool_timeout,
         connect_timeout: pg.server_connect_timeout,
-        mode: db.pool_mode(pg),
+        mode: db.pool_mode_for(pg, user),
         reset_query: pg.server_reset_query.clone(),
         check_query: pg.server_check_query.clone(),
         reserve_size: pg.reserve_pool_size,
         reserve_timeout: pg.reserve_pool_timeout,
         check_delay: pg.server_check_delay,
         pin_session_state: pg.pin_session_state,
-        max_pinned: pg.max_pinned_servers.unwrap_or(db.pool_size(pg) / 2),
+        max_pinned: pg.max_pinned_servers.unwrap_or(max_size / 2),
         max_prepared_statements: pg.max_prepared_statements,
         server_idle_timeout: nonzero(pg.server_idle_timeout),
         server_lifetime: nonzero(pg.server_lifetime),

@@ -155,7 +155,8 @@ impl PgContext {
     /// database whose upstream, mode and TLS are unchanged keeps its pools, reconfigured
     /// (sizes, timeouts, reset query, lifetimes); an added or changed one gets new pools;
     /// a removed one is gone. Nothing starts or closes until
-    /// [`PgContext::take_over_from`]. Users stay as they started (see `sluice_config::KEYS`).
+    /// [`PgContext::take_over_from`]. Users are refreshed the same way: a removed user's
+    /// pools go, and a user whose pool mode changed gets new pools.
     pub fn reconfigured(&self, config: Arc<Config>) -> Result<Self, ContextError> {
         let pg = &config.postgres;
         let credentials = Arc::new(refreshed_users(pg, &self.credentials)?);
@@ -180,7 +181,8 @@ impl PgContext {
         // Databases made from an unchanged wildcard, with unchanged users, stay; any
         // change starts afresh.
         let wildcard = pg.database(WILDCARD).cloned();
-        let same_users = same_secrets(&credentials, &self.credentials);
+        let same_users = same_secrets(&credentials, &self.credentials)
+            && user_modes(pg) == user_modes(&self.config.postgres);
         let auto = if wildcard == self.wildcard && same_users {
             for db in self.auto.lock().values() {
                 db.reconfigure(pg);
@@ -298,6 +300,17 @@ fn same_secrets(a: &HashMap<String, UserAuth>, b: &HashMap<String, UserAuth>) ->
     a.len() == b.len()
         && a.iter()
             .all(|(name, x)| b.get(name).is_some_and(|y| y.secret == x.secret))
+}
+
+/// Each user's own pool mode (`[[postgres.user_settings]]`), by name.
+fn user_modes(pg: &PostgresConfig) -> Vec<(&str, Option<sluice_config::PoolMode>)> {
+    let mut modes: Vec<_> = pg
+        .user_settings
+        .iter()
+        .map(|s| (s.name.as_str(), s.pool_mode))
+        .collect();
+    modes.sort_by(|a, b| a.0.cmp(b.0));
+    modes
 }
 
 /// The credentials of the `[[postgres.users]]` list (and `auth_file`).

@@ -112,7 +112,7 @@ pub(crate) async fn login<'a>(
     count.admit(0, db.clients.clone(), per_db)?;
     let per_user = (
         "max_user_client_connections",
-        pg.max_user_client_connections,
+        pg.max_user_client_connections_of(&user),
     );
     count.admit(1, ctx.user_clients(&user), per_user)?;
     tracing::debug!(user = %user, database = %dbname, "client authenticated");
