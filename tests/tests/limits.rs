@@ -291,3 +291,53 @@ async fn user_settings_override_the_database_for_one_user_and_apply_on_reload() 
     // app's clients and pool were left alone.
     assert_eq!(scalar(&a1, "SELECT 4").await, "4");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_entry_overrides_the_global_db_limits() {
+    let cluster = shared_cluster();
+    let db = cluster.fresh_database("limits_per_db").await;
+    let mut capped = sluice_tests::DatabaseConfig::new("capped", &cluster.app_url(&db));
+    capped.extra = "max_db_connections = 1\nmax_db_client_connections = 2\n".into();
+    let sluice = sluice_for(cluster, &db, PoolMode::Transaction)
+        .database_config(capped)
+        .pool_size(5)
+        .min_pool_size(0)
+        .pool_timeout(Duration::from_secs(20))
+        .user(APP_USER, APP_PASSWORD)
+        .user("other", "other-pw")
+        .extra_postgres("max_db_connections = 10\nmax_db_client_connections = 10")
+        .start();
+
+    let a = sluice
+        .connect(APP_USER, APP_PASSWORD, "capped")
+        .await
+        .unwrap();
+    let o = sluice.connect("other", "other-pw", "capped").await.unwrap();
+    let e = expect_sqlstate(
+        sluice.connect(APP_USER, APP_PASSWORD, "capped").await,
+        &["53300"],
+    );
+    assert!(
+        error_message(&e).contains("max_db_client_connections = 2"),
+        "{e:?}"
+    );
+    // The other entry has the global limits: three clients, two servers at once.
+    let mut direct = Vec::new();
+    for _ in 0..3 {
+        direct.push(sluice.connect(APP_USER, APP_PASSWORD, &db).await.unwrap());
+    }
+    for c in &direct[..2] {
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    // capped has one server for all its pools: other's query waits for app's.
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let query = tokio::spawn(async move { scalar(&o, "SELECT 42").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!query.is_finished(), "capped opened a second server");
+    a.batch_execute("COMMIT").await.unwrap();
+    let answer = sluice_tests::within(Duration::from_secs(10), "other's query", query).await;
+    assert_eq!(answer.unwrap(), "42");
+    for c in &direct[..2] {
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+}

@@ -361,6 +361,10 @@ pub struct DatabaseConfig {
     pub min_pool_size: Option<usize>,
     /// Per-database override of `postgres.pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// Per-database override of `postgres.max_db_connections` (0: no limit).
+    pub max_db_connections: Option<usize>,
+    /// Per-database override of `postgres.max_db_client_connections` (0: no limit).
+    pub max_db_client_connections: Option<usize>,
     /// TLS towards this database's server.
     pub sslmode: SslMode,
     /// CA certificates (PEM) that verify the server for `verify-ca` / `verify-full`.
@@ -416,6 +420,17 @@ impl DatabaseConfig {
         self.upstream == other.upstream
             && self.sslmode == other.sslmode
             && self.sslrootcert == other.sslrootcert
+    }
+
+    /// Effective `max_db_connections` for this database.
+    pub fn max_db_connections(&self, pg: &PostgresConfig) -> usize {
+        self.max_db_connections.unwrap_or(pg.max_db_connections)
+    }
+
+    /// Effective `max_db_client_connections` for this database.
+    pub fn max_db_client_connections(&self, pg: &PostgresConfig) -> usize {
+        self.max_db_client_connections
+            .unwrap_or(pg.max_db_client_connections)
     }
 
     /// Effective maximum pool size for this database.

@@ -341,6 +341,8 @@ fn database_options(
     for (from, to) in [
         ("pool_size", "pool_size"),
         ("min_pool_size", "min_pool_size"),
+        ("max_db_connections", "max_db_connections"),
+        ("max_db_client_connections", "max_db_client_connections"),
     ] {
         if let Some(v) = field(from) {
             let n: usize = v
@@ -374,6 +376,8 @@ fn database_options(
                     | "password"
                     | "pool_size"
                     | "min_pool_size"
+                    | "max_db_connections"
+                    | "max_db_client_connections"
                     | "pool_mode"
             )
         })

@@ -132,6 +132,8 @@ struct RawDatabase {
     pool_size: Option<usize>,
     min_pool_size: Option<usize>,
     pool_mode: Option<PoolMode>,
+    max_db_connections: Option<usize>,
+    max_db_client_connections: Option<usize>,
     sslmode: Option<SslMode>,
     sslrootcert: Option<std::path::PathBuf>,
 }
@@ -404,6 +406,8 @@ fn databases(
                 pool_size: db.pool_size,
                 min_pool_size: db.min_pool_size,
                 pool_mode: db.pool_mode,
+                max_db_connections: db.max_db_connections,
+                max_db_client_connections: db.max_db_client_connections,
                 sslmode: db.sslmode.unwrap_or_default(),
                 sslrootcert: db.sslrootcert,
             })

@@ -228,6 +228,16 @@ pub static KEYS: &[Key] = &[
     db_key!("postgres.databases.*.pool_size", Live, pool_size),
     db_key!("postgres.databases.*.min_pool_size", Live, min_pool_size),
     db_key!("postgres.databases.*.pool_mode", Live, pool_mode),
+    db_key!(
+        "postgres.databases.*.max_db_connections",
+        Live,
+        max_db_connections
+    ),
+    db_key!(
+        "postgres.databases.*.max_db_client_connections",
+        Live,
+        max_db_client_connections
+    ),
     db_key!("postgres.databases.*.sslmode", Live, sslmode),
     db_key!("postgres.databases.*.sslrootcert", Live, sslrootcert),
     Key {

@@ -7,7 +7,7 @@ use crate::{Config, PoolMode};
 const TYPICAL: &str = r#"
 ;; pgbouncer.ini
 [databases]
-app = host=10.0.0.5 port=5433 dbname=app_prod user=app password='s3cret p@ss' pool_size=40
+app = host=10.0.0.5 port=5433 dbname=app_prod user=app password='s3cret p@ss' pool_size=40 max_db_connections=50
 reports = host=replica.internal dbname=reports user=reporter pool_mode=session
 * = host=10.0.0.5
 
@@ -65,7 +65,7 @@ fn a_typical_file_maps_every_supported_key_and_names_the_rest() {
         "mode = \"require\"",
         "upstream = \"postgres://app@10.0.0.5:5433/app_prod\"",
         "password = \"s3cret p@ss\"",
-        "pool_size = 40",
+        "pool_size = 40\nmax_db_connections = 50",
         "upstream = \"postgres://reporter@replica.internal:5432/reports\"",
         "pool_mode = \"session\"",
         "sslmode = \"verify-full\"",

@@ -106,7 +106,7 @@ impl Database {
 
     /// Applies reloaded `max_db_connections` and `max_user_connections`.
     pub(super) fn set_budgets(&self, pg: &PostgresConfig) {
-        self.budget.set_max(pg.max_db_connections);
+        self.budget.set_max(self.config.max_db_connections(pg));
         for (user, b) in self.user_budgets.lock().iter() {
             b.set_max(pg.max_user_connections_of(user));
         }
@@ -264,7 +264,7 @@ pub(super) fn database(
         config: db.clone(),
         pools: Arc::default(),
         users,
-        budget: Budget::new(format!("database {}", db.name), pg.max_db_connections),
+        budget: Budget::new(format!("database {}", db.name), db.max_db_connections(pg)),
         user_budgets: user_budgets.clone(),
         clients: Arc::default(),
         tls,

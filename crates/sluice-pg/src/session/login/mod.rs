@@ -108,7 +108,10 @@ pub(crate) async fn login<'a>(
     let mut out = BytesMut::with_capacity(1024);
     let (pool, db) = authenticate(client, &mut out, ctx, db, &user, deadline).await?;
     let pg = &ctx.config.postgres;
-    let per_db = ("max_db_client_connections", pg.max_db_client_connections);
+    let per_db = (
+        "max_db_client_connections",
+        db.config.max_db_client_connections(pg),
+    );
     count.admit(0, db.clients.clone(), per_db)?;
     let per_user = (
         "max_user_client_connections",
