@@ -5,6 +5,7 @@
 //! `proxy.toml.example` at the repository root for every key.
 
 mod builder;
+mod database;
 mod duration;
 mod error;
 mod expand;
@@ -13,6 +14,7 @@ mod model;
 mod modes;
 pub mod pgbouncer;
 mod raw;
+mod raw_db;
 mod reload;
 mod secrets;
 mod source;
@@ -33,7 +35,7 @@ pub use error::ConfigError;
 pub use load::{CONFIG_ENV, ENV_VARS, OVERRIDE_KEYS};
 pub use model::{
     AdminConfig, AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, GeneralConfig,
-    MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig, UserSettings,
+    HostConfig, HostRole, MongoConfig, PoolMode, PostgresConfig, SslMode, UserConfig, UserSettings,
 };
 pub use reload::{diff, Apply, Key, ReloadError, ReloadPlan, KEYS, MONGO_SECTION};
 pub use upstream::{Upstream, UpstreamUrlError, DEFAULT_PORT};

@@ -4,8 +4,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::upstream::Upstream;
-
+pub use crate::database::{DatabaseConfig, HostConfig, HostRole, SslMode};
 pub use crate::modes::{AuthType, PoolMode};
 
 /// Process-wide settings (`[general]`).
@@ -159,6 +158,13 @@ pub struct PostgresConfig {
     pub admin_users: Vec<String>,
     /// Per-user overrides (`[[postgres.user_settings]]`, PgBouncer's `[users]`).
     pub user_settings: Vec<UserSettings>,
+    /// How long a host of a multi-host database that failed a connect or a health
+    /// check (or lagged past `max_replica_lag`) is left out.
+    pub ban_time: Duration,
+    /// How often each host of a multi-host database is checked.
+    pub health_check_interval: Duration,
+    /// Most replication lag a replica may have and still take reads (0: no limit).
+    pub max_replica_lag: Duration,
 }
 
 /// One user's settings, overriding the database's and the global ones as PgBouncer's
@@ -218,6 +224,9 @@ impl Default for PostgresConfig {
             databases: Vec::new(),
             users: Vec::new(),
             user_settings: Vec::new(),
+            ban_time: Duration::from_secs(60),
+            health_check_interval: Duration::from_secs(5),
+            max_replica_lag: Duration::ZERO,
             auth_file: None,
             auth_user: None,
             auth_query: DEFAULT_AUTH_QUERY.to_owned(),
@@ -348,46 +357,6 @@ impl Default for MongoConfig {
     }
 }
 
-/// One database clients can connect to (`[[postgres.databases]]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct DatabaseConfig {
-    /// The database name clients ask for.
-    pub name: String,
-    /// The server this database is pooled to.
-    pub upstream: Upstream,
-    /// Per-database override of `postgres.pool_size`.
-    pub pool_size: Option<usize>,
-    /// Per-database override of `postgres.min_pool_size`.
-    pub min_pool_size: Option<usize>,
-    /// Per-database override of `postgres.pool_mode`.
-    pub pool_mode: Option<PoolMode>,
-    /// Per-database override of `postgres.max_db_connections` (0: no limit).
-    pub max_db_connections: Option<usize>,
-    /// Per-database override of `postgres.max_db_client_connections` (0: no limit).
-    pub max_db_client_connections: Option<usize>,
-    /// TLS towards this database's server.
-    pub sslmode: SslMode,
-    /// CA certificates (PEM) that verify the server for `verify-ca` / `verify-full`.
-    pub sslrootcert: Option<std::path::PathBuf>,
-}
-
-/// TLS towards an upstream server, with libpq's names and meanings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never TLS.
-    Disable,
-    /// TLS if the server offers it, without verifying the certificate (the default).
-    #[default]
-    Prefer,
-    /// TLS always, without verifying the certificate.
-    Require,
-    /// TLS always; the certificate must chain to `sslrootcert`.
-    VerifyCa,
-    /// As `verify-ca`, and the certificate must name the upstream host.
-    VerifyFull,
-}
-
 /// TLS towards clients (`[postgres.tls]`, `[mongo.tls]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientTlsConfig {
@@ -410,62 +379,6 @@ pub enum ClientTlsMode {
     Allow,
     /// Plaintext clients are refused (MongoDB: closed before their first request).
     Require,
-}
-
-impl DatabaseConfig {
-    /// Whether `other` pools to the same server in the same way (upstream with its
-    /// credentials, TLS; the caller compares the pool modes in force): a reload keeps the
-    /// database's pools only then.
-    pub fn same_upstream(&self, other: &DatabaseConfig) -> bool {
-        self.upstream == other.upstream
-            && self.sslmode == other.sslmode
-            && self.sslrootcert == other.sslrootcert
-    }
-
-    /// Effective `max_db_connections` for this database.
-    pub fn max_db_connections(&self, pg: &PostgresConfig) -> usize {
-        self.max_db_connections.unwrap_or(pg.max_db_connections)
-    }
-
-    /// Effective `max_db_client_connections` for this database.
-    pub fn max_db_client_connections(&self, pg: &PostgresConfig) -> usize {
-        self.max_db_client_connections
-            .unwrap_or(pg.max_db_client_connections)
-    }
-
-    /// Effective maximum pool size for this database.
-    pub fn pool_size(&self, pg: &PostgresConfig) -> usize {
-        self.pool_size.unwrap_or(pg.pool_size)
-    }
-
-    /// Effective minimum pool size for this database.
-    ///
-    /// An inherited (global) minimum is capped at this database's pool size; an
-    /// explicit per-database minimum is returned as is (validation ensures it fits).
-    pub fn min_pool_size(&self, pg: &PostgresConfig) -> usize {
-        self.min_pool_size
-            .unwrap_or_else(|| pg.min_pool_size.min(self.pool_size(pg)))
-    }
-
-    /// Effective pool mode for this database.
-    pub fn pool_mode(&self, pg: &PostgresConfig) -> PoolMode {
-        self.pool_mode.unwrap_or(pg.pool_mode)
-    }
-
-    /// Pool mode of `user`'s pool here: the user's own, else the database's (PgBouncer's
-    /// order).
-    pub fn pool_mode_for(&self, pg: &PostgresConfig, user: &str) -> PoolMode {
-        pg.user_settings(user)
-            .and_then(|s| s.pool_mode)
-            .unwrap_or_else(|| self.pool_mode(pg))
-    }
-
-    /// Size of `user`'s pool here: the user's own, else the database's (PgBouncer's order).
-    pub fn pool_size_for(&self, pg: &PostgresConfig, user: &str) -> usize {
-        pg.user_settings(user)
-            .and_then(|s| s.pool_size)
-            .unwrap_or_else(|| self.pool_size(pg))
-    }
 }
 
 /// A user allowed to connect to the proxy (`[[postgres.users]]`).

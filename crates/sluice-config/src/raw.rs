@@ -4,11 +4,8 @@ use serde::Deserialize;
 use toml::{Spanned, Value};
 
 use crate::builder::Builder;
-use crate::model::{
-    AuthType, ClientTlsConfig, ClientTlsMode, DatabaseConfig, MongoConfig, PoolMode, SslMode,
-};
+use crate::model::{AuthType, ClientTlsConfig, ClientTlsMode, MongoConfig, PoolMode};
 use crate::source::Source;
-use crate::upstream::Upstream;
 use crate::ConfigError;
 
 /// The whole file. Every section and key is optional; unknown keys are errors.
@@ -95,9 +92,12 @@ struct RawPostgres {
     server_idle_timeout: Option<Spanned<Value>>,
     server_lifetime: Option<Spanned<Value>>,
     server_login_retry: Option<Spanned<Value>>,
+    ban_time: Option<Spanned<Value>>,
+    health_check_interval: Option<Spanned<Value>>,
+    max_replica_lag: Option<Spanned<Value>>,
     admin_users: Option<Vec<String>>,
     #[serde(default)]
-    databases: Vec<RawDatabase>,
+    databases: Vec<crate::raw_db::RawDatabase>,
     /// PgBouncer's userlist.txt, read for more users.
     auth_file: Option<String>,
     auth_user: Option<String>,
@@ -106,36 +106,7 @@ struct RawPostgres {
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
-    user_settings: Vec<RawUserSettings>,
-}
-
-/// One `[[postgres.user_settings]]` entry (PgBouncer's `[users]`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUserSettings {
-    name: String,
-    pool_mode: Option<PoolMode>,
-    pool_size: Option<usize>,
-    max_user_connections: Option<usize>,
-    max_user_client_connections: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDatabase {
-    name: String,
-    upstream: Spanned<String>,
-    /// The upstream password, instead of one in the URL (no URL-encoding needed).
-    password: Option<String>,
-    /// A file holding `password` (a mounted secret).
-    password_file: Option<String>,
-    pool_size: Option<usize>,
-    min_pool_size: Option<usize>,
-    pool_mode: Option<PoolMode>,
-    max_db_connections: Option<usize>,
-    max_db_client_connections: Option<usize>,
-    sslmode: Option<SslMode>,
-    sslrootcert: Option<std::path::PathBuf>,
+    user_settings: Vec<crate::raw_db::RawUserSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -259,18 +230,8 @@ fn apply_postgres(
     set(&mut pg.auth_type, raw.auth_type);
     set(&mut pg.auth_user, raw.auth_user.map(Some));
     set(&mut pg.auth_query, raw.auth_query);
-    pg.databases = databases(source, raw.databases)?;
-    pg.user_settings = raw
-        .user_settings
-        .into_iter()
-        .map(|u| crate::model::UserSettings {
-            name: u.name,
-            pool_mode: u.pool_mode,
-            pool_size: u.pool_size,
-            max_user_connections: u.max_user_connections,
-            max_user_client_connections: u.max_user_client_connections,
-        })
-        .collect();
+    pg.databases = crate::raw_db::databases(source, raw.databases)?;
+    pg.user_settings = crate::raw_db::user_settings(raw.user_settings);
     pg.users = crate::secrets::users(
         "postgres",
         raw.users.into_iter().map(RawUser::into_parts).collect(),
@@ -295,6 +256,17 @@ fn postgres_limits(
             &mut pg.auth_cache_ttl,
             "postgres.auth_cache_ttl",
             &raw.auth_cache_ttl,
+        ),
+        (&mut pg.ban_time, "postgres.ban_time", &raw.ban_time),
+        (
+            &mut pg.health_check_interval,
+            "postgres.health_check_interval",
+            &raw.health_check_interval,
+        ),
+        (
+            &mut pg.max_replica_lag,
+            "postgres.max_replica_lag",
+            &raw.max_replica_lag,
         ),
         (
             &mut pg.query_timeout,
@@ -376,43 +348,6 @@ fn postgres_timeouts(
         source.set_duration(slot, key, value)?;
     }
     Ok(())
-}
-
-/// The `[[postgres.databases]]` list, with each upstream URL parsed.
-fn databases(
-    source: &Source<'_>,
-    raw: Vec<RawDatabase>,
-) -> Result<Vec<DatabaseConfig>, ConfigError> {
-    raw.into_iter()
-        .enumerate()
-        .map(|(i, db)| {
-            let mut upstream = Upstream::parse(db.upstream.get_ref()).map_err(|e| {
-                let key = format!("postgres.databases[{i}].upstream");
-                source.error(&key, db.upstream.span().start, e)
-            })?;
-            let key = format!("postgres.databases[{i}].password");
-            if let Some(password) = crate::secrets::secret(&key, db.password, db.password_file)? {
-                if upstream.password.is_some() {
-                    return Err(ConfigError::invalid(
-                        key,
-                        "the upstream URL has a password too: give one of them",
-                    ));
-                }
-                upstream.password = Some(password);
-            }
-            Ok(DatabaseConfig {
-                name: db.name,
-                upstream,
-                pool_size: db.pool_size,
-                min_pool_size: db.min_pool_size,
-                pool_mode: db.pool_mode,
-                max_db_connections: db.max_db_connections,
-                max_db_client_connections: db.max_db_client_connections,
-                sslmode: db.sslmode.unwrap_or_default(),
-                sslrootcert: db.sslrootcert,
-            })
-        })
-        .collect()
 }
 
 /// Applies a `[mongo]` section (its presence turns the MongoDB listener on).

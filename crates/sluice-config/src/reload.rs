@@ -6,8 +6,10 @@
 
 use std::fmt;
 
-use crate::model::{DatabaseConfig, MongoConfig, UserConfig, UserSettings};
 use crate::Config;
+
+mod compare;
+use compare::{databases_differ, mongo_differs, names, user_settings_differ, users_differ};
 
 /// When a changed key takes effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +205,13 @@ pub static KEYS: &[Key] = &[
         postgres.server_login_retry
     ),
     key!("postgres.admin_users", Live, postgres.admin_users),
+    key!("postgres.ban_time", Live, postgres.ban_time),
+    key!(
+        "postgres.health_check_interval",
+        Live,
+        postgres.health_check_interval
+    ),
+    key!("postgres.max_replica_lag", Live, postgres.max_replica_lag),
     key!("postgres.tls.mode", Live, postgres.tls.mode),
     key!("postgres.tls.cert_file", Live, postgres.tls.cert_file),
     key!("postgres.tls.key_file", Live, postgres.tls.key_file),
@@ -239,6 +248,13 @@ pub static KEYS: &[Key] = &[
         max_db_client_connections
     ),
     db_key!("postgres.databases.*.sslmode", Live, sslmode),
+    db_key!("postgres.databases.*.hosts.*.address", Live, hosts),
+    db_key!("postgres.databases.*.hosts.*.role", Live, hosts),
+    db_key!(
+        "postgres.databases.*.read_write_split",
+        Live,
+        read_write_split
+    ),
     db_key!("postgres.databases.*.sslrootcert", Live, sslrootcert),
     Key {
         path: "postgres.users.*.name",
@@ -401,63 +417,6 @@ pub fn diff(old: &Config, new: &Config) -> ReloadPlan {
         plan.restart.push(MONGO_SECTION);
     }
     plan
-}
-
-/// The sorted names of a list of entries.
-fn names<T>(items: &[T], name: impl Fn(&T) -> &String) -> Vec<&String> {
-    let mut names: Vec<_> = items.iter().map(name).collect();
-    names.sort();
-    names
-}
-
-/// Whether a database present in both differs in the compared field.
-fn databases_differ(
-    a: &Config,
-    b: &Config,
-    differ: impl Fn(&DatabaseConfig, &DatabaseConfig) -> bool,
-) -> bool {
-    a.postgres
-        .databases
-        .iter()
-        .any(|x| b.postgres.database(&x.name).is_some_and(|y| differ(x, y)))
-}
-
-/// Whether a `[[postgres.user_settings]]` entry present in both differs in the field.
-fn user_settings_differ(
-    a: &Config,
-    b: &Config,
-    differ: impl Fn(&UserSettings, &UserSettings) -> bool,
-) -> bool {
-    a.postgres.user_settings.iter().any(|x| {
-        b.postgres
-            .user_settings(&x.name)
-            .is_some_and(|y| differ(x, y))
-    })
-}
-
-/// Whether both have a `[mongo]` section and they differ in the compared field.
-fn mongo_differs(
-    a: &Config,
-    b: &Config,
-    differ: impl Fn(&MongoConfig, &MongoConfig) -> bool,
-) -> bool {
-    match (&a.mongo, &b.mongo) {
-        (Some(x), Some(y)) => differ(x, y),
-        _ => false,
-    }
-}
-
-/// Whether the set of user names (or, with `passwords`, a password of a user in both)
-/// differs.
-fn users_differ(a: &[UserConfig], b: &[UserConfig], passwords: bool) -> bool {
-    if passwords {
-        a.iter().any(|x| {
-            b.iter()
-                .any(|y| y.name == x.name && y.password != x.password)
-        })
-    } else {
-        names(a, |u| &u.name) != names(b, |u| &u.name)
-    }
 }
 
 /// Why a reload changed nothing; the running configuration stays in force.

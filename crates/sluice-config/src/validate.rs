@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::model::{AuthType, ClientTlsConfig, DatabaseConfig, MongoConfig, PostgresConfig};
+use crate::model::{
+    AuthType, ClientTlsConfig, DatabaseConfig, HostRole, MongoConfig, PostgresConfig,
+};
 use crate::{Config, ConfigError};
 
 /// Database names reserved for the admin console.
@@ -83,6 +85,7 @@ fn validate_postgres(pg: &PostgresConfig) -> Result<(), ConfigError> {
     }
     positive("postgres.pool_timeout", pg.pool_timeout)?;
     positive("postgres.server_connect_timeout", pg.server_connect_timeout)?;
+    positive("postgres.health_check_interval", pg.health_check_interval)?;
     client_tls("postgres.tls", &pg.tls)?;
     for (i, db) in pg.databases.iter().enumerate() {
         if matches!(
@@ -137,6 +140,7 @@ fn validate_database<'a>(
     if db.upstream.host.is_empty() {
         return Err(ConfigError::invalid(key("upstream"), "missing host"));
     }
+    validate_hosts(i, db)?;
     if db.upstream.forwards_user() && pg.users.is_empty() {
         return Err(ConfigError::invalid(
             key("upstream"),
@@ -161,6 +165,32 @@ fn validate_database<'a>(
             "has no password, but clients authenticate with the upstream credentials \
              when no [[postgres.users]] are configured; add a password, \
              configure [[postgres.users]], or set auth_type = \"trust\"",
+        ));
+    }
+    Ok(())
+}
+
+/// The `hosts` of `postgres.databases[i]`: at most one primary, and an upstream user for
+/// the health check.
+fn validate_hosts(i: usize, db: &DatabaseConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("postgres.databases[{i}].{field}");
+    if db
+        .hosts
+        .iter()
+        .filter(|h| h.role == HostRole::Primary)
+        .count()
+        > 1
+    {
+        return Err(ConfigError::invalid(
+            key("hosts"),
+            "at most one host may have role \"primary\"",
+        ));
+    }
+    if db.hosts.len() > 1 && db.upstream.forwards_user() {
+        return Err(ConfigError::invalid(
+            key("upstream"),
+            "a database with several hosts needs a user in its upstream URL: the health \
+             check logs in as it",
         ));
     }
     Ok(())
