@@ -85,34 +85,10 @@ impl PgCluster {
     /// # Panics
     /// If any step fails (the message includes the tool's output or the server log).
     pub fn start() -> PgCluster {
-        let as_postgres = running_as_root();
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-pg-")
-            .tempdir()
-            .expect("create temp dir for PostgreSQL");
-        let root = dir.path().to_path_buf();
-        let data = root.join("data");
+        let mut cluster = Self::prepare();
+        let (root, data) = (cluster.root.clone(), cluster.data.clone());
         let sock = root.join("sock");
-        std::fs::create_dir(&sock).expect("create socket dir");
         let pwfile = root.join("pwfile");
-        std::fs::write(&pwfile, format!("{SUPERUSER_PASSWORD}\n")).expect("write pwfile");
-        if as_postgres {
-            chown_postgres(&root);
-            chown_postgres(&sock);
-            chown_postgres(&pwfile);
-        }
-        let mut cluster = PgCluster {
-            dir: Some(dir),
-            root: root.clone(),
-            data: data.clone(),
-            log: root.join("postgres.log"),
-            bindir: find_bindir(),
-            port: 0,
-            as_postgres,
-            watchdog: None,
-        };
-        cluster.spawn_watchdog();
-
         let mut initdb = cluster.tool("initdb");
         initdb
             .arg("-D")
@@ -131,34 +107,116 @@ impl PgCluster {
         );
         append(&data.join("postgresql.conf"), &conf);
 
-        // The port may be taken between picking and binding: try a few.
-        let mut last_err = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            append(&data.join("postgresql.conf"), &format!("port = {port}\n"));
-            cluster.port = port;
-            let out = cluster.pg_ctl_start();
-            if out.status.success() {
-                last_err.clear();
-                break;
-            }
-            last_err = format!(
-                "pg_ctl start failed: {}\n{}\n{}\nlog:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                cluster.server_log()
-            );
-        }
-        if !last_err.is_empty() {
-            panic!("{last_err}");
-        }
+        cluster.start_on_free_port();
 
         cluster.psql_superuser(&format!(
             "CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'"
         ));
         cluster.psql_superuser(&format!("CREATE DATABASE app OWNER {APP_USER}"));
         cluster
+    }
+
+    /// A cluster directory (data, socket dir, password file) and its watchdog; nothing
+    /// is initialised or started.
+    fn prepare() -> PgCluster {
+        let as_postgres = running_as_root();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-pg-")
+            .tempdir()
+            .expect("create temp dir for PostgreSQL");
+        let root = dir.path().to_path_buf();
+        let sock = root.join("sock");
+        std::fs::create_dir(&sock).expect("create socket dir");
+        let pwfile = root.join("pwfile");
+        std::fs::write(&pwfile, format!("{SUPERUSER_PASSWORD}\n")).expect("write pwfile");
+        if as_postgres {
+            chown_postgres(&root);
+            chown_postgres(&sock);
+            chown_postgres(&pwfile);
+        }
+        let mut cluster = PgCluster {
+            dir: Some(dir),
+            root: root.clone(),
+            data: root.join("data"),
+            log: root.join("postgres.log"),
+            bindir: find_bindir(),
+            port: 0,
+            as_postgres,
+            watchdog: None,
+        };
+        cluster.spawn_watchdog();
+        cluster
+    }
+
+    /// Picks a port and starts the server on it (the port may be taken between picking
+    /// and binding: a few are tried).
+    fn start_on_free_port(&mut self) {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            append(
+                &self.data.join("postgresql.conf"),
+                &format!("port = {port}\n"),
+            );
+            self.port = port;
+            let out = self.pg_ctl_start();
+            if out.status.success() {
+                return;
+            }
+            last_err = format!(
+                "pg_ctl start failed: {}\n{}\n{}\nlog:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.server_log()
+            );
+        }
+        panic!("{last_err}");
+    }
+
+    /// A streaming replica of this cluster (`pg_basebackup -R`), started on a port of
+    /// its own, with the same roles and databases.
+    ///
+    /// # Panics
+    /// If the base backup or the start fails.
+    pub fn replica(&self) -> PgCluster {
+        let mut replica = Self::prepare();
+        let mut backup = replica.tool("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(&replica.data)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                SUPERUSER,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .env("PGPASSWORD", SUPERUSER_PASSWORD);
+        check("pg_basebackup", backup.output());
+        let conf = format!(
+            "\n# sluice-tests replica\nunix_socket_directories = '{}'\n",
+            replica.root.join("sock").display()
+        );
+        append(&replica.data.join("postgresql.conf"), &conf);
+        replica.start_on_free_port();
+        replica
+    }
+
+    /// Promotes this replica to a primary (`pg_ctl promote`, waiting until it is done).
+    ///
+    /// # Panics
+    /// If pg_ctl fails.
+    pub fn promote(&self) {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.arg("-D").arg(&self.data).args(["-w", "promote"]);
+        check("pg_ctl promote", cmd.output());
     }
 
     /// The TCP port on 127.0.0.1.

@@ -47,6 +47,7 @@ pub mod cancel;
 pub(crate) mod client_io;
 pub mod console;
 pub mod context;
+pub mod hosts;
 pub mod listener;
 pub mod notify;
 pub mod pool;

@@ -26,18 +26,36 @@ pub struct Hooks {
 impl AdminHooks for Hooks {
     fn health(&self) -> HealthReport {
         let ctx = self.live.current();
-        let pools = ctx
-            .pools()
-            .iter()
-            .map(|pool| {
-                let health = pool.health();
+        let mut pools = Vec::new();
+        for (name, db) in ctx.all_databases() {
+            let Some(hosts) = db.host_report() else {
+                pools.extend(db.pools().iter().map(|(_, pool)| {
+                    let health = pool.health();
+                    PoolHealth {
+                        name: pool.settings().name.clone(),
+                        healthy: health.is_ok(),
+                        reason: health.err(),
+                    }
+                }));
+                continue;
+            };
+            // Several hosts: one entry per host. A banned replica is reported but leaves
+            // the proxy healthy (reads go elsewhere); a banned primary does not.
+            pools.extend(hosts.into_iter().map(|h| {
+                let banned = h.banned_for > 0.0;
                 PoolHealth {
-                    name: pool.settings().name.clone(),
-                    healthy: health.is_ok(),
-                    reason: health.err(),
+                    name: format!("{name}@{} ({})", h.address, h.role.as_str()),
+                    healthy: !banned || h.role != sluice_pg::hosts::Role::Primary,
+                    reason: banned.then(|| {
+                        format!(
+                            "banned for {:.1}s more: {}",
+                            h.banned_for,
+                            h.last_error.unwrap_or_default()
+                        )
+                    }),
                 }
-            })
-            .collect();
+            }));
+        }
         HealthReport { pools }
     }
 

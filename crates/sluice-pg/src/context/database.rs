@@ -12,6 +12,8 @@ use super::{ContextError, UserAuth};
 use crate::pool::{PgPool, PoolSettings};
 use crate::upstream::UpstreamSecret;
 
+mod multihost;
+
 /// The name of PgBouncer's fallback database entry.
 pub const WILDCARD: &str = "*";
 
@@ -52,6 +54,9 @@ pub struct Database {
     pub(crate) clients: Arc<std::sync::atomic::AtomicUsize>,
     /// TLS towards this database's upstream (`None`: sslmode disable).
     tls: Option<tokio_rustls::TlsConnector>,
+    /// Its hosts, when it has several (see [`crate::hosts`]); each has a pool per user
+    /// (the first host's are also in `pools`).
+    pub(crate) hosts: Option<Arc<crate::hosts::HostSet>>,
 }
 
 impl Database {
@@ -60,7 +65,13 @@ impl Database {
     /// let in stay, pools of users no longer listed go (in a new map, so the context in
     /// force before keeps its own until the new one takes over), and new users get pools.
     /// A pool whose user's pool mode (`[[postgres.user_settings]]`) changed is replaced too.
-    pub(super) fn set_users(&mut self, users: HashMap<String, UserAuth>, pg: &PostgresConfig) {
+    /// `false` (nothing done) for a database with several hosts whose users changed: it
+    /// gets new pools instead.
+    pub(super) fn set_users(
+        &mut self,
+        users: HashMap<String, UserAuth>,
+        pg: &PostgresConfig,
+    ) -> bool {
         let same_mode =
             |user: &str, pool: &PgPool| pool.settings().mode == self.config.pool_mode_for(pg, user);
         if users.len() == self.users.len()
@@ -69,7 +80,10 @@ impl Database {
                 .all(|(u, a)| self.users.get(u).is_some_and(|o| o.secret == a.secret))
             && self.pools.read().iter().all(|(u, p)| same_mode(u, p))
         {
-            return;
+            return true;
+        }
+        if self.hosts.is_some() {
+            return false;
         }
         let forwards = self.config.upstream.forwards_user();
         let mut pools: HashMap<String, PgPool> = HashMap::new();
@@ -92,11 +106,15 @@ impl Database {
             }
         }
         self.pools = Arc::new(parking_lot::RwLock::new(pools));
+        true
     }
 
     /// Applies a reload's settings to this database's pools and budgets.
     pub(super) fn reconfigure(&self, pg: &PostgresConfig) {
         self.set_budgets(pg);
+        if let Some(hosts) = &self.hosts {
+            hosts.reconfigure(pg);
+        }
         for (user, pool) in self.pools() {
             pool.reconfigure(self.settings_for(&user, pg, &pool.secret()));
             pool.statements()
@@ -127,8 +145,12 @@ impl Database {
         self.pools.read().get(user).cloned()
     }
 
-    /// Every pool, by user name in name order.
+    /// Every pool, by user name in name order (with several hosts, each user's pool on
+    /// each host, in host order).
     pub fn pools(&self) -> Vec<(String, PgPool)> {
+        if let Some(hosts) = &self.hosts {
+            return multihost::all_pools(hosts);
+        }
         let mut v: Vec<_> = self
             .pools
             .read()
@@ -196,7 +218,10 @@ impl Database {
         };
         let budgets = vec![self.budget.clone(), self.user_budget(user, pg)];
         let settings = self.settings_for(user, pg, &secret);
-        let pool = PgPool::with_secret(settings, secret, budgets);
+        let pool = match &self.hosts {
+            Some(hosts) => multihost::host_pools(hosts, user, settings, secret, budgets),
+            None => PgPool::with_secret(settings, secret, budgets),
+        };
         pool.statements()
             .set_capacity(pg.prepared_statement_registry_size);
         pool
@@ -268,6 +293,7 @@ pub(super) fn database(
         user_budgets: user_budgets.clone(),
         clients: Arc::default(),
         tls,
+        hosts: (db.hosts.len() > 1).then(|| Arc::new(crate::hosts::HostSet::new(db, pg))),
     };
     let pools = database
         .users

@@ -162,19 +162,27 @@ impl PgContext {
         let credentials = Arc::new(refreshed_users(pg, &self.credentials)?);
         let mut databases = HashMap::new();
         for new in pg.databases.iter().filter(|d| d.name != WILDCARD) {
-            let db = match self.databases.get(&new.name) {
-                Some(old)
-                    if old.config.same_upstream(new)
-                        && old.config.pool_mode(&self.config.postgres) == new.pool_mode(pg) =>
-                {
+            let kept = self
+                .databases
+                .get(&new.name)
+                .filter(|old| {
+                    old.config.same_upstream(new)
+                        && old.config.pool_mode(&self.config.postgres) == new.pool_mode(pg)
+                })
+                .and_then(|old| {
                     let mut db = (**old).clone();
                     db.config = new.clone();
-                    db.set_users(database::users_of(new, pg, &credentials), pg);
-                    db.reconfigure(pg);
-                    db
-                }
-                // Added, or its upstream, mode or TLS changed: new pools.
-                _ => database::database(new, pg, &credentials, &self.user_budgets)?,
+                    db.set_users(database::users_of(new, pg, &credentials), pg)
+                        .then(|| {
+                            db.reconfigure(pg);
+                            db
+                        })
+                });
+            // Added, or its upstream, mode, TLS (or, with several hosts, users) changed:
+            // new pools.
+            let db = match kept {
+                Some(db) => db,
+                None => database::database(new, pg, &credentials, &self.user_budgets)?,
             };
             databases.insert(new.name.clone(), Arc::new(db));
         }
@@ -217,6 +225,28 @@ impl PgContext {
     /// clients finish the transaction they are in, then are disconnected), and the
     /// statistics follow.
     pub fn take_over_from(&self, previous: &PgContext) {
+        for (_, db) in self.all_databases() {
+            let kept = |p: &Arc<Database>| match (&p.hosts, &db.hosts) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !previous.all_databases().iter().any(|(_, p)| kept(p)) {
+                db.start_health();
+            }
+        }
+        for (_, db) in previous.all_databases() {
+            let kept = |p: &Arc<Database>| match (&p.hosts, &db.hosts) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if let Some(hosts) = db
+                .hosts
+                .as_ref()
+                .filter(|_| !self.all_databases().iter().any(|(_, p)| kept(p)))
+            {
+                hosts.close();
+            }
+        }
         let (now, before) = (self.pools(), previous.pools());
         for pool in now.iter().filter(|p| !before.iter().any(|b| b.same(p))) {
             pool.spawn_maintenance();
@@ -236,6 +266,9 @@ impl PgContext {
     pub fn start_pools(&self) {
         for pool in self.pools() {
             pool.spawn_maintenance();
+        }
+        for (_, db) in self.all_databases() {
+            db.start_health();
         }
     }
 
@@ -276,6 +309,11 @@ impl PgContext {
     pub fn close_pools(&self) {
         for pool in self.pools() {
             pool.close();
+        }
+        for (_, db) in self.all_databases() {
+            if let Some(hosts) = &db.hosts {
+                hosts.close();
+            }
         }
     }
 }

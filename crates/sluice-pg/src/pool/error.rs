@@ -31,4 +31,13 @@ pub enum PgPoolError {
     /// The pool is shutting down.
     #[error("pool \"{0}\" is closed")]
     Closed(String),
+    /// No host of a multi-host database can take the transaction now (all banned, or no
+    /// replica for a client that asked for one).
+    #[error("database \"{database}\" has no usable host for {target} now")]
+    NoHost {
+        /// Database name.
+        database: String,
+        /// What the transaction wanted (`the primary`, `a replica`, ...).
+        target: &'static str,
+    },
 }

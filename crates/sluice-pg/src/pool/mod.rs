@@ -99,8 +99,9 @@ struct Inner {
     core: sluice_pool::Pool<PgConnector>,
     /// The settings in force (reload swaps them).
     settings: RwLock<Arc<PoolSettings>>,
-    /// Prepared statements shared by this pool's clients.
-    statements: StatementRegistry,
+    /// Prepared statements shared by this pool's clients (and by the pools of the same
+    /// user on the other hosts of a multi-host database, so names never clash).
+    statements: Arc<StatementRegistry>,
     /// Startup setting (name, value as a client sent it) → the value the server reports
     /// for it (`euc-jp` → `EUC_JP`), so a client is told at login what PostgreSQL would say.
     reported: Mutex<HashMap<StartupValue, Vec<u8>>>,
@@ -153,6 +154,32 @@ impl PgPool {
         budgets: Vec<Arc<sluice_pool::Budget>>,
     ) -> Self {
         let secret = Arc::new(RwLock::new(secret));
+        Self::build(settings, secret, budgets, Arc::default())
+    }
+
+    /// A pool of the same user on another host (`settings` names it): it shares this
+    /// pool's login secret and statement registry, and counts against `budgets`.
+    pub fn sibling(&self, settings: PoolSettings, budgets: Vec<Arc<sluice_pool::Budget>>) -> Self {
+        Self::build(
+            settings,
+            self.inner.secret.clone(),
+            budgets,
+            self.inner.statements.clone(),
+        )
+    }
+
+    /// Server connections in use or waited for now (how busy this pool is).
+    pub fn busy(&self) -> u64 {
+        let occ = self.inner.core.occupancy();
+        (occ.active + occ.waiting) as u64
+    }
+
+    fn build(
+        settings: PoolSettings,
+        secret: Arc<RwLock<UpstreamSecret>>,
+        budgets: Vec<Arc<sluice_pool::Budget>>,
+        statements: Arc<StatementRegistry>,
+    ) -> Self {
         let connector = PgConnector {
             secret: secret.clone(),
             upstream: settings.upstream.clone(),
@@ -170,7 +197,7 @@ impl PgPool {
             inner: Arc::new(Inner {
                 core,
                 settings: RwLock::new(Arc::new(settings)),
-                statements: StatementRegistry::default(),
+                statements,
                 reported: Mutex::new(HashMap::new()),
                 notify: crate::notify::NotifyHub::default(),
                 secret,

@@ -292,5 +292,6 @@ pub fn pool_error_fields(e: &PgPoolError) -> (&'static str, String) {
         }
         PgPoolError::Connect { .. } => ("08006", e.to_string()),
         PgPoolError::Closed(_) => ("57P01", e.to_string()),
+        PgPoolError::NoHost { .. } => ("08006", e.to_string()),
     }
 }

@@ -84,6 +84,8 @@ pub(crate) struct Relay<'a> {
     /// `query_timeout` / `transaction_timeout` and when what they bound began (boxed,
     /// and only when one is set).
     since: Option<Box<Since>>,
+    /// A database with several hosts: how each transaction finds its host.
+    route: Option<Box<crate::hosts::ClientRoute>>,
 }
 
 /// Most bytes read from a client that waits for a server (see [`Relay::wait_for_server`]).
@@ -107,6 +109,7 @@ impl<'a> Relay<'a> {
             who,
             count,
             server,
+            route,
         } = logged_in;
         let limits = Limits::from_config(&ctx.config.postgres);
         let gauge = ctx.stats.clients().track(match server {
@@ -151,6 +154,7 @@ impl<'a> Relay<'a> {
             pin_warned: false,
             leaving: false,
             since: Since::from_config(&ctx.config.postgres),
+            route,
         }
     }
 

@@ -86,7 +86,31 @@ impl Settings {
 }
 
 /// Startup parameters that are not settings.
-const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+const NOT_SETTINGS: &[&str] = &[
+    "user",
+    "database",
+    "options",
+    "replication",
+    TARGET_SESSION_ATTRS,
+];
+
+/// The startup parameter (or `-c` option) that picks the hosts of a multi-host database
+/// a client's transactions go to (libpq's values); Sluice's own, never sent upstream.
+pub const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
+
+/// The client's `target_session_attrs`, as a startup parameter or in `options`.
+pub fn target_session_attrs(params: &[(String, String)]) -> Option<String> {
+    params.iter().find_map(|(name, value)| {
+        if name == TARGET_SESSION_ATTRS {
+            return Some(value.clone());
+        }
+        (name == "options")
+            .then(|| parse_options(value))?
+            .into_iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(TARGET_SESSION_ATTRS))
+            .map(|(_, v)| v)
+    })
+}
 
 /// What one client believes its session looks like.
 #[derive(Debug, Default)]
@@ -110,6 +134,9 @@ impl ClientState {
         for (name, value) in params {
             if name == "options" {
                 for (n, v) in parse_options(value) {
+                    if n.eq_ignore_ascii_case(TARGET_SESSION_ATTRS) {
+                        continue;
+                    }
                     if let Some(n) = setting_name(&n) {
                         startup.insert(n, v.into_bytes());
                     }

@@ -77,6 +77,8 @@ pub(crate) struct LoggedIn<'a> {
     pub(crate) count: ClientCount<'a>,
     /// Session mode: the server this client owns for its whole life.
     pub(crate) server: Option<PooledConn>,
+    /// A database with several hosts: how each transaction finds its host.
+    pub(crate) route: Option<Box<crate::hosts::ClientRoute>>,
 }
 
 /// Runs the whole login. `None` when there is nothing left to relay: the client closed
@@ -126,6 +128,7 @@ pub(crate) async fn login<'a>(
             .unwrap_or_default()
             .to_owned(),
     });
+    let (pool, route) = routed(&db, &user, &params, pool)?;
     let greeted = greet(client, out, ctx, &pool, &who, &params, (&user, &dbname));
     let (server, registration, state) = Box::pin(greeted).await?;
     Ok(Some(LoggedIn {
@@ -135,7 +138,38 @@ pub(crate) async fn login<'a>(
         who,
         count,
         server,
+        route,
     }))
+}
+
+/// For a database with several hosts: the client's route, and the pool its login (and
+/// in session mode its whole session) uses, on the host its `target_session_attrs`
+/// asks for (the primary by default).
+fn routed(
+    db: &crate::context::Database,
+    user: &str,
+    params: &StartupParams,
+    pool: PgPool,
+) -> Result<(PgPool, Option<Box<crate::hosts::ClientRoute>>), PgSessionError> {
+    use crate::hosts::Target;
+    let Some(route) = db.route(user) else {
+        return Ok((pool, None));
+    };
+    let asked = crate::state::target_session_attrs(&params.params);
+    let target = asked
+        .as_deref()
+        .and_then(Target::from_session_attrs)
+        .unwrap_or(Target::Primary);
+    let chosen = route.pick(target).cloned().ok_or_else(|| {
+        PgSessionError::PgPool(crate::pool::PgPoolError::NoHost {
+            database: db.config.name.clone(),
+            target: target.describe(),
+        })
+    })?;
+    Ok((
+        chosen,
+        Some(Box::new(crate::hosts::ClientRoute { route, target })),
+    ))
 }
 
 /// Runs one step of the login, failing with [`PgSessionError::LoginTimeout`] past `deadline`.

@@ -5,6 +5,7 @@
 use sluice_stats::ClientState as GaugeState;
 
 use super::{Relay, WATCH_CAP};
+use crate::hosts::{readonly, Target};
 use crate::pool::{PgPoolError, PooledConn};
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frame::request_end;
@@ -87,17 +88,55 @@ impl Relay<'_> {
         }
     }
 
+    /// A database with several hosts, transaction mode: points `self.pool` at the host
+    /// this transaction goes to (a replica for a read `read_write_split` may send there).
+    fn route_to_host(&mut self, len: usize) -> Result<(), PgPoolError> {
+        let Some(route) = self.route.as_deref() else {
+            return Ok(());
+        };
+        if self.mode != sluice_config::PoolMode::Transaction {
+            return Ok(());
+        }
+        let mut target = route.target;
+        if target == Target::Primary
+            && route.route.set.read_write_split
+            && self.exchange.status() == b'I'
+            && readonly::is_read_only_request(
+                &self.client.buf[..len],
+                self.limits.max_packet,
+                &|name| self.state.statements.get(name).map(|s| s.rest.clone()),
+            )
+        {
+            target = Target::PreferReplica;
+        }
+        match route.route.pick(target) {
+            Some(pool) => {
+                if !pool.same(&self.pool) {
+                    self.pool = pool.clone();
+                }
+                Ok(())
+            }
+            None => Err(PgPoolError::NoHost {
+                database: route.route.set.database.clone(),
+                target: target.describe(),
+            }),
+        }
+    }
+
     /// Checks out a server for the `len` bytes of complete frames at the front of the
     /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
     /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
     /// of the request) and must be dropped.
     pub(super) async fn checkout(&mut self, len: usize) -> Result<Option<usize>, PgSessionError> {
         if !self.skip_until_sync {
-            let checkout = match self.pool.try_checkout(&self.who) {
-                Some(server) if !self.check_due(&server) => Ok(server),
-                // Boxed: waiting, connecting and checking are larger and rarer paths; idle
-                // clients should not carry them.
-                first => Box::pin(self.obtain_server(first)).await?,
+            let checkout = match self.route_to_host(len) {
+                Err(e) => Err(e),
+                Ok(()) => match self.pool.try_checkout(&self.who) {
+                    Some(server) if !self.check_due(&server) => Ok(server),
+                    // Boxed: waiting, connecting and checking are larger and rarer paths;
+                    // idle clients should not carry them.
+                    first => Box::pin(self.obtain_server(first)).await?,
+                },
             };
             match checkout {
                 Ok(server) => {
@@ -114,6 +153,9 @@ impl Relay<'_> {
                 }
                 Err(PgPoolError::Closed(_)) => return Err(PgSessionError::PoolClosed),
                 Err(e) => {
+                    if let (Some(route), PgPoolError::Connect { .. }) = (&self.route, &e) {
+                        route.route.connect_failed(&self.pool, &e.to_string());
+                    }
                     self.gauge.set(GaugeState::Idle);
                     tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");
                     let (code, message) = pool_error_fields(&e);

@@ -1,0 +1,92 @@
+//! The pools of a database with several hosts: one per user on each host, sharing the
+//! user's login secret and statement registry, named `database/user@host:port`; and the
+//! [`Route`] a client of such a database takes.
+
+use std::sync::Arc;
+
+use sluice_pool::Budget;
+
+use super::Database;
+use crate::hosts::health::{self, CheckLogin};
+use crate::hosts::{HostSet, Route};
+use crate::pool::{PgPool, PoolSettings};
+use crate::upstream::UpstreamSecret;
+
+/// Every host's pools, by user name, then in host order.
+pub(super) fn all_pools(hosts: &HostSet) -> Vec<(String, PgPool)> {
+    let mut v: Vec<(String, usize, PgPool)> = hosts
+        .hosts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, h)| {
+            h.pools
+                .read()
+                .iter()
+                .map(|(u, p)| (u.clone(), i, p.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    v.into_iter().map(|(u, _, p)| (u, p)).collect()
+}
+
+/// Makes `user`'s pool on every host from the first host's `settings`; returns the first
+/// host's.
+pub(super) fn host_pools(
+    hosts: &HostSet,
+    user: &str,
+    settings: PoolSettings,
+    secret: UpstreamSecret,
+    budgets: Vec<Arc<Budget>>,
+) -> PgPool {
+    let on = |i: usize| {
+        let mut s = settings.clone();
+        let host = &hosts.hosts[i].config;
+        s.upstream.host.clone_from(&host.host);
+        s.upstream.port = host.port;
+        s.name = format!("{}@{}", settings.name, host.address());
+        s
+    };
+    let first = PgPool::with_secret(on(0), secret, budgets.clone());
+    for (i, host) in hosts.hosts.iter().enumerate() {
+        let pool = if i == 0 {
+            first.clone()
+        } else {
+            first.sibling(on(i), budgets.clone())
+        };
+        host.pools.write().insert(user.to_owned(), pool);
+    }
+    first
+}
+
+impl Database {
+    /// The way to this database's hosts for `user`, when it has several.
+    pub(crate) fn route(&self, user: &str) -> Option<Route> {
+        let set = self.hosts.clone()?;
+        let pools = set
+            .hosts
+            .iter()
+            .map(|h| h.pools.read().get(user).cloned())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Route { set, pools })
+    }
+
+    /// Each host's state, when this database has several.
+    pub fn host_report(&self) -> Option<Vec<crate::hosts::HostReport>> {
+        self.hosts.as_ref().map(|h| h.report())
+    }
+
+    /// Starts the health check of this database's hosts, when it has several.
+    pub(crate) fn start_health(&self) {
+        if let Some(hosts) = &self.hosts {
+            health::spawn(
+                hosts,
+                CheckLogin {
+                    upstream: self.config.upstream.clone(),
+                    tls: self.tls.clone(),
+                    sslmode: self.config.sslmode,
+                },
+            );
+        }
+    }
+}
