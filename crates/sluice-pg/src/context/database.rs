@@ -13,6 +13,7 @@ use crate::pool::{PgPool, PoolSettings};
 use crate::upstream::UpstreamSecret;
 
 mod multihost;
+pub(super) use multihost::health_changes;
 
 /// The name of PgBouncer's fallback database entry.
 pub const WILDCARD: &str = "*";

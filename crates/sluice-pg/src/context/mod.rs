@@ -25,6 +25,8 @@ pub use crate::auth_query::UserAuth;
 pub use database::{Database, MAX_AUTO_DATABASES, WILDCARD};
 
 mod database;
+mod users;
+use users::{configured_users, refreshed_users, same_secrets, user_modes};
 mod lookup;
 
 /// A configuration that cannot be turned into pools.
@@ -162,22 +164,7 @@ impl PgContext {
         let credentials = Arc::new(refreshed_users(pg, &self.credentials)?);
         let mut databases = HashMap::new();
         for new in pg.databases.iter().filter(|d| d.name != WILDCARD) {
-            let kept = self
-                .databases
-                .get(&new.name)
-                .filter(|old| {
-                    old.config.same_upstream(new)
-                        && old.config.pool_mode(&self.config.postgres) == new.pool_mode(pg)
-                })
-                .and_then(|old| {
-                    let mut db = (**old).clone();
-                    db.config = new.clone();
-                    db.set_users(database::users_of(new, pg, &credentials), pg)
-                        .then(|| {
-                            db.reconfigure(pg);
-                            db
-                        })
-                });
+            let kept = self.kept_database(new, pg, &credentials);
             // Added, or its upstream, mode, TLS (or, with several hosts, users) changed:
             // new pools.
             let db = match kept {
@@ -220,33 +207,35 @@ impl PgContext {
         })
     }
 
+    /// The database `new` names, kept from this context with its pools when its upstream
+    /// and mode are unchanged (and, with several hosts, its users).
+    fn kept_database(
+        &self,
+        new: &DatabaseConfig,
+        pg: &PostgresConfig,
+        credentials: &HashMap<String, UserAuth>,
+    ) -> Option<Database> {
+        let old = self.databases.get(&new.name)?;
+        if !old.config.same_upstream(new)
+            || old.config.pool_mode(&self.config.postgres) != new.pool_mode(pg)
+        {
+            return None;
+        }
+        let mut db = (**old).clone();
+        db.config = new.clone();
+        if !db.set_users(database::users_of(new, pg, credentials), pg) {
+            return None;
+        }
+        db.reconfigure(pg);
+        Some(db)
+    }
+
     /// Puts a reload's database changes into effect, once nothing can fail any more:
     /// pools new since `previous` start, pools it had that this context lost close (their
     /// clients finish the transaction they are in, then are disconnected), and the
     /// statistics follow.
     pub fn take_over_from(&self, previous: &PgContext) {
-        for (_, db) in self.all_databases() {
-            let kept = |p: &Arc<Database>| match (&p.hosts, &db.hosts) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if !previous.all_databases().iter().any(|(_, p)| kept(p)) {
-                db.start_health();
-            }
-        }
-        for (_, db) in previous.all_databases() {
-            let kept = |p: &Arc<Database>| match (&p.hosts, &db.hosts) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            };
-            if let Some(hosts) = db
-                .hosts
-                .as_ref()
-                .filter(|_| !self.all_databases().iter().any(|(_, p)| kept(p)))
-            {
-                hosts.close();
-            }
-        }
+        database::health_changes(&self.all_databases(), &previous.all_databases());
         let (now, before) = (self.pools(), previous.pools());
         for pool in now.iter().filter(|p| !before.iter().any(|b| b.same(p))) {
             pool.spawn_maintenance();
@@ -331,53 +320,6 @@ fn auth_query(
         Some((name, secret)) => crate::auth_query::AuthQuery::new(name, secret),
         None => crate::auth_query::AuthQuery::default(),
     }
-}
-
-/// Whether two user lists have the same users with the same secrets.
-fn same_secrets(a: &HashMap<String, UserAuth>, b: &HashMap<String, UserAuth>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .all(|(name, x)| b.get(name).is_some_and(|y| y.secret == x.secret))
-}
-
-/// Each user's own pool mode (`[[postgres.user_settings]]`), by name.
-fn user_modes(pg: &PostgresConfig) -> Vec<(&str, Option<sluice_config::PoolMode>)> {
-    let mut modes: Vec<_> = pg
-        .user_settings
-        .iter()
-        .map(|s| (s.name.as_str(), s.pool_mode))
-        .collect();
-    modes.sort_by(|a, b| a.0.cmp(b.0));
-    modes
-}
-
-/// The credentials of the `[[postgres.users]]` list (and `auth_file`).
-fn configured_users(pg: &PostgresConfig) -> Result<HashMap<String, UserAuth>, ContextError> {
-    refreshed_users(pg, &HashMap::new())
-}
-
-/// The credentials of `pg`'s users, reusing those of `before` whose secret is unchanged
-/// (deriving a verifier from a password runs PBKDF2, and gives a new salt each time).
-fn refreshed_users(
-    pg: &PostgresConfig,
-    before: &HashMap<String, UserAuth>,
-) -> Result<HashMap<String, UserAuth>, ContextError> {
-    let mut configured = HashMap::new();
-    for u in &pg.users {
-        let secret = Secret::parse(&u.password).map_err(|source| ContextError::BadSecret {
-            user: u.name.clone(),
-            source,
-        })?;
-        let auth = match before.get(&u.name) {
-            Some(old) if old.secret == secret => old.clone(),
-            _ => {
-                let scram = secret.scram_verifier();
-                UserAuth { secret, scram }
-            }
-        };
-        configured.insert(u.name.clone(), auth);
-    }
-    Ok(configured)
 }
 
 /// What the admin console needs from the binary: reload, shutdown and the context in

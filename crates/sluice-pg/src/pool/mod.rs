@@ -16,21 +16,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use sluice_config::Upstream;
-use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
+use sluice_pool::{CheckoutError, Limits, Pooled};
 use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 
+mod connector;
 mod error;
 mod hub;
 mod pins;
 mod settings;
 
+pub use connector::PgConnector;
 pub use error::PgPoolError;
 pub use pins::PinSlot;
 pub use settings::PoolSettings;
 
 use crate::state::prepared::StatementRegistry;
-use crate::upstream::{PgUpstreamError, ServerConn, ServerParams, UpstreamSecret};
+use crate::upstream::{ServerConn, ServerParams, UpstreamSecret};
 
 /// Who holds a checked-out connection (for "oldest checkout" in the stats).
 #[derive(Debug, Clone)]
@@ -39,54 +40,6 @@ pub struct ClientMeta {
     pub addr: SocketAddr,
     /// Its application_name.
     pub application_name: String,
-}
-
-/// Opens server connections for one pool and remembers the first one's parameters.
-pub struct PgConnector {
-    upstream: Upstream,
-    /// What the pool logs in with (shared with the pool: a SCRAM login fills it in).
-    secret: Arc<RwLock<UpstreamSecret>>,
-    tls: Option<tokio_rustls::TlsConnector>,
-    sslmode: sluice_config::SslMode,
-    /// Startup parameters of the first server connection, replayed to clients at login.
-    params: Mutex<Option<ServerParams>>,
-}
-
-impl Connector for PgConnector {
-    type Conn = ServerConn;
-    type Error = PgUpstreamError;
-    type Holder = ClientMeta;
-
-    async fn connect(&self, limit: Duration) -> Result<ServerConn, PgUpstreamError> {
-        let secret = self.secret.read().clone();
-        Box::pin(ServerConn::connect(
-            &self.upstream,
-            &secret,
-            limit,
-            self.tls.as_ref(),
-            self.sslmode,
-        ))
-        .await
-    }
-
-    fn is_transient(&self, error: &PgUpstreamError) -> bool {
-        error.is_transient()
-    }
-
-    fn is_reusable(&self, conn: &ServerConn) -> bool {
-        conn.looks_alive()
-    }
-
-    fn ident(&self, conn: &ServerConn) -> i64 {
-        i64::from(conn.cancel.pid)
-    }
-
-    fn opened(&self, conn: &ServerConn) {
-        let mut p = self.params.lock();
-        if p.is_none() {
-            *p = Some(conn.params.clone());
-        }
-    }
 }
 
 /// A startup setting as a client sent it: (lower-case name, value).

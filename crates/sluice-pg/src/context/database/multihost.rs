@@ -90,3 +90,27 @@ impl Database {
         }
     }
 }
+
+/// After a reload: starts the health check of host sets new in `now`, and stops those of
+/// `before` that are gone.
+pub(in crate::context) fn health_changes(
+    now: &[(String, Arc<Database>)],
+    before: &[(String, Arc<Database>)],
+) {
+    let same = |a: &Database, b: &Database| match (&a.hosts, &b.hosts) {
+        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+        _ => false,
+    };
+    for (_, db) in now {
+        if !before.iter().any(|(_, b)| same(b, db)) {
+            db.start_health();
+        }
+    }
+    for (_, db) in before {
+        if let Some(hosts) = db.hosts.as_ref() {
+            if !now.iter().any(|(_, n)| same(n, db)) {
+                hosts.close();
+            }
+        }
+    }
+}

@@ -90,7 +90,30 @@ impl Relay<'_> {
 
     /// A database with several hosts, transaction mode: points `self.pool` at the host
     /// this transaction goes to (a replica for a read `read_write_split` may send there).
-    fn route_to_host(&mut self, len: usize) -> Result<(), PgPoolError> {
+    /// `false` when no host can take it: the client was told, as for a failed checkout.
+    fn route_to_host(&mut self, len: usize) -> bool {
+        match self.routed_pool(len) {
+            Ok(()) => true,
+            Err(e) => {
+                self.checkout_failed(&e);
+                false
+            }
+        }
+    }
+
+    /// Tells the client why it got no server (the rest of its request is dropped).
+    fn checkout_failed(&mut self, e: &PgPoolError) {
+        if let (Some(route), PgPoolError::Connect { .. }) = (&self.route, e) {
+            route.route.connect_failed(&self.pool, &e.to_string());
+        }
+        self.gauge.set(GaugeState::Idle);
+        tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");
+        let (code, message) = pool_error_fields(e);
+        backend::error_response(&mut self.to_client.buf, Severity::Error, code, &message);
+        self.skip_until_sync = true;
+    }
+
+    fn routed_pool(&mut self, len: usize) -> Result<(), PgPoolError> {
         let Some(route) = self.route.as_deref() else {
             return Ok(());
         };
@@ -128,15 +151,14 @@ impl Relay<'_> {
     /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
     /// of the request) and must be dropped.
     pub(super) async fn checkout(&mut self, len: usize) -> Result<Option<usize>, PgSessionError> {
-        if !self.skip_until_sync {
-            let checkout = match self.route_to_host(len) {
-                Err(e) => Err(e),
-                Ok(()) => match self.pool.try_checkout(&self.who) {
-                    Some(server) if !self.check_due(&server) => Ok(server),
-                    // Boxed: waiting, connecting and checking are larger and rarer paths;
-                    // idle clients should not carry them.
-                    first => Box::pin(self.obtain_server(first)).await?,
-                },
+        // `route_to_host` answers a request no host can take itself: nothing of it is
+        // held across the wait below (the idle client's future stays small).
+        if !self.skip_until_sync && self.route_to_host(len) {
+            let checkout = match self.pool.try_checkout(&self.who) {
+                Some(server) if !self.check_due(&server) => Ok(server),
+                // Boxed: waiting, connecting and checking are larger and rarer paths; idle
+                // clients should not carry them.
+                first => Box::pin(self.obtain_server(first)).await?,
             };
             match checkout {
                 Ok(server) => {
@@ -152,21 +174,7 @@ impl Relay<'_> {
                     return Ok(None);
                 }
                 Err(PgPoolError::Closed(_)) => return Err(PgSessionError::PoolClosed),
-                Err(e) => {
-                    if let (Some(route), PgPoolError::Connect { .. }) = (&self.route, &e) {
-                        route.route.connect_failed(&self.pool, &e.to_string());
-                    }
-                    self.gauge.set(GaugeState::Idle);
-                    tracing::warn!(client = %self.who.addr, error = %e, "checkout failed");
-                    let (code, message) = pool_error_fields(&e);
-                    backend::error_response(
-                        &mut self.to_client.buf,
-                        Severity::Error,
-                        code,
-                        &message,
-                    );
-                    self.skip_until_sync = true;
-                }
+                Err(e) => self.checkout_failed(&e),
             }
         }
         // Drop frames up to the end of the request, answering it with ReadyForQuery.
