@@ -12,7 +12,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::Frame;
 use super::header::{Header, OpCode, HEADER_LEN};
@@ -30,6 +30,10 @@ const ZSTD_LEVEL: i32 = 3;
 /// Most bytes one byte of raw Snappy data can expand to (64 from a 3-byte copy, rounded
 /// up).
 const SNAPPY_MAX_RATIO: usize = 32;
+
+/// Bounds of the zstd window accepted (log2): 8 MiB and zstd's default limit, 128 MiB.
+const ZSTD_MIN_WINDOW_LOG: u32 = 23;
+const ZSTD_MAX_WINDOW_LOG: u32 = 27;
 
 /// The commands whose messages (and replies) are never compressed, by the Wire
 /// Compression specification: the handshake and everything carrying credentials.
@@ -139,15 +143,15 @@ impl Compressor {
         }
     }
 
-    /// Decompresses `data`, producing at most `size + 1` bytes (so a longer output is
-    /// seen as a size mismatch without being produced in full).
-    fn expand(self, data: &[u8], size: usize) -> Result<Vec<u8>, WireError> {
+    /// Decompresses `data` onto the end of `out`, producing at most `size + 1` bytes (so
+    /// a longer output is seen as a size mismatch without being produced in full).
+    fn expand(self, data: &[u8], size: usize, out: &mut Vec<u8>) -> Result<(), WireError> {
         let failed = |e: &dyn fmt::Display| WireError::Compression {
             compressor: self,
             why: e.to_string(),
         };
         let limit = u64::try_from(size).unwrap_or(u64::MAX).saturating_add(1);
-        let mut out = Vec::new();
+        let start = out.len();
         match self {
             Self::Noop => out.extend_from_slice(data.get(..=size).unwrap_or(data)),
             Self::Snappy => {
@@ -161,27 +165,44 @@ impl Compressor {
                 if len > data.len().saturating_mul(SNAPPY_MAX_RATIO) {
                     return Err(failed(&"declared length beyond what the data can hold"));
                 }
-                out = snap::raw::Decoder::new()
-                    .decompress_vec(data)
+                out.resize(start + len, 0);
+                let written = snap::raw::Decoder::new()
+                    .decompress(data, out.get_mut(start..).unwrap_or_default())
                     .map_err(|e| failed(&e))?;
+                out.truncate(start + written);
             }
             Self::Zlib => {
                 flate2::read::ZlibDecoder::new(data)
                     .take(limit)
-                    .read_to_end(&mut out)
+                    .read_to_end(out)
                     .map_err(|e| failed(&e))?;
             }
             Self::Zstd => {
+                // The frame header names the window the decoder allocates up front; no
+                // honest frame for `size` bytes needs one larger than that, so a bomb
+                // declaring 128 MiB with no content size is refused, not served.
                 zstd::stream::read::Decoder::with_buffer(data)
-                    .and_then(|d| d.take(limit).read_to_end(&mut out))
+                    .and_then(|mut d| {
+                        d.window_log_max(zstd_window_log(size))?;
+                        d.take(limit).read_to_end(out)
+                    })
                     .map_err(|e| failed(&e))?;
             }
         }
-        if out.len() != size {
-            return Err(mismatch(self, size, out.len()));
+        let got = out.len() - start;
+        if got != size {
+            return Err(mismatch(self, size, got));
         }
-        Ok(out)
+        Ok(())
     }
+}
+
+/// The largest zstd window (log2) accepted for `size` bytes of output: enough to cover
+/// them, at least 8 MiB (what compressors use when they do not know the size ahead), at
+/// most the library's default limit.
+fn zstd_window_log(size: usize) -> u32 {
+    let cover = usize::BITS - size.saturating_sub(1).leading_zeros();
+    cover.clamp(ZSTD_MIN_WINDOW_LOG, ZSTD_MAX_WINDOW_LOG)
 }
 
 /// Data that does not expand to the declared `uncompressedSize` (`got` may be cut at
@@ -275,20 +296,20 @@ pub fn decompress(frame: &Frame, max_len: usize) -> Result<Decompressed, WireErr
         return Err(too_large);
     }
     let data = body.get(PREFIX_LEN..).unwrap_or_default();
-    let original_body = compressor.expand(data, size)?;
     let header = Header {
         length,
         op_code,
         ..frame.header
     };
-    let mut out = BytesMut::with_capacity(total);
-    out.resize(HEADER_LEN, 0);
-    if let Some(head) = out.get_mut(..HEADER_LEN) {
-        header.write(head);
-    }
-    out.put_slice(&original_body);
+    // The header first, the body decompressed right after it: one buffer, no copy.
+    let mut out = vec![0; HEADER_LEN];
+    header.write(&mut out);
+    compressor.expand(data, size, &mut out)?;
     Ok(Decompressed {
         compressor,
-        frame: Frame { header, data: out },
+        frame: Frame {
+            header,
+            data: BytesMut::from(Bytes::from(out)),
+        },
     })
 }

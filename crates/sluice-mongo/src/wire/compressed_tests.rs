@@ -167,3 +167,22 @@ fn lying_sizes_and_bombs_are_bounded() {
     let frame = hand_made(10, 0, b"short");
     assert!(decompress(&frame, MAX).is_err());
 }
+
+#[test]
+fn a_zstd_frame_asking_for_a_huge_window_is_refused() {
+    use std::io::Write;
+    // Ten bytes in a frame that declares a 128 MiB window and no content size: decoding
+    // it would allocate the window up front.
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    z.window_log(27).unwrap();
+    z.include_contentsize(false).unwrap();
+    z.write_all(b"0123456789").unwrap();
+    let data = z.finish().unwrap();
+    let frame = hand_made(10, 3, &data);
+    let err = decompress(&frame, MAX).unwrap_err();
+    assert!(matches!(err, WireError::Compression { .. }), "{err}");
+    // The same bytes with a small window decode.
+    let data = zstd::bulk::compress(b"0123456789", 3).unwrap();
+    let frame = hand_made(10, 3, &data);
+    assert_eq!(decompress(&frame, MAX).unwrap().frame.body(), b"0123456789");
+}
