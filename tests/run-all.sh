@@ -46,14 +46,18 @@ npm ci --prefix tests/drivers/node --no-audit --no-fund
 
 # MongoDB side (tests/tests/mongo.rs): SecantusDB, a MongoDB-wire server for tests
 # (shared/MONGO-TESTING.md; a test tool, never linked or shipped), and pymongo in the same
-# venv for the driver test. SLUICE_TEST_MONGODB_URI points the suite at a real mongod.
-if [ ! -x /opt/secantus/bin/secantusd-py ] || ! /opt/secantus/bin/python -c "import pymongo" 2>/dev/null; then
+# venv for the driver test, with pymongo's snappy and zstd codecs (python-snappy,
+# backports.zstd) for the wire-compression tests (tests/tests/mongo_compression.rs).
+# SLUICE_TEST_MONGODB_URI points the suite at a real mongod.
+if [ ! -x /opt/secantus/bin/secantusd-py ] \
+    || ! /opt/secantus/bin/python -c "import pymongo, snappy, backports.zstd" 2>/dev/null; then
     if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
         $SUDO apt-get update
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends python3-venv
     fi
     $SUDO python3 -m venv /opt/secantus
-    $SUDO /opt/secantus/bin/pip install --quiet 'SecantusDB==0.7.0b3' 'pymongo>=4.9,<5'
+    $SUDO /opt/secantus/bin/pip install --quiet 'SecantusDB==0.7.0b3' 'pymongo>=4.9,<5' \
+        'python-snappy>=0.7,<1' 'backports.zstd>=1,<2'
 fi
 
 # promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yml here and runs

@@ -32,7 +32,10 @@ use sluice_pg::state::{setting_name, ClientState};
 
 use sluice_mongo::hello::HelloRequest;
 use sluice_mongo::request::{reply_cursor_id, reply_says_not_primary, RequestInfo};
-use sluice_mongo::wire::{Frame as MongoFrame, FrameDecoder, OpMsg, OpQuery};
+use sluice_mongo::wire::{
+    compress as mongo_compress, decompress as mongo_decompress, peek_command_name, Compressor,
+    Frame as MongoFrame, FrameDecoder, OpCode, OpMsg, OpQuery,
+};
 
 // ------------------------------------------------------------------------------------------
 // Frontend frames
@@ -557,7 +560,8 @@ fn mongo_frames(data: &[u8], limit: usize, cuts: &[usize]) -> (Vec<MongoFrame>, 
 /// MongoDB wire: the frame decoder (the same frames at any split point, lengths checked,
 /// no up-front allocation of a claimed length), then every view Sluice takes of a frame —
 /// OP_MSG sections, OP_QUERY, the routing facts (`lsid`, `txnNumber`, `$readPreference`,
-/// cursor ids), `hello` options, reply inspection, and the header rewrite.
+/// cursor ids), `hello` options, reply inspection, OP_COMPRESSED (decompressed within
+/// the limit, and a round trip per compressor), and the header rewrite.
 pub fn fuzz_mongo(data: &[u8]) {
     let Some((&first, rest)) = data.split_first() else {
         return;
@@ -574,6 +578,8 @@ pub fn fuzz_mongo(data: &[u8]) {
     assert_eq!(whole, split, "split points changed the frames");
     for frame in whole {
         let _ = frame.msg_flags();
+        let _ = peek_command_name(frame.body());
+        check_compression(&frame, limit);
         if let Ok(msg) = OpMsg::parse(frame.body()) {
             let name = msg.command_name();
             let info = RequestInfo::parse(name, msg.body);
@@ -602,5 +608,29 @@ pub fn fuzz_mongo(data: &[u8]) {
         );
         let from = if frame.msg_flags().is_some() { 20 } else { 16 };
         assert_eq!(&forwarded.data[from.min(n)..], &frame.data[from.min(n)..n]);
+    }
+}
+
+/// OP_COMPRESSED: whatever decompresses fits the limit and is no OP_COMPRESSED itself; a
+/// frame compressed with each compressor comes back unchanged.
+fn check_compression(frame: &MongoFrame, limit: usize) {
+    if let Ok(d) = mongo_decompress(frame, limit) {
+        assert!(d.frame.data.len() <= limit);
+        assert_eq!(d.frame.header.length as usize, d.frame.data.len());
+        assert_ne!(d.frame.header.op_code, OpCode::Compressed);
+    }
+    if frame.header.op_code == OpCode::Compressed {
+        return;
+    }
+    for c in [
+        Compressor::Noop,
+        Compressor::Snappy,
+        Compressor::Zlib,
+        Compressor::Zstd,
+    ] {
+        let packed = mongo_compress(frame, c).expect("compress");
+        let packed = MongoFrame::from_bytes(packed).expect("a whole OP_COMPRESSED");
+        let back = mongo_decompress(&packed, frame.data.len()).expect("round trip");
+        assert_eq!((back.compressor, &back.frame), (c, frame));
     }
 }

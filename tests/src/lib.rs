@@ -4,6 +4,7 @@
 //!   directory on a free loopback port.
 //! * [`Sluice`] writes a configuration file and runs the real `sluice` program (the
 //!   `sluice-e2e` binary of this crate) against it.
+//! * [`wire_tap::WireTap`] relays MongoDB traffic and counts compressed messages.
 //! * A few helpers ([`sqlstate`], [`scalar`], [`unique_name`], [`metric_value`]...) keep
 //!   the tests short.
 //!
@@ -14,6 +15,7 @@
 pub mod mongo;
 pub mod pg;
 pub mod proxy;
+pub mod wire_tap;
 
 pub use pg::{shared_cluster, PgCluster, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
 pub use proxy::{DatabaseConfig, PoolMode, Sluice, SluiceBuilder};

@@ -234,4 +234,29 @@ proptest! {
         input.extend_from_slice(&msg);
         fuzz_mongo(&input);
     }
+
+    #[test]
+    fn mongo_mutated_compressed_messages(
+        limit in any::<u8>(),
+        id in 0u8..4,
+        text in "[a-z]{0,200}",
+        flips in vec((0usize..512, any::<u8>()), 0..4),
+    ) {
+        // A well-formed OP_COMPRESSED of each compressor, then byte flips (sizes, ids,
+        // the compressed data itself).
+        use sluice_mongo::wire::{compress, Compressor, Frame};
+        let body = mongodb::bson::doc! {"insert": "c", "s": text, "$db": "t"};
+        let mut doc = Vec::new();
+        body.to_writer(&mut doc).unwrap();
+        let plain = Frame::from_bytes(sluice_mongo::wire::encode_op_msg(1, 0, 0, &doc)).unwrap();
+        let c = Compressor::from_id(id).unwrap();
+        let mut msg = compress(&plain, c).unwrap().to_vec();
+        for (at, b) in flips {
+            let i = at % msg.len();
+            msg[i] ^= b;
+        }
+        let mut input = vec![limit];
+        input.extend_from_slice(&msg);
+        fuzz_mongo(&input);
+    }
 }

@@ -5,6 +5,7 @@
 //! `proxy.toml.example` at the repository root for every key.
 
 mod builder;
+mod compression;
 mod database;
 mod duration;
 mod error;
@@ -30,6 +31,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use compression::MongoCompressor;
 pub use duration::{parse_duration, InvalidDuration};
 pub use error::ConfigError;
 pub use load::{CONFIG_ENV, ENV_VARS, OVERRIDE_KEYS};

@@ -298,6 +298,8 @@ pub struct MongoConfig {
     pub client_idle_timeout: Duration,
     /// TLS towards clients (`[mongo.tls]`; told from plaintext by the first bytes).
     pub tls: ClientTlsConfig,
+    /// Compressors offered to the upstream, in order; empty (the default): none.
+    pub compressors: Vec<crate::MongoCompressor>,
     /// Users who may log in to Sluice (SCRAM-SHA-256); empty means clients need not
     /// authenticate, which validation allows only on a loopback listener.
     pub users: Vec<UserConfig>,
@@ -334,6 +336,7 @@ impl fmt::Debug for MongoConfig {
             .field("client_login_timeout", &self.client_login_timeout)
             .field("client_idle_timeout", &self.client_idle_timeout)
             .field("tls", &self.tls)
+            .field("compressors", &self.compressors)
             .field("users", &self.users)
             .finish()
     }
@@ -352,6 +355,7 @@ impl Default for MongoConfig {
             client_login_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::ZERO,
             tls: ClientTlsConfig::default(),
+            compressors: Vec::new(),
             users: Vec::new(),
         }
     }

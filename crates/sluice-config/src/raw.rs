@@ -33,6 +33,7 @@ struct RawMongo {
     max_client_conn: Option<usize>,
     client_login_timeout: Option<Spanned<Value>>,
     client_idle_timeout: Option<Spanned<Value>>,
+    compressors: Option<Vec<crate::MongoCompressor>>,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]
@@ -376,6 +377,7 @@ fn apply_mongo(
     set(&mut mongo.max_pool_size, raw.max_pool_size);
     set(&mut mongo.min_pool_size, raw.min_pool_size);
     set(&mut mongo.max_client_conn, raw.max_client_conn);
+    set(&mut mongo.compressors, raw.compressors);
     for (slot, key, value) in [
         (
             &mut mongo.pool_timeout,

@@ -328,6 +328,7 @@ pub static KEYS: &[Key] = &[
     mongo_key!("mongo.max_client_conn", Live, max_client_conn),
     mongo_key!("mongo.client_login_timeout", Live, client_login_timeout),
     mongo_key!("mongo.client_idle_timeout", Live, client_idle_timeout),
+    mongo_key!("mongo.compressors", MONGO, compressors),
     // Reload loads the certificate and key files again (a change of their contents too).
     Key {
         path: "mongo.tls.mode",

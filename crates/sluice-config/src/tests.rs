@@ -458,6 +458,17 @@ fn mongo_validation() {
 }
 
 #[test]
+fn mongo_compressors_parse_in_order() {
+    use crate::MongoCompressor::{Snappy, Zstd};
+    let text = format!("{MONGO_ONLY}compressors = [\"zstd\", \"snappy\"]\n");
+    let config = Config::from_toml_str(&text).expect("compressors");
+    assert_eq!(config.mongo.expect("mongo").compressors, vec![Zstd, Snappy]);
+    let bad = format!("{MONGO_ONLY}compressors = [\"lz4\"]\n");
+    let err = Config::from_toml_str(&bad).expect_err("lz4").to_string();
+    assert!(err.contains("lz4") && err.contains("zstd"), "{err}");
+}
+
+#[test]
 fn mongo_tls_parses_and_validates() {
     let defaults = Config::from_toml_str(MONGO_ONLY).expect("defaults");
     let tls = defaults.mongo.expect("mongo").tls;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bson::oid::ObjectId;
 use parking_lot::RwLock;
 use sluice_auth::{ScramVerifier, Secret};
-use sluice_config::MongoConfig;
+use sluice_config::{MongoCompressor, MongoConfig};
 use sluice_stats::Registry;
 use thiserror::Error;
 use tokio::sync::Semaphore;
@@ -19,6 +19,7 @@ use crate::pool::{MongoPool, PoolSettings};
 use crate::replicas::Replicas;
 use crate::tls::ClientTls;
 use crate::upstream::{MongoUpstreamError, ServerInfo, Target};
+use crate::wire::Compressor;
 
 /// A `[mongo]` section that cannot be started.
 #[derive(Debug, Error)]
@@ -73,7 +74,8 @@ impl MongoContext {
         stats: &Arc<Registry>,
     ) -> Result<Arc<MongoContext>, ContextError> {
         let tls = ClientTls::load(&config.tls)?;
-        let target = Target::parse(&config.upstream).await?;
+        let mut target = Target::parse(&config.upstream).await?;
+        target.compressors = config.compressors.iter().map(|&c| compressor(c)).collect();
         let (users, auth_required) = client_users(&config, &target)?;
         let settings = PoolSettings {
             name: "mongo".into(),
@@ -188,6 +190,15 @@ fn client_users(
         }
     }
     Ok((users, auth_required))
+}
+
+/// The wire codec's compressor for a `[mongo] compressors` entry.
+fn compressor(c: MongoCompressor) -> Compressor {
+    match c {
+        MongoCompressor::Snappy => Compressor::Snappy,
+        MongoCompressor::Zlib => Compressor::Zlib,
+        MongoCompressor::Zstd => Compressor::Zstd,
+    }
 }
 
 /// How many long-polling getMores may hold upstream connections: half the pool, at least 1.

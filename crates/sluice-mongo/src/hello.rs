@@ -7,6 +7,7 @@ use bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawBsonRef, RawDocument
 use std::time::Duration;
 
 use crate::upstream::ServerInfo;
+use crate::wire::Compressor;
 
 /// Longest `maxAwaitTimeMS` honoured for an awaitable hello.
 const MAX_AWAIT: Duration = Duration::from_secs(60);
@@ -27,6 +28,9 @@ pub struct HelloRequest {
     pub sasl_user: Option<String>,
     /// Awaitable hello: `topologyVersion.processId` and `maxAwaitTimeMS`.
     pub await_for: Option<(Option<ObjectId>, Duration)>,
+    /// `compression`: the compressors the client offers, in its order of preference
+    /// (`None`: the field was absent, so the reply names none either).
+    pub compression: Option<Vec<String>>,
 }
 
 impl HelloRequest {
@@ -55,12 +59,35 @@ impl HelloRequest {
             (Some(pid), Some(ms)) => Some((pid, Duration::from_millis(ms).min(MAX_AWAIT))),
             _ => None,
         };
+        let compression = match get("compression") {
+            Some(RawBsonRef::Array(names)) => Some(
+                names
+                    .into_iter()
+                    .filter_map(|n| match n {
+                        Ok(RawBsonRef::String(s)) => Some(s.to_owned()),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
         HelloRequest {
+            compression,
             legacy: name != "hello",
             hello_ok,
             sasl_user,
             await_for,
         }
+    }
+
+    /// The compressor of the session after this hello: the one agreed before (as mongod
+    /// does, a later hello cannot change it), else the first one of the client's
+    /// `compression` list that Sluice supports. Wire Compression spec, "Negotiation".
+    pub fn negotiate(&self, agreed: Option<Compressor>) -> Option<Compressor> {
+        let offered = self.compression.as_ref()?;
+        agreed.or_else(|| {
+            Compressor::choose(offered.iter().map(String::as_str), &Compressor::SUPPORTED)
+        })
     }
 
     /// How long to hold the reply: the full `maxAwaitTimeMS` when the client already has
@@ -74,13 +101,15 @@ impl HelloRequest {
 }
 
 /// Builds the reply. `sasl_mechs` is listed when the client asked for a user's mechanisms
-/// and client authentication is on.
+/// and client authentication is on; `compressor` (from [`HelloRequest::negotiate`]) as the
+/// one-element `compression` list.
 pub fn hello_reply(
     req: &HelloRequest,
     info: &ServerInfo,
     process_id: ObjectId,
     connection_id: i64,
     sasl_mechs: bool,
+    compressor: Option<Compressor>,
 ) -> Document {
     let mut d = Document::new();
     if req.legacy {
@@ -107,6 +136,9 @@ pub fn hello_reply(
     d.insert("minWireVersion", info.min_wire_version);
     d.insert("maxWireVersion", info.max_wire_version);
     d.insert("readOnly", false);
+    if let Some(c) = compressor {
+        d.insert("compression", vec![c.name()]);
+    }
     if sasl_mechs && req.sasl_user.is_some() {
         d.insert("saslSupportedMechs", vec!["SCRAM-SHA-256"]);
     }
@@ -131,11 +163,12 @@ mod tests {
             ..ServerInfo::default()
         };
         let pid = ObjectId::new();
-        let reply = hello_reply(&req, &info, pid, 7, true);
+        let reply = hello_reply(&req, &info, pid, 7, true, None);
         assert_eq!(reply.get_str("msg").unwrap(), "isdbgrid");
         assert!(reply.get_bool("ismaster").unwrap());
         assert_eq!(reply.get_i32("maxWireVersion").unwrap(), 27);
         assert!(reply.get("setName").is_none() && reply.get("hosts").is_none());
+        assert!(reply.get("compression").is_none());
         assert_eq!(
             reply.get_array("saslSupportedMechs").unwrap(),
             &vec![Bson::String("SCRAM-SHA-256".into())]
@@ -151,5 +184,32 @@ mod tests {
         assert_eq!(req.wait(ObjectId::new()), Duration::ZERO);
         let plain = HelloRequest::parse("hello", &rawdoc! {"hello": 1});
         assert_eq!(plain.wait(pid), Duration::ZERO);
+    }
+
+    #[test]
+    fn compression_is_chosen_in_the_clients_order_and_kept() {
+        let cmd = rawdoc! {"hello": 1, "compression": ["lz4", "zlib", "zstd"]};
+        let req = HelloRequest::parse("hello", &cmd);
+        let chosen = req.negotiate(None);
+        assert_eq!(chosen, Some(Compressor::Zlib));
+        let reply = hello_reply(
+            &req,
+            &ServerInfo::default(),
+            ObjectId::new(),
+            1,
+            false,
+            chosen,
+        );
+        assert_eq!(
+            reply.get_array("compression").unwrap(),
+            &vec![Bson::String("zlib".into())]
+        );
+        // A later hello keeps what was agreed; one without the field names nothing.
+        let again = HelloRequest::parse("hello", &rawdoc! {"hello": 1, "compression": ["zstd"]});
+        assert_eq!(again.negotiate(chosen), Some(Compressor::Zlib));
+        let plain = HelloRequest::parse("hello", &rawdoc! {"hello": 1});
+        assert_eq!(plain.negotiate(chosen), None);
+        let none = HelloRequest::parse("hello", &rawdoc! {"hello": 1, "compression": ["lz4"]});
+        assert_eq!(none.negotiate(None), None);
     }
 }

@@ -4,8 +4,8 @@
 //! `responseTo` — over a bounded pool of upstream connections it opened and logged in
 //! itself.
 //!
-//! * [`wire`] — the sans-IO codec (header, OP_MSG, legacy OP_QUERY/OP_REPLY, error
-//!   documents).
+//! * [`wire`] — the sans-IO codec (header, OP_MSG, legacy OP_QUERY/OP_REPLY,
+//!   OP_COMPRESSED with snappy/zlib/zstd, error documents).
 //! * [`scram_client`] — SCRAM-SHA-1/256 towards the upstream; [`client_auth`] — SCRAM-SHA-256
 //!   towards clients.
 //! * [`upstream`] / [`pool`] — connections and the bounded FIFO pool.

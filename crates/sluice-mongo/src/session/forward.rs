@@ -232,7 +232,7 @@ impl Session {
                 let id = self.next_id();
                 reply.set_ids(id, request_id);
                 reply.prepare_forward(false);
-                self.write(&reply.data).await
+                self.send(reply.data).await
             }
             Ok(None) => Ok(()),
             Err(e) => {

@@ -4,7 +4,8 @@
 //! Between requests the [`crate::guards`] apply: the login and idle deadlines, the
 //! pre-authentication message cap; a connection over `max_client_conn` gets its first
 //! request answered with an error and is closed. Before all that, the connection may be
-//! TLS ([`crate::tls`]).
+//! TLS ([`crate::tls`]). Requests may come compressed once a hello agreed on a compressor;
+//! see `compression`.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -27,10 +28,11 @@ use crate::hello::{hello_reply, is_hello, HelloRequest};
 use crate::request::RequestInfo;
 use crate::tls::ClientTlsError;
 use crate::wire::{
-    encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, FrameDecoder, OpCode, OpMsg,
-    OpQuery, WireError,
+    encode_op_msg, encode_op_reply, error_doc, may_compress, Compressor, ErrorCode, Frame,
+    FrameDecoder, OpCode, OpMsg, OpQuery, WireError,
 };
 
+mod compression;
 mod forward;
 mod read;
 
@@ -146,6 +148,11 @@ struct Session {
     /// Sessions (`lsid`) this client ran transaction commands for; while one is still
     /// pinned the idle timeout waits.
     txn_sessions: HashSet<Vec<u8>>,
+    /// The compressor agreed in the client's hello (`None`: none offered or none shared).
+    compressor: Option<Compressor>,
+    /// While a compressed request is handled: the compressor its reply must use (the
+    /// same one, by the Wire Compression spec).
+    reply_with: Option<Compressor>,
 }
 
 impl Session {
@@ -166,6 +173,8 @@ impl Session {
             last_seen: connected,
             cursors: OpenCursors::default(),
             txn_sessions: HashSet::new(),
+            compressor: None,
+            reply_with: None,
             auth: ClientAuth::new(ctx.users.clone(), ctx.auth_required),
             connection_id: ctx.next_connection_id(),
             ctx,
@@ -221,6 +230,7 @@ impl Session {
         match frame.header.op_code {
             OpCode::Msg => self.handle_msg(frame).await,
             OpCode::Query => self.handle_legacy(&frame).await,
+            OpCode::Compressed => self.handle_compressed(&frame).await,
             other => {
                 self.pool_error_count(ErrorKind::Protocol);
                 let msg = format!("unsupported opCode {}", other.as_i32());
@@ -247,10 +257,12 @@ impl Session {
         };
         let bytes = to_bytes(&reply);
         let id = self.next_id();
+        // Only hello comes here, and its reply is never compressed.
+        self.reply_with = None;
         self.write(&encode_op_reply(id, request_id, &bytes)).await
     }
 
-    async fn hello(&self, req: &HelloRequest) -> Document {
+    async fn hello(&mut self, req: &HelloRequest) -> Document {
         let wait = req.wait(self.ctx.process_id);
         if !wait.is_zero() {
             // Awaitable hello: the topology never changes, so just wait, holding nothing —
@@ -264,12 +276,15 @@ impl Session {
             }
         }
         let info = self.ctx.server_info().await;
+        let chosen = req.negotiate(self.compressor);
+        self.compressor = self.compressor.or(chosen);
         hello_reply(
             req,
             &info,
             self.ctx.process_id,
             self.connection_id,
             self.auth.enabled(),
+            chosen,
         )
     }
 
@@ -288,6 +303,9 @@ impl Session {
             }
         };
         let name = msg.command_name();
+        if !may_compress(name) {
+            self.reply_with = None;
+        }
         let local = match name {
             n if is_hello(n) => Some(self.hello(&HelloRequest::parse(n, msg.body)).await),
             "saslStart" => Some(self.auth.sasl_start(msg.body)),
@@ -328,7 +346,7 @@ impl Session {
     async fn reply(&mut self, request_id: i32, doc: &Document) -> Result<(), MongoSessionError> {
         let id = self.next_id();
         let msg = encode_op_msg(id, request_id, 0, &to_bytes(doc));
-        self.write(&msg).await
+        self.send(msg).await
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), MongoSessionError> {

@@ -12,7 +12,7 @@ use super::{
     Credential, MongoUpstreamError, Target, UpstreamConn, DEFAULT_MAX_MESSAGE, NEXT_CONN_ID,
 };
 use crate::scram_client::{Mechanism, ScramClient};
-use crate::wire::FrameDecoder;
+use crate::wire::{Compressor, FrameDecoder};
 
 /// The server's wire versions and limits, from its `hello` reply.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,24 +105,17 @@ impl UpstreamConn {
             decoder: FrameDecoder::new(DEFAULT_MAX_MESSAGE),
             next_request_id: 1,
             in_flight: false,
+            compressor: None,
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             info: ServerInfo::default(),
             addr: addr.to_owned(),
         };
-        let mut hello = doc! {
-            "hello": 1,
-            "$db": "admin",
-            "client": {
-                "driver": {"name": "sluice", "version": env!("CARGO_PKG_VERSION")},
-                "os": {"type": std::env::consts::OS},
-                "application": {"name": target.app_name.clone()},
-            },
-        };
-        if let Some(c) = &target.credential {
-            hello.insert("saslSupportedMechs", format!("{}.{}", c.source, c.user));
-        }
-        let reply = conn.command(&hello).await?;
+        let reply = conn.command(&hello_command(target)).await?;
         check_ok("hello", &reply)?;
+        conn.compressor = agreed_compressor(&reply, &target.compressors);
+        if let Some(c) = conn.compressor {
+            tracing::debug!(addr, compressor = %c, "upstream compression agreed");
+        }
         conn.info = ServerInfo::from_hello(&reply);
         let max = usize::try_from(conn.info.max_message_size_bytes).unwrap_or(DEFAULT_MAX_MESSAGE);
         conn.decoder = FrameDecoder::new(max.max(DEFAULT_MAX_MESSAGE));
@@ -174,6 +167,35 @@ impl UpstreamConn {
         }
         Ok(())
     }
+}
+
+/// Sluice's handshake `hello`: who it is, the login's mechanisms asked for, the
+/// compressors offered.
+fn hello_command(target: &Target) -> Document {
+    let mut hello = doc! {
+        "hello": 1,
+        "$db": "admin",
+        "client": {
+            "driver": {"name": "sluice", "version": env!("CARGO_PKG_VERSION")},
+            "os": {"type": std::env::consts::OS},
+            "application": {"name": target.app_name.clone()},
+        },
+    };
+    if let Some(c) = &target.credential {
+        hello.insert("saslSupportedMechs", format!("{}.{}", c.source, c.user));
+    }
+    if !target.compressors.is_empty() {
+        let names: Vec<&str> = target.compressors.iter().map(|c| c.name()).collect();
+        hello.insert("compression", names);
+    }
+    hello
+}
+
+/// The compressor of a connection: the first one of the server's `compression` answer
+/// that Sluice offered (Wire Compression spec: the client uses the server's first).
+fn agreed_compressor(hello: &Document, offered: &[Compressor]) -> Option<Compressor> {
+    let names = hello.get_array("compression").ok()?;
+    Compressor::choose(names.iter().filter_map(|n| n.as_str()), offered)
 }
 
 /// SCRAM-SHA-256 when the server lists it for this user (or lists nothing), else SHA-1.

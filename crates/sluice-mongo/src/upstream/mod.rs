@@ -1,5 +1,6 @@
 //! One upstream connection: request/reply round trips of whole messages with Sluice-owned
-//! request ids, and whether it can be reused. Where to connect is `target` (the URI),
+//! request ids (compressed when the handshake agreed on a compressor), and whether it can
+//! be reused. Where to connect is `target` (the URI),
 //! how a connection is opened and logged in is `handshake`, what can fail is `error`.
 
 use std::sync::atomic::AtomicU64;
@@ -10,7 +11,10 @@ use bytes::BytesMut;
 use sluice_tls::ServerStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::wire::{encode_op_msg, Frame, FrameDecoder, OpCode, OpMsg, WireError};
+use crate::wire::{
+    compress, decompress, encode_op_msg, may_compress, peek_command_name, Compressor, Frame,
+    FrameDecoder, OpCode, OpMsg, WireError,
+};
 
 mod error;
 mod handshake;
@@ -35,6 +39,8 @@ pub struct UpstreamConn {
     /// Set while a request is written but its reply not yet read: a connection dropped in
     /// that state (client gone mid-request) must not be reused.
     in_flight: bool,
+    /// The compressor the server agreed to in the handshake (`None`: uncompressed).
+    compressor: Option<Compressor>,
     /// Process-unique id, for logs.
     pub id: u64,
     /// What the server said about itself at connect time.
@@ -132,7 +138,7 @@ impl UpstreamConn {
         frame.set_ids(id, 0);
         frame.prepare_forward(true);
         self.in_flight = true;
-        self.write(&frame.data).await?;
+        self.send(&frame).await?;
         let reply = self.read_frame().await?;
         if reply.header.response_to != id {
             return Err(MongoUpstreamError::Wire(WireError::malformed(
@@ -155,9 +161,22 @@ impl UpstreamConn {
         frame.set_ids(id, 0);
         frame.prepare_forward(true);
         self.in_flight = true;
-        self.write(&frame.data).await?;
+        self.send(&frame).await?;
         self.in_flight = false;
         Ok(())
+    }
+
+    /// Writes a request, compressed when a compressor was agreed and its command may be
+    /// (never the handshake or anything carrying credentials).
+    async fn send(&mut self, frame: &Frame) -> Result<(), MongoUpstreamError> {
+        let compressor = self.compressor.filter(|_| {
+            frame.header.op_code == OpCode::Msg
+                && peek_command_name(frame.body()).is_some_and(may_compress)
+        });
+        match compressor {
+            Some(c) => self.write(&compress(frame, c)?).await,
+            None => self.write(&frame.data).await,
+        }
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), MongoUpstreamError> {
@@ -174,6 +193,9 @@ impl UpstreamConn {
     async fn read_frame(&mut self) -> Result<Frame, MongoUpstreamError> {
         loop {
             if let Some(frame) = self.decoder.decode(&mut self.buf)? {
+                if frame.header.op_code == OpCode::Compressed {
+                    return Ok(decompress(&frame, self.decoder.max_len())?.frame);
+                }
                 return Ok(frame);
             }
             let n = self
@@ -205,3 +227,6 @@ impl UpstreamConn {
         matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
+
+#[cfg(test)]
+mod compression_tests;

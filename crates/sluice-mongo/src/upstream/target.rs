@@ -8,6 +8,7 @@ use sluice_tls::MongoTlsOptions;
 
 use super::MongoUpstreamError;
 use crate::scram_client::Mechanism;
+use crate::wire::Compressor;
 
 /// Where the upstream is and who Sluice is there, from the upstream URI.
 #[derive(Clone)]
@@ -25,6 +26,9 @@ pub struct Target {
     pub monitor: bool,
     /// How often the replica set is checked (`heartbeatFrequencyMS`, default 10 s).
     pub heartbeat: Duration,
+    /// Compressors offered in the handshake, in order (`[mongo] compressors`; the URI's
+    /// own `compressors` option is not read). Empty: no compression.
+    pub compressors: Vec<Compressor>,
 }
 
 /// Login data for the upstream.
@@ -46,6 +50,7 @@ impl std::fmt::Debug for Target {
             .field("hosts", &self.hosts)
             .field("user", &self.credential.as_ref().map(|c| &c.user))
             .field("tls", &self.tls.is_some())
+            .field("compressors", &self.compressors)
             .finish()
     }
 }
@@ -78,6 +83,7 @@ impl Target {
             heartbeat: options.heartbeat_freq.unwrap_or(Duration::from_secs(10)),
             app_name: options.app_name.unwrap_or_else(|| "sluice".into()),
             tls,
+            compressors: Vec::new(),
         })
     }
 }

@@ -12,7 +12,7 @@ pub enum OpCode {
     Reply,
     /// OP_QUERY (2004): legacy; accepted for `hello`/`isMaster` only.
     Query,
-    /// OP_COMPRESSED (2012): never advertised, so never expected.
+    /// OP_COMPRESSED (2012): another message, compressed (see [`super::compress`]).
     Compressed,
     /// OP_MSG (2013): every modern command and reply.
     Msg,

@@ -1,20 +1,23 @@
 //! The MongoDB wire protocol, sans-IO: message framing, OP_MSG, legacy OP_QUERY (for
-//! `hello`/`isMaster` only), OP_REPLY (the answer to it) and error documents.
+//! `hello`/`isMaster` only), OP_REPLY (the answer to it), OP_COMPRESSED and error
+//! documents.
 //!
 //! Nothing here touches a socket or a clock. Decoders take a `BytesMut` and return
 //! `Ok(None)` until a whole message is buffered; lengths are checked against the limit
 //! before anything is reserved.
 
+mod compressed;
 mod error_doc;
 mod frame;
 mod header;
 mod op_msg;
 mod op_query;
 
+pub use compressed::{compress, decompress, may_compress, Compressor, Decompressed};
 pub use error_doc::{error_doc, ErrorCode};
 pub use frame::{Frame, FrameDecoder};
 pub use header::{Header, OpCode, HEADER_LEN};
-pub use op_msg::{encode_op_msg, flags, DocSequence, OpMsg};
+pub use op_msg::{encode_op_msg, flags, peek_command_name, DocSequence, OpMsg};
 pub use op_query::{encode_op_reply, OpQuery};
 
 use thiserror::Error;
@@ -41,9 +44,31 @@ pub enum WireError {
         /// What was wrong.
         why: String,
     },
-    /// An opcode Sluice does not handle (OP_COMPRESSED is never advertised).
+    /// An opcode Sluice does not handle.
     #[error("unsupported opCode {0}")]
     UnsupportedOpCode(i32),
+    /// An OP_COMPRESSED whose `compressorId` is none of noop, snappy, zlib, zstd.
+    #[error("unknown compressorId {0}")]
+    UnknownCompressor(u8),
+    /// An OP_COMPRESSED with a compressor that was not negotiated on this connection.
+    #[error("compressor {0} was not negotiated on this connection")]
+    NotNegotiated(Compressor),
+    /// An OP_COMPRESSED whose `uncompressedSize` exceeds `maxMessageSizeBytes`.
+    #[error("OP_COMPRESSED uncompressedSize {size} exceeds maxMessageSizeBytes {max}")]
+    UncompressedTooLarge {
+        /// The declared size of the original message (without its header).
+        size: i32,
+        /// The limit (for the whole original message).
+        max: usize,
+    },
+    /// The compressor's library refused the data (corrupt input).
+    #[error("{compressor} (de)compression failed: {why}")]
+    Compression {
+        /// Which compressor.
+        compressor: Compressor,
+        /// What the library said.
+        why: String,
+    },
 }
 
 impl WireError {
@@ -55,5 +80,7 @@ impl WireError {
     }
 }
 
+#[cfg(test)]
+mod compressed_tests;
 #[cfg(test)]
 mod tests;

@@ -121,6 +121,20 @@ impl<'a> OpMsg<'a> {
     }
 }
 
+/// The command name of an OP_MSG body (the bytes after the header) without parsing the
+/// message: the first key of its first section when that is the kind-0 body (as every
+/// driver sends it); `None` otherwise. For decisions that must not cost a full parse
+/// (whether a forwarded request may be compressed).
+pub fn peek_command_name(body: &[u8]) -> Option<&str> {
+    // flagBits (4), section kind (1), document length (4), element type (1), key.
+    if *body.get(4)? != 0 {
+        return None;
+    }
+    let key = body.get(10..)?;
+    let nul = key.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(key.get(..nul)?).ok()
+}
+
 /// The first key of `doc`, or `""`.
 pub(crate) fn first_key(doc: &RawDocument) -> &str {
     match doc.iter().next() {
