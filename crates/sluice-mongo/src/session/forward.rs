@@ -32,7 +32,7 @@ impl Session {
             if more_to_come {
                 return Ok(());
             }
-            let e = error_doc(ErrorCode::FailedToParse, reason.clone());
+            let e = error_doc(reason.code(), reason.to_string());
             return self.reply(request_id, &e).await;
         }
         let counters = self.ctx.pool.counters();
@@ -87,6 +87,7 @@ impl Session {
                 ErrorCode::FailedToSatisfyReadPreference,
                 format!("sluice: no replica-set member matches the read preference {pref:?}"),
             )),
+            Choice::Invalid(e) => Err(error_doc(e.code(), e.to_string())),
         }
     }
 

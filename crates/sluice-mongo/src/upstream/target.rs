@@ -25,6 +25,8 @@ pub struct Target {
     pub monitor: bool,
     /// How often the replica set is checked (`heartbeatFrequencyMS`, default 10 s).
     pub heartbeat: Duration,
+    /// `replicaSet`: members reporting another `setName` are dropped.
+    pub set_name: Option<String>,
 }
 
 /// Login data for the upstream.
@@ -76,6 +78,7 @@ impl Target {
             credential,
             monitor,
             heartbeat: options.heartbeat_freq.unwrap_or(Duration::from_secs(10)),
+            set_name: options.repl_set_name.clone(),
             app_name: options.app_name.unwrap_or_else(|| "sluice".into()),
             tls,
         })
