@@ -102,9 +102,7 @@ impl Replicas {
         if !self.enabled() {
             return Choice::Primary;
         }
-        let mut ready = self.ready.subscribe();
-        let limit = self.template.lock().connect_timeout;
-        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        self.first_round().await;
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let route = self.state.read().select(pref, turn);
         match route {
@@ -113,6 +111,18 @@ impl Replicas {
             Route::Invalid(e) => Choice::Invalid(e),
             Route::Member(addr) => Choice::Member(self.member_pool(&addr), addr),
         }
+    }
+
+    /// Waits (at most `connect_timeout`) for the first heartbeat round right after start,
+    /// so that no request goes to a member before the election rules have seen them all
+    /// (the first writable seed may be a stale primary). Returns at once after that.
+    pub async fn first_round(&self) {
+        if !self.enabled() || *self.ready.borrow() {
+            return;
+        }
+        let mut ready = self.ready.subscribe();
+        let limit = self.template.lock().connect_timeout;
+        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
     }
 
     /// The pool of a non-primary member (created on first use).
@@ -241,15 +251,20 @@ impl Replicas {
                 results.push(r);
             }
         }
-        if let Some(now) = self.apply(results) {
+        let (changed, deposed) = self.apply(results);
+        primary.avoid(deposed);
+        if let Some(now) = changed {
             primary.set_address(now);
         }
         self.ready.send_replace(true);
     }
 
     /// Feeds one round to the topology and closes the pools of removed members. Returns
-    /// the new primary (`Some(None)`: none) when it changed.
-    fn apply(&self, results: Vec<(String, Option<Reply>)>) -> Option<Option<String>> {
+    /// the new primary (`Some(None)`: none) when it changed, and the deposed claimants.
+    fn apply(
+        &self,
+        results: Vec<(String, Option<Reply>)>,
+    ) -> (Option<Option<String>>, Vec<String>) {
         let (outcome, now) = {
             let mut state = self.state.write();
             let outcome = state.update(results);
@@ -264,16 +279,24 @@ impl Replicas {
             self.cursors.lock().retain(|_, (home, _)| home != addr);
         }
         if !outcome.primary_changed {
-            return None;
+            return (None, outcome.deposed);
         }
-        let election = now.as_deref().and_then(|p| {
-            self.state
-                .read()
-                .member(p)
-                .map(|m| (m.election_id, m.set_version))
-        });
-        tracing::info!(primary = ?now, ?election, "replica-set primary changed");
-        Some(now)
+        let (election_id, set_version) = now
+            .as_deref()
+            .and_then(|p| {
+                let state = self.state.read();
+                state
+                    .member(p)
+                    .map(|m| (m.election_id.map(|o| o.to_hex()), m.set_version))
+            })
+            .unwrap_or_default();
+        tracing::info!(
+            primary = ?now,
+            election_id = election_id.as_deref().unwrap_or("none"),
+            set_version = ?set_version,
+            "replica-set primary changed"
+        );
+        (Some(now), outcome.deposed)
     }
 }
 
@@ -324,7 +347,7 @@ mod tests {
             ("a:1".into(), reply(primary(vec!["a:1", "b:1"]))),
             ("b:1".into(), reply(secondary.clone())),
         ]);
-        assert_eq!(changed, Some(Some("a:1".into())));
+        assert_eq!(changed, (Some(Some("a:1".into())), vec![]));
         let pool = r.member_pool("b:1");
         r.remember_cursor(7, "b:1");
         assert_eq!(r.stats.mongo_snapshots().len(), 1);
@@ -333,7 +356,7 @@ mod tests {
             ("a:1".into(), reply(primary(vec!["a:1"]))),
             ("b:1".into(), reply(secondary)),
         ]);
-        assert_eq!(changed, None);
+        assert_eq!(changed, (None, vec![]));
         assert!(pool.is_closed());
         assert_eq!(r.cursor_home(&[7]), None);
         assert!(r.stats.mongo_snapshots().is_empty());

@@ -35,6 +35,7 @@ impl Session {
             let e = error_doc(reason.code(), reason.to_string());
             return self.reply(request_id, &e).await;
         }
+        self.ctx.replicas.first_round().await;
         let counters = self.ctx.pool.counters();
         counters.inc_queries();
         counters.add_bytes_in(frame.data.len() as u64);

@@ -39,6 +39,9 @@ pub struct Outcome {
     pub primary_changed: bool,
     /// Hosts that are no longer members: their pools are to be closed.
     pub removed: Vec<String>,
+    /// Members that say they are writable but are not the primary (a stale election, or
+    /// the loser of two claimants): no write may reach them.
+    pub deposed: Vec<String>,
 }
 
 /// The replica set's last known state.
@@ -141,9 +144,15 @@ impl TopologyState {
             .cloned()
             .collect();
         members.retain(|m| !removed.contains(&m.addr));
+        let deposed = members
+            .iter()
+            .filter(|m| m.claims_primary && m.role != Role::Primary)
+            .map(|m| m.addr.clone())
+            .collect();
         let outcome = Outcome {
             primary_changed: primary != self.primary,
             removed,
+            deposed,
         };
         self.known = next;
         self.members = members;

@@ -133,7 +133,7 @@ fn the_newer_election_wins_not_host_order() {
     let all = ["a:1", "b:1", "c:1"];
     let mut t = state(&all);
     // a and b both say they are primary: b was elected later (higher electionId).
-    let _ = round(
+    let out = round(
         &mut t,
         vec![
             ("a:1", Some(elected(&all, 1, 1))),
@@ -143,6 +143,7 @@ fn the_newer_election_wins_not_host_order() {
     );
     assert_eq!(t.primary(), Some("b:1"));
     assert_eq!(t.member("a:1").unwrap().role, Role::Unknown);
+    assert_eq!(out.deposed, ["a:1"]);
     // b goes quiet; a still claims with its old election: stale, so no primary, and a
     // is never chosen for reads either.
     let out = round(
@@ -155,6 +156,7 @@ fn the_newer_election_wins_not_host_order() {
     );
     assert!(out.primary_changed);
     assert_eq!(t.primary(), None);
+    assert_eq!(out.deposed, ["a:1"], "no write may reach a stale primary");
     let nearest = pref(ReadMode::Nearest, vec![]);
     assert_eq!(t.select(&nearest, 0), Route::Member("c:1".into()));
     assert_eq!(t.select(&nearest, 1), Route::Member("c:1".into()));
