@@ -115,7 +115,7 @@ fn secondary(tags: Option<Document>) -> SelectionCriteria {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_preference_routes_reads_and_cursors_to_the_secondary() {
+async fn read_preference_routes_reads_and_cursors_to_the_secondary_until_it_leaves() {
     let primary = MongoServer::start(&[]);
     let member = MongoServer::start(&[]);
     if !primary.is_managed() {
@@ -219,16 +219,37 @@ async fn read_preference_routes_reads_and_cursors_to_the_secondary() {
         assert_eq!(count(&member, "where").await, 25);
     })
     .await;
+    let names = pool_names(&sluice);
+    assert!(names.iter().any(|n| n == "mongo"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("mongo@")), "{names:?}");
+
+    // The primary stops listing the secondary: it has left the set, its pool is closed
+    // and no read reaches it any more.
+    front.set(doc! {"hosts": [front.host()]});
+    within(HANG, "member removed", async {
+        logged(&sluice, "replica-set member removed", 1).await;
+        let err = coll
+            .count_documents(doc! {})
+            .selection_criteria(secondary(None))
+            .await
+            .expect_err("no secondary is left");
+        assert_eq!(code(&err), Some(133), "{err}");
+    })
+    .await;
+    let names = pool_names(&sluice);
+    assert!(!names.iter().any(|n| n.starts_with("mongo@")), "{names:?}");
+}
+
+/// The names of Sluice's MongoDB pools, from `/admin/pool-stats`.
+fn pool_names(sluice: &sluice_tests::mongo::MongoSluice) -> Vec<String> {
     let v: serde_json::Value =
         serde_json::from_str(&sluice.admin_get("/admin/pool-stats")).expect("json");
-    let names: Vec<&str> = v["mongo_pools"]
+    v["mongo_pools"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
-    assert!(names.contains(&"mongo"), "{v}");
-    assert!(names.iter().any(|n| n.starts_with("mongo@")), "{v}");
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// An `electionId` as a 6.0+ primary reports it: the term in the low bytes.
