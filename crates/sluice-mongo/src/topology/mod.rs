@@ -5,9 +5,9 @@
 //! [`crate::replicas`] feeds it and acts on its answers.
 //!
 //! It follows the SDAM spec's replica-set rules, one round at a time:
-//! - server types from each reply ([`member`]): hidden members, arbiters, ghosts and
+//! - server types from each reply (`member.rs`): hidden members, arbiters, ghosts and
 //!   members of another set (`setName`) are never selected;
-//! - the primary by `electionId` and `setVersion` ([`election`]): a stale primary and the
+//! - the primary by `electionId` and `setVersion` (`election.rs`): a stale primary and the
 //!   loser of two claimants count as Unknown;
 //! - membership from the primary's `hosts`/`passives`/`arbiters`: a host it no longer
 //!   lists is removed (and reported, so its pool is closed); without a primary, hosts that
@@ -15,7 +15,7 @@
 //!   the members, and again after a round in which no host answered (a set that moved
 //!   entirely is found again from the configuration).
 //!
-//! Selection ([`select`]) follows the server-selection spec: mode, `maxStalenessSeconds`,
+//! Selection (`select.rs`) follows the server-selection spec: mode, `maxStalenessSeconds`,
 //! tag sets in order, then the 15 ms latency window; ties are spread round-robin.
 
 use std::time::Duration;
