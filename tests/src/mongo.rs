@@ -507,11 +507,18 @@ impl Drop for MongoSluice {
 /// A TCP relay in front of a real server that rewrites the server's `hello` replies (the
 /// rest of the traffic passes unchanged): it lets one single-node test server play a
 /// replica-set secondary, so Sluice's replica-set monitor and `$readPreference` routing
-/// can be driven with real data on real servers. Stops when dropped.
+/// can be driven with real data on real servers. Besides the rewrite function given at
+/// start, fields set with [`HelloRewriter::set`] are written over every later reply
+/// (a primary's `electionId`, a secondary's old `lastWrite`, the set's `hosts`). Stops
+/// when dropped.
 pub struct HelloRewriter {
     port: u16,
     task: tokio::task::JoinHandle<()>,
+    overrides: Overrides,
 }
+
+/// Fields written over each `hello` reply (a `Null` value removes the field).
+type Overrides = std::sync::Arc<std::sync::Mutex<mongodb::bson::Document>>;
 
 impl HelloRewriter {
     /// Listens on a free port and relays to `backend` (`host:port`), passing each `hello`
@@ -525,17 +532,43 @@ impl HelloRewriter {
             .expect("bind rewriter");
         let port = listener.local_addr().expect("addr").port();
         let backend = backend.to_owned();
+        let overrides = Overrides::default();
+        let fields = overrides.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let backend = backend.clone();
+                let fields = fields.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = tokio::net::TcpStream::connect(&backend).await {
+                        let rewrite = move |body: &mut mongodb::bson::Document| {
+                            rewrite(body);
+                            let fields = fields.lock().map(|f| f.clone()).unwrap_or_default();
+                            for (k, v) in fields {
+                                if v == mongodb::bson::Bson::Null {
+                                    body.remove(&k);
+                                } else {
+                                    body.insert(k, v);
+                                }
+                            }
+                        };
                         relay_rewriting(client, server, rewrite).await;
                     }
                 });
             }
         });
-        HelloRewriter { port, task }
+        HelloRewriter {
+            port,
+            task,
+            overrides,
+        }
+    }
+
+    /// From now on, writes `fields` over every `hello` reply (replacing the fields set
+    /// before; a `Null` value removes that field from the reply).
+    pub fn set(&self, fields: mongodb::bson::Document) {
+        if let Ok(mut f) = self.overrides.lock() {
+            *f = fields;
+        }
     }
 
     /// `127.0.0.1:PORT`.
@@ -543,6 +576,10 @@ impl HelloRewriter {
         format!("127.0.0.1:{}", self.port)
     }
 }
+
+/// A rewrite that leaves the reply as the server sent it (with [`HelloRewriter::set`]
+/// doing the work).
+pub fn unchanged(_: &mut mongodb::bson::Document) {}
 
 impl Drop for HelloRewriter {
     fn drop(&mut self) {
@@ -582,7 +619,7 @@ fn op_msg_body(msg: &[u8]) -> Option<mongodb::bson::Document> {
 async fn relay_rewriting(
     client: tokio::net::TcpStream,
     server: tokio::net::TcpStream,
-    rewrite: fn(&mut mongodb::bson::Document),
+    rewrite: impl Fn(&mut mongodb::bson::Document) + Send,
 ) {
     use tokio::io::AsyncWriteExt;
     let hellos = std::sync::Arc::new(hello_ids::Pending::default());

@@ -12,8 +12,9 @@
 //! * [`hello`], [`request`], [`pins`], [`session`], [`listener`] — the data path;
 //!   [`tls`] — TLS towards clients, told from plaintext by the first bytes;
 //!   [`guards`] — the client cap, login and idle timeouts and pre-auth message cap.
-//! * [`topology`] (sans-IO) / [`replicas`] — replica sets: following the primary after a
-//!   failover and routing `$readPreference`.
+//! * [`topology`] (sans-IO) / [`replicas`] — replica sets by the SDAM rules: the primary
+//!   by `electionId`/`setVersion`, members from the primary's lists (a removed member's
+//!   pool closed), and `$readPreference` routing with tags and `maxStalenessSeconds`.
 //!
 //! Routing: a request holds an upstream connection for its round trip only. Cursors are
 //! server-wide in MongoDB (any connection of the same user may continue them), so a

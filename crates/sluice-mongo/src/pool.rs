@@ -64,6 +64,9 @@ pub struct MongoConnector {
     /// The member this pool connects to; `None`: the first writable primary among the
     /// seeds. Connections to any other address are closed instead of reused.
     address: Mutex<Option<String>>,
+    /// Seeds never taken as "the first writable one": members that claim to be primary
+    /// with an older election than the newest seen (SDAM's stale primaries).
+    avoid: Mutex<Vec<String>>,
     /// The upstream's wire versions and limits, once known.
     info: Mutex<Option<ServerInfo>>,
 }
@@ -81,7 +84,10 @@ impl MongoConnector {
     ) -> Result<UpstreamConn, MongoUpstreamError> {
         match address {
             Some(addr) => UpstreamConn::connect_to(&self.target, addr, limit).await,
-            None => UpstreamConn::connect(&self.target, limit).await,
+            None => {
+                let avoid = self.avoid.lock().clone();
+                UpstreamConn::connect(&self.target, &avoid, limit).await
+            }
         }
     }
 }
@@ -162,6 +168,7 @@ impl MongoPool {
         let connector = MongoConnector {
             target,
             address: Mutex::new(None),
+            avoid: Mutex::new(Vec::new()),
             info: Mutex::new(None),
         };
         let l = limits(
@@ -187,6 +194,16 @@ impl MongoPool {
             Some(addr) => core.retain_idle(|c| c.addr == addr),
             None => core.retain_idle(|_| false),
         }
+    }
+
+    /// Seeds this pool must not take for the primary while none is known (stale
+    /// primaries, by the replica-set monitor); idle connections to them are closed.
+    pub fn avoid(&self, hosts: Vec<String>) {
+        let core = &self.inner.core;
+        if !hosts.is_empty() {
+            core.retain_idle(|c| !hosts.contains(&c.addr));
+        }
+        *core.connector().avoid.lock() = hosts;
     }
 
     /// The settings the pool was created with.

@@ -1,6 +1,7 @@
 //! Replica sets, the I/O side: a heartbeat task sends `hello` to every member every
 //! `heartbeatFrequencyMS` (and at once after a failed round trip), feeds
-//! [`TopologyState`], and points the primary pool at the new primary after a failover.
+//! [`TopologyState`], points the primary pool at the new primary after a failover, and
+//! closes the pool of a member the set no longer lists (forgetting the cursors it held).
 //! Reads with a non-primary `$readPreference` go to a per-member pool (created on first
 //! use, same sizes as the primary's, never failing `/health`), and the cursors they open are
 //! remembered so their `getMore`/`killCursors` reach the same member.
@@ -20,8 +21,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::pool::{MongoPool, PoolSettings};
-use crate::request::ReadPref;
-use crate::topology::{Route, TopologyState};
+use crate::request::{ReadPref, ReadPrefError};
+use crate::topology::{Reply, Route, TopologyState};
 use crate::upstream::{Target, UpstreamConn};
 
 /// Most cursors remembered on non-primary members; past it, a new cursor's `getMore`
@@ -44,6 +45,8 @@ pub enum Choice {
     Member(MongoPool, String),
     /// Nothing satisfies the read preference.
     Unsatisfiable,
+    /// The read preference cannot apply to this set (`maxStalenessSeconds` too small).
+    Invalid(ReadPrefError),
 }
 
 /// Replica-set state shared by every session.
@@ -63,8 +66,13 @@ pub struct Replicas {
 impl Replicas {
     /// State for `target`; member pools copy `template`'s sizes and register in `stats`.
     pub fn new(target: Target, template: PoolSettings, stats: Arc<Registry>) -> Replicas {
+        let heartbeat = target.heartbeat.max(MIN_HEARTBEAT);
         Replicas {
-            state: RwLock::new(TopologyState::new(target.hosts.clone())),
+            state: RwLock::new(TopologyState::new(
+                target.hosts.clone(),
+                target.set_name.clone(),
+                heartbeat,
+            )),
             target,
             wake: Notify::new(),
             ready: watch::channel(false).0,
@@ -94,16 +102,27 @@ impl Replicas {
         if !self.enabled() {
             return Choice::Primary;
         }
-        let mut ready = self.ready.subscribe();
-        let limit = self.template.lock().connect_timeout;
-        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        self.first_round().await;
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let route = self.state.read().select(pref, turn);
         match route {
             Route::Primary => Choice::Primary,
             Route::Unsatisfiable => Choice::Unsatisfiable,
+            Route::Invalid(e) => Choice::Invalid(e),
             Route::Member(addr) => Choice::Member(self.member_pool(&addr), addr),
         }
+    }
+
+    /// Waits (at most `connect_timeout`) for the first heartbeat round right after start,
+    /// so that no request goes to a member before the election rules have seen them all
+    /// (the first writable seed may be a stale primary). Returns at once after that.
+    pub async fn first_round(&self) {
+        if !self.enabled() || *self.ready.borrow() {
+            return;
+        }
+        let mut ready = self.ready.subscribe();
+        let limit = self.template.lock().connect_timeout;
+        let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
     }
 
     /// The pool of a non-primary member (created on first use).
@@ -213,7 +232,11 @@ impl Replicas {
                 let start = Instant::now();
                 let reply = UpstreamConn::probe(&target, &host, limit).await;
                 let result = match reply {
-                    Ok(doc) => Some((doc, start.elapsed())),
+                    Ok(doc) => Some(Reply {
+                        doc,
+                        rtt: start.elapsed(),
+                        at: Instant::now(),
+                    }),
                     Err(e) => {
                         tracing::debug!(host = %host, error = %e, "replica-set heartbeat failed");
                         None
@@ -228,15 +251,115 @@ impl Replicas {
                 results.push(r);
             }
         }
-        let (changed, now) = {
-            let mut state = self.state.write();
-            let changed = state.update(results);
-            (changed, state.primary().map(str::to_owned))
-        };
-        if changed {
-            tracing::info!(primary = ?now, "replica-set primary changed");
+        let (changed, deposed) = self.apply(results);
+        primary.avoid(deposed);
+        if let Some(now) = changed {
             primary.set_address(now);
         }
         self.ready.send_replace(true);
+    }
+
+    /// Feeds one round to the topology and closes the pools of removed members. Returns
+    /// the new primary (`Some(None)`: none) when it changed, and the deposed claimants.
+    fn apply(
+        &self,
+        results: Vec<(String, Option<Reply>)>,
+    ) -> (Option<Option<String>>, Vec<String>) {
+        let (outcome, now) = {
+            let mut state = self.state.write();
+            let outcome = state.update(results);
+            (outcome, state.primary().map(str::to_owned))
+        };
+        for addr in &outcome.removed {
+            tracing::info!(member = %addr, "replica-set member removed; its pool is closed");
+            if let Some(pool) = self.members.lock().remove(addr) {
+                pool.close();
+                self.stats.unregister_mongo(&format!("mongo@{addr}"));
+            }
+            self.cursors.lock().retain(|_, (home, _)| home != addr);
+        }
+        if !outcome.primary_changed {
+            return (None, outcome.deposed);
+        }
+        let (election_id, set_version) = now
+            .as_deref()
+            .and_then(|p| {
+                let state = self.state.read();
+                state
+                    .member(p)
+                    .map(|m| (m.election_id.map(|o| o.to_hex()), m.set_version))
+            })
+            .unwrap_or_default();
+        tracing::info!(
+            primary = ?now,
+            election_id = election_id.as_deref().unwrap_or("none"),
+            set_version = ?set_version,
+            "replica-set primary changed"
+        );
+        (Some(now), outcome.deposed)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn replicas() -> Replicas {
+        let target = Target {
+            hosts: vec!["a:1".into(), "b:1".into()],
+            credential: None,
+            app_name: "test".into(),
+            tls: None,
+            monitor: true,
+            heartbeat: Duration::from_secs(10),
+            set_name: Some("rs".into()),
+        };
+        let template = PoolSettings {
+            name: "mongo".into(),
+            user: String::new(),
+            max_size: 2,
+            min_size: 0,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            tracks_health: true,
+        };
+        Replicas::new(target, template, Arc::new(Registry::new()))
+    }
+
+    fn reply(doc: bson::Document) -> Option<Reply> {
+        Some(Reply {
+            doc,
+            rtt: Duration::from_millis(1),
+            at: Instant::now(),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_member_loses_its_pool_and_cursors() {
+        let r = replicas();
+        let secondary = doc! {"secondary": true, "setName": "rs", "ok": 1};
+        let primary = |hosts: Vec<&str>| {
+            doc! {"isWritablePrimary": true, "setName": "rs", "hosts": hosts, "ok": 1}
+        };
+        let changed = r.apply(vec![
+            ("a:1".into(), reply(primary(vec!["a:1", "b:1"]))),
+            ("b:1".into(), reply(secondary.clone())),
+        ]);
+        assert_eq!(changed, (Some(Some("a:1".into())), vec![]));
+        let pool = r.member_pool("b:1");
+        r.remember_cursor(7, "b:1");
+        assert_eq!(r.stats.mongo_snapshots().len(), 1);
+        // The primary no longer lists b.
+        let changed = r.apply(vec![
+            ("a:1".into(), reply(primary(vec!["a:1"]))),
+            ("b:1".into(), reply(secondary)),
+        ]);
+        assert_eq!(changed, (None, vec![]));
+        assert!(pool.is_closed());
+        assert_eq!(r.cursor_home(&[7]), None);
+        assert!(r.stats.mongo_snapshots().is_empty());
+        assert_eq!(r.state.read().hosts(), ["a:1"]);
     }
 }

@@ -3,7 +3,20 @@
 //! `$readPreference`, and the cursors a `getMore`/`killCursors` continues. Everything is read
 //! through `bson::RawDocument` without copying the command.
 
+use std::time::Duration;
+
 use bson::{RawBsonRef, RawDocument};
+
+use crate::wire::ErrorCode;
+
+/// The smallest `maxStalenessSeconds` the server-selection spec allows
+/// (`smallestMaxStalenessSeconds`): a secondary's staleness is only known to within a
+/// heartbeat and the primary's idle-write period.
+pub const SMALLEST_MAX_STALENESS: Duration = Duration::from_secs(90);
+
+/// How often an idle primary writes a no-op to the oplog (`idleWritePeriodMS`, 10 s), so
+/// a secondary's `lastWriteDate` moves even without client writes.
+pub const IDLE_WRITE_PERIOD: Duration = Duration::from_secs(10);
 
 /// Routing facts of one command.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -23,8 +36,9 @@ pub struct RequestInfo {
     pub ended_sessions: Vec<Vec<u8>>,
     /// `$readPreference` when it allows more than the primary (`None`: primary).
     pub read_pref: Option<ReadPref>,
-    /// A `$readPreference` Sluice cannot use (unknown mode, malformed tags): the reason.
-    pub bad_read_pref: Option<String>,
+    /// A `$readPreference` Sluice cannot use (unknown mode, malformed tags, a
+    /// `maxStalenessSeconds` out of range): why.
+    pub bad_read_pref: Option<ReadPrefError>,
     /// For `getMore` / `killCursors`: the cursor ids continued or killed.
     pub cursor_ids: Vec<i64>,
 }
@@ -57,29 +71,103 @@ impl ReadMode {
     }
 }
 
-/// A non-primary `$readPreference`: the mode and its tag sets (tried in order; an empty set
-/// matches any member).
+/// A non-primary `$readPreference`: the mode, its tag sets (tried in order; an empty set
+/// matches any member) and how far behind the primary a secondary may be.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadPref {
     /// The mode.
     pub mode: ReadMode,
     /// Tag sets; empty means "any member".
     pub tag_sets: Vec<Vec<(String, String)>>,
+    /// `maxStalenessSeconds` (`None`: no limit), at least [`SMALLEST_MAX_STALENESS`].
+    pub max_staleness: Option<Duration>,
+}
+
+/// Why a `$readPreference` cannot be used; each maps to the error code mongos answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadPrefError {
+    /// Not a document, no string mode, malformed tag sets.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// A mode the spec does not name.
+    #[error("unknown read preference mode {0:?}")]
+    UnknownMode(String),
+    /// `maxStalenessSeconds` with mode `primary`, which reads no secondary.
+    #[error("mode primary cannot be combined with maxStalenessSeconds")]
+    StalenessWithPrimary,
+    /// A negative `maxStalenessSeconds` other than -1 ("no maximum").
+    #[error("maxStalenessSeconds must be a non-negative number, not {0}")]
+    NegativeStaleness(i64),
+    /// `maxStalenessSeconds` under [`SMALLEST_MAX_STALENESS`], or under the heartbeat
+    /// interval plus [`IDLE_WRITE_PERIOD`] (the least staleness that can be measured).
+    #[error("maxStalenessSeconds value can not be less than {min} (got {max})")]
+    StalenessTooSmall {
+        /// The value asked for, in seconds.
+        max: i64,
+        /// The smallest allowed, in seconds.
+        min: u64,
+    },
+}
+
+impl ReadPrefError {
+    /// The error code of the reply: FailedToParse for a malformed document, BadValue for
+    /// an impossible combination, MaxStalenessOutOfRange for a too small staleness.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Malformed(_) | Self::UnknownMode(_) => ErrorCode::FailedToParse,
+            Self::StalenessWithPrimary | Self::NegativeStaleness(_) => ErrorCode::BadValue,
+            Self::StalenessTooSmall { .. } => ErrorCode::MaxStalenessOutOfRange,
+        }
+    }
+}
+
+/// Reads `maxStalenessSeconds`: `None` when absent, -1 or 0 (mongos's "not set").
+fn max_staleness(doc: &RawDocument) -> Result<Option<Duration>, ReadPrefError> {
+    let secs = match doc.get("maxStalenessSeconds").ok().flatten() {
+        None => return Ok(None),
+        Some(RawBsonRef::Double(f)) if f.fract() == 0.0 && f.abs() < 1e15 => f as i64,
+        Some(v) => as_i64(v).ok_or(ReadPrefError::Malformed(
+            "maxStalenessSeconds must be a whole number",
+        ))?,
+    };
+    match secs {
+        -1 | 0 => Ok(None),
+        n if n < 0 => Err(ReadPrefError::NegativeStaleness(n)),
+        n if n.unsigned_abs() < SMALLEST_MAX_STALENESS.as_secs() => {
+            Err(ReadPrefError::StalenessTooSmall {
+                max: n,
+                min: SMALLEST_MAX_STALENESS.as_secs(),
+            })
+        }
+        n => Ok(Some(Duration::from_secs(n.unsigned_abs()))),
+    }
 }
 
 /// Reads `$readPreference`: `Ok(None)` for primary (or absent).
-fn read_pref(value: Option<RawBsonRef<'_>>) -> Result<Option<ReadPref>, String> {
+fn read_pref(value: Option<RawBsonRef<'_>>) -> Result<Option<ReadPref>, ReadPrefError> {
     let doc = match value {
         None => return Ok(None),
         Some(RawBsonRef::Document(d)) => d,
-        Some(_) => return Err("$readPreference must be a document".into()),
+        Some(_) => {
+            return Err(ReadPrefError::Malformed(
+                "$readPreference must be a document",
+            ))
+        }
     };
     let mode = match doc.get_str("mode") {
-        Ok(m) => ReadMode::parse(m).ok_or_else(|| format!("unknown read preference mode {m:?}"))?,
-        Err(_) => return Err("$readPreference needs a string mode".into()),
+        Ok(m) => ReadMode::parse(m).ok_or_else(|| ReadPrefError::UnknownMode(m.to_owned()))?,
+        Err(_) => {
+            return Err(ReadPrefError::Malformed(
+                "$readPreference needs a string mode",
+            ))
+        }
     };
+    let max_staleness = max_staleness(doc)?;
     if mode == ReadMode::Primary {
-        return Ok(None);
+        return match max_staleness {
+            Some(_) => Err(ReadPrefError::StalenessWithPrimary),
+            None => Ok(None),
+        };
     }
     let mut tag_sets = Vec::new();
     // The wire name is `tags`; the Rust driver 3.x sends `tagSets`, so both are read.
@@ -90,19 +178,29 @@ fn read_pref(value: Option<RawBsonRef<'_>>) -> Result<Option<ReadPref>, String> 
     if let Some(RawBsonRef::Array(sets)) = sets {
         for set in sets {
             let Ok(RawBsonRef::Document(set)) = set else {
-                return Err("$readPreference.tags must be an array of documents".into());
+                return Err(ReadPrefError::Malformed(
+                    "$readPreference.tags must be an array of documents",
+                ));
             };
             let mut tags = Vec::new();
             for entry in set {
                 match entry {
                     Ok((k, RawBsonRef::String(v))) => tags.push((k.to_owned(), v.to_owned())),
-                    _ => return Err("$readPreference tag values must be strings".into()),
+                    _ => {
+                        return Err(ReadPrefError::Malformed(
+                            "$readPreference tag values must be strings",
+                        ))
+                    }
                 }
             }
             tag_sets.push(tags);
         }
     }
-    Ok(Some(ReadPref { mode, tag_sets }))
+    Ok(Some(ReadPref {
+        mode,
+        tag_sets,
+        max_staleness,
+    }))
 }
 
 fn as_i64(v: RawBsonRef<'_>) -> Option<i64> {
@@ -242,6 +340,7 @@ mod tests {
             Some(ReadPref {
                 mode: ReadMode::SecondaryPreferred,
                 tag_sets: vec![vec![("dc".into(), "east".into())], vec![]],
+                max_staleness: None,
             })
         );
         let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "secondary", "tagSets": [{"dc": "west"}]}};
@@ -253,7 +352,11 @@ mod tests {
         let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "sometimes"}};
         let info = RequestInfo::parse("find", &cmd);
         assert!(info.read_pref.is_none());
-        assert!(info.bad_read_pref.unwrap().contains("sometimes"));
+        assert!(info
+            .bad_read_pref
+            .unwrap()
+            .to_string()
+            .contains("sometimes"));
         let cmd = rawdoc! {"find": "c", "$readPreference": {"mode": "nearest", "tags": [{"n": 1}]}};
         assert!(RequestInfo::parse("find", &cmd).bad_read_pref.is_some());
 
@@ -268,6 +371,41 @@ mod tests {
         assert!(reply_says_not_primary(&stepped_down));
         assert!(!reply_says_not_primary(&rawdoc! {"ok": 0.0, "code": 11000}));
         assert!(!reply_says_not_primary(&rawdoc! {"ok": 1.0, "code": 10107}));
+    }
+
+    #[test]
+    fn max_staleness_seconds() {
+        let parse = |pref: bson::RawDocumentBuf| {
+            let cmd = rawdoc! {"find": "c", "$readPreference": pref};
+            let info = RequestInfo::parse("find", &cmd);
+            (info.read_pref, info.bad_read_pref)
+        };
+        let (p, e) = parse(rawdoc! {"mode": "secondary", "maxStalenessSeconds": 120_i64});
+        assert_eq!(p.unwrap().max_staleness, Some(Duration::from_secs(120)));
+        assert_eq!(e, None);
+        let (p, _) = parse(rawdoc! {"mode": "nearest", "maxStalenessSeconds": 90});
+        assert_eq!(p.unwrap().max_staleness, Some(Duration::from_secs(90)));
+        let (p, _) = parse(rawdoc! {"mode": "secondary", "maxStalenessSeconds": 100.0});
+        assert_eq!(p.unwrap().max_staleness, Some(Duration::from_secs(100)));
+        for none in [
+            rawdoc! {"mode": "secondary", "maxStalenessSeconds": -1},
+            rawdoc! {"mode": "secondary"},
+        ] {
+            assert_eq!(parse(none).0.unwrap().max_staleness, None);
+        }
+        // Under 90 s: MaxStalenessOutOfRange, as mongos answers.
+        let (p, e) = parse(rawdoc! {"mode": "secondary", "maxStalenessSeconds": 89});
+        assert_eq!(p, None);
+        let e = e.unwrap();
+        assert_eq!(e, ReadPrefError::StalenessTooSmall { max: 89, min: 90 });
+        assert_eq!(e.code(), ErrorCode::MaxStalenessOutOfRange);
+        assert!(e.to_string().contains("less than 90"), "{e}");
+        let (_, e) = parse(rawdoc! {"mode": "primary", "maxStalenessSeconds": 120});
+        assert_eq!(e, Some(ReadPrefError::StalenessWithPrimary));
+        let (_, e) = parse(rawdoc! {"mode": "secondary", "maxStalenessSeconds": -5});
+        assert_eq!(e.unwrap().code(), ErrorCode::BadValue);
+        let (_, e) = parse(rawdoc! {"mode": "secondary", "maxStalenessSeconds": "soon"});
+        assert_eq!(e.unwrap().code(), ErrorCode::FailedToParse);
     }
 
     #[test]

@@ -247,6 +247,20 @@ impl Registry {
         self.mongo_pools.write().push(pool);
     }
 
+    /// Removes the MongoDB pools named `name` (a replica-set member that left the set),
+    /// so a member that returns later is not listed twice.
+    /// Like [`Registry::pool_snapshots`], no lock is held while a snapshot runs.
+    pub fn unregister_mongo(&self, name: &str) {
+        let pools = self.mongo_pools.read().clone();
+        let gone: Vec<Arc<dyn PoolSource>> = pools
+            .into_iter()
+            .filter(|p| p.snapshot().name == name)
+            .collect();
+        self.mongo_pools
+            .write()
+            .retain(|p| !gone.iter().any(|g| Arc::ptr_eq(g, p)));
+    }
+
     /// Snapshots every MongoDB pool.
     pub fn mongo_snapshots(&self) -> Vec<PoolSnapshot> {
         let pools = self.mongo_pools.read().clone();

@@ -32,9 +32,10 @@ impl Session {
             if more_to_come {
                 return Ok(());
             }
-            let e = error_doc(ErrorCode::FailedToParse, reason.clone());
+            let e = error_doc(reason.code(), reason.to_string());
             return self.reply(request_id, &e).await;
         }
+        self.ctx.replicas.first_round().await;
         let counters = self.ctx.pool.counters();
         counters.inc_queries();
         counters.add_bytes_in(frame.data.len() as u64);
@@ -87,6 +88,7 @@ impl Session {
                 ErrorCode::FailedToSatisfyReadPreference,
                 format!("sluice: no replica-set member matches the read preference {pref:?}"),
             )),
+            Choice::Invalid(e) => Err(error_doc(e.code(), e.to_string())),
         }
     }
 

@@ -50,12 +50,14 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Connects to the first seed host that is a writable primary, and logs in.
+    /// Connects to the first seed host that is a writable primary, other than those in
+    /// `avoid` (members whose claim the replica-set monitor found stale), and logs in.
     pub async fn connect(
         target: &Target,
+        avoid: &[String],
         timeout: Duration,
     ) -> Result<UpstreamConn, MongoUpstreamError> {
-        tokio::time::timeout(timeout, Self::connect_any(target))
+        tokio::time::timeout(timeout, Self::connect_any(target, avoid))
             .await
             .map_err(|_| MongoUpstreamError::Timeout)?
     }
@@ -85,9 +87,12 @@ impl UpstreamConn {
             .map(|(_, reply)| reply)
     }
 
-    async fn connect_any(target: &Target) -> Result<UpstreamConn, MongoUpstreamError> {
+    async fn connect_any(
+        target: &Target,
+        avoid: &[String],
+    ) -> Result<UpstreamConn, MongoUpstreamError> {
         let mut last = None;
-        for addr in &target.hosts {
+        for addr in target.hosts.iter().filter(|h| !avoid.contains(h)) {
             match Self::connect_one(target, addr).await {
                 Ok((conn, primary)) if primary || target.hosts.len() == 1 => return Ok(conn),
                 Ok(_) => last = Some(MongoUpstreamError::NoPrimary(target.hosts.clone())),

@@ -29,6 +29,8 @@ pub struct Target {
     /// Compressors offered in the handshake, in order (`[mongo] compressors`; the URI's
     /// own `compressors` option is not read). Empty: no compression.
     pub compressors: Vec<Compressor>,
+    /// `replicaSet`: members reporting another `setName` are dropped.
+    pub set_name: Option<String>,
 }
 
 /// Login data for the upstream.
@@ -81,6 +83,7 @@ impl Target {
             credential,
             monitor,
             heartbeat: options.heartbeat_freq.unwrap_or(Duration::from_secs(10)),
+            set_name: options.repl_set_name.clone(),
             app_name: options.app_name.unwrap_or_else(|| "sluice".into()),
             tls,
             compressors: Vec::new(),

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     FailedToSatisfyReadPreference,
     /// 202: no upstream connection within `pool_timeout` (as mongos reports it).
     NetworkInterfaceExceededTimeLimit,
+    /// 215: `maxStalenessSeconds` under 90 s (or under the heartbeat plus 10 s).
+    MaxStalenessOutOfRange,
     /// 334: authentication mechanism not supported.
     MechanismUnavailable,
     /// 10334: a message over `maxMessageSizeBytes`.
@@ -45,6 +47,7 @@ impl ErrorCode {
             Self::ShutdownInProgress => 91,
             Self::FailedToSatisfyReadPreference => 133,
             Self::NetworkInterfaceExceededTimeLimit => 202,
+            Self::MaxStalenessOutOfRange => 215,
             Self::MechanismUnavailable => 334,
             Self::BsonObjectTooLarge => 10334,
         }
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::CommandNotFound => "CommandNotFound",
             Self::ShutdownInProgress => "ShutdownInProgress",
             Self::NetworkInterfaceExceededTimeLimit => "NetworkInterfaceExceededTimeLimit",
+            Self::MaxStalenessOutOfRange => "MaxStalenessOutOfRange",
             Self::MechanismUnavailable => "MechanismUnavailable",
             Self::BsonObjectTooLarge => "BSONObjectTooLarge",
         }
