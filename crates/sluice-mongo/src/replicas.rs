@@ -315,6 +315,7 @@ mod tests {
             monitor: true,
             heartbeat: Duration::from_secs(10),
             set_name: Some("rs".into()),
+            compressors: Vec::new(),
         };
         let template = PoolSettings {
             name: "mongo".into(),

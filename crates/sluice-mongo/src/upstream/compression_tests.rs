@@ -95,7 +95,7 @@ async fn run(offer: Vec<Compressor>, agree: Vec<&'static str>) -> Vec<String> {
     let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
     let mut target = Target::parse(&uri).await.unwrap();
     target.compressors = offer;
-    let mut conn = UpstreamConn::connect(&target, Duration::from_secs(5))
+    let mut conn = UpstreamConn::connect(&target, &[], Duration::from_secs(5))
         .await
         .unwrap();
     let ping = conn
