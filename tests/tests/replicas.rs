@@ -41,8 +41,10 @@ fn setup(extra: &str) -> (PgCluster, PgCluster, Sluice) {
         .database_config(db)
         .pool_size(4)
         .min_pool_size(0)
+        .user(APP_USER, APP_PASSWORD)
+        .user("admin", "adminpw")
         .extra_postgres(&format!(
-            "health_check_interval = \"200ms\"\nban_time = \"2s\"\n{extra}"
+            "health_check_interval = \"200ms\"\nban_time = \"2s\"\nadmin_users = [\"admin\"]\n{extra}"
         ))
         .start();
     (primary, replica, sluice)
@@ -155,6 +157,33 @@ async fn a_stopped_replica_is_banned_and_reads_go_to_the_primary() {
     let (status, body) = sluice_tests::http(sluice.admin_port(), "GET", "/health", "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("banned for"), "{body}");
+    // SHOW HOSTS says the same: the replica banned with its error, the primary usable.
+    let admin = sluice
+        .connect("admin", "adminpw", "pgbouncer")
+        .await
+        .unwrap();
+    let hosts = admin.simple_query("SHOW HOSTS").await.unwrap();
+    let rows: Vec<_> = hosts
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get("host").unwrap_or_default().to_owned(),
+                r.get("role").unwrap_or_default().to_owned(),
+                r.get("banned_for").unwrap_or_default().to_owned(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let replica_row = rows
+        .iter()
+        .find(|(h, _, _)| h.ends_with(&format!(":{}", replica.port())))
+        .unwrap_or_else(|| panic!("no replica row in {rows:?}"));
+    assert_ne!(replica_row.2, "0.0", "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|(_, role, banned)| role == "primary" && banned == "0.0"),
+        "{rows:?}"
+    );
     // Back up: after its ban it takes reads again.
     replica.start_again();
     eventually(&sluice, "SELECT pg_is_in_recovery()", "t").await;

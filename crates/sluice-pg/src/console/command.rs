@@ -23,6 +23,8 @@ pub enum Show {
     Lists,
     /// What holds memory: clients, buffers, statement registries, caches, the process.
     Mem,
+    /// The hosts of databases with several (Sluice's own): role, ban, lag.
+    Hosts,
 }
 
 /// A console statement.
@@ -76,6 +78,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
             "USERS" => Show::Users,
             "LISTS" => Show::Lists,
             "MEM" => Show::Mem,
+            "HOSTS" => Show::Hosts,
             _ => return Err(unsupported(sql)),
         }),
         ["RELOAD"] => Command::Reload,
@@ -100,7 +103,7 @@ pub fn parse(sql: &str) -> Result<Command, String> {
 
 fn unsupported(sql: &str) -> String {
     format!(
-        "unsupported admin command \"{sql}\": use SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|LISTS|MEM|CONFIG|VERSION, \
+        "unsupported admin command \"{sql}\": use SHOW POOLS|STATS|CLIENTS|SERVERS|DATABASES|USERS|LISTS|MEM|HOSTS|CONFIG|VERSION, \
          RELOAD, PAUSE [db], RESUME [db], KILL db, KILL_CLIENT id or SHUTDOWN"
     )
 }

@@ -8,6 +8,7 @@
 //! and `serve` is the thin I/O loop (simple query protocol only, as in PgBouncer).
 
 pub mod command;
+mod hosts_table;
 pub mod tables;
 
 use std::sync::Arc;

@@ -23,14 +23,14 @@ pub struct ResultSet {
 }
 
 impl ResultSet {
-    fn new(columns: &[&'static str]) -> Self {
+    pub(super) fn new(columns: &[&'static str]) -> Self {
         Self {
             columns: columns.to_vec(),
             rows: Vec::new(),
         }
     }
 
-    fn row(&mut self, values: Vec<String>) {
+    pub(super) fn row(&mut self, values: Vec<String>) {
         self.rows.push(values.into_iter().map(Some).collect());
     }
 
@@ -56,6 +56,7 @@ pub fn show(what: Show, ctx: &PgContext) -> ResultSet {
         Show::Users => users(ctx),
         Show::Lists => lists(ctx),
         Show::Mem => mem(ctx),
+        Show::Hosts => super::hosts_table::hosts(ctx),
         Show::Version => {
             let mut rs = ResultSet::new(&["version"]);
             rs.row(vec![VERSION.to_owned()]);
