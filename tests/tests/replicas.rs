@@ -74,10 +74,7 @@ async fn eventually(sluice: &Sluice, sql: &str, want: &str) {
 
 /// The first column of the first row of a simple query's answer.
 fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
-    messages.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-        _ => None,
-    })
+    sluice_tests::rows(messages).first()?.first()?.clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
