@@ -3,7 +3,7 @@
 //! quotes and comments, splits statements on `;`, and answers "no" whenever in doubt, so
 //! the worst a wrong answer costs is a read served by the primary.
 
-use crate::protocol::frame::Frames;
+use crate::protocol::frame::{read_cstr, Frames};
 use crate::protocol::messages::{query_text, Bind, Parse};
 
 /// Words that make a statement that starts as a read a write, or that need the primary
@@ -60,10 +60,11 @@ pub(crate) fn is_read_only_request(
             b'B' => match Bind::decode(frame.body) {
                 Ok(b) if parsed.contains(&b.statement) => {}
                 Ok(b) if !b.statement.is_empty() => {
+                    // A registry entry holds the Parse body after the name.
                     let read = prepared(b.statement).and_then(|rest| {
-                        Parse::decode(&[b"\0".as_slice(), &rest].concat())
+                        read_cstr(&rest, "Parse")
                             .ok()
-                            .map(|p| is_read_only_sql(p.query(), false))
+                            .map(|(query, _)| is_read_only_sql(query, false))
                     });
                     if read != Some(true) {
                         return false;
