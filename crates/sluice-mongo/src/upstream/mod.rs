@@ -39,9 +39,10 @@ pub struct UpstreamConn {
     /// Set while a request is written but its reply not yet read: a connection dropped in
     /// that state (client gone mid-request) must not be reused.
     in_flight: bool,
-    /// While an exhaust stream runs: the `requestID` of its last reply, which the next
-    /// one answers.
-    streaming: Option<i32>,
+    /// While an exhaust stream runs: the `requestID` of its request and of its last reply;
+    /// the next reply answers the last one (as mongod does) or, as some servers have it
+    /// (SecantusDB), the request.
+    streaming: Option<(i32, i32)>,
     /// The compressor the server agreed to in the handshake (`None`: uncompressed).
     compressor: Option<Compressor>,
     /// Process-unique id, for logs.
@@ -154,15 +155,16 @@ impl UpstreamConn {
     }
 
     /// The next reply of an exhaust stream opened with [`UpstreamConn::open_stream`]:
-    /// it answers the previous reply (its `responseTo` is that reply's `requestID`).
+    /// it answers the previous reply (its `responseTo` is that reply's `requestID`) or the
+    /// request that opened the stream.
     pub async fn next_streamed(&mut self) -> Result<Frame, MongoUpstreamError> {
-        let Some(previous) = self.streaming else {
+        let Some((request, previous)) = self.streaming else {
             return Err(MongoUpstreamError::Wire(WireError::malformed(
                 "reply",
                 "no exhaust stream is open",
             )));
         };
-        self.read_reply(previous).await
+        self.read_reply(request, Some(previous)).await
     }
 
     async fn request(
@@ -175,14 +177,19 @@ impl UpstreamConn {
         frame.prepare_forward(!exhaust);
         self.in_flight = true;
         self.send(&frame).await?;
-        self.read_reply(id).await
+        self.read_reply(id, None).await
     }
 
-    /// Reads the reply to `id` (a request, or the previous reply of a stream); the
+    /// Reads the reply to request `id` (or, in a stream, to the `previous` reply); the
     /// connection stays in flight while the reply says more are coming.
-    async fn read_reply(&mut self, id: i32) -> Result<Frame, MongoUpstreamError> {
+    async fn read_reply(
+        &mut self,
+        id: i32,
+        previous: Option<i32>,
+    ) -> Result<Frame, MongoUpstreamError> {
         let reply = self.read_frame().await?;
-        if reply.header.response_to != id {
+        let to = reply.header.response_to;
+        if to != id && Some(to) != previous {
             return Err(MongoUpstreamError::Wire(WireError::malformed(
                 "reply",
                 format!("responseTo {} for request {id}", reply.header.response_to),
@@ -196,7 +203,7 @@ impl UpstreamConn {
         let more = reply
             .msg_flags()
             .is_some_and(|f| f & flags::MORE_TO_COME != 0);
-        self.streaming = more.then_some(reply.header.request_id);
+        self.streaming = more.then_some((id, reply.header.request_id));
         self.in_flight = more;
         Ok(reply)
     }
