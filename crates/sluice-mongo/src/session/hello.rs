@@ -10,7 +10,7 @@ use bson::Document;
 use super::read::Activity;
 use super::{to_bytes, MongoSessionError, Session};
 use crate::hello::{hello_reply, HelloRequest, TopologyVersion};
-use crate::wire::{encode_op_msg, error_doc, flags, ErrorCode};
+use crate::wire::{encode_op_msg, error_doc, flags, ErrorCode, OpMsg};
 
 /// How an awaitable hello's wait ended.
 enum Awaited {
@@ -26,6 +26,25 @@ enum Awaited {
 }
 
 impl Session {
+    /// A hello in an OP_MSG: answered once, or streamed when the client allows it.
+    pub(super) async fn hello_msg(
+        &mut self,
+        request_id: i32,
+        msg: &OpMsg<'_>,
+    ) -> Result<(), MongoSessionError> {
+        let req = HelloRequest::parse(msg.command_name(), msg.body);
+        let more_to_come = msg.more_to_come();
+        if !more_to_come && msg.flags & flags::EXHAUST_ALLOWED != 0 && req.await_for.is_some() {
+            return self.stream_hello(request_id, req).await;
+        }
+        match self.hello(&req).await {
+            Some(reply) if !more_to_come => self.reply(request_id, &reply).await,
+            // Nothing to answer: the request wanted no reply, or the client left during
+            // an awaitable hello.
+            _ => Ok(()),
+        }
+    }
+
     /// The answer to a hello, after the wait an awaitable one asks for; `None` when the
     /// client left during that wait.
     pub(super) async fn hello(&mut self, req: &HelloRequest) -> Option<Document> {

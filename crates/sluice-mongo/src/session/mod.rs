@@ -285,20 +285,10 @@ impl Session {
         if !may_compress(name) {
             self.reply_with = None;
         }
+        if is_hello(name) {
+            return self.hello_msg(request_id, &msg).await;
+        }
         let local = match name {
-            n if is_hello(n) => {
-                let req = HelloRequest::parse(n, msg.body);
-                if msg.flags & flags::EXHAUST_ALLOWED != 0
-                    && req.await_for.is_some()
-                    && !msg.more_to_come()
-                {
-                    return self.stream_hello(request_id, req).await;
-                }
-                match self.hello(&req).await {
-                    Some(reply) => Some(reply),
-                    None => return Ok(()), // the client left during an awaitable hello
-                }
-            }
             "saslStart" => Some(self.auth.sasl_start(msg.body)),
             "saslContinue" => Some(self.auth.sasl_continue(msg.body)),
             "logout" => Some(doc! {"ok": 1.0}),

@@ -283,3 +283,5 @@ impl UpstreamConn {
 
 #[cfg(test)]
 mod compression_tests;
+#[cfg(test)]
+mod stream_tests;
