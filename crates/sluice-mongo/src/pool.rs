@@ -410,3 +410,22 @@ impl Drop for PooledConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_info_counts_changes_only() {
+        let mut shown = Shown::default();
+        let info = ServerInfo::default();
+        assert!(shown.update(&info), "first reached");
+        assert!(!shown.update(&info.clone()), "same again");
+        let newer = ServerInfo {
+            max_wire_version: info.max_wire_version + 1,
+            ..info
+        };
+        assert!(shown.update(&newer));
+        assert_eq!(shown.changes, 2);
+    }
+}
