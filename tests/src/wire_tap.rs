@@ -8,13 +8,17 @@
 //!   compress (SecantusDB): it answers `compression: [first offered]` in `hello` replies,
 //!   decompresses requests before passing them on, and compresses the replies to
 //!   compressed requests with their compressor, as mongod does.
+//! * [`TapMode::NoStreaming`] plays a server that never streams exhaust replies: it clears
+//!   `exhaustAllowed` on requests (counting those that had it, see
+//!   [`WireTap::exhaust_requests`]), so each one gets one reply.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use sluice_mongo::wire::{
-    compress, decompress, encode_op_msg, Compressor, Frame, FrameDecoder, OpCode, OpMsg,
+    compress, decompress, encode_op_msg, flags, Compressor, Frame, FrameDecoder, OpCode, OpMsg,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,6 +30,8 @@ pub enum TapMode {
     Observe,
     /// Plays a server that compresses with any of snappy, zlib, zstd.
     Compressing,
+    /// Plays a server that ignores `exhaustAllowed` (one reply per getMore).
+    NoStreaming,
 }
 
 /// Which way a message went.
@@ -43,7 +49,7 @@ pub type Seen = (Direction, i32, Option<&'static str>);
 /// The relay; stops accepting when dropped.
 pub struct WireTap {
     port: u16,
-    counts: Arc<Mutex<HashMap<Seen, u64>>>,
+    counts: Arc<Counts>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -56,7 +62,7 @@ impl WireTap {
     pub async fn start(backend: &str, mode: TapMode) -> WireTap {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tap");
         let port = listener.local_addr().expect("tap addr").port();
-        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let counts = Arc::new(Counts::default());
         let backend = backend.to_owned();
         let shared = counts.clone();
         let task = tokio::spawn(async move {
@@ -80,7 +86,7 @@ impl WireTap {
     /// How many messages of this kind went by (compressor `None`: of any compressor, or
     /// not compressed for opcodes other than 2012).
     pub fn count(&self, direction: Direction, op_code: i32, compressor: Option<&str>) -> u64 {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = self.counts.seen.lock().unwrap_or_else(|e| e.into_inner());
         counts
             .iter()
             .filter(|((d, op, c), _)| {
@@ -92,8 +98,14 @@ impl WireTap {
 
     /// Everything counted, for failure messages.
     pub fn summary(&self) -> String {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = self.counts.seen.lock().unwrap_or_else(|e| e.into_inner());
         format!("{counts:?}")
+    }
+
+    /// How many OP_MSG requests came with `exhaustAllowed` (counted in
+    /// [`TapMode::NoStreaming`] only).
+    pub fn exhaust_requests(&self) -> u64 {
+        self.counts.exhaust.load(Ordering::Relaxed)
     }
 }
 
@@ -103,7 +115,12 @@ impl Drop for WireTap {
     }
 }
 
-type Counts = Mutex<HashMap<Seen, u64>>;
+/// What the relay counted.
+#[derive(Default)]
+struct Counts {
+    seen: Mutex<HashMap<Seen, u64>>,
+    exhaust: AtomicU64,
+}
 
 fn note(counts: &Counts, direction: Direction, frame: &Frame) {
     let compressor = (frame.header.op_code == OpCode::Compressed)
@@ -112,6 +129,7 @@ fn note(counts: &Counts, direction: Direction, frame: &Frame) {
         .map(|id| Compressor::from_id(id).map_or("unknown", Compressor::name));
     let key = (direction, frame.header.op_code.as_i32(), compressor);
     *counts
+        .seen
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry(key)
@@ -156,10 +174,14 @@ async fn relay(
         let name = msg.as_ref().map(|m| m.command_name().to_owned());
         let offered = msg.as_ref().and_then(|m| offered_compressor(m.body));
         let no_reply = msg.as_ref().is_some_and(OpMsg::more_to_come);
-        let forward = if mode == TapMode::Observe {
-            &request
-        } else {
-            &plain
+        let stripped;
+        let forward = match mode {
+            TapMode::Observe => &request,
+            TapMode::Compressing => &plain,
+            TapMode::NoStreaming => {
+                stripped = without_exhaust(&plain, counts);
+                &stripped
+            }
         };
         server.write_all(&forward.data).await?;
         if no_reply {
@@ -167,7 +189,7 @@ async fn relay(
         }
         let reply = read(&mut server, &mut sbuf).await?;
         let reply = match (mode, compressor) {
-            (TapMode::Observe, _) => reply,
+            (TapMode::Observe | TapMode::NoStreaming, _) => reply,
             (TapMode::Compressing, Some(c)) => {
                 let packed = compress(&reply, c).map_err(std::io::Error::other)?;
                 Frame::from_bytes(packed).ok_or_else(|| std::io::Error::other("compress"))?
@@ -180,6 +202,21 @@ async fn relay(
         note(counts, Direction::Reply, &reply);
         client.write_all(&reply.data).await?;
     }
+}
+
+/// `frame` with `exhaustAllowed` cleared (counted when it was set).
+fn without_exhaust(frame: &Frame, counts: &Counts) -> Frame {
+    let mut out = frame.clone();
+    if let Some(bits) = frame
+        .msg_flags()
+        .filter(|b| b & flags::EXHAUST_ALLOWED != 0)
+    {
+        counts.exhaust.fetch_add(1, Ordering::Relaxed);
+        if let Some(field) = out.data.get_mut(16..20) {
+            field.copy_from_slice(&(bits & !flags::EXHAUST_ALLOWED).to_le_bytes());
+        }
+    }
+    out
 }
 
 /// The first compressor of a hello's `compression` list that the tap supports.

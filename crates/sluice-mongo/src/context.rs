@@ -14,6 +14,7 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 
 use crate::guards::{GuardSettings, Guards};
+use crate::hello::TopologyVersion;
 use crate::pins::Pins;
 use crate::pool::{MongoPool, PoolSettings};
 use crate::replicas::Replicas;
@@ -143,6 +144,14 @@ impl MongoContext {
     /// a reload reject bad certificate files before it changes anything.
     pub fn set_client_tls(&self, tls: Option<ClientTls>) {
         *self.tls.write() = tls;
+    }
+
+    /// Sluice's `topologyVersion` as its `hello` shows it now.
+    pub fn topology_version(&self) -> TopologyVersion {
+        TopologyVersion {
+            process_id: self.process_id,
+            counter: self.pool.info_changes(),
+        }
     }
 
     /// A new client connection's `connectionId`.

@@ -2,6 +2,12 @@
 //! gives, `msg: "isdbgrid"`) carrying the upstream's wire versions and limits, so drivers
 //! treat Sluice as the whole deployment and never discover (and bypass it for) the
 //! backend's replica-set members.
+//!
+//! Its `topologyVersion` is Sluice's own: a `processId` fixed for the process's life and a
+//! `counter` that grows whenever what the reply shows changes. An awaitable hello (one
+//! carrying `topologyVersion` and `maxAwaitTimeMS`, the streaming monitoring protocol)
+//! whose client already has the current version waits before the answer; see
+//! [`HelloRequest::wait`].
 
 use bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawBsonRef, RawDocument};
 use std::time::Duration;
@@ -17,6 +23,35 @@ pub fn is_hello(name: &str) -> bool {
     matches!(name, "hello" | "isMaster" | "ismaster")
 }
 
+/// Sluice's `topologyVersion`: who answers (`processId`) and how many times what it shows
+/// changed (`counter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologyVersion {
+    /// Fixed for the life of the process.
+    pub process_id: ObjectId,
+    /// Grows with every change of the reply's contents.
+    pub counter: i64,
+}
+
+impl TopologyVersion {
+    /// The `topologyVersion` document.
+    pub fn to_doc(self) -> Document {
+        doc! {"processId": self.process_id, "counter": self.counter}
+    }
+}
+
+/// The awaitable part of a hello: the `topologyVersion` the client has and how long it
+/// lets the server wait for a change.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AwaitHello {
+    /// `topologyVersion.processId` (`None`: missing or not an ObjectId).
+    pub process_id: Option<ObjectId>,
+    /// `topologyVersion.counter` (`None`: missing or not an integer).
+    pub counter: Option<i64>,
+    /// `maxAwaitTimeMS`, at most [`MAX_AWAIT`].
+    pub max_await: Duration,
+}
+
 /// What a client's hello asks for beyond the basics.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct HelloRequest {
@@ -26,8 +61,8 @@ pub struct HelloRequest {
     pub hello_ok: bool,
     /// `saslSupportedMechs: "db.user"`: the user named.
     pub sasl_user: Option<String>,
-    /// Awaitable hello: `topologyVersion.processId` and `maxAwaitTimeMS`.
-    pub await_for: Option<(Option<ObjectId>, Duration)>,
+    /// Awaitable hello: `topologyVersion` and `maxAwaitTimeMS`.
+    pub await_for: Option<AwaitHello>,
     /// `compression`: the compressors the client offers, in its order of preference
     /// (`None`: the field was absent, so the reply names none either).
     pub compression: Option<Vec<String>>,
@@ -48,15 +83,19 @@ impl HelloRequest {
             Some(RawBsonRef::Double(v)) if v >= 0.0 => Some(v as u64),
             _ => None,
         };
-        let process_id = match get("topologyVersion") {
-            Some(RawBsonRef::Document(tv)) => match tv.get("processId") {
-                Ok(Some(RawBsonRef::ObjectId(id))) => Some(Some(id)),
-                _ => Some(None),
-            },
-            _ => None,
-        };
-        let await_for = match (process_id, await_ms) {
-            (Some(pid), Some(ms)) => Some((pid, Duration::from_millis(ms).min(MAX_AWAIT))),
+        let await_for = match (get("topologyVersion"), await_ms) {
+            (Some(RawBsonRef::Document(tv)), Some(ms)) => Some(AwaitHello {
+                process_id: match tv.get("processId") {
+                    Ok(Some(RawBsonRef::ObjectId(id))) => Some(id),
+                    _ => None,
+                },
+                counter: match tv.get("counter") {
+                    Ok(Some(RawBsonRef::Int64(n))) => Some(n),
+                    Ok(Some(RawBsonRef::Int32(n))) => Some(i64::from(n)),
+                    _ => None,
+                },
+                max_await: Duration::from_millis(ms).min(MAX_AWAIT),
+            }),
             _ => None,
         };
         let compression = match get("compression") {
@@ -90,12 +129,27 @@ impl HelloRequest {
         })
     }
 
-    /// How long to hold the reply: the full `maxAwaitTimeMS` when the client already has
-    /// Sluice's current topology (it never changes), else zero.
-    pub fn wait(&self, process_id: ObjectId) -> Duration {
+    /// How long to hold the reply: the full `maxAwaitTimeMS` (unless the topology
+    /// changes first) when the client already has Sluice's current `topologyVersion`, else
+    /// zero (it learns the new one at once).
+    pub fn wait(&self, current: TopologyVersion) -> Duration {
         match self.await_for {
-            Some((Some(pid), d)) if pid == process_id => d,
+            Some(a)
+                if a.process_id == Some(current.process_id)
+                    && a.counter == Some(current.counter) =>
+            {
+                a.max_await
+            }
             _ => Duration::ZERO,
+        }
+    }
+
+    /// Records that the client now has `current` (it was just sent): the next reply of a
+    /// streamed hello waits.
+    pub fn seen(&mut self, current: TopologyVersion) {
+        if let Some(a) = &mut self.await_for {
+            a.process_id = Some(current.process_id);
+            a.counter = Some(current.counter);
         }
     }
 }
@@ -106,7 +160,7 @@ impl HelloRequest {
 pub fn hello_reply(
     req: &HelloRequest,
     info: &ServerInfo,
-    process_id: ObjectId,
+    topology: TopologyVersion,
     connection_id: i64,
     sasl_mechs: bool,
     compressor: Option<Compressor>,
@@ -121,10 +175,7 @@ pub fn hello_reply(
         d.insert("helloOk", true);
     }
     d.insert("msg", "isdbgrid");
-    d.insert(
-        "topologyVersion",
-        doc! {"processId": process_id, "counter": 0_i64},
-    );
+    d.insert("topologyVersion", topology.to_doc());
     d.insert("maxBsonObjectSize", info.max_bson_object_size);
     d.insert("maxMessageSizeBytes", info.max_message_size_bytes);
     d.insert("maxWriteBatchSize", info.max_write_batch_size);
@@ -162,8 +213,14 @@ mod tests {
             max_wire_version: 27,
             ..ServerInfo::default()
         };
-        let pid = ObjectId::new();
-        let reply = hello_reply(&req, &info, pid, 7, true, None);
+        let tv = TopologyVersion {
+            process_id: ObjectId::new(),
+            counter: 3,
+        };
+        let reply = hello_reply(&req, &info, tv, 7, true, None);
+        let shown = reply.get_document("topologyVersion").unwrap();
+        assert_eq!(shown.get_object_id("processId").unwrap(), tv.process_id);
+        assert_eq!(shown.get_i64("counter").unwrap(), 3);
         assert_eq!(reply.get_str("msg").unwrap(), "isdbgrid");
         assert!(reply.get_bool("ismaster").unwrap());
         assert_eq!(reply.get_i32("maxWireVersion").unwrap(), 27);
@@ -178,12 +235,26 @@ mod tests {
     #[test]
     fn awaitable_hello_waits_only_for_a_current_topology() {
         let pid = ObjectId::new();
-        let cmd = rawdoc! {"hello": 1, "topologyVersion": {"processId": pid, "counter": 0_i64}, "maxAwaitTimeMS": 500};
-        let req = HelloRequest::parse("hello", &cmd);
-        assert_eq!(req.wait(pid), Duration::from_millis(500));
-        assert_eq!(req.wait(ObjectId::new()), Duration::ZERO);
+        let tv = |counter| TopologyVersion {
+            process_id: pid,
+            counter,
+        };
+        let cmd = rawdoc! {"hello": 1, "topologyVersion": {"processId": pid, "counter": 1_i64}, "maxAwaitTimeMS": 500};
+        let mut req = HelloRequest::parse("hello", &cmd);
+        assert_eq!(req.wait(tv(1)), Duration::from_millis(500));
+        let other = TopologyVersion {
+            process_id: ObjectId::new(),
+            counter: 1,
+        };
+        assert_eq!(req.wait(other), Duration::ZERO);
+        // The topology changed since the client looked: answer at once, then wait again.
+        assert_eq!(req.wait(tv(2)), Duration::ZERO);
+        req.seen(tv(2));
+        assert_eq!(req.wait(tv(2)), Duration::from_millis(500));
         let plain = HelloRequest::parse("hello", &rawdoc! {"hello": 1});
-        assert_eq!(plain.wait(pid), Duration::ZERO);
+        assert_eq!(plain.wait(tv(1)), Duration::ZERO);
+        let long = rawdoc! {"hello": 1, "topologyVersion": {"processId": pid, "counter": 1}, "maxAwaitTimeMS": 3_600_000_i64};
+        assert_eq!(HelloRequest::parse("hello", &long).wait(tv(1)), MAX_AWAIT);
     }
 
     #[test]
@@ -192,14 +263,11 @@ mod tests {
         let req = HelloRequest::parse("hello", &cmd);
         let chosen = req.negotiate(None);
         assert_eq!(chosen, Some(Compressor::Zlib));
-        let reply = hello_reply(
-            &req,
-            &ServerInfo::default(),
-            ObjectId::new(),
-            1,
-            false,
-            chosen,
-        );
+        let tv = TopologyVersion {
+            process_id: ObjectId::new(),
+            counter: 0,
+        };
+        let reply = hello_reply(&req, &ServerInfo::default(), tv, 1, false, chosen);
         assert_eq!(
             reply.get_array("compression").unwrap(),
             &vec![Bson::String("zlib".into())]

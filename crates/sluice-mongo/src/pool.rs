@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
 use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::upstream::{MongoUpstreamError, ServerInfo, Target, UpstreamConn};
 
@@ -58,6 +58,28 @@ pub enum MongoPoolError {
     Closed,
 }
 
+/// The upstream's wire versions and limits as Sluice's `hello` shows them, and how many
+/// times they changed.
+#[derive(Debug, Clone, Default)]
+pub struct Shown {
+    /// The latest connection's server info (`None`: the upstream was never reached).
+    pub info: Option<ServerInfo>,
+    /// How many times `info` changed.
+    pub changes: i64,
+}
+
+impl Shown {
+    /// Records `info` from a new connection; whether it differs from what was shown.
+    fn update(&mut self, info: &ServerInfo) -> bool {
+        if self.info.as_ref() == Some(info) {
+            return false;
+        }
+        self.info = Some(info.clone());
+        self.changes += 1;
+        true
+    }
+}
+
 /// Opens connections to the member the pool points at (or the first writable seed).
 pub struct MongoConnector {
     target: Target,
@@ -67,8 +89,9 @@ pub struct MongoConnector {
     /// Seeds never taken as "the first writable one": members that claim to be primary
     /// with an older election than the newest seen (SDAM's stale primaries).
     avoid: Mutex<Vec<String>>,
-    /// The upstream's wire versions and limits, once known.
-    info: Mutex<Option<ServerInfo>>,
+    /// The upstream's wire versions and limits, once known, as clients are shown them
+    /// in Sluice's `hello`.
+    info: watch::Sender<Shown>,
 }
 
 impl MongoConnector {
@@ -128,7 +151,7 @@ impl Connector for MongoConnector {
     }
 
     fn opened(&self, conn: &UpstreamConn) {
-        *self.info.lock() = Some(conn.info.clone());
+        self.info.send_if_modified(|shown| shown.update(&conn.info));
         tracing::debug!(conn = conn.id, addr = %conn.addr, "upstream connection opened");
     }
 
@@ -169,7 +192,7 @@ impl MongoPool {
             target,
             address: Mutex::new(None),
             avoid: Mutex::new(Vec::new()),
-            info: Mutex::new(None),
+            info: watch::Sender::new(Shown::default()),
         };
         let l = limits(
             settings.max_size.max(1),
@@ -235,7 +258,19 @@ impl MongoPool {
 
     /// The upstream's wire versions and limits, if any connection was ever made.
     pub fn server_info(&self) -> Option<ServerInfo> {
-        self.inner.core.connector().info.lock().clone()
+        self.inner.core.connector().info.borrow().info.clone()
+    }
+
+    /// How many times the server info shown to clients changed: Sluice's
+    /// `topologyVersion.counter`.
+    pub fn info_changes(&self) -> i64 {
+        self.inner.core.connector().info.borrow().changes
+    }
+
+    /// Wakes on every change of the server info shown to clients (an awaitable `hello`
+    /// then answers at once).
+    pub fn watch_info(&self) -> watch::Receiver<Shown> {
+        self.inner.core.connector().info.subscribe()
     }
 
     /// `Ok` when the latest connect attempt (or live connection) succeeded.
@@ -373,5 +408,24 @@ impl Drop for PooledConn {
                 conn.discard();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_info_counts_changes_only() {
+        let mut shown = Shown::default();
+        let info = ServerInfo::default();
+        assert!(shown.update(&info), "first reached");
+        assert!(!shown.update(&info.clone()), "same again");
+        let newer = ServerInfo {
+            max_wire_version: info.max_wire_version + 1,
+            ..info
+        };
+        assert!(shown.update(&newer));
+        assert_eq!(shown.changes, 2);
     }
 }

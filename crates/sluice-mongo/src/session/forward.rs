@@ -17,6 +17,17 @@ use crate::request::{reply_cursor_id, reply_says_not_primary, RequestInfo};
 use crate::upstream::MongoUpstreamError;
 use crate::wire::{error_doc, ErrorCode, Frame, OpMsg};
 
+/// What a forwarded request expects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// One reply.
+    Reply,
+    /// No reply (`moreToCome` on the request).
+    NoReply,
+    /// A stream of replies, if the server sends one (an exhaust getMore).
+    Stream,
+}
+
 impl Session {
     /// Forwards a request that Sluice does not answer itself: over the connection pinned
     /// to its transaction, or over a connection checked out for this one round trip from
@@ -26,6 +37,7 @@ impl Session {
         frame: Frame,
         info: RequestInfo,
         more_to_come: bool,
+        exhaust: bool,
     ) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         if let Some(reason) = &info.bad_read_pref {
@@ -62,7 +74,12 @@ impl Session {
             Err(_) if more_to_come => return Ok(()),
             Err(e) => return self.reply(request_id, &e).await,
         };
-        self.forward_once(frame, &info, member, more_to_come).await
+        let mode = match (more_to_come, exhaust) {
+            (true, _) => Mode::NoReply,
+            (false, true) => Mode::Stream,
+            (false, false) => Mode::Reply,
+        };
+        self.forward_once(frame, &info, member, mode).await
     }
 
     /// The member a request outside a transaction goes to: where its cursor lives, or
@@ -99,9 +116,10 @@ impl Session {
         frame: Frame,
         info: &RequestInfo,
         member: Option<(MongoPool, String)>,
-        more_to_come: bool,
+        mode: Mode,
     ) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
+        let more_to_come = mode == Mode::NoReply;
         let _long_poll = if info.long_poll {
             self.ctx.long_polls.clone().acquire_owned().await.ok()
         } else {
@@ -115,6 +133,9 @@ impl Session {
             Ok(conn) => conn,
             Err(e) => return self.checkout_failed(request_id, &e, more_to_come).await,
         };
+        if mode == Mode::Stream {
+            return self.stream_replies(conn, frame, info, member).await;
+        }
         let (conn, result) = exchange(conn, frame, more_to_come).await;
         drop(conn);
         self.note_cursors(info, &result);
@@ -128,7 +149,7 @@ impl Session {
 
     /// A primary that answers "not primary" has stepped down: look for the new one now
     /// instead of at the next heartbeat.
-    fn watch_for_failover(&self, result: &Result<Option<Frame>, MongoUpstreamError>) {
+    pub(super) fn watch_for_failover(&self, result: &Result<Option<Frame>, MongoUpstreamError>) {
         if !self.ctx.replicas.enabled() {
             return;
         }
@@ -140,7 +161,7 @@ impl Session {
     }
 
     /// Keeps this client's open cursors up to date (for the idle timeout).
-    fn note_cursors(
+    pub(super) fn note_cursors(
         &mut self,
         info: &RequestInfo,
         result: &Result<Option<Frame>, MongoUpstreamError>,
@@ -156,7 +177,7 @@ impl Session {
     }
 
     /// Remembers where a member's cursors live, and forgets exhausted or killed ones.
-    fn track_cursors(
+    pub(super) fn track_cursors(
         &self,
         info: &RequestInfo,
         result: &Result<Option<Frame>, MongoUpstreamError>,
@@ -219,7 +240,7 @@ impl Session {
     }
 
     /// Writes an upstream reply (or an error for a broken round trip) to the client.
-    async fn relay(
+    pub(super) async fn relay(
         &mut self,
         request_id: i32,
         result: Result<Option<Frame>, MongoUpstreamError>,

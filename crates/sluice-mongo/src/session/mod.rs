@@ -24,16 +24,18 @@ use tracing::Instrument;
 use crate::client_auth::ClientAuth;
 use crate::context::MongoContext;
 use crate::guards::{deadline, Expiry, OpenCursors, PRE_AUTH_MAX_MESSAGE, REFUSAL_WAIT};
-use crate::hello::{hello_reply, is_hello, HelloRequest};
+use crate::hello::{is_hello, HelloRequest};
 use crate::request::RequestInfo;
 use crate::tls::ClientTlsError;
 use crate::wire::{
-    encode_op_msg, encode_op_reply, error_doc, may_compress, Compressor, ErrorCode, Frame,
+    encode_op_msg, encode_op_reply, error_doc, flags, may_compress, Compressor, ErrorCode, Frame,
     FrameDecoder, OpCode, OpMsg, OpQuery, WireError,
 };
 
 mod compression;
+mod exhaust;
 mod forward;
+mod hello;
 mod read;
 
 /// Why a session ended abnormally (logged, never sent).
@@ -247,7 +249,10 @@ impl Session {
         let reply = match OpQuery::parse(frame.body()) {
             Ok(q) if q.is_command() && is_hello(q.command_name()) => {
                 let req = HelloRequest::parse(q.command_name(), q.command());
-                self.hello(&req).await
+                match self.hello(&req).await {
+                    Some(reply) => reply,
+                    None => return Ok(()), // the client left during an awaitable hello
+                }
             }
             Ok(_) => error_doc(
                 ErrorCode::FailedToParse,
@@ -260,32 +265,6 @@ impl Session {
         // Only hello comes here, and its reply is never compressed.
         self.reply_with = None;
         self.write(&encode_op_reply(id, request_id, &bytes)).await
-    }
-
-    async fn hello(&mut self, req: &HelloRequest) -> Document {
-        let wait = req.wait(self.ctx.process_id);
-        if !wait.is_zero() {
-            // Awaitable hello: the topology never changes, so just wait, holding nothing —
-            // until shutdown, which ends the wait as mongos's quiesce mode does, so that
-            // the driver stops using this router at once.
-            tokio::select! {
-                _ = self.token.cancelled() => {
-                    return error_doc(ErrorCode::ShutdownInProgress, "sluice is shutting down");
-                }
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-        let info = self.ctx.server_info().await;
-        let chosen = req.negotiate(self.compressor);
-        self.compressor = self.compressor.or(chosen);
-        hello_reply(
-            req,
-            &info,
-            self.ctx.process_id,
-            self.connection_id,
-            self.auth.enabled(),
-            chosen,
-        )
     }
 
     async fn handle_msg(&mut self, frame: Frame) -> Result<(), MongoSessionError> {
@@ -306,8 +285,10 @@ impl Session {
         if !may_compress(name) {
             self.reply_with = None;
         }
+        if is_hello(name) {
+            return self.hello_msg(request_id, &msg).await;
+        }
         let local = match name {
-            n if is_hello(n) => Some(self.hello(&HelloRequest::parse(n, msg.body)).await),
             "saslStart" => Some(self.auth.sasl_start(msg.body)),
             "saslContinue" => Some(self.auth.sasl_continue(msg.body)),
             "logout" => Some(doc! {"ok": 1.0}),
@@ -334,7 +315,8 @@ impl Session {
         }
         let info = RequestInfo::parse(name, msg.body);
         let more_to_come = msg.more_to_come();
-        self.forward(frame, info, more_to_come).await
+        let exhaust = name == "getMore" && msg.flags & flags::EXHAUST_ALLOWED != 0;
+        self.forward(frame, info, more_to_come, exhaust).await
     }
 
     fn next_id(&mut self) -> i32 {

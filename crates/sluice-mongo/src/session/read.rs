@@ -9,6 +9,14 @@ use super::{to_bytes, MongoSessionError, Session};
 use crate::guards::{deadline, Expiry, TooManyClients, PRE_AUTH_MAX_MESSAGE, REFUSAL_WAIT};
 use crate::wire::{encode_op_msg, encode_op_reply, error_doc, ErrorCode, Frame, Header, OpCode};
 
+/// What a client did while Sluice was due to speak.
+pub(super) enum Activity {
+    /// It sent bytes (now in the session's buffer).
+    Sent,
+    /// It closed the connection.
+    Closed,
+}
+
 impl Session {
     /// Whether the client counts as logged in: authenticated when auth is required, else
     /// once it sent a first request.
@@ -53,6 +61,22 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Waits for the client to send or close while Sluice, not the client, is due to
+    /// speak (an awaitable hello's wait, an exhaust stream). Bytes read stay buffered for
+    /// the next [`Session::read_frame`]; once some are there this waits no more on the
+    /// socket (never resolves), so a client cannot make Sluice buffer without bound.
+    /// Cancel-safe.
+    pub(super) async fn client_activity(&mut self) -> Result<Activity, MongoSessionError> {
+        if !self.buf.is_empty() {
+            return std::future::pending().await;
+        }
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            Ok(Activity::Closed)
+        } else {
+            Ok(Activity::Sent)
         }
     }
 

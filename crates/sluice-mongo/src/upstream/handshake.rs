@@ -105,6 +105,7 @@ impl UpstreamConn {
             decoder: FrameDecoder::new(DEFAULT_MAX_MESSAGE),
             next_request_id: 1,
             in_flight: false,
+            streaming: None,
             compressor: None,
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             info: ServerInfo::default(),

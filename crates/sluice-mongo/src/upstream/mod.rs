@@ -12,7 +12,7 @@ use sluice_tls::ServerStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::wire::{
-    compress, decompress, encode_op_msg, may_compress, peek_command_name, Compressor, Frame,
+    compress, decompress, encode_op_msg, flags, may_compress, peek_command_name, Compressor, Frame,
     FrameDecoder, OpCode, OpMsg, WireError,
 };
 
@@ -39,6 +39,10 @@ pub struct UpstreamConn {
     /// Set while a request is written but its reply not yet read: a connection dropped in
     /// that state (client gone mid-request) must not be reused.
     in_flight: bool,
+    /// While an exhaust stream runs: the `requestID` of its request and of its last reply;
+    /// the next reply answers the last one (as mongod does) or, as some servers have it
+    /// (SecantusDB), the request.
+    streaming: Option<(i32, i32)>,
     /// The compressor the server agreed to in the handshake (`None`: uncompressed).
     compressor: Option<Compressor>,
     /// Process-unique id, for logs.
@@ -137,15 +141,55 @@ impl UpstreamConn {
         id
     }
 
-    /// Sends a request (ids rewritten) and returns the reply to it.
-    pub async fn round_trip(&mut self, mut frame: Frame) -> Result<Frame, MongoUpstreamError> {
+    /// Sends a request (ids rewritten, `exhaustAllowed` cleared) and returns the reply.
+    pub async fn round_trip(&mut self, frame: Frame) -> Result<Frame, MongoUpstreamError> {
+        self.request(frame, false).await
+    }
+
+    /// Sends a request keeping its `exhaustAllowed` bit (a client's exhaust getMore) and
+    /// returns the first reply. While the last reply read has `moreToCome`, the server
+    /// streams more: read them with [`UpstreamConn::next_streamed`]; the connection is
+    /// not reusable until the stream has ended.
+    pub async fn open_stream(&mut self, frame: Frame) -> Result<Frame, MongoUpstreamError> {
+        self.request(frame, true).await
+    }
+
+    /// The next reply of an exhaust stream opened with [`UpstreamConn::open_stream`]:
+    /// it answers the previous reply (its `responseTo` is that reply's `requestID`) or the
+    /// request that opened the stream.
+    pub async fn next_streamed(&mut self) -> Result<Frame, MongoUpstreamError> {
+        let Some((request, previous)) = self.streaming else {
+            return Err(MongoUpstreamError::Wire(WireError::malformed(
+                "reply",
+                "no exhaust stream is open",
+            )));
+        };
+        self.read_reply(request, Some(previous)).await
+    }
+
+    async fn request(
+        &mut self,
+        mut frame: Frame,
+        exhaust: bool,
+    ) -> Result<Frame, MongoUpstreamError> {
         let id = self.next_id();
         frame.set_ids(id, 0);
-        frame.prepare_forward(true);
+        frame.prepare_forward(!exhaust);
         self.in_flight = true;
         self.send(&frame).await?;
+        self.read_reply(id, None).await
+    }
+
+    /// Reads the reply to request `id` (or, in a stream, to the `previous` reply); the
+    /// connection stays in flight while the reply says more are coming.
+    async fn read_reply(
+        &mut self,
+        id: i32,
+        previous: Option<i32>,
+    ) -> Result<Frame, MongoUpstreamError> {
         let reply = self.read_frame().await?;
-        if reply.header.response_to != id {
+        let to = reply.header.response_to;
+        if to != id && Some(to) != previous {
             return Err(MongoUpstreamError::Wire(WireError::malformed(
                 "reply",
                 format!("responseTo {} for request {id}", reply.header.response_to),
@@ -156,7 +200,11 @@ impl UpstreamConn {
                 reply.header.op_code.as_i32(),
             )));
         }
-        self.in_flight = false;
+        let more = reply
+            .msg_flags()
+            .is_some_and(|f| f & flags::MORE_TO_COME != 0);
+        self.streaming = more.then_some((id, reply.header.request_id));
+        self.in_flight = more;
         Ok(reply)
     }
 
@@ -235,3 +283,5 @@ impl UpstreamConn {
 
 #[cfg(test)]
 mod compression_tests;
+#[cfg(test)]
+mod stream_tests;

@@ -59,7 +59,8 @@ impl Frame {
 
     /// Prepares an OP_MSG for forwarding after its ids change: drops the CRC-32C checksum
     /// (it covers the header, so it would no longer match; it is optional) and, when
-    /// `clear_exhaust`, the `exhaustAllowed` bit (Sluice does not stream exhaust replies).
+    /// `clear_exhaust`, the `exhaustAllowed` bit (for a request whose replies Sluice does
+    /// not stream: anything but a client's exhaust getMore).
     pub fn prepare_forward(&mut self, clear_exhaust: bool) {
         let Some(mut f) = self.msg_flags() else {
             return;

@@ -1,0 +1,128 @@
+//! Exhaust cursors and the streaming monitoring protocol end to end, with the real sluice
+//! program in front of the test server and pymongo as the client
+//! (`tests/drivers/mongo_exhaust.py`, which counts what crosses the wire between pymongo
+//! and Sluice).
+//!
+//! SecantusDB streams exhaust getMores itself (checked directly with pymongo: one
+//! exhaust getMore, then a reply with `moreToCome` per batch), so the 100,000-document
+//! cursor shows Sluice relaying a real stream, and the pool shows the connection going
+//! back clean. A [`WireTap`] that clears `exhaustAllowed` plays a server that does not
+//! stream: Sluice must still forward the flag and the cursor must still work. A client
+//! that abandons an exhaust cursor mid-stream gets its upstream connection closed, not
+//! pooled. A monitor in `serverMonitoringMode=stream` gets a stream of hello replies
+//! from Sluice, which holds no upstream connection for it.
+
+use std::time::Duration;
+
+use sluice_tests::mongo::{pymongo_python, shared_mongo, MongoSluice, MongoSluiceBuilder};
+use sluice_tests::wire_tap::{TapMode, WireTap};
+use sluice_tests::{unique_name, within};
+
+const HANG: Duration = Duration::from_secs(300);
+
+/// Runs one scenario of the pymongo script against `sluice`; returns what it counted.
+async fn pymongo(sluice: &MongoSluice, scenario: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/mongo_exhaust.py");
+    let out = tokio::process::Command::new(pymongo_python())
+        .arg(script)
+        .arg(format!("127.0.0.1:{}", sluice.port()))
+        .arg(sluice.admin_port().to_string())
+        .arg(unique_name("exh"))
+        .arg(scenario)
+        .output();
+    let out = within(HANG, "pymongo", out).await.expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "pymongo {scenario} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nsluice:\n{}",
+        sluice.stderr()
+    );
+    let line = stdout.lines().next().unwrap_or_default();
+    serde_json::from_str(line).expect("counts json")
+}
+
+/// The one mongo pool of `/admin/pool-stats`.
+fn pool(sluice: &MongoSluice) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&sluice.admin_get("/admin/pool-stats")).expect("json");
+    v["mongo_pools"][0].clone()
+}
+
+fn num(v: &serde_json::Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(u64::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaust_cursor_of_100k_documents_is_streamed() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(2)
+        .start();
+    let counts = pymongo(&sluice, "cursor").await;
+    // One exhaust getMore, then the rest of the 100,000 documents in batches of 1000 as
+    // a stream: without streaming each batch would be a getMore of its own.
+    assert!(num(&counts, "exhaust_getmore") >= 1, "{counts}");
+    assert!(num(&counts, "streamed_batches") >= 90, "{counts}");
+    assert!(num(&counts, "exhaust_getmore") <= 3, "{counts}");
+    // The streaming connection went back to the pool, clean, once the stream ended.
+    let p = pool(&sluice);
+    assert_eq!(num(&p, "active"), 0, "{p}");
+    assert!(num(&p, "idle") >= 1, "{p}");
+    assert_eq!(
+        p["counters"]["errors"]["server_lost"].as_u64(),
+        Some(0),
+        "{p}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaust_flag_is_forwarded_to_a_server_that_does_not_stream() {
+    let tap = WireTap::start(&shared_mongo().host(), TapMode::NoStreaming).await;
+    let sluice = MongoSluiceBuilder::new(&format!("mongodb://{}/", tap.host()))
+        .max_pool_size(2)
+        .start();
+    let counts = pymongo(&sluice, "cursor").await;
+    assert!(tap.exhaust_requests() >= 1, "Sluice cleared exhaustAllowed");
+    assert_eq!(num(&counts, "streamed_batches"), 0, "{counts}");
+    let p = pool(&sluice);
+    assert_eq!(num(&p, "active"), 0, "{p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_exhaust_stream_closes_its_upstream_connection() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(1)
+        .start();
+    let counts = pymongo(&sluice, "early-close").await;
+    assert!(num(&counts, "streamed_batches") >= 1, "{counts}");
+    // The connection the stream was on had unread replies: closed, never pooled. The
+    // only other connection (the inserts') was the same one, so the pool empties.
+    let mut p = pool(&sluice);
+    for _ in 0..100 {
+        if num(&p, "size") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        p = pool(&sluice);
+    }
+    assert_eq!(num(&p, "size"), 0, "{p}");
+    // And the pool still serves.
+    let client = sluice.client().await;
+    let db = client.database(&unique_name("after"));
+    db.run_command(mongodb::bson::doc! {"ping": 1})
+        .await
+        .expect("ping after an abandoned stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_monitor_holds_no_upstream_connection() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(2)
+        .start();
+    let counts = pymongo(&sluice, "monitor").await;
+    // One streaming hello, then a reply every heartbeatFrequencyMS (500 ms) over 4.5 s.
+    assert!(num(&counts, "exhaust_hello") >= 1, "{counts}");
+    assert!(num(&counts, "exhaust_hello") <= 2, "{counts}");
+    assert!(num(&counts, "streamed_hellos") >= 5, "{counts}");
+    assert_eq!(num(&counts, "most_active_upstream"), 0, "{counts}");
+}
