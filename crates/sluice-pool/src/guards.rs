@@ -52,6 +52,8 @@ impl<K: Connector> Drop for QueuePlace<'_, K> {
             }
         };
         drop(to_close);
+        // The connection is idle now: a checkout of another pool of its budgets may close it.
+        self.pool.budgets.iter().for_each(|b| b.wake());
     }
 }
 
