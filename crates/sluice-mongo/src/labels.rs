@@ -12,17 +12,14 @@ use crate::request::RequestInfo;
 
 /// The labels for `info`'s lost round trip; `in_transaction` when it belongs to a
 /// transaction.
-pub fn lost_round_trip(info: &RequestInfo, in_transaction: bool) -> Vec<&'static str> {
-    let mut labels = Vec::with_capacity(2);
-    if in_transaction && !info.ends_transaction() {
-        labels.push("TransientTransactionError");
-    } else {
-        labels.push("RetryableWriteError");
+pub fn lost_round_trip(info: &RequestInfo, in_transaction: bool) -> &'static [&'static str] {
+    let transient = in_transaction && !info.ends_transaction();
+    match (transient, info.name == "getMore") {
+        (true, false) => &["TransientTransactionError"],
+        (true, true) => &["TransientTransactionError", "ResumableChangeStreamError"],
+        (false, false) => &["RetryableWriteError"],
+        (false, true) => &["RetryableWriteError", "ResumableChangeStreamError"],
     }
-    if info.name == "getMore" {
-        labels.push("ResumableChangeStreamError");
-    }
-    labels
 }
 
 #[cfg(test)]

@@ -226,7 +226,7 @@ impl Session {
         &mut self,
         request_id: i32,
         result: Result<Option<Frame>, MongoUpstreamError>,
-        labels: Vec<&'static str>,
+        labels: &'static [&'static str],
     ) -> Result<(), MongoSessionError> {
         match result {
             Ok(Some(mut reply)) => {
@@ -248,7 +248,7 @@ impl Session {
                     ErrorCode::HostUnreachable,
                     format!("sluice: upstream connection failed: {e}"),
                 );
-                d.insert("errorLabels", labels);
+                d.insert("errorLabels", labels.to_vec());
                 self.reply(request_id, &d).await
             }
         }
