@@ -17,7 +17,10 @@
 #   SECANTUSD           SecantusDB program (default /opt/secantus/bin/secantusd-py).
 #   SLUICE_BIN          sluice binary; unset: cargo build --release -p sluice.
 #   SLUICE_LOG          RUST_LOG for sluice (default: info).
-#   TARGETS             subset of "direct sluice" (default: both).
+#   TARGETS             subset of "direct sluice" (default: both). Run them as two
+#                       invocations (TARGETS=direct, then TARGETS=sluice): one Python
+#                       SecantusDB serving both runs fills its WiredTiger cache during the
+#                       second (WT_CACHE_FULL, internal errors in ~180 tests).
 #   PYTEST_PATHS        test files/ids instead of the default list below, word-split.
 #   PYTEST_EXTRA        extra pytest arguments, word-split (e.g. "-x").
 #   RUN_TIMEOUT         seconds one pytest run may take (default 900).
