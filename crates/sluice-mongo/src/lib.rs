@@ -28,6 +28,7 @@ pub mod client_auth;
 pub mod context;
 pub mod guards;
 pub mod hello;
+pub mod labels;
 pub mod listener;
 pub mod pins;
 pub mod pool;

@@ -34,7 +34,13 @@ impl Session {
                 Ok(reply) => reply,
                 Err(e) => {
                     conn.discard();
-                    return self.relay(reply_to, Err(e), false).await;
+                    return self
+                        .relay(
+                            reply_to,
+                            Err(e),
+                            crate::labels::lost_round_trip(info, false),
+                        )
+                        .await;
                 }
             };
             replies += 1;

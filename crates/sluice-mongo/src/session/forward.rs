@@ -10,6 +10,7 @@ use sluice_stats::ErrorKind;
 use tokio::time::Instant;
 
 use super::{MongoSessionError, Session};
+use crate::labels::lost_round_trip;
 use crate::pins::Pinned;
 use crate::pool::{MongoPool, MongoPoolError, PooledConn};
 use crate::replicas::Choice;
@@ -143,8 +144,8 @@ impl Session {
             Some((_, addr)) => self.track_cursors(info, &result, addr),
             None => self.watch_for_failover(&result),
         }
-        self.relay(request_id, result, info.txn_number.is_some())
-            .await
+        let labels = lost_round_trip(info, info.txn_number.is_some());
+        self.relay(request_id, result, labels).await
     }
 
     /// A primary that answers "not primary" has stepped down: look for the new one now
@@ -236,15 +237,17 @@ impl Session {
             *slot = conn;
         }
         drop(slot);
-        self.relay(request_id, result, true).await
+        self.relay(request_id, result, lost_round_trip(info, true))
+            .await
     }
 
-    /// Writes an upstream reply (or an error for a broken round trip) to the client.
+    /// Writes an upstream reply (or an error for a broken round trip, with `labels`) to
+    /// the client.
     pub(super) async fn relay(
         &mut self,
         request_id: i32,
         result: Result<Option<Frame>, MongoUpstreamError>,
-        in_transaction: bool,
+        labels: &'static [&'static str],
     ) -> Result<(), MongoSessionError> {
         match result {
             Ok(Some(mut reply)) => {
@@ -266,12 +269,7 @@ impl Session {
                     ErrorCode::HostUnreachable,
                     format!("sluice: upstream connection failed: {e}"),
                 );
-                let label = if in_transaction {
-                    "TransientTransactionError"
-                } else {
-                    "RetryableWriteError"
-                };
-                d.insert("errorLabels", vec![label]);
+                d.insert("errorLabels", labels.to_vec());
                 self.reply(request_id, &d).await
             }
         }
