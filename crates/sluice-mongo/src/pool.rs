@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
-use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
+use sluice_stats::{CheckoutInfo, MemberInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 use tokio::sync::Semaphore;
 
@@ -69,6 +69,9 @@ pub struct MongoConnector {
     avoid: Mutex<Vec<String>>,
     /// The upstream's wire versions and limits, once known.
     info: Mutex<Option<ServerInfo>>,
+    /// The address of the latest connection opened (the member a pool without an
+    /// `address` found), for the statistics.
+    last_addr: Mutex<String>,
 }
 
 impl MongoConnector {
@@ -129,6 +132,7 @@ impl Connector for MongoConnector {
 
     fn opened(&self, conn: &UpstreamConn) {
         *self.info.lock() = Some(conn.info.clone());
+        conn.addr.clone_into(&mut self.last_addr.lock());
         tracing::debug!(conn = conn.id, addr = %conn.addr, "upstream connection opened");
     }
 
@@ -154,6 +158,8 @@ fn limits(max: usize, min: usize, timeout: Duration, connect_timeout: Duration) 
 struct Inner {
     core: sluice_pool::Pool<MongoConnector>,
     settings: PoolSettings,
+    /// The member's role as of the latest heartbeat (the `role` metrics label).
+    role: Mutex<&'static str>,
 }
 
 /// A cheap-to-clone handle on the pool.
@@ -170,6 +176,7 @@ impl MongoPool {
             address: Mutex::new(None),
             avoid: Mutex::new(Vec::new()),
             info: Mutex::new(None),
+            last_addr: Mutex::new(String::new()),
         };
         let l = limits(
             settings.max_size.max(1),
@@ -179,7 +186,11 @@ impl MongoPool {
         );
         let core = sluice_pool::Pool::new(settings.name.clone(), connector, l);
         MongoPool {
-            inner: Arc::new(Inner { core, settings }),
+            inner: Arc::new(Inner {
+                core,
+                settings,
+                role: Mutex::new("primary"),
+            }),
         }
     }
 
@@ -204,6 +215,23 @@ impl MongoPool {
             core.retain_idle(|c| !hosts.contains(&c.addr));
         }
         *core.connector().avoid.lock() = hosts;
+    }
+
+    /// Records the role of the member this pool connects to (`primary` until told
+    /// otherwise: the pool of writes), for the statistics.
+    pub fn set_role(&self, role: &'static str) {
+        *self.inner.role.lock() = role;
+    }
+
+    /// The member this pool connects to and its role: the address it is pointed at, or
+    /// that of its latest connection.
+    fn member(&self) -> MemberInfo {
+        let connector = self.inner.core.connector();
+        let pointed = connector.address.lock().clone();
+        MemberInfo {
+            address: pointed.unwrap_or_else(|| connector.last_addr.lock().clone()),
+            role: (*self.inner.role.lock()).to_owned(),
+        }
     }
 
     /// The settings the pool was created with.
@@ -315,6 +343,7 @@ impl PoolSource for MongoPool {
                 application_name: String::new(),
                 age_seconds: age.as_secs_f64(),
             }),
+            member: Some(self.member()),
             ..Default::default()
         }
         .with_counters(self.counters().snapshot())

@@ -119,10 +119,17 @@ impl Session {
         drop(conn);
         self.note_cursors(info, &result);
         match &member {
-            Some((_, addr)) => self.track_cursors(info, &result, addr),
+            Some((pool, addr)) => {
+                self.track_cursors(info, &result, addr);
+                // A broken round trip counts against the member's pool, not the primary's.
+                if result.is_err() {
+                    pool.counters().inc_error(ErrorKind::ServerLost);
+                }
+            }
             None => self.watch_for_failover(&result),
         }
-        self.relay(request_id, result, info.txn_number.is_some())
+        let counted = member.is_some();
+        self.relay(request_id, result, info.txn_number.is_some(), counted)
             .await
     }
 
@@ -215,15 +222,18 @@ impl Session {
             *slot = conn;
         }
         drop(slot);
-        self.relay(request_id, result, true).await
+        self.relay(request_id, result, true, false).await
     }
 
-    /// Writes an upstream reply (or an error for a broken round trip) to the client.
+    /// Writes an upstream reply (or an error for a broken round trip) to the client. A
+    /// broken round trip counts as `server_lost` on the primary pool unless `counted` (the
+    /// caller counted it on the member pool it used).
     async fn relay(
         &mut self,
         request_id: i32,
         result: Result<Option<Frame>, MongoUpstreamError>,
         in_transaction: bool,
+        counted: bool,
     ) -> Result<(), MongoSessionError> {
         match result {
             Ok(Some(mut reply)) => {
@@ -238,7 +248,9 @@ impl Session {
             }
             Ok(None) => Ok(()),
             Err(e) => {
-                self.pool_error_count(ErrorKind::ServerLost);
+                if !counted {
+                    self.pool_error_count(ErrorKind::ServerLost);
+                }
                 tracing::warn!(error = %e, "upstream round trip failed");
                 self.ctx.replicas.check_soon();
                 let mut d = error_doc(
