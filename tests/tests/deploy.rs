@@ -15,6 +15,7 @@ use std::process::Command;
 use common::sluice_for;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
+use sluice_tests::mongo::{shared_mongo, MongoSluiceBuilder};
 use sluice_tests::{scalar, shared_cluster, PoolMode, APP_PASSWORD, APP_USER};
 
 fn deploy_dir() -> PathBuf {
@@ -335,6 +336,22 @@ impl Exported {
         }
     }
 
+    /// `self` plus the series of another scrape (of the same program).
+    fn merge(mut self, other: Exported) -> Exported {
+        for (name, kind) in other.types {
+            let known = self
+                .types
+                .entry(name.clone())
+                .or_insert_with(|| kind.clone());
+            assert_eq!(*known, kind, "TYPE of {name}");
+        }
+        for (family, series) in other.series {
+            self.series.entry(family).or_default().extend(series);
+        }
+        self.sample_names.extend(other.sample_names);
+        self
+    }
+
     fn all_label_names(&self) -> BTreeSet<String> {
         self.series
             .values()
@@ -397,7 +414,16 @@ async fn referenced_metrics_are_exported() {
         .unwrap();
     let (status, text) = sluice_tests::http(sluice.admin_port(), "GET", "/metrics", "").await;
     assert_eq!(status, 200, "{text}");
-    let exported = Exported::parse(&text);
+    // A MongoDB front end too, for the series of its pools (member and role labels).
+    let mongo = MongoSluiceBuilder::new(shared_mongo().uri()).start();
+    mongo
+        .client()
+        .await
+        .database("deploy")
+        .run_command(mongodb::bson::doc! {"count": "none"})
+        .await
+        .unwrap();
+    let exported = Exported::parse(&text).merge(Exported::parse(&mongo.admin_get("/metrics")));
 
     let mut queries: Vec<(String, String)> = alerts()
         .into_iter()
@@ -526,6 +552,20 @@ fn promtool_alert_tests(exported: &Exported) {
         return;
     };
     let pool = exported.series["sluice_pool_utilization"][0].clone();
+    // A MongoDB pool's label set, as the primary's pool and as a secondary's.
+    let primary = exported.series["sluice_pool_utilization"]
+        .iter()
+        .find(|s| s.get("database").map(String::as_str) == Some("mongo"))
+        .expect("a MongoDB pool series")
+        .clone();
+    let mut member = primary.clone();
+    for (k, v) in [
+        ("pool", "mongo@db2:27017"),
+        ("member", "db2:27017"),
+        ("role", "secondary"),
+    ] {
+        member.insert(k.into(), v.into());
+    }
     // The bucket bounds come from the real scrape.
     let bounds = &exported.wait_bounds;
     assert!(bounds.len() > 5, "bucket bounds {bounds:?}");
@@ -710,6 +750,27 @@ fn promtool_alert_tests(exported: &Exported) {
                     &alert_labels("warning", &[]),
                 ),
             ],
+        ),
+        // A secondary's pool that cannot connect: the member alert names it.
+        test(
+            &[(
+                series("sluice_pool_errors_total", &member, &[("kind", "connect")]),
+                "0+1x20",
+            )],
+            &[fires(
+                "5m",
+                "SluiceMongoMemberErrors",
+                "{instance: 'sluice:9930', kind: connect, member: 'db2:27017', \
+                 pool: 'mongo@db2:27017', role: secondary, severity: warning}",
+            )],
+        ),
+        // Errors of the primary's pool are left to the other alerts.
+        test(
+            &[(
+                series("sluice_pool_errors_total", &primary, &[("kind", "connect")]),
+                "0+1x20",
+            )],
+            &[silent("10m", "SluiceMongoMemberErrors")],
         ),
         // Nothing scraped at all.
         test(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_pool::{CheckoutError, Connector, Limits, Pooled};
-use sluice_stats::{CheckoutInfo, PoolCounters, PoolSnapshot, PoolSource};
+use sluice_stats::{CheckoutInfo, MemberInfo, PoolCounters, PoolSnapshot, PoolSource};
 use thiserror::Error;
 use tokio::sync::{watch, Semaphore};
 
@@ -92,6 +92,9 @@ pub struct MongoConnector {
     /// The upstream's wire versions and limits, once known, as clients are shown them
     /// in Sluice's `hello`.
     info: watch::Sender<Shown>,
+    /// The address of the latest connection opened (the member a pool without an
+    /// `address` found), for the statistics.
+    last_addr: Mutex<String>,
 }
 
 impl MongoConnector {
@@ -152,6 +155,7 @@ impl Connector for MongoConnector {
 
     fn opened(&self, conn: &UpstreamConn) {
         self.info.send_if_modified(|shown| shown.update(&conn.info));
+        conn.addr.clone_into(&mut self.last_addr.lock());
         tracing::debug!(conn = conn.id, addr = %conn.addr, "upstream connection opened");
     }
 
@@ -177,6 +181,8 @@ fn limits(max: usize, min: usize, timeout: Duration, connect_timeout: Duration) 
 struct Inner {
     core: sluice_pool::Pool<MongoConnector>,
     settings: PoolSettings,
+    /// The member's role as of the latest heartbeat (the `role` metrics label).
+    role: Mutex<&'static str>,
 }
 
 /// A cheap-to-clone handle on the pool.
@@ -193,6 +199,7 @@ impl MongoPool {
             address: Mutex::new(None),
             avoid: Mutex::new(Vec::new()),
             info: watch::Sender::new(Shown::default()),
+            last_addr: Mutex::new(String::new()),
         };
         let l = limits(
             settings.max_size.max(1),
@@ -202,7 +209,11 @@ impl MongoPool {
         );
         let core = sluice_pool::Pool::new(settings.name.clone(), connector, l);
         MongoPool {
-            inner: Arc::new(Inner { core, settings }),
+            inner: Arc::new(Inner {
+                core,
+                settings,
+                role: Mutex::new("primary"),
+            }),
         }
     }
 
@@ -227,6 +238,23 @@ impl MongoPool {
             core.retain_idle(|c| !hosts.contains(&c.addr));
         }
         *core.connector().avoid.lock() = hosts;
+    }
+
+    /// Records the role of the member this pool connects to (`primary` until told
+    /// otherwise: the pool of writes), for the statistics.
+    pub fn set_role(&self, role: &'static str) {
+        *self.inner.role.lock() = role;
+    }
+
+    /// The member this pool connects to and its role: the address it is pointed at, or
+    /// that of its latest connection.
+    fn member(&self) -> MemberInfo {
+        let connector = self.inner.core.connector();
+        let pointed = connector.address.lock().clone();
+        MemberInfo {
+            address: pointed.unwrap_or_else(|| connector.last_addr.lock().clone()),
+            role: (*self.inner.role.lock()).to_owned(),
+        }
     }
 
     /// The settings the pool was created with.
@@ -350,6 +378,7 @@ impl PoolSource for MongoPool {
                 application_name: String::new(),
                 age_seconds: age.as_secs_f64(),
             }),
+            member: Some(self.member()),
             ..Default::default()
         }
         .with_counters(self.counters().snapshot())

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::pool::{MongoPool, PoolSettings};
 use crate::request::{ReadPref, ReadPrefError};
-use crate::topology::{Reply, Route, TopologyState};
+use crate::topology::{Reply, Role, Route, TopologyState};
 use crate::upstream::{Target, UpstreamConn};
 
 /// Most cursors remembered on non-primary members; past it, a new cursor's `getMore`
@@ -137,10 +137,17 @@ impl Replicas {
         settings.tracks_health = false;
         let pool = MongoPool::new(settings, self.target.clone());
         pool.set_address(Some(addr.to_owned()));
+        pool.set_role(self.role_of(addr));
         pool.spawn_maintenance();
         self.stats.register_mongo(Arc::new(pool.clone()));
         members.insert(addr.to_owned(), pool.clone());
         pool
+    }
+
+    /// The role of `addr` by the latest heartbeat round (`unknown` if it did not answer).
+    fn role_of(&self, addr: &str) -> &'static str {
+        let state = self.state.read();
+        state.member(addr).map_or(Role::Unknown, |m| m.role).label()
     }
 
     /// The member that holds any of these cursors, if it is not the primary.
@@ -254,6 +261,7 @@ impl Replicas {
         let (changed, deposed) = self.apply(results);
         primary.avoid(deposed);
         if let Some(now) = changed {
+            primary.set_role(if now.is_some() { "primary" } else { "unknown" });
             primary.set_address(now);
         }
         self.ready.send_replace(true);
@@ -270,6 +278,9 @@ impl Replicas {
             let outcome = state.update(results);
             (outcome, state.primary().map(str::to_owned))
         };
+        for (addr, pool) in self.members.lock().iter() {
+            pool.set_role(self.role_of(addr));
+        }
         for addr in &outcome.removed {
             tracing::info!(member = %addr, "replica-set member removed; its pool is closed");
             if let Some(pool) = self.members.lock().remove(addr) {

@@ -16,6 +16,7 @@ use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder as _, TextEncoder};
 
 use crate::counters::ErrorKind;
+use crate::families::{CLIENTS, CONNECTIONS, ERRORS, PREPARED, SCALARS, SESSION_FEATURES, WAIT};
 use crate::histogram::HistogramSnapshot;
 use crate::pool::PoolSnapshot;
 use crate::registry::{ClientGauges, ClientState, Registry};
@@ -25,6 +26,11 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 
 /// Labels every pool series carries, in this order.
 const POOL_LABELS: [&str; 3] = ["database", "user", "pool"];
+
+/// Labels a MongoDB pool's series carry after [`POOL_LABELS`]: the replica-set member the
+/// pool connects to and its current role (see [`crate::MemberInfo`]). PostgreSQL series
+/// go without them, which Prometheus reads as the same labels left empty.
+const MEMBER_LABELS: [&str; 2] = ["member", "role"];
 
 /// Why the metrics could not be gathered or encoded.
 #[derive(Debug, thiserror::Error)]
@@ -37,137 +43,6 @@ pub enum ExpositionError {
     #[error("metrics text is not UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),
 }
-
-/// One per-pool family with a single value per pool.
-struct Scalar {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
-    value: fn(&PoolSnapshot) -> f64,
-}
-
-/// The per-pool gauges and counters, in exposition order.
-const SCALARS: [Scalar; 10] = [
-    Scalar {
-        name: "sluice_pool_max_connections",
-        help: "Configured pool size.",
-        kind: MetricType::GAUGE,
-        value: |p| p.max as f64,
-    },
-    Scalar {
-        name: "sluice_pool_waiting_clients",
-        help: "Clients queued for a server connection.",
-        kind: MetricType::GAUGE,
-        value: |p| p.waiting as f64,
-    },
-    Scalar {
-        name: "sluice_pool_longest_wait_seconds",
-        help: "Wait time of the longest-queued client.",
-        kind: MetricType::GAUGE,
-        value: |p| p.longest_wait_seconds,
-    },
-    Scalar {
-        name: "sluice_pool_utilization",
-        help: "Checked-out connections divided by pool size.",
-        kind: MetricType::GAUGE,
-        value: |p| p.utilization(),
-    },
-    Scalar {
-        name: "sluice_pool_checkouts_total",
-        help: "Server connection checkouts.",
-        kind: MetricType::COUNTER,
-        value: |p| p.counters.checkouts_total as f64,
-    },
-    Scalar {
-        name: "sluice_pool_transactions_total",
-        help: "Transactions completed.",
-        kind: MetricType::COUNTER,
-        value: |p| p.counters.transactions_total as f64,
-    },
-    Scalar {
-        name: "sluice_pool_queries_total",
-        help: "Queries forwarded.",
-        kind: MetricType::COUNTER,
-        value: |p| p.counters.queries_total as f64,
-    },
-    Scalar {
-        name: "sluice_pool_bytes_received_total",
-        help: "Bytes received from clients and forwarded to servers.",
-        kind: MetricType::COUNTER,
-        value: |p| p.counters.bytes_in_total as f64,
-    },
-    Scalar {
-        name: "sluice_pool_bytes_sent_total",
-        help: "Bytes received from servers and sent to clients.",
-        kind: MetricType::COUNTER,
-        value: |p| p.counters.bytes_out_total as f64,
-    },
-    Scalar {
-        name: "sluice_pool_server_connects_total",
-        help: "Server connections opened.",
-        kind: MetricType::COUNTER,
-        value: |p| p.counters.server_connects_total as f64,
-    },
-];
-
-const CONNECTIONS: (&str, &str) = ("sluice_pool_connections", "Server connections by state.");
-const ERRORS: (&str, &str) = ("sluice_pool_errors_total", "Errors by kind.");
-const WAIT: (&str, &str) = (
-    "sluice_pool_wait_seconds",
-    "Time clients waited to check out a server connection.",
-);
-const CLIENTS: (&str, &str) = ("sluice_client_connections", "Client connections by state.");
-const PREPARED: (&str, &str) = (
-    "sluice_prepared_statements",
-    "Distinct prepared statements in the pool's shared registry (held by a client or server).",
-);
-
-/// Postgres-only families of session features (LISTEN/NOTIFY, pinning): name, help,
-/// type, value.
-type SessionFamily = (
-    &'static str,
-    &'static str,
-    MetricType,
-    fn(&PoolSnapshot) -> u64,
-);
-const SESSION_FEATURES: [SessionFamily; 6] = [
-    (
-        "sluice_pinned_servers",
-        "Servers kept by a client across transactions for session state (transaction mode pinning).",
-        MetricType::GAUGE,
-        |p| p.pinned.len() as u64,
-    ),
-    (
-        "sluice_listen_channels",
-        "Channels the pool's notification listener connection LISTENs on.",
-        MetricType::GAUGE,
-        |p| p.notify.channels,
-    ),
-    (
-        "sluice_listen_clients",
-        "Clients listening on channels through the pool's notification listener.",
-        MetricType::GAUGE,
-        |p| p.notify.listeners,
-    ),
-    (
-        "sluice_notifications_total",
-        "Notifications handed to listening clients.",
-        MetricType::COUNTER,
-        |p| p.notify.notifications_total,
-    ),
-    (
-        "sluice_notification_overflows_total",
-        "Clients disconnected because their queue of undelivered notifications was full.",
-        MetricType::COUNTER,
-        |p| p.notify.overflows_total,
-    ),
-    (
-        "sluice_listen_reconnects_total",
-        "Reconnects of the notification listener after its connection broke (notifications sent meanwhile are lost).",
-        MetricType::COUNTER,
-        |p| p.notify.reconnects_total,
-    ),
-];
 
 /// A `prometheus` [`Collector`] over a Sluice [`Registry`]: on every
 /// [`Collector::collect`] it snapshots each pool (Postgres, then MongoDB) and
@@ -364,14 +239,23 @@ impl Exposition {
     }
 }
 
-/// `database`, `user`, `pool` of one pool.
+/// `database`, `user`, `pool` of one pool, then `member` and `role` for a MongoDB pool.
 fn pool_labels(p: &PoolSnapshot) -> Vec<LabelPair> {
     let values = [&p.database, &p.user, &p.name];
-    POOL_LABELS
+    let mut labels: Vec<LabelPair> = POOL_LABELS
         .iter()
         .zip(values)
         .map(|(name, value)| label(name, value))
-        .collect()
+        .collect();
+    if let Some(m) = &p.member {
+        labels.extend(
+            MEMBER_LABELS
+                .iter()
+                .zip([&m.address, &m.role])
+                .map(|(n, v)| label(n, v)),
+        );
+    }
+    labels
 }
 
 fn label(name: &str, value: &str) -> LabelPair {

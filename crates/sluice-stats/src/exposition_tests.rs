@@ -123,7 +123,7 @@ fn scalar(s: &Scrape, metric: &str, pool: &str, extra: &[(&str, &str)]) -> f64 {
 }
 
 /// Every family today's dashboards and alerts read, with its type and help.
-const FAMILIES: [(&str, &str, &str); 21] = [
+const FAMILIES: [(&str, &str, &str); 22] = [
     (
         "sluice_pool_connections",
         "gauge",
@@ -133,6 +133,11 @@ const FAMILIES: [(&str, &str, &str); 21] = [
         "sluice_pool_max_connections",
         "gauge",
         "Configured pool size.",
+    ),
+    (
+        "sluice_pool_open_connections",
+        "gauge",
+        "Server connections open: idle, checked out, or being opened.",
     ),
     (
         "sluice_pool_waiting_clients",
@@ -408,3 +413,6 @@ fn every_collected_family_is_described() {
         }
     }
 }
+
+#[path = "exposition_member_tests.rs"]
+mod member;

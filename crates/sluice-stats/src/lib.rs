@@ -15,6 +15,7 @@
 
 mod counters;
 mod exposition;
+mod families;
 mod histogram;
 mod pool;
 mod registry;
@@ -22,5 +23,5 @@ mod registry;
 pub use counters::{CountersSnapshot, ErrorCounts, ErrorKind, PoolCounters};
 pub use exposition::{Exposition, ExpositionError, PoolCollector, PROMETHEUS_CONTENT_TYPE};
 pub use histogram::{Histogram, HistogramSnapshot, BUCKET_BOUNDS_SECONDS};
-pub use pool::{CheckoutInfo, NotifySnapshot, PinnedInfo, PoolSnapshot, PoolSource};
+pub use pool::{CheckoutInfo, MemberInfo, NotifySnapshot, PinnedInfo, PoolSnapshot, PoolSource};
 pub use registry::{ClientGauges, ClientGuard, ClientSnapshot, ClientState, Registry, Summary};

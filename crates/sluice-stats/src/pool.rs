@@ -89,6 +89,20 @@ pub struct PoolSnapshot {
     pub notify: NotifySnapshot,
     /// Clients pinning a server (transaction mode), oldest first.
     pub pinned: Vec<PinnedInfo>,
+    /// The replica-set member the pool connects to and its role (MongoDB pools; `None`
+    /// for PostgreSQL ones): exported as the `member` and `role` labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<MemberInfo>,
+}
+
+/// Which upstream server a MongoDB pool connects to, as of the latest heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MemberInfo {
+    /// `host:port` of the member (empty while the pool has not found its server yet).
+    pub address: String,
+    /// Its role: `primary`, `secondary`, `arbiter`, `other` (hidden, recovering, ...) or
+    /// `unknown` (did not answer its heartbeat, or lost an election).
+    pub role: String,
 }
 
 /// The figures of a pool's notification hub (LISTEN/NOTIFY in transaction mode).

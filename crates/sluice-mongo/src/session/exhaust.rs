@@ -34,13 +34,8 @@ impl Session {
                 Ok(reply) => reply,
                 Err(e) => {
                     conn.discard();
-                    return self
-                        .relay(
-                            reply_to,
-                            Err(e),
-                            crate::labels::lost_round_trip(info, false),
-                        )
-                        .await;
+                    let labels = crate::labels::lost_round_trip(info, false);
+                    return self.relay(reply_to, Err(e), labels, false).await;
                 }
             };
             replies += 1;

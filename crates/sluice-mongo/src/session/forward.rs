@@ -141,11 +141,18 @@ impl Session {
         drop(conn);
         self.note_cursors(info, &result);
         match &member {
-            Some((_, addr)) => self.track_cursors(info, &result, addr),
+            Some((pool, addr)) => {
+                self.track_cursors(info, &result, addr);
+                // A broken round trip counts against the member's pool, not the primary's.
+                if result.is_err() {
+                    pool.counters().inc_error(ErrorKind::ServerLost);
+                }
+            }
             None => self.watch_for_failover(&result),
         }
         let labels = lost_round_trip(info, info.txn_number.is_some());
-        self.relay(request_id, result, labels).await
+        let counted = member.is_some();
+        self.relay(request_id, result, labels, counted).await
     }
 
     /// A primary that answers "not primary" has stepped down: look for the new one now
@@ -237,17 +244,19 @@ impl Session {
             *slot = conn;
         }
         drop(slot);
-        self.relay(request_id, result, lost_round_trip(info, true))
+        self.relay(request_id, result, lost_round_trip(info, true), false)
             .await
     }
 
     /// Writes an upstream reply (or an error for a broken round trip, with `labels`) to
-    /// the client.
+    /// the client. A broken round trip counts as `server_lost` on the primary pool unless
+    /// `counted` (the caller counted it on the member pool it used).
     pub(super) async fn relay(
         &mut self,
         request_id: i32,
         result: Result<Option<Frame>, MongoUpstreamError>,
         labels: &'static [&'static str],
+        counted: bool,
     ) -> Result<(), MongoSessionError> {
         match result {
             Ok(Some(mut reply)) => {
@@ -262,7 +271,9 @@ impl Session {
             }
             Ok(None) => Ok(()),
             Err(e) => {
-                self.pool_error_count(ErrorKind::ServerLost);
+                if !counted {
+                    self.pool_error_count(ErrorKind::ServerLost);
+                }
                 tracing::warn!(error = %e, "upstream round trip failed");
                 self.ctx.replicas.check_soon();
                 let mut d = error_doc(

@@ -26,6 +26,19 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// The `role` label of the member's pool in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Arbiter => "arbiter",
+            Role::Other => "other",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
 /// One member that answered its heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {

@@ -201,9 +201,7 @@ impl<K: Connector> Pool<K> {
                 let entry = self.opened(conn, &limits, permits);
                 let close = self.inner.state.lock().checkin(entry, Instant::now());
                 drop(close);
-                // A checkout of another member pool may be waiting for this budget: the
-                // connection is now idle, so theirs to close (they would otherwise sleep
-                // until their deadline).
+                // Idle now: a checkout of another pool waiting for the budget may close it.
                 self.inner.budgets.iter().for_each(|b| b.wake());
                 Some(true)
             }
