@@ -566,6 +566,17 @@ fn promtool_alert_tests(exported: &Exported) {
     ] {
         member.insert(k.into(), v.into());
     }
+    // A PostgreSQL pool on a host of a multi-host database, banned and not.
+    let host = |role: &str| {
+        let mut h = pool.clone();
+        h.insert("member".into(), "db2:5432".into());
+        h.insert("role".into(), role.into());
+        h
+    };
+    let banned_labels = format!(
+        "{{database: {}, instance: 'sluice:9930', member: 'db2:5432', severity: warning}}",
+        yaml_str(&pool["database"])
+    );
     // The bucket bounds come from the real scrape.
     let bounds = &exported.wait_bounds;
     assert!(bounds.len() > 5, "bucket bounds {bounds:?}");
@@ -771,6 +782,21 @@ fn promtool_alert_tests(exported: &Exported) {
                 "0+1x20",
             )],
             &[silent("10m", "SluiceMongoMemberErrors")],
+        ),
+        // A banned PostgreSQL host: named while the ban lasts; a replica in use is not.
+        test(
+            &[(
+                series("sluice_pool_open_connections", &host("banned"), &[]),
+                "1x10",
+            )],
+            &[fires("3m", "SluicePostgresHostBanned", &banned_labels)],
+        ),
+        test(
+            &[(
+                series("sluice_pool_open_connections", &host("replica"), &[]),
+                "1x10",
+            )],
+            &[silent("5m", "SluicePostgresHostBanned")],
         ),
         // Nothing scraped at all.
         test(

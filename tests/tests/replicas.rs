@@ -181,6 +181,14 @@ async fn a_stopped_replica_is_banned_and_reads_go_to_the_primary() {
             .any(|(_, role, banned)| role == "primary" && banned == "0.0"),
         "{rows:?}"
     );
+    // /metrics names each host of the pools, with its role (banned while it is).
+    let (_, metrics) = sluice_tests::http(sluice.admin_port(), "GET", "/metrics", "").await;
+    let replica_member = format!("member=\"127.0.0.1:{}\",role=\"banned\"", replica.port());
+    assert!(
+        metrics.contains(&replica_member),
+        "{replica_member} not in:\n{metrics}"
+    );
+    assert!(metrics.contains("role=\"primary\""), "{metrics}");
     // Back up: after its ban it takes reads again.
     replica.start_again();
     eventually(&sluice, "SELECT pg_is_in_recovery()", "t").await;

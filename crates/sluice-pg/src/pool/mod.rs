@@ -33,6 +33,9 @@ pub use settings::PoolSettings;
 use crate::state::prepared::StatementRegistry;
 use crate::upstream::{ServerConn, ServerParams, UpstreamSecret};
 
+/// Says which host a pool connects to and what it is now (see [`PgPool::set_member`]).
+pub type MemberSource = Box<dyn Fn() -> Option<sluice_stats::MemberInfo> + Send + Sync>;
+
 /// Who holds a checked-out connection (for "oldest checkout" in the stats).
 #[derive(Debug, Clone)]
 pub struct ClientMeta {
@@ -66,6 +69,9 @@ struct Inner {
     secret: Arc<RwLock<UpstreamSecret>>,
     /// Clients pinning a server (transaction mode), by pin id.
     pins: Mutex<(u64, std::collections::BTreeMap<u64, pins::PinRecord>)>,
+    /// The host of a multi-host database this pool connects to, and its role now (the
+    /// `member` and `role` labels of its series); set once, by the database.
+    member: std::sync::OnceLock<MemberSource>,
 }
 
 /// A handle to one pool; clones share it.
@@ -121,6 +127,12 @@ impl PgPool {
         )
     }
 
+    /// Names the host this pool connects to in its statistics (a database with several
+    /// hosts); only the first call counts.
+    pub fn set_member(&self, source: MemberSource) {
+        let _ = self.inner.member.set(source);
+    }
+
     /// Server connections in use or waited for now (how busy this pool is).
     pub fn busy(&self) -> u64 {
         let occ = self.inner.core.occupancy();
@@ -156,6 +168,7 @@ impl PgPool {
                 secret,
                 closed: Default::default(),
                 pins: Mutex::new((0, Default::default())),
+                member: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -406,6 +419,7 @@ impl PoolSource for PgPool {
             }),
             prepared_statements: self.inner.statements.len() as u64,
             pinned: self.pinned_clients(),
+            member: self.inner.member.get().and_then(|m| m()),
             notify: self
                 .inner
                 .notify

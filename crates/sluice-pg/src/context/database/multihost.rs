@@ -33,7 +33,7 @@ pub(super) fn all_pools(hosts: &HostSet) -> Vec<(String, PgPool)> {
 /// Makes `user`'s pool on every host from the first host's `settings`; returns the first
 /// host's.
 pub(super) fn host_pools(
-    hosts: &HostSet,
+    hosts: &Arc<HostSet>,
     user: &str,
     settings: PoolSettings,
     secret: UpstreamSecret,
@@ -54,9 +54,29 @@ pub(super) fn host_pools(
         } else {
             first.sibling(on(i), budgets.clone())
         };
+        pool.set_member(member_source(hosts, i));
         host.pools.write().insert(user.to_owned(), pool);
     }
     first
+}
+
+/// Host `i`'s address and role now, for its pools' statistics (`role` is `primary`,
+/// `replica` or `unknown`, and `banned` while it is).
+fn member_source(hosts: &Arc<HostSet>, i: usize) -> crate::pool::MemberSource {
+    let address = hosts.hosts[i].config.address();
+    let weak = Arc::downgrade(hosts);
+    Box::new(move || {
+        let set = weak.upgrade()?;
+        let role = if set.usable(i, std::time::Instant::now()) {
+            set.role(i).as_str()
+        } else {
+            "banned"
+        };
+        Some(sluice_stats::MemberInfo {
+            address: address.clone(),
+            role: role.to_owned(),
+        })
+    })
 }
 
 impl Database {
