@@ -145,7 +145,7 @@ async fn target_session_attrs_picks_the_hosts_of_a_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_is_banned_and_reads_go_to_the_primary() {
-    let (_primary, replica, sluice) = setup("");
+    let (primary, replica, sluice) = setup("");
     eventually(&sluice, "SELECT pg_is_in_recovery()", "t").await;
     replica.stop();
     // Within a check or two the replica is banned; reads continue on the primary.
@@ -181,6 +181,19 @@ async fn a_stopped_replica_is_banned_and_reads_go_to_the_primary() {
             .any(|(_, role, banned)| role == "primary" && banned == "0.0"),
         "{rows:?}"
     );
+    // SHOW POOLS has a row per host.
+    let pools = sluice_tests::rows(&admin.simple_query("SHOW POOLS").await.unwrap());
+    let hosts: Vec<_> = pools
+        .iter()
+        .filter_map(|r| r.last().cloned().flatten())
+        .collect();
+    for port in [primary.port(), replica.port()] {
+        let want = format!("127.0.0.1:{port}");
+        assert!(
+            hosts.contains(&want),
+            "{want} not in SHOW POOLS hosts {hosts:?}"
+        );
+    }
     // /metrics names each host of the pools, with its role (banned while it is).
     let (_, metrics) = sluice_tests::http(sluice.admin_port(), "GET", "/metrics", "").await;
     let replica_member = format!("member=\"127.0.0.1:{}\",role=\"banned\"", replica.port());

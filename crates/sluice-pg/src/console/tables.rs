@@ -84,6 +84,8 @@ fn pools(ctx: &PgContext) -> ResultSet {
         "prepared_statements",
         // Sluice's own: servers pinned by a client for session state.
         "pinned",
+        // Sluice's own: the server's host:port (a database may have several).
+        "host",
     ]);
     let mut clients: HashMap<(String, String), u64> = HashMap::new();
     for c in ctx.cancel.list() {
@@ -114,6 +116,7 @@ fn pools(ctx: &PgContext) -> ResultSet {
                 s.mode,
                 pool.statements().len().to_string(),
                 s.pinned.len().to_string(),
+                upstream_address(&pool),
             ]);
         }
     }
@@ -404,6 +407,12 @@ fn mem(ctx: &PgContext) -> ResultSet {
 
 fn sorted(ctx: &PgContext) -> Vec<(String, std::sync::Arc<crate::context::Database>)> {
     ctx.all_databases()
+}
+
+/// `host:port` of the server a pool connects to.
+fn upstream_address(pool: &crate::pool::PgPool) -> String {
+    let up = &pool.settings().upstream;
+    format!("{}:{}", up.host, up.port)
 }
 
 fn sorted_pools(d: &crate::context::Database) -> Vec<(String, crate::pool::PgPool)> {
