@@ -290,6 +290,7 @@ async fn show_pools_through_psql() {
             "pool_mode",
             "prepared_statements",
             "pinned",
+            "host",
         ],
         "{stdout}"
     );
