@@ -32,6 +32,35 @@ pub fn pymongo_python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/opt/secantus/bin/python"))
 }
 
+/// Runs the driver script `tests/drivers/<script>` with [`pymongo_python`] and `args`,
+/// within `limit`, and returns its stdout. Panics, with both outputs and what `context`
+/// says then, when it fails or does not print `want` (the scripts print `ALL OK` when
+/// every check passed).
+pub async fn run_pymongo(
+    script: &str,
+    args: &[String],
+    want: &str,
+    limit: std::time::Duration,
+    context: impl Fn() -> String,
+) -> String {
+    let path = format!("{}/drivers/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(pymongo_python())
+        .arg(path)
+        .args(args)
+        .output();
+    let out = crate::within(limit, "pymongo", out)
+        .await
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(want),
+        "pymongo {script} {args:?} failed{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        context()
+    );
+    stdout
+}
+
 /// A MongoDB-wire server for tests.
 pub struct MongoServer {
     uri: String,

@@ -8,7 +8,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::FindOptions;
 use mongodb::Client;
-use sluice_tests::mongo::{pymongo_python, shared_mongo, MongoServer, MongoSluiceBuilder};
+use sluice_tests::mongo::{run_pymongo, shared_mongo, MongoServer, MongoSluiceBuilder};
 use sluice_tests::{metric_value, unique_name, within};
 
 const HANG: Duration = Duration::from_secs(120);
@@ -454,17 +454,6 @@ async fn pymongo_through_sluice() {
     let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
         .max_pool_size(3)
         .start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/mongo_pymongo.py");
-    let out = tokio::process::Command::new(pymongo_python())
-        .arg(script)
-        .arg(sluice.uri(""))
-        .arg(unique_name("py"))
-        .output();
-    let out = within(HANG, "pymongo", out).await.expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "pymongo script failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let args = [sluice.uri(""), unique_name("py")];
+    run_pymongo("mongo_pymongo.py", &args, "ALL OK", HANG, String::new).await;
 }

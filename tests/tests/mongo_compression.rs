@@ -22,7 +22,7 @@ use mongodb::Client;
 use sluice_mongo::wire::{
     compress, decompress, encode_op_msg, Compressor, Frame, FrameDecoder, OpCode, OpMsg,
 };
-use sluice_tests::mongo::{pymongo_python, shared_mongo, MongoSluice, MongoSluiceBuilder};
+use sluice_tests::mongo::{run_pymongo, shared_mongo, MongoSluice, MongoSluiceBuilder};
 use sluice_tests::wire_tap::{Direction, TapMode, WireTap};
 use sluice_tests::{unique_name, within};
 
@@ -33,23 +33,16 @@ const OP_COMPRESSED: i32 = 2012;
 /// Runs the pymongo script against `uri`; it checks that the handshake agreed on
 /// `expected` ("none" for no compression).
 async fn pymongo(uri: &str, expected: &str) {
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/drivers/mongo_pymongo_compression.py"
-    );
-    let out = tokio::process::Command::new(pymongo_python())
-        .arg(script)
-        .arg(uri)
-        .arg(unique_name("comp"))
-        .arg(expected)
-        .output();
-    let out = within(HANG, "pymongo", out).await.expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "pymongo with {uri} (expecting {expected}) failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let args = [uri.to_owned(), unique_name("comp"), expected.to_owned()];
+    let context = || format!(" (expecting {expected})");
+    run_pymongo(
+        "mongo_pymongo_compression.py",
+        &args,
+        "ALL OK",
+        HANG,
+        context,
+    )
+    .await;
 }
 
 /// Sluice in front of `upstream` (a URI), offering `compressors` (TOML array text).

@@ -14,30 +14,22 @@
 
 use std::time::Duration;
 
-use sluice_tests::mongo::{pymongo_python, shared_mongo, MongoSluice, MongoSluiceBuilder};
+use sluice_tests::mongo::{run_pymongo, shared_mongo, MongoSluice, MongoSluiceBuilder};
 use sluice_tests::wire_tap::{TapMode, WireTap};
-use sluice_tests::{unique_name, within};
+use sluice_tests::unique_name;
 
 const HANG: Duration = Duration::from_secs(300);
 
 /// Runs one scenario of the pymongo script against `sluice`; returns what it counted.
 async fn pymongo(sluice: &MongoSluice, scenario: &str) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/mongo_exhaust.py");
-    let out = tokio::process::Command::new(pymongo_python())
-        .arg(script)
-        .arg(format!("127.0.0.1:{}", sluice.port()))
-        .arg(sluice.admin_port().to_string())
-        .arg(unique_name("exh"))
-        .arg(scenario)
-        .output();
-    let out = within(HANG, "pymongo", out).await.expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "pymongo {scenario} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nsluice:\n{}",
-        sluice.stderr()
-    );
+    let args = [
+        format!("127.0.0.1:{}", sluice.port()),
+        sluice.admin_port().to_string(),
+        unique_name("exh"),
+        scenario.to_owned(),
+    ];
+    let context = || format!("\nsluice:\n{}", sluice.stderr());
+    let stdout = run_pymongo("mongo_exhaust.py", &args, "ALL OK", HANG, context).await;
     let line = stdout.lines().next().unwrap_or_default();
     serde_json::from_str(line).expect("counts json")
 }

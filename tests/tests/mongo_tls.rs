@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{ca, leaf, write_file as write};
 use mongodb::bson::doc;
 use mongodb::Client;
-use sluice_tests::mongo::{pymongo_python, shared_mongo, MongoSluice, MongoSluiceBuilder};
+use sluice_tests::mongo::{run_pymongo, shared_mongo, MongoSluice, MongoSluiceBuilder};
 use sluice_tests::{unique_name, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,21 +55,9 @@ fn uri(sluice: &MongoSluice, ca_file: Option<&str>) -> String {
 
 /// Runs the pymongo script (`expect`: "ok" or "refused") and checks its verdict.
 async fn pymongo(uri: &str, expect: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/drivers/mongo_pymongo_tls.py");
-    let out = tokio::process::Command::new(pymongo_python())
-        .arg(script)
-        .arg(uri)
-        .arg(unique_name("tls"))
-        .arg(expect)
-        .output();
-    let out = within(HANG, "pymongo", out).await.expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let want = if expect == "ok" { "ALL OK" } else { "REFUSED" };
-    assert!(
-        out.status.success() && stdout.contains(want),
-        "pymongo {expect} with {uri} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let args = [uri.to_owned(), unique_name("tls"), expect.to_owned()];
+    run_pymongo("mongo_pymongo_tls.py", &args, want, HANG, String::new).await;
 }
 
 /// A ping over the Rust driver, failing fast.
