@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use sluice_tests::mongo::{run_pymongo, shared_mongo, MongoSluice, MongoSluiceBuilder};
-use sluice_tests::wire_tap::{TapMode, WireTap};
 use sluice_tests::unique_name;
+use sluice_tests::wire_tap::{TapMode, WireTap};
 
 const HANG: Duration = Duration::from_secs(300);
 
