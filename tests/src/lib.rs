@@ -166,10 +166,22 @@ pub async fn http(port: u16, method: &str, path: &str, headers: &str) -> (u16, S
 /// # Panics
 /// If the text does not parse, or not exactly one such sample is in it (with the text).
 pub fn metric_value(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    match metric_values(metrics, metric, labels)[..] {
+        [v] => v,
+        ref found => panic!("{} samples {metric} {labels:?} in:\n{metrics}", found.len()),
+    }
+}
+
+/// The values of every counter or gauge sample named `metric` whose labels include every
+/// `(name, value)` of `labels`, in a `GET /metrics` body.
+///
+/// # Panics
+/// If the text does not parse (with the text).
+pub fn metric_values(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
     use prometheus_parse::{Scrape, Value};
     let scrape = Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
         .unwrap_or_else(|e| panic!("unparsable metrics ({e}):\n{metrics}"));
-    let found: Vec<f64> = scrape
+    scrape
         .samples
         .iter()
         .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
@@ -177,9 +189,5 @@ pub fn metric_value(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> f64
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
             _ => None,
         })
-        .collect();
-    match found[..] {
-        [v] => v,
-        _ => panic!("{} samples {metric} {labels:?} in:\n{metrics}", found.len()),
-    }
+        .collect()
 }

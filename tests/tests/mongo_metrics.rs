@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ReadPreference, SelectionCriteria};
-use prometheus_parse::{Scrape, Value};
 use sluice_tests::mongo::{unchanged, HelloRewriter, MongoServer, MongoSluice, MongoSluiceBuilder};
-use sluice_tests::within;
+use sluice_tests::{metric_value as one, metric_values as values, within};
 
 const HANG: Duration = Duration::from_secs(120);
 
@@ -19,29 +18,6 @@ fn as_secondary(reply: &mut Document) {
     reply.insert("ismaster", false);
     reply.insert("secondary", true);
     reply.remove("hosts");
-}
-
-/// The values of every `metric` sample whose labels include `labels`.
-fn values(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    let scrape = Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
-        .unwrap_or_else(|e| panic!("unparsable metrics ({e}):\n{metrics}"));
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .filter_map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .collect()
-}
-
-/// The one sample `metric` with `labels`.
-fn one(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    match values(metrics, metric, labels)[..] {
-        [v] => v,
-        ref other => panic!("{} samples {metric} {labels:?} in:\n{metrics}", other.len()),
-    }
 }
 
 /// Polls `/metrics` until `ok` holds (at most 30 s); returns that scrape.
