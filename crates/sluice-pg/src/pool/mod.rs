@@ -90,7 +90,7 @@ fn limits(s: &PoolSettings) -> Limits {
         idle_timeout: s.server_idle_timeout,
         lifetime: s.server_lifetime,
         login_retry: s.server_login_retry,
-        retry_transient: true,
+        retry_transient: s.retry_connect,
         probe_when_empty: true,
         reserve_size: s.reserve_size,
         reserve_timeout: s.reserve_timeout,

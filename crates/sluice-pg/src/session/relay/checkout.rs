@@ -39,12 +39,16 @@ impl Relay<'_> {
         }
     }
 
-    /// A server for the next request: an idle one, or one from the queue, checked with
-    /// `server_check_query` first when it sat idle past `server_check_delay`.
+    /// A server for the request of `len` bytes: an idle one, or one from the queue,
+    /// checked with `server_check_query` first when it sat idle past `server_check_delay`.
+    /// When a host of a multi-host database cannot be reached, the request goes once to
+    /// another host that can take it.
     async fn obtain_server(
         &mut self,
         mut first: Option<PooledConn>,
+        len: usize,
     ) -> Result<Result<PooledConn, PgPoolError>, PgSessionError> {
+        let mut rerouted = false;
         loop {
             let got = match first.take().or_else(|| self.pool.try_checkout(&self.who)) {
                 Some(server) => Ok(server),
@@ -60,6 +64,7 @@ impl Relay<'_> {
                     }
                     // Closed; the next one (or a new one) is taken.
                 }
+                Err(e) if !rerouted && self.reroute(&e, len) => rerouted = true,
                 other => return Ok(other),
             }
         }
@@ -99,6 +104,25 @@ impl Relay<'_> {
                 false
             }
         }
+    }
+
+    /// A connect to this transaction's host failed (a database with several hosts): bans
+    /// that host and points `self.pool` at another that can take the request. `true`
+    /// when there is one.
+    fn reroute(&mut self, e: &PgPoolError, len: usize) -> bool {
+        let Some(route) = &self.route else {
+            return false;
+        };
+        if !matches!(e, PgPoolError::Connect { .. }) {
+            return false;
+        }
+        route.route.connect_failed(&self.pool, &e.to_string());
+        let before = self.pool.clone();
+        let moved = self.routed_pool(len).is_ok() && !self.pool.same(&before);
+        if moved {
+            tracing::info!(client = %self.who.addr, from = %before.settings().name, to = %self.pool.settings().name, "host unreachable; transaction sent to another host");
+        }
+        moved
     }
 
     /// Tells the client why it got no server (the rest of its request is dropped).
@@ -158,7 +182,7 @@ impl Relay<'_> {
                 Some(server) if !self.check_due(&server) => Ok(server),
                 // Boxed: waiting, connecting and checking are larger and rarer paths; idle
                 // clients should not carry them.
-                first => Box::pin(self.obtain_server(first)).await?,
+                first => Box::pin(self.obtain_server(first, len)).await?,
             };
             match checkout {
                 Ok(server) => {
