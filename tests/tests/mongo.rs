@@ -457,3 +457,56 @@ async fn pymongo_through_sluice() {
     let args = [sluice.uri(""), unique_name("py")];
     run_pymongo("mongo_pymongo.py", &args, "ALL OK", HANG, String::new).await;
 }
+
+/// Sluice's `hello` gossips the upstream's newest `$clusterTime` and `operationTime`, as a
+/// mongos's does, when the deployment has one (SecantusDB is a replica set): a client's
+/// first command then has a cluster time to send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_carries_the_upstreams_newest_cluster_time() {
+    let mongo = shared_mongo();
+    let sluice = MongoSluiceBuilder::new(mongo.uri()).start();
+    within(HANG, "cluster time", async {
+        let direct = mongo.direct_client().await;
+        let shown = direct
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .await
+            .expect("direct hello");
+        assert!(
+            shown.get_document("$clusterTime").is_ok(),
+            "the upstream gossips no cluster time: {shown}"
+        );
+        let client = sluice.client().await;
+        let db = client.database(&unique_name("clock"));
+        let written = db
+            .run_command(doc! {"insert": "c", "documents": [{"v": 1}]})
+            .await
+            .expect("insert");
+        let wrote_at = written
+            .get_document("$clusterTime")
+            .and_then(|c| c.get_timestamp("clusterTime"))
+            .unwrap_or_else(|e| panic!("{e}: {written}"));
+        let hello = db
+            .run_command(doc! {"hello": 1})
+            .await
+            .expect("hello through sluice");
+        assert_eq!(hello.get_str("msg").ok(), Some("isdbgrid"), "{hello}");
+        let gossiped = hello
+            .get_document("$clusterTime")
+            .unwrap_or_else(|e| panic!("{e}: {hello}"));
+        let at = gossiped
+            .get_timestamp("clusterTime")
+            .unwrap_or_else(|e| panic!("{e}: {hello}"));
+        assert!(
+            (at.time, at.increment) >= (wrote_at.time, wrote_at.increment),
+            "hello's cluster time {at:?} is older than the insert's {wrote_at:?}"
+        );
+        assert!(gossiped.get_document("signature").is_ok(), "{hello}");
+        assert_eq!(
+            hello.get_timestamp("operationTime").ok(),
+            Some(at),
+            "{hello}"
+        );
+    })
+    .await;
+}

@@ -174,6 +174,56 @@ async fn fail_command_close_connection_is_dropped_from_the_pool() {
     .await;
 }
 
+/// A commit whose upstream connection closes before the answer: Sluice labels the lost
+/// round trip `RetryableWriteError` (a commit's outcome is unknown, so it is retried, never
+/// given `TransientTransactionError`); the driver retries the commit on another upstream
+/// connection and the transaction's writes are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_lost_upstream_is_retried_by_the_driver() {
+    let server = MongoServer::start(&[]);
+    let direct = server.direct_client().await;
+    let sluice = MongoSluiceBuilder::new(server.uri())
+        .max_pool_size(2)
+        .start();
+    within(HANG, "commit retried", async {
+        let name = unique_name("fpcommit");
+        let client = sluice.client().await;
+        let coll = client.database(&name).collection::<Document>("c");
+        coll.insert_one(doc! {"_id": 0}).await.expect("setup");
+        let mut session = client.start_session().await.expect("session");
+        session.start_transaction().await.expect("start");
+        coll.insert_one(doc! {"_id": 1})
+            .session(&mut session)
+            .await
+            .expect("insert in transaction");
+        fail_point(
+            &direct,
+            doc! {"times": 1},
+            doc! {"failCommands": ["commitTransaction"], "closeConnection": true},
+        )
+        .await;
+        session
+            .commit_transaction()
+            .await
+            .expect("the driver retries the commit and it succeeds");
+        let committed = direct
+            .database(&name)
+            .collection::<Document>("c")
+            .find_one(doc! {"_id": 1})
+            .await
+            .expect("find");
+        assert!(committed.is_some(), "the transaction's insert is missing");
+        // The fault did happen: one upstream round trip was lost.
+        let v: serde_json::Value =
+            serde_json::from_str(&sluice.admin_get("/admin/pool-stats")).expect("json");
+        assert!(
+            v["mongo_pools"][0]["counters"]["errors"]["server_lost"].as_u64() >= Some(1),
+            "{v}"
+        );
+    })
+    .await;
+}
+
 /// A 15 MiB document goes in and comes back intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifteen_mib_document_round_trip() {

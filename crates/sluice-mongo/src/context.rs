@@ -63,6 +63,8 @@ pub struct MongoContext {
     pub guards: Arc<Guards>,
     /// Sluice's `topologyVersion.processId`.
     pub process_id: ObjectId,
+    /// The newest `$clusterTime` the upstream gossiped (its `hello` shows it).
+    pub cluster_time: Arc<crate::cluster_time::ClusterClock>,
     /// TLS towards clients (`None`: `disable`); swapped on reload.
     tls: RwLock<Option<ClientTls>>,
     next_connection_id: AtomicI64,
@@ -96,6 +98,7 @@ impl MongoContext {
             settings.clone(),
             stats.clone(),
         ));
+        let cluster_time = target.cluster_time.clone();
         let pool = MongoPool::new(settings, target);
         stats.register_mongo(Arc::new(pool.clone()));
         let guards = Arc::new(Guards::new(GuardSettings::from_config(&config)));
@@ -109,6 +112,7 @@ impl MongoContext {
             users: Arc::new(users),
             auth_required,
             process_id: ObjectId::new(),
+            cluster_time,
             tls: RwLock::new(tls),
             next_connection_id: AtomicI64::new(1),
         }))

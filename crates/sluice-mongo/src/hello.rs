@@ -9,7 +9,7 @@
 //! whose client already has the current version waits before the answer; see
 //! [`HelloRequest::wait`].
 
-use bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawBsonRef, RawDocument};
+use bson::{doc, oid::ObjectId, Bson, DateTime, Document, RawBsonRef, RawDocument, Timestamp};
 use std::time::Duration;
 
 use crate::upstream::ServerInfo;
@@ -197,6 +197,15 @@ pub fn hello_reply(
     d
 }
 
+/// Adds the upstream's newest `$clusterTime` (from [`crate::cluster_time::ClusterClock`])
+/// and its `operationTime` to a hello reply, after `ok` as a mongos places them.
+pub fn gossip_cluster_time(reply: &mut Document, newest: Option<(Document, Timestamp)>) {
+    if let Some((cluster_time, at)) = newest {
+        reply.insert("$clusterTime", cluster_time);
+        reply.insert("operationTime", at);
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -225,6 +234,19 @@ mod tests {
         assert!(reply.get_bool("ismaster").unwrap());
         assert_eq!(reply.get_i32("maxWireVersion").unwrap(), 27);
         assert!(reply.get("setName").is_none() && reply.get("hosts").is_none());
+        assert!(reply.get("$clusterTime").is_none());
+        let mut gossiped = reply.clone();
+        let at = Timestamp {
+            time: 9,
+            increment: 1,
+        };
+        gossip_cluster_time(&mut gossiped, Some((doc! {"clusterTime": at}, at)));
+        assert_eq!(gossiped.get_timestamp("operationTime").unwrap(), at);
+        let keys: Vec<_> = gossiped.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys[keys.len() - 3..],
+            ["ok", "$clusterTime", "operationTime"]
+        );
         assert!(reply.get("compression").is_none());
         assert_eq!(
             reply.get_array("saslSupportedMechs").unwrap(),

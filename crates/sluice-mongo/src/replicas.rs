@@ -326,6 +326,7 @@ mod tests {
             monitor: true,
             heartbeat: Duration::from_secs(10),
             set_name: Some("rs".into()),
+            cluster_time: Default::default(),
             compressors: Vec::new(),
         };
         let template = PoolSettings {

@@ -168,16 +168,18 @@ impl Session {
         }
     }
 
-    /// Keeps this client's open cursors up to date (for the idle timeout).
+    /// Keeps this client's open cursors up to date (for the idle timeout), and the
+    /// newest cluster time the reply gossips (for Sluice's `hello`).
     pub(super) fn note_cursors(
         &mut self,
         info: &RequestInfo,
         result: &Result<Option<Frame>, MongoUpstreamError>,
     ) {
         let reply_cursor = match result {
-            Ok(Some(reply)) => OpMsg::parse(reply.body())
-                .ok()
-                .and_then(|m| reply_cursor_id(m.body)),
+            Ok(Some(reply)) => OpMsg::parse(reply.body()).ok().and_then(|m| {
+                self.ctx.cluster_time.observe(m.body);
+                reply_cursor_id(m.body)
+            }),
             _ => None,
         };
         self.cursors

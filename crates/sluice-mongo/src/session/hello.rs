@@ -9,7 +9,7 @@ use bson::Document;
 
 use super::read::Activity;
 use super::{to_bytes, MongoSessionError, Session};
-use crate::hello::{hello_reply, HelloRequest, TopologyVersion};
+use crate::hello::{gossip_cluster_time, hello_reply, HelloRequest, TopologyVersion};
 use crate::wire::{encode_op_msg, error_doc, flags, ErrorCode, OpMsg};
 
 /// How an awaitable hello's wait ended.
@@ -116,7 +116,7 @@ impl Session {
         let chosen = req.negotiate(self.compressor);
         self.compressor = self.compressor.or(chosen);
         let shown = self.ctx.topology_version();
-        let doc = hello_reply(
+        let mut doc = hello_reply(
             req,
             &info,
             shown,
@@ -124,6 +124,7 @@ impl Session {
             self.auth.enabled(),
             chosen,
         );
+        gossip_cluster_time(&mut doc, self.ctx.cluster_time.newest());
         (doc, Some(shown))
     }
 }

@@ -113,6 +113,9 @@ impl UpstreamConn {
         };
         let reply = conn.command(&hello_command(target)).await?;
         check_ok("hello", &reply)?;
+        if let Ok(raw) = bson::RawDocumentBuf::from_document(&reply) {
+            target.cluster_time.observe(&raw);
+        }
         conn.compressor = agreed_compressor(&reply, &target.compressors);
         if let Some(c) = conn.compressor {
             tracing::debug!(addr, compressor = %c, "upstream compression agreed");

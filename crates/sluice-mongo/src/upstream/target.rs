@@ -31,6 +31,9 @@ pub struct Target {
     pub compressors: Vec<Compressor>,
     /// `replicaSet`: members reporting another `setName` are dropped.
     pub set_name: Option<String>,
+    /// The newest `$clusterTime` the deployment gossiped (shared by every clone: the
+    /// pools, the monitor and Sluice's `hello`).
+    pub cluster_time: std::sync::Arc<crate::cluster_time::ClusterClock>,
 }
 
 /// Login data for the upstream.
@@ -84,6 +87,7 @@ impl Target {
             monitor,
             heartbeat: options.heartbeat_freq.unwrap_or(Duration::from_secs(10)),
             set_name: options.repl_set_name.clone(),
+            cluster_time: Default::default(),
             app_name: options.app_name.unwrap_or_else(|| "sluice".into()),
             tls,
             compressors: Vec::new(),
