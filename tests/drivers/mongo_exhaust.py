@@ -8,6 +8,8 @@ driver sent (OP_MSG exhaustAllowed) and got back (replies with moreToCome) on th
 - cursor: 100,000 documents through find(cursor_type=EXHAUST); the replies must be
   streamed (many moreToCome replies to a single exhaust getMore).
 - early-close: an exhaust cursor abandoned after its first batches, by closing the client.
+- transaction: an exhaust cursor inside a transaction reads the transaction's own
+  uncommitted writes as a stream, and the transaction goes on and commits after it.
 - monitor: a client with serverMonitoringMode=stream idles; its monitor must get a
   stream of hello replies (moreToCome) while Sluice holds no upstream connection
   (/admin/pool-stats `active` stays 0).
@@ -138,6 +140,27 @@ def early_close(relay, db):
     client.close()
 
 
+def transaction(relay, db):
+    client = MongoClient("mongodb://%s/?serverMonitoringMode=poll" % relay)
+    coll = client[db].docs
+    coll.drop()
+    coll.insert_one({"i": -1})
+    with client.start_session() as s:
+        with s.start_transaction():
+            coll.insert_many([{"i": i} for i in range(5_000)], session=s)
+            seen = sum(
+                1
+                for _ in coll.find(
+                    {"i": {"$gte": 0}}, cursor_type=CursorType.EXHAUST, batch_size=100, session=s
+                )
+            )
+            assert seen == 5_000, seen
+            coll.insert_one({"i": 5_000}, session=s)
+    total = coll.count_documents({})
+    assert total == 5_002, total
+    client.close()
+
+
 def monitor(relay, admin_port):
     uri = "mongodb://%s/?serverMonitoringMode=stream&heartbeatFrequencyMS=500" % relay
     client = MongoClient(uri)
@@ -159,6 +182,8 @@ def main():
         cursor(relay, db)
     elif scenario == "early-close":
         early_close(relay, db)
+    elif scenario == "transaction":
+        transaction(relay, db)
     elif scenario == "monitor":
         monitor(relay, admin_port)
     else:

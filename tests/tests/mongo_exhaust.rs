@@ -9,7 +9,8 @@
 //! back clean. A [`WireTap`] that clears `exhaustAllowed` plays a server that does not
 //! stream: Sluice must still forward the flag and the cursor must still work. A client
 //! that abandons an exhaust cursor mid-stream gets its upstream connection closed, not
-//! pooled. A monitor in `serverMonitoringMode=stream` gets a stream of hello replies
+//! pooled. Inside a transaction the stream uses the transaction's pinned connection. A
+//! monitor in `serverMonitoringMode=stream` gets a stream of hello replies
 //! from Sluice, which holds no upstream connection for it.
 
 use std::time::Duration;
@@ -104,6 +105,30 @@ async fn abandoned_exhaust_stream_closes_its_upstream_connection() {
     db.run_command(mongodb::bson::doc! {"ping": 1})
         .await
         .expect("ping after an abandoned stream");
+}
+
+/// Inside a transaction the stream runs over the transaction's pinned connection, which
+/// stays pinned after it: the transaction's later insert and commit work, and nothing was
+/// lost or left checked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaust_cursor_inside_a_transaction_is_streamed_on_its_connection() {
+    let sluice = MongoSluiceBuilder::new(shared_mongo().uri())
+        .max_pool_size(2)
+        .start();
+    let counts = pymongo(&sluice, "transaction").await;
+    assert!(num(&counts, "exhaust_getmore") >= 1, "{counts}");
+    assert!(num(&counts, "streamed_batches") >= 40, "{counts}");
+    let p = pool(&sluice);
+    assert_eq!(num(&p, "active"), 0, "{p}");
+    assert_eq!(
+        p["counters"]["errors"]["server_lost"].as_u64(),
+        Some(0),
+        "{p}"
+    );
+    assert!(
+        p["counters"]["transactions_total"].as_u64() >= Some(1),
+        "{p}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! client as it arrives — the next one is read from the server only once the client's
 //! socket took the last, so a slow client slows the server (TCP backpressure) and at most
 //! one reply is buffered. The stream ends at the first reply without `moreToCome`; the
-//! connection then goes back to the pool. A stream cut short (the client leaves, a write
+//! connection then goes back to the pool (or, inside a transaction, stays pinned to it).
+//! A stream cut short (the client leaves, a write
 //! or read fails) leaves unread replies on the connection, so it is closed instead.
 
 use tokio::time::Instant;
@@ -18,14 +19,18 @@ use crate::wire::{flags, Frame};
 impl Session {
     /// Streams the replies to an exhaust getMore over `conn` (checked out of `member`'s
     /// pool, the primary's for `None`). An upstream that does not stream answers once,
-    /// which is relayed like any reply.
+    /// which is relayed like any reply. `pin`: the slot of the transaction `conn` is
+    /// pinned to; a stream that ends cleanly puts the connection back there instead of
+    /// in the pool (a stream cut short leaves the slot empty).
     pub(super) async fn stream_replies(
         &mut self,
         mut conn: PooledConn,
         frame: Frame,
         info: &RequestInfo,
         member: Option<(MongoPool, String)>,
+        pin: Option<&mut Option<PooledConn>>,
     ) -> Result<(), MongoSessionError> {
+        let in_transaction = pin.is_some();
         let mut reply_to = frame.header.request_id;
         let mut next = conn.open_stream(frame).await;
         let mut replies = 0_u64;
@@ -34,7 +39,7 @@ impl Session {
                 Ok(reply) => reply,
                 Err(e) => {
                     conn.discard();
-                    let labels = crate::labels::lost_round_trip(info, false);
+                    let labels = crate::labels::lost_round_trip(info, in_transaction);
                     return self.relay(reply_to, Err(e), labels, false).await;
                 }
             };
@@ -52,9 +57,12 @@ impl Session {
                 return Ok(());
             };
             if !more {
-                // The stream is over and the connection clean: back to the pool before
-                // the last write, which may be slow.
-                drop(conn);
+                // The stream is over and the connection clean: back to its transaction,
+                // or to the pool before the last write, which may be slow.
+                match pin {
+                    Some(slot) => *slot = Some(conn),
+                    None => drop(conn),
+                }
                 tracing::debug!(replies, "exhaust stream ended");
                 return self.relay_streamed(reply, reply_to).await.map(|_| ());
             }

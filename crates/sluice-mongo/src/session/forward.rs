@@ -48,6 +48,11 @@ impl Session {
             let e = error_doc(reason.code(), reason.to_string());
             return self.reply(request_id, &e).await;
         }
+        let mode = match (more_to_come, exhaust) {
+            (true, _) => Mode::NoReply,
+            (false, true) => Mode::Stream,
+            (false, false) => Mode::Reply,
+        };
         self.ctx.replicas.first_round().await;
         let counters = self.ctx.pool.counters();
         counters.inc_queries();
@@ -65,20 +70,13 @@ impl Session {
                 self.ctx.pins.get(lsid, txn)
             };
             if let Some(pinned) = pinned {
-                return self
-                    .forward_pinned(frame, &info, lsid, pinned, more_to_come)
-                    .await;
+                return self.forward_pinned(frame, &info, lsid, pinned, mode).await;
             }
         }
         let member = match self.route(&info).await {
             Ok(member) => member,
             Err(_) if more_to_come => return Ok(()),
             Err(e) => return self.reply(request_id, &e).await,
-        };
-        let mode = match (more_to_come, exhaust) {
-            (true, _) => Mode::NoReply,
-            (false, true) => Mode::Stream,
-            (false, false) => Mode::Reply,
         };
         self.forward_once(frame, &info, member, mode).await
     }
@@ -135,7 +133,7 @@ impl Session {
             Err(e) => return self.checkout_failed(request_id, &e, more_to_come).await,
         };
         if mode == Mode::Stream {
-            return self.stream_replies(conn, frame, info, member).await;
+            return self.stream_replies(conn, frame, info, member, None).await;
         }
         let (conn, result) = exchange(conn, frame, more_to_come).await;
         drop(conn);
@@ -211,14 +209,15 @@ impl Session {
         }
     }
 
-    /// Forwards a request of a pinned transaction over its connection.
+    /// Forwards a request of a pinned transaction over its connection (an exhaust
+    /// getMore's replies streamed, the connection kept for the transaction after).
     async fn forward_pinned(
         &mut self,
         frame: Frame,
         info: &RequestInfo,
         lsid: &[u8],
         pinned: Arc<Pinned>,
-        more_to_come: bool,
+        mode: Mode,
     ) -> Result<(), MongoSessionError> {
         let request_id = frame.header.request_id;
         let mut slot = pinned.conn.lock().await;
@@ -232,8 +231,19 @@ impl Session {
             );
             return self.reply(request_id, &e).await;
         };
-        let (conn, result) = exchange(conn, frame, more_to_come).await;
         self.txn_sessions.insert(lsid.to_vec());
+        if mode == Mode::Stream {
+            let streamed = self
+                .stream_replies(conn, frame, info, None, Some(&mut slot))
+                .await;
+            if slot.is_none() {
+                // Cut short: the connection was closed, and the transaction with it.
+                drop(slot);
+                self.ctx.pins.unpin(lsid, &pinned);
+            }
+            return streamed;
+        }
+        let (conn, result) = exchange(conn, frame, mode == Mode::NoReply).await;
         self.note_cursors(info, &result);
         let ended = info.ends_transaction() || result.is_err();
         if ended {
