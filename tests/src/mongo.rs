@@ -538,8 +538,8 @@ impl Drop for MongoSluice {
 /// replica-set secondary, so Sluice's replica-set monitor and `$readPreference` routing
 /// can be driven with real data on real servers. Besides the rewrite function given at
 /// start, fields set with [`HelloRewriter::set`] are written over every later reply
-/// (a primary's `electionId`, a secondary's old `lastWrite`, the set's `hosts`). Stops
-/// when dropped.
+/// (a primary's `electionId`, a secondary's old `lastWrite`, the set's `hosts`). Its
+/// `me` is the relay's own address. Stops when dropped.
 pub struct HelloRewriter {
     port: u16,
     task: tokio::task::JoinHandle<()>,
@@ -570,6 +570,11 @@ impl HelloRewriter {
                 tokio::spawn(async move {
                     if let Ok(server) = tokio::net::TcpStream::connect(&backend).await {
                         let rewrite = move |body: &mut mongodb::bson::Document| {
+                            // The member knows itself by the relay's name, as a real
+                            // member at this address would.
+                            if body.contains_key("me") {
+                                body.insert("me", format!("127.0.0.1:{port}"));
+                            }
                             rewrite(body);
                             let fields = fields.lock().map(|f| f.clone()).unwrap_or_default();
                             for (k, v) in fields {

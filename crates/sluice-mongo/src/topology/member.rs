@@ -69,6 +69,8 @@ pub struct Member {
     pub updated: Instant,
     /// `hosts`, `passives` and `arbiters`: the set's members as this member lists them.
     pub lists: Vec<String>,
+    /// `me`: the name the member knows itself by, when it says.
+    pub me: Option<String>,
 }
 
 /// What a heartbeat brought back from one member.
@@ -156,7 +158,16 @@ impl Member {
             last_write,
             updated: reply.at,
             lists: lists(doc),
+            me: doc.get_str("me").ok().map(str::to_owned),
         }
+    }
+
+    /// Whether it knows itself by another name than the address Sluice reaches it at
+    /// (`me`, compared without regard to case as host names are).
+    pub fn is_alias(&self) -> bool {
+        self.me
+            .as_deref()
+            .is_some_and(|me| !me.eq_ignore_ascii_case(&self.addr))
     }
 
     /// Whether every tag of `tag_set` is on this member.

@@ -11,7 +11,7 @@
 //!   loser of two claimants count as Unknown;
 //! - membership from the primary's `hosts`/`passives`/`arbiters`: a host it no longer
 //!   lists is removed (and reported, so its pool is closed); without a primary, hosts that
-//!   secondaries list are added. The seeds of the URI are checked until a primary lists
+//!   secondaries list are added, and a member whose `me` names it otherwise is removed. The seeds of the URI are checked until a primary lists
 //!   the members, and again after a round in which no host answered (a set that moved
 //!   entirely is found again from the configuration).
 //!
@@ -135,6 +135,15 @@ impl TopologyState {
                 for m in members.iter().filter(|m| m.role == Role::Secondary) {
                     push_new(&mut next, m.lists.iter().cloned());
                 }
+                // A member reached by another name than its own `me` (a seed alias) is
+                // not monitored under that name; the names it lists are (SDAM's
+                // updateRSWithoutPrimary). With a primary, its lists decide alone.
+                let aliases: Vec<&str> = members
+                    .iter()
+                    .filter(|m| m.is_alias())
+                    .map(|m| m.addr.as_str())
+                    .collect();
+                next.retain(|h| !aliases.contains(&h.as_str()));
             }
         }
         let removed: Vec<String> = self

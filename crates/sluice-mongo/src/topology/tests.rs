@@ -296,6 +296,25 @@ fn without_a_primary_secondaries_announce_members() {
 }
 
 #[test]
+fn a_secondary_known_by_another_name_is_replaced_by_the_names_it_lists() {
+    // SDAM's "secondary with mismatched me": the seed alias goes, the set it lists stays.
+    let mut t = state(&["alias:1"]);
+    let mut s = secondary(doc! {});
+    s.insert("me", "s:1");
+    s.insert("hosts", vec!["p:1", "s:1"]);
+    let out = round(&mut t, vec![("alias:1", Some(s.clone()))]);
+    assert_eq!(out.removed, ["alias:1"]);
+    assert_eq!(t.hosts(), ["p:1", "s:1"]);
+    assert!(t.member("alias:1").is_none());
+    // Under its own name (case aside) it stays.
+    s.insert("me", "S:1");
+    let out = round(&mut t, vec![("p:1", None), ("s:1", Some(s))]);
+    assert!(out.removed.is_empty(), "{out:?}");
+    assert_eq!(t.hosts(), ["p:1", "s:1"]);
+    assert!(t.member("s:1").is_some());
+}
+
+#[test]
 fn read_preference_modes_tags_and_latency_window() {
     let mut t = state(&["p:1", "s1:1", "s2:1"]);
     let _ = t.update(vec![
