@@ -120,6 +120,25 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
         );
         c.execute(&write, &[&i]).await.unwrap();
     }
+    // SHOW POOLS has a row per host, but counts the one connected client once.
+    let admin = sluice
+        .connect("admin", "adminpw", "pgbouncer")
+        .await
+        .unwrap();
+    let pools = admin.simple_query("SHOW POOLS").await.unwrap();
+    let active: Vec<u64> = pools
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r)
+                if r.get("database") == Some("app") && r.get("user") == Some(APP_USER) =>
+            {
+                r.get("cl_active").and_then(|v| v.parse().ok())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(active.len(), 2, "a row per host: {active:?}");
+    assert_eq!(active.iter().sum::<u64>(), 1, "{active:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,17 +94,33 @@ fn pools(ctx: &PgContext) -> ResultSet {
             .or_default() += 1;
     }
     for (db, d) in sorted(ctx) {
-        for (user, pool) in sorted_pools(&d) {
-            let s = pool.snapshot();
-            let total = clients
-                .get(&(db.clone(), user.clone()))
-                .copied()
-                .unwrap_or(0);
+        let pools: Vec<_> = sorted_pools(&d)
+            .into_iter()
+            .map(|(user, pool)| (user, pool.snapshot(), pool))
+            .collect();
+        // A user of a database with several hosts has a row per host, but a client is
+        // tied to no host between transactions: its clients are counted once, on the
+        // user's first row, less those waiting on any of its rows.
+        let mut waiting: HashMap<&str, u64> = HashMap::new();
+        for (user, s, _) in &pools {
+            *waiting.entry(user.as_str()).or_default() += s.waiting;
+        }
+        let mut counted = std::collections::HashSet::new();
+        for (user, s, pool) in &pools {
+            let active = if counted.insert(user.as_str()) {
+                let total = clients
+                    .get(&(db.clone(), user.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                total.saturating_sub(waiting.get(user.as_str()).copied().unwrap_or(0))
+            } else {
+                0
+            };
             let wait = s.longest_wait_seconds;
             rs.row(vec![
                 db.clone(),
-                user,
-                total.saturating_sub(s.waiting).to_string(),
+                user.clone(),
+                active.to_string(),
                 s.waiting.to_string(),
                 s.active.to_string(),
                 s.idle.to_string(),
@@ -113,10 +129,10 @@ fn pools(ctx: &PgContext) -> ResultSet {
                 s.size.saturating_sub(s.idle + s.active).to_string(),
                 (wait.trunc() as u64).to_string(),
                 ((wait.fract() * 1e6) as u64).to_string(),
-                s.mode,
+                s.mode.clone(),
                 pool.statements().len().to_string(),
                 s.pinned.len().to_string(),
-                upstream_address(&pool),
+                upstream_address(pool),
             ]);
         }
     }
