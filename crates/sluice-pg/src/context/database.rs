@@ -257,7 +257,7 @@ fn pool_settings(
         server_idle_timeout: nonzero(pg.server_idle_timeout),
         server_lifetime: nonzero(pg.server_lifetime),
         server_login_retry: pg.server_login_retry,
-        retry_connect: db.hosts.len() < 2,
+        retry_connect: true,
         tls,
         sslmode: db.sslmode,
     }

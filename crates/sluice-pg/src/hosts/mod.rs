@@ -321,6 +321,11 @@ impl HostSet {
             let before = Role::from_u8(host.role.swap(role.to_u8(), Ordering::Relaxed));
             if before != role {
                 tracing::info!(host = %host.config.address(), from = before.as_str(), to = role.as_str(), "host role");
+                // A replica's connect fails at once (the transaction goes elsewhere); the
+                // primary's is retried, as there is nowhere else for a write to go.
+                for pool in host.pools.read().values() {
+                    pool.set_retry_connect(role != Role::Replica);
+                }
             }
         }
         *host.lag.lock() = result.in_recovery.then_some(result.lag);

@@ -210,10 +210,25 @@ impl PgPool {
             mode: s.mode,
             tls: s.tls.clone(),
             sslmode: s.sslmode,
+            retry_connect: s.retry_connect,
             ..new
         };
         self.inner.core.set_limits(limits(&merged));
         *s = Arc::new(merged);
+    }
+
+    /// Whether a refused or reset connect is retried until `pool_timeout` (the primary, or
+    /// a host whose role is not known yet) or fails at once so the transaction can go to
+    /// another host (a replica). Set by the host's role; takes effect for the next connect.
+    pub fn set_retry_connect(&self, retry: bool) {
+        let mut s = self.inner.settings.write();
+        if s.retry_connect == retry {
+            return;
+        }
+        let mut changed = (**s).clone();
+        changed.retry_connect = retry;
+        self.inner.core.set_limits(limits(&changed));
+        *s = Arc::new(changed);
     }
 
     /// Applies reloaded sizes and timeout; takes effect for the next checkout.

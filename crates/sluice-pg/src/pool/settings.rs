@@ -44,8 +44,9 @@ pub struct PoolSettings {
     pub server_lifetime: Option<Duration>,
     /// Pause before retrying after the upstream refused a login.
     pub server_login_retry: Duration,
-    /// Retry a refused or reset connect until `timeout`. Off for a host of a database
-    /// with several: the failure bans the host and the transaction goes to another.
+    /// Retry a refused or reset connect until `timeout`. Off for a replica of a database
+    /// with several hosts: the failure bans the host and the transaction goes to another
+    /// (set by the host's role, see [`super::PgPool::set_retry_connect`]).
     pub retry_connect: bool,
     /// TLS towards the upstream (`None`: sslmode disable).
     pub tls: Option<tokio_rustls::TlsConnector>,

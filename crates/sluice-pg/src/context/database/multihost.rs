@@ -55,6 +55,7 @@ pub(super) fn host_pools(
             first.sibling(on(i), budgets.clone())
         };
         pool.set_member(member_source(hosts, i));
+        pool.set_retry_connect(hosts.role(i) != crate::hosts::Role::Replica);
         host.pools.write().insert(user.to_owned(), pool);
     }
     first
@@ -132,5 +133,45 @@ pub(in crate::context) fn health_changes(
                 hosts.close();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::hosts::CheckResult;
+    use std::time::Duration;
+
+    #[test]
+    fn a_replicas_pools_fail_connects_at_once_and_the_primarys_retry() {
+        let config = sluice_config::Config::from_toml_str(
+            "[[postgres.databases]]\nname = \"d\"\nupstream = \"postgres://u:p@a,b/d\"\n",
+        )
+        .unwrap();
+        let pg = &config.postgres;
+        let db = &pg.databases[0];
+        let hosts = Arc::new(HostSet::new(db, pg));
+        let settings = super::super::pool_settings(db, "u", pg, None);
+        let _ = host_pools(
+            &hosts,
+            "u",
+            settings,
+            UpstreamSecret::of(&db.upstream),
+            Vec::new(),
+        );
+        let retry = |i: usize| hosts.hosts[i].pools.read()["u"].settings().retry_connect;
+        // Not checked yet: either may be the primary.
+        assert!(retry(0) && retry(1));
+        let check = |in_recovery| CheckResult {
+            in_recovery,
+            lag: Duration::ZERO,
+        };
+        assert_eq!(hosts.record(0, check(false)), None);
+        assert_eq!(hosts.record(1, check(true)), None);
+        assert!(retry(0) && !retry(1));
+        // Promoted: its writes are retried again.
+        assert_eq!(hosts.record(1, check(false)), None);
+        assert!(retry(1));
     }
 }
