@@ -30,7 +30,6 @@ impl Session {
         member: Option<(MongoPool, String)>,
         pin: Option<&mut Option<PooledConn>>,
     ) -> Result<(), MongoSessionError> {
-        let in_transaction = pin.is_some();
         let mut reply_to = frame.header.request_id;
         let mut next = conn.open_stream(frame).await;
         let mut replies = 0_u64;
@@ -39,7 +38,7 @@ impl Session {
                 Ok(reply) => reply,
                 Err(e) => {
                     conn.discard();
-                    let labels = crate::labels::lost_round_trip(info, in_transaction);
+                    let labels = crate::labels::lost_round_trip(info, pin.is_some());
                     return self.relay(reply_to, Err(e), labels, false).await;
                 }
             };
@@ -47,13 +46,7 @@ impl Session {
             let more = reply
                 .msg_flags()
                 .is_some_and(|f| f & flags::MORE_TO_COME != 0);
-            let result: Result<_, MongoUpstreamError> = Ok(Some(reply));
-            self.note_cursors(info, &result);
-            match &member {
-                Some((_, addr)) => self.track_cursors(info, &result, addr),
-                None => self.watch_for_failover(&result),
-            }
-            let Ok(Some(reply)) = result else {
+            let Some(reply) = self.note_streamed(reply, info, member.as_ref()) else {
                 return Ok(());
             };
             if !more {
@@ -86,6 +79,24 @@ impl Session {
                 }
             };
         }
+    }
+
+    /// The cursor bookkeeping of a streamed reply, as for any reply: this client's
+    /// cursors, where a member's cursors live, a primary that stepped down. Gives the
+    /// reply back.
+    fn note_streamed(
+        &mut self,
+        reply: Frame,
+        info: &RequestInfo,
+        member: Option<&(MongoPool, String)>,
+    ) -> Option<Frame> {
+        let result: Result<_, MongoUpstreamError> = Ok(Some(reply));
+        self.note_cursors(info, &result);
+        match member {
+            Some((_, addr)) => self.track_cursors(info, &result, addr),
+            None => self.watch_for_failover(&result),
+        }
+        result.ok().flatten()
     }
 
     /// Writes one streamed reply, answering `response_to` (the client's request, then

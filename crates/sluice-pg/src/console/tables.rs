@@ -65,28 +65,31 @@ pub fn show(what: Show, ctx: &PgContext) -> ResultSet {
     }
 }
 
+/// SHOW POOLS' columns: PgBouncer's, then Sluice's own.
+const POOLS_COLUMNS: &[&str] = &[
+    "database",
+    "user",
+    "cl_active",
+    "cl_waiting",
+    "sv_active",
+    "sv_idle",
+    "sv_used",
+    "sv_tested",
+    "sv_login",
+    "maxwait",
+    "maxwait_us",
+    "pool_mode",
+    // Sluice's own: the pool's shared statement registry (PgBouncer 1.21+ shows
+    // `prepared_statements` per client and server; this is the pool-wide index).
+    "prepared_statements",
+    // Sluice's own: servers pinned by a client for session state.
+    "pinned",
+    // Sluice's own: the server's host:port (a database may have several).
+    "host",
+];
+
 fn pools(ctx: &PgContext) -> ResultSet {
-    let mut rs = ResultSet::new(&[
-        "database",
-        "user",
-        "cl_active",
-        "cl_waiting",
-        "sv_active",
-        "sv_idle",
-        "sv_used",
-        "sv_tested",
-        "sv_login",
-        "maxwait",
-        "maxwait_us",
-        "pool_mode",
-        // Sluice's own: the pool's shared statement registry (PgBouncer 1.21+ shows
-        // `prepared_statements` per client and server; this is the pool-wide index).
-        "prepared_statements",
-        // Sluice's own: servers pinned by a client for session state.
-        "pinned",
-        // Sluice's own: the server's host:port (a database may have several).
-        "host",
-    ]);
+    let mut rs = ResultSet::new(POOLS_COLUMNS);
     let mut clients: HashMap<(String, String), u64> = HashMap::new();
     for c in ctx.cancel.list() {
         *clients
@@ -98,24 +101,10 @@ fn pools(ctx: &PgContext) -> ResultSet {
             .into_iter()
             .map(|(user, pool)| (user, pool.snapshot(), pool))
             .collect();
-        // A user of a database with several hosts has a row per host, but a client is
-        // tied to no host between transactions: its clients are counted once, on the
-        // user's first row, less those waiting on any of its rows.
-        let mut waiting: HashMap<&str, u64> = HashMap::new();
-        for (user, s, _) in &pools {
-            *waiting.entry(user.as_str()).or_default() += s.waiting;
-        }
-        let mut counted = std::collections::HashSet::new();
-        for (user, s, pool) in &pools {
-            let active = if counted.insert(user.as_str()) {
-                let total = clients
-                    .get(&(db.clone(), user.clone()))
-                    .copied()
-                    .unwrap_or(0);
-                total.saturating_sub(waiting.get(user.as_str()).copied().unwrap_or(0))
-            } else {
-                0
-            };
+        let active = active_clients(&pools, |user| {
+            clients.get(&(db.clone(), user.to_owned())).copied()
+        });
+        for ((user, s, pool), active) in pools.iter().zip(active) {
             let wait = s.longest_wait_seconds;
             rs.row(vec![
                 db.clone(),
@@ -137,6 +126,30 @@ fn pools(ctx: &PgContext) -> ResultSet {
         }
     }
     rs
+}
+
+/// `cl_active` of each of a database's pool rows (`clients`: a user's clients). A user of a
+/// multi-host database has a row per host, but a client is tied to no host between
+/// transactions: counted once, on the user's first row, less those waiting on any row.
+fn active_clients(
+    pools: &[(String, sluice_stats::PoolSnapshot, crate::pool::PgPool)],
+    clients: impl Fn(&str) -> Option<u64>,
+) -> Vec<u64> {
+    let mut waiting: HashMap<&str, u64> = HashMap::new();
+    for (user, s, _) in pools {
+        *waiting.entry(user.as_str()).or_default() += s.waiting;
+    }
+    let mut counted = std::collections::HashSet::new();
+    pools
+        .iter()
+        .map(|(user, _, _)| {
+            if !counted.insert(user.as_str()) {
+                return 0;
+            }
+            let total = clients(user).unwrap_or(0);
+            total.saturating_sub(waiting.get(user.as_str()).copied().unwrap_or(0))
+        })
+        .collect()
 }
 
 fn stats(ctx: &PgContext) -> ResultSet {
