@@ -9,7 +9,8 @@
 //! * [`scram_client`] — SCRAM-SHA-1/256 towards the upstream; [`client_auth`] — SCRAM-SHA-256
 //!   towards clients.
 //! * [`upstream`] / [`pool`] — connections and the bounded FIFO pool.
-//! * [`hello`] (with the upstream's newest [`cluster_time`]), [`request`], [`pins`], [`session`], [`listener`] — the data path;
+//! * [`hello`] (with the upstream's newest [`cluster_time`]), [`request`], [`pins`],
+//!   [`session`], [`listener`] — the data path;
 //!   [`tls`] — TLS towards clients, told from plaintext by the first bytes;
 //!   [`guards`] — the client cap, login and idle timeouts and pre-auth message cap.
 //! * [`topology`] (sans-IO) / [`replicas`] — replica sets by the SDAM rules: the primary

@@ -4,8 +4,8 @@
 //! socket took the last, so a slow client slows the server (TCP backpressure) and at most
 //! one reply is buffered. The stream ends at the first reply without `moreToCome`; the
 //! connection then goes back to the pool (or, inside a transaction, stays pinned to it).
-//! A stream cut short (the client leaves, a write
-//! or read fails) leaves unread replies on the connection, so it is closed instead.
+//! A stream cut short (the client leaves, a write or read fails) leaves unread replies on
+//! the connection, so it is closed instead.
 
 use tokio::time::Instant;
 

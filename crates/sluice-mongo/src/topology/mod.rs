@@ -11,9 +11,10 @@
 //!   loser of two claimants count as Unknown;
 //! - membership from the primary's `hosts`/`passives`/`arbiters`: a host it no longer
 //!   lists is removed (and reported, so its pool is closed); without a primary, hosts that
-//!   secondaries list are added, and a member whose `me` names it otherwise is removed. The seeds of the URI are checked until a primary lists
-//!   the members, and again after a round in which no host answered (a set that moved
-//!   entirely is found again from the configuration).
+//!   secondaries list are added, and a member whose `me` names it otherwise is removed.
+//!   The seeds of the URI are checked until a primary lists the members, and again after
+//!   a round in which no host answered (a set that moved entirely is found again from the
+//!   configuration).
 //!
 //! Selection (`select.rs`) follows the server-selection spec: mode, `maxStalenessSeconds`,
 //! tag sets in order, then the 15 ms latency window; ties are spread round-robin.
