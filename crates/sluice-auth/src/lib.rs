@@ -10,14 +10,17 @@
 //! * [`md5_verify`] / [`md5_response`] / [`md5_response_from_hash`] handle
 //!   AuthenticationMD5Password in both directions.
 //! * [`ScramKeysClient`] logs in upstream with the [`ScramKeys`] a client's SCRAM
-//!   exchange revealed (SCRAM pass-through).
+//!   exchange revealed (SCRAM pass-through), or with a password whose keys
+//!   [`password_keys`] derives once per server salt.
 #![forbid(unsafe_code)]
 
+mod keycache;
 mod md5;
 mod passthrough;
 mod scram;
 mod secret;
 
+pub use crate::keycache::{cached_entries, password_keys};
 pub use crate::md5::{md5_response, md5_response_from_hash, md5_verify};
 pub use crate::passthrough::{ScramKeys, ScramKeysClient};
 pub use crate::scram::ScramServer;

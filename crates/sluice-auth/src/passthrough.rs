@@ -3,8 +3,9 @@
 //! When a client proved itself against a verifier Sluice holds (configured, or fetched by
 //! `auth_query`), the exchange reveals its ClientKey. With that and the verifier's
 //! ServerKey, Sluice can log in to a PostgreSQL server holding the same verifier as that
-//! user, as PgBouncer 1.14+ does, so no password need be stored anywhere. A password-based
-//! client is not needed here: the upstream login uses `postgres-protocol`'s for that.
+//! user, as PgBouncer 1.14+ does, so no password need be stored anywhere. The same client
+//! logs in with a password: its keys are derived once per server salt (see
+//! [`crate::password_keys`]), so a pool's logins after the first cost HMACs only.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -30,13 +31,22 @@ impl std::fmt::Debug for ScramKeys {
     }
 }
 
-/// One client-side SCRAM-SHA-256 exchange driven by [`ScramKeys`] (no channel binding).
+/// What a [`ScramKeysClient`] proves itself with.
+enum KeySource {
+    /// Keys a client's exchange revealed.
+    Keys(ScramKeys),
+    /// A password (its keys depend on the server's salt).
+    Password(String),
+}
+
+/// One client-side SCRAM-SHA-256 exchange driven by [`ScramKeys`] or a password (no
+/// channel binding).
 ///
 /// Call [`ScramKeysClient::client_first`], then [`ScramKeysClient::handle_server_first`]
 /// with the AuthenticationSASLContinue data, then [`ScramKeysClient::handle_server_final`]
 /// with the AuthenticationSASLFinal data, which checks the server's signature.
 pub struct ScramKeysClient {
-    keys: ScramKeys,
+    keys: KeySource,
     client_nonce: String,
     /// client-first-message-bare, kept for the AuthMessage.
     first_bare: String,
@@ -48,6 +58,17 @@ impl ScramKeysClient {
     /// Starts an exchange with `client_nonce` (printable ASCII without `,`; callers pass
     /// a random one, tests a fixed one).
     pub fn new(keys: ScramKeys, client_nonce: String) -> Self {
+        Self::with_source(KeySource::Keys(keys), client_nonce)
+    }
+
+    /// Starts an exchange that logs in with `password`: its keys are derived from the
+    /// salt and iteration count the server sends (once per salt, see
+    /// [`crate::password_keys`]).
+    pub fn with_password(password: String, client_nonce: String) -> Self {
+        Self::with_source(KeySource::Password(password), client_nonce)
+    }
+
+    fn with_source(keys: KeySource, client_nonce: String) -> Self {
         let first_bare = format!("n=,r={client_nonce}");
         Self {
             keys,
@@ -74,25 +95,39 @@ impl ScramKeysClient {
         if !nonce.starts_with(&self.client_nonce) || nonce.len() == self.client_nonce.len() {
             return Err(AuthError::Malformed("server nonce does not extend ours"));
         }
-        // Salt and iterations only serve to derive keys we already have; they must be there.
-        for prefix in ["s=", "i="] {
-            attrs
-                .next()
-                .filter(|a| a.starts_with(prefix))
-                .ok_or(AuthError::Malformed("server-first-message lacks s= or i="))?;
-        }
+        let lacks = AuthError::Malformed("server-first-message lacks s= or i=");
+        let salt = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("s="))
+            .ok_or(lacks.clone())?;
+        let iterations = attrs
+            .next()
+            .and_then(|a| a.strip_prefix("i="))
+            .ok_or(lacks)?;
+        let keys = match &self.keys {
+            // Salt and iterations only serve to derive keys we already have.
+            KeySource::Keys(keys) => *keys,
+            KeySource::Password(password) => {
+                let salt = STANDARD
+                    .decode(salt)
+                    .map_err(|_| AuthError::Malformed("server salt is not valid base64"))?;
+                let iterations = iterations
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&i| i > 0)
+                    .ok_or(AuthError::Malformed("server iteration count is invalid"))?;
+                crate::password_keys(password, &salt, iterations)
+            }
+        };
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{msg},{without_proof}", self.first_bare);
-        let stored_key: [u8; 32] = Sha256::digest(self.keys.client_key).into();
+        let stored_key: [u8; 32] = Sha256::digest(keys.client_key).into();
         let signature = hmac_sha256(&stored_key, &[auth_message.as_bytes()]);
-        let mut proof = self.keys.client_key;
+        let mut proof = keys.client_key;
         for (p, s) in proof.iter_mut().zip(signature) {
             *p ^= s;
         }
-        self.server_signature = Some(hmac_sha256(
-            &self.keys.server_key,
-            &[auth_message.as_bytes()],
-        ));
+        self.server_signature = Some(hmac_sha256(&keys.server_key, &[auth_message.as_bytes()]));
         Ok(format!("{without_proof},p={}", STANDARD.encode(proof)).into_bytes())
     }
 
@@ -149,6 +184,34 @@ mod tests {
         let last = upstream.handle_client_final(&fin).unwrap();
         pass.handle_server_final(&last).unwrap();
         assert!(upstream.is_done());
+    }
+
+    /// A password login agrees with postgres-protocol's client and with PostgreSQL's
+    /// verifier; a second login with the same salt uses the cached keys.
+    #[test]
+    fn a_password_login_passes_twice_with_the_keys_derived_once() {
+        let verifier = ScramVerifier::from_password("pa\u{df}word", b"another-salt-16b", 4096);
+        for nonce in ["one", "two"] {
+            let mut upstream = ScramServer::new(verifier.clone(), format!("srv-{nonce}"));
+            let mut client = ScramKeysClient::with_password("pa\u{df}word".into(), nonce.into());
+            let first = upstream
+                .handle_client_first(&client.client_first())
+                .unwrap();
+            let fin = client.handle_server_first(&first).unwrap();
+            let last = upstream.handle_client_final(&fin).unwrap();
+            client.handle_server_final(&last).unwrap();
+        }
+        let mut wrong = ScramKeysClient::with_password("nope".into(), "n".into());
+        let mut upstream = ScramServer::new(verifier, "srv".into());
+        let first = upstream.handle_client_first(&wrong.client_first()).unwrap();
+        let fin = wrong.handle_server_first(&first).unwrap();
+        assert_eq!(
+            upstream.handle_client_final(&fin),
+            Err(AuthError::InvalidPassword)
+        );
+        let mut bad = ScramKeysClient::with_password("p".into(), "c".into());
+        assert!(bad.handle_server_first(b"r=cX,s=AA==,i=0").is_err());
+        assert!(bad.handle_server_first(b"r=cX,s=!!,i=4096").is_err());
     }
 
     #[test]

@@ -170,13 +170,20 @@ impl ScramVerifier {
     /// iteration count, applying SASLprep first as PostgreSQL does (if the
     /// password is not valid for SASLprep it is used as is).
     pub fn from_password(password: &str, salt: &[u8], iterations: u32) -> Self {
+        let salted = Self::salted_password(password, salt, iterations);
+        Self::from_salted_password(&salted, salt.to_vec(), iterations)
+    }
+
+    /// SCRAM's SaltedPassword: PBKDF2-HMAC-SHA-256 of the SASLprep'd password (the
+    /// expensive step of every password login).
+    pub(crate) fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
         let prepared = match stringprep::saslprep(password) {
             Ok(p) => p.into_owned(),
             Err(_) => password.to_owned(),
         };
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(prepared.as_bytes(), salt, iterations, &mut salted);
-        Self::from_salted_password(&salted, salt.to_vec(), iterations)
+        salted
     }
 
     /// Builds a verifier from an already computed SaltedPassword.

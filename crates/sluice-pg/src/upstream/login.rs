@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use rustls::pki_types::ServerName;
@@ -130,11 +130,9 @@ async fn log_in(
     }
 }
 
-/// A SCRAM exchange in progress: from a password, or from a client's keys (pass-through).
-enum Scram {
-    Password(ScramSha256),
-    Keys(sluice_auth::ScramKeysClient),
-}
+/// A SCRAM exchange in progress: from a password (its keys derived once per server salt,
+/// see [`sluice_auth::password_keys`]), or from a client's keys (pass-through).
+struct Scram(sluice_auth::ScramKeysClient);
 
 /// The md5 method's answer, from a password or a stored hash.
 fn md5_answer(
@@ -152,20 +150,16 @@ fn md5_answer(
 impl Scram {
     /// Starts an exchange with `secret`: the client-first-message to send.
     fn start(secret: &UpstreamSecret) -> Result<(Self, Vec<u8>), PgUpstreamError> {
-        Ok(match secret {
+        let nonce = sluice_auth::ScramServer::random_nonce();
+        let client = match secret {
             UpstreamSecret::Password(p) => {
-                let s = ScramSha256::new(p.as_bytes(), ChannelBinding::unsupported());
-                let first = s.message().to_vec();
-                (Scram::Password(s), first)
+                sluice_auth::ScramKeysClient::with_password(p.clone(), nonce)
             }
-            UpstreamSecret::Scram(keys) => {
-                let nonce = sluice_auth::ScramServer::random_nonce();
-                let s = sluice_auth::ScramKeysClient::new(*keys, nonce);
-                let first = s.client_first();
-                (Scram::Keys(s), first)
-            }
+            UpstreamSecret::Scram(keys) => sluice_auth::ScramKeysClient::new(*keys, nonce),
             _ => return Err(UpstreamAuthError::NoPassword.into()),
-        })
+        };
+        let first = client.client_first();
+        Ok((Scram(client), first))
     }
 }
 
@@ -204,25 +198,14 @@ fn answer(
         }
         Message::AuthenticationSaslContinue(body) => {
             let s = scram.as_mut().ok_or_else(|| unexpected("SASLContinue"))?;
-            let next = match s {
-                Scram::Password(s) => {
-                    s.update(body.data())
-                        .map_err(|e| UpstreamAuthError::Scram(Arc::new(e)))?;
-                    s.message().to_vec()
-                }
-                Scram::Keys(s) => s.handle_server_first(body.data()).map_err(scram_err)?,
-            };
+            let next = s.0.handle_server_first(body.data()).map_err(scram_err)?;
             frontend::sasl_response(&next, reply).map_err(proto)?;
         }
         Message::AuthenticationSaslFinal(body) => {
-            match scram.take().ok_or_else(|| unexpected("SASLFinal"))? {
-                Scram::Password(mut s) => s
-                    .finish(body.data())
-                    .map_err(|e| UpstreamAuthError::ServerSignature(Arc::new(e)))?,
-                Scram::Keys(s) => s.handle_server_final(body.data()).map_err(|e| {
-                    UpstreamAuthError::ServerSignature(Arc::new(std::io::Error::other(e)))
-                })?,
-            }
+            let s = scram.take().ok_or_else(|| unexpected("SASLFinal"))?;
+            s.0.handle_server_final(body.data()).map_err(|e| {
+                UpstreamAuthError::ServerSignature(Arc::new(std::io::Error::other(e)))
+            })?;
         }
         _ => return Err(UpstreamAuthError::Unsupported.into()),
     }
