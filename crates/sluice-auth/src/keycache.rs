@@ -20,27 +20,25 @@ use crate::{ScramKeys, ScramVerifier};
 /// Most entries kept.
 pub const CAP: usize = 1024;
 
-fn cache() -> &'static Mutex<HashMap<[u8; 32], ScramKeys>> {
+/// The cache, locked (a panic elsewhere while it was held leaves whole entries only).
+fn cache() -> std::sync::MutexGuard<'static, HashMap<[u8; 32], ScramKeys>> {
     static CACHE: OnceLock<Mutex<HashMap<[u8; 32], ScramKeys>>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The keys `password` gives with `salt` and `iterations` (SASLprep applied, as
 /// PostgreSQL does), from the cache when they were derived before.
 pub fn password_keys(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
     let id = digest(password, salt, iterations);
-    let lookup = |id: &[u8; 32]| match cache().lock() {
-        Ok(map) => map.get(id).copied(),
-        Err(poisoned) => poisoned.into_inner().get(id).copied(),
-    };
-    if let Some(keys) = lookup(&id) {
+    if let Some(keys) = cache().get(&id).copied() {
         return keys;
     }
+    // Derived outside the lock: other pools' logins do not wait behind a PBKDF2.
     let keys = derive(password, salt, iterations);
-    let mut map = match cache().lock() {
-        Ok(map) => map,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut map = cache();
     if map.len() >= CAP {
         map.clear();
     }
@@ -50,10 +48,7 @@ pub fn password_keys(password: &str, salt: &[u8], iterations: u32) -> ScramKeys 
 
 /// How many entries the cache holds (for tests and statistics).
 pub fn cached_entries() -> usize {
-    match cache().lock() {
-        Ok(map) => map.len(),
-        Err(poisoned) => poisoned.into_inner().len(),
-    }
+    cache().len()
 }
 
 fn derive(password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
