@@ -220,17 +220,20 @@ pub(crate) struct Hidden {
 /// Scans SQL text for functions that change session state invisibly to the protocol.
 pub(crate) fn hidden_effects(sql: &[u8]) -> Hidden {
     // Runs on every query, so anchor on '_' (each needle has one at a known offset; most
-    // queries have few) instead of comparing every window against every needle.
+    // queries have few), found with a SIMD search, instead of comparing every window
+    // against every needle.
     const NEEDLES: [(&[u8], usize, bool); 3] = [
         (b"set_config", 3, true),
         (b"pg_advisory_lock", 2, false),
         (b"pg_try_advisory_lock", 2, false),
     ];
     let mut found = Hidden::default();
-    for (i, _) in sql.iter().enumerate().filter(|(_, &b)| b == b'_') {
+    for i in memchr::memchr_iter(b'_', sql) {
         for (needle, underscore, settings) in NEEDLES {
+            // The first byte rules out nearly every window before the full comparison.
             let hit = i
                 .checked_sub(underscore)
+                .filter(|&start| sql[start].eq_ignore_ascii_case(&needle[0]))
                 .and_then(|start| sql.get(start..start + needle.len()))
                 .is_some_and(|w| w.eq_ignore_ascii_case(needle));
             if hit {
