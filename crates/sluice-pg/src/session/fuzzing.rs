@@ -40,7 +40,7 @@ pub fn drive_exchange(data: &[u8]) -> usize {
     let mut exchange = Exchange::new(Features {
         map_statements: sel & 1 != 0,
         track_settings: sel & 2 != 0,
-        cache_size: usize::from(sel >> 4),
+        cache_size: u32::from(sel >> 4),
         listen_in_place: sel & 4 != 0,
     });
     let registry = StatementRegistry::default();

@@ -39,9 +39,22 @@ pub fn serve(
     let _ = stream.set_nodelay(true);
     let mut client = ClientIo::new(stream);
     async move {
-        let e = match run(&mut client, &peer, &ctx, &shutdown).await {
-            Ok(()) => return tracing::debug!(client = %peer, "client done"),
-            Err(e) => e,
+        // The session's steps run here rather than in a function taking references to
+        // these locals: those references would add to every idle client's task. The
+        // login future lives on the heap only while the client logs in, so an idle
+        // client's task holds just the relay state (stored once, run by reference).
+        let failed = 'session: {
+            // The login's result is gone by the end of this statement, so it does not
+            // stay alive beside the relay while the relay runs.
+            let mut relay = match Box::pin(logged_in(&mut client, peer, &ctx, &shutdown)).await {
+                Ok(Some(relay)) => relay,
+                Ok(None) => break 'session None,
+                Err(e) => break 'session Some(e),
+            };
+            relay.run(&shutdown).await.err()
+        };
+        let Some(e) = failed else {
+            return tracing::debug!(client = %peer, "client done");
         };
         Box::pin(report(&mut client, peer, e)).await;
     }
@@ -57,25 +70,21 @@ async fn report(client: &mut ClientIo, peer: SocketAddr, e: PgSessionError) {
     }
 }
 
-async fn run(
-    client: &mut ClientIo,
-    peer: &SocketAddr,
-    ctx: &Arc<PgContext>,
+/// Logs the client in (in its span): the relay that serves it, or `None` when the login
+/// ended the session without an error (a console session, a CancelRequest).
+async fn logged_in<'a>(
+    client: &'a mut ClientIo,
+    peer: SocketAddr,
+    ctx: &'a Arc<PgContext>,
     shutdown: &CancellationToken,
-) -> Result<(), PgSessionError> {
-    // The login future lives on the heap only while the client logs in, so an idle
-    // client's task holds just the relay state (stored once, run by reference).
-    let login = async {
-        let logged_in = login::login(client, *peer, ctx, shutdown).await?;
-        Ok::<_, PgSessionError>(logged_in.map(|l| relay::Relay::new(client, l, ctx)))
-    };
-    let mut relay = Box::pin(login)
-        .instrument(tracing::info_span!("client", %peer))
-        .await?;
-    match relay.as_mut() {
-        Some(relay) => relay.run(shutdown).await,
-        None => Ok(()),
+) -> Result<Option<relay::Relay<'a>>, PgSessionError> {
+    let span = tracing::info_span!("client", %peer);
+    async {
+        let logged_in = login::login(client, peer, ctx, shutdown).await?;
+        Ok(logged_in.map(|l| relay::Relay::new(client, l, ctx)))
     }
+    .instrument(span)
+    .await
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 mod checkout;
 mod limits;
 
-use limits::{Limits, Since};
+use limits::Since;
 mod listen;
 mod pin;
 mod pump;
@@ -45,8 +45,9 @@ pub(crate) struct Relay<'a> {
     mode: PoolMode,
     /// This client's cancel-key registration (its slot names the server it is on).
     registration: crate::cancel::Registration,
-    /// Counts the client as connected until the relay ends.
-    _count: super::login::ClientCount<'a>,
+    /// Counts the client as connected until the relay ends; holds the context the client
+    /// logged in under, whose configuration its limits come from.
+    admitted: super::login::ClientCount<'a>,
     server: Option<PooledConn>,
     exchange: Exchange,
     state: ClientState,
@@ -64,7 +65,6 @@ pub(crate) struct Relay<'a> {
     who: Arc<ClientMeta>,
     /// This client's slot in the idle/waiting/active client gauges.
     gauge: ClientGuard,
-    limits: Limits,
     /// The idle timer, allocated only when an idle timeout is configured and then reset
     /// rather than rebuilt (keeps the per-client future small).
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -111,7 +111,6 @@ impl<'a> Relay<'a> {
             server,
             route,
         } = logged_in;
-        let limits = Limits::from_config(&ctx.config.postgres);
         let gauge = ctx.stats.clients().track(match server {
             Some(_) => sluice_stats::ClientState::Active,
             None => sluice_stats::ClientState::Idle,
@@ -122,7 +121,7 @@ impl<'a> Relay<'a> {
         let features = Features {
             map_statements: transaction && settings.max_prepared_statements > 0,
             track_settings: transaction,
-            cache_size: settings.max_prepared_statements,
+            cache_size: u32::try_from(settings.max_prepared_statements).unwrap_or(u32::MAX),
             listen_in_place: transaction,
         };
         let mut exchange = Exchange::new(features);
@@ -135,7 +134,7 @@ impl<'a> Relay<'a> {
             pool,
             mode: settings.mode,
             registration,
-            _count: count,
+            admitted: count,
             server,
             exchange,
             state,
@@ -145,7 +144,6 @@ impl<'a> Relay<'a> {
             to_client: Outbox::default(),
             who,
             gauge,
-            limits,
             timer: None,
             timer_armed: false,
             shutdown: None,
@@ -162,9 +160,16 @@ impl<'a> Relay<'a> {
     /// transactions.
     pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), PgSessionError> {
         self.shutdown = Some(shutdown.clone());
+        // One wait for shutdown for the whole session, so a transaction does not join and
+        // leave the token's waiter list each time round the loop.
+        let mut cancelled = std::pin::pin!(shutdown.cancelled());
         let mut shutting_down = false;
         let result = loop {
-            if shutting_down && (self.server.is_none() || self.exchange.idle()) {
+            // Shutdown ends a session only between requests, so only then is it checked
+            // (a busy client's own input may keep the wait below from polling it).
+            let between = self.server.is_none() || self.exchange.idle();
+            shutting_down = shutting_down || (between && shutdown.is_cancelled());
+            if shutting_down && between {
                 // The client still gets what it is owed, then the shutdown notice.
                 if let Err(e) = Box::pin(self.flush_client_all()).await {
                     break Err(e);
@@ -178,18 +183,23 @@ impl<'a> Relay<'a> {
                 crate::bufpool::give_if_empty(&mut self.to_client.buf);
             }
             self.arm_timer();
-            let wake = tokio::select! {
-                _ = shutdown.cancelled(), if !shutting_down => {
+            // Only a relay that waits on its client needs waking for shutdown: one with a
+            // request in flight wakes for the answer and sees the flag above.
+            let watch_shutdown = !shutting_down && between;
+            // Unwrapped in the same statement: the 80-byte result must not stay alive
+            // across `on_wake`, which would make every client's future that much larger.
+            let wake = match tokio::select! {
+                biased;
+                wake = std::future::poll_fn(|cx| self.poll_pump(cx)) => wake,
+                _ = &mut cancelled, if watch_shutdown => {
                     shutting_down = true;
                     continue;
                 }
-                wake = std::future::poll_fn(|cx| self.poll_pump(cx)) => wake,
+            } {
+                Ok(wake) => wake,
+                Err(e) => break Err(e),
             };
-            let flow = match wake {
-                Ok(wake) => self.on_wake(wake).await,
-                Err(e) => Err(e),
-            };
-            match flow {
+            match self.on_wake(wake).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Done) => break Ok(()),
                 Err(e) => break Err(e),
@@ -231,7 +241,7 @@ impl<'a> Relay<'a> {
             }
         }
         loop {
-            let max = self.limits.max_packet;
+            let max = self.limits().max_packet;
             let (len, terminate) = frames_before_terminate(&self.client.buf, max)
                 .map_err(|e| PgSessionError::client_frame(e, max))?;
             if len > 0 {

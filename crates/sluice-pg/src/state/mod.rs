@@ -4,12 +4,14 @@
 //! Below the session, the pool and the server connection (all three hold it), so none of
 //! them imports another through it.
 
+mod lazy;
 pub mod prepared;
 
-use std::collections::HashMap;
+pub use lazy::{Channels, ClientStatements};
+
 use std::sync::Arc;
 
-use prepared::{ServerStatements, Statement};
+use prepared::ServerStatements;
 
 /// A small map of setting name → value (the value as bytes in the client's encoding, which
 /// need not be UTF-8), kept as a sorted vector (a session has a handful
@@ -120,10 +122,10 @@ pub struct ClientState {
     /// The settings from the client's startup packet (what `RESET` returns to).
     pub startup: Settings,
     /// The client's named prepared statements (names as the client's bytes).
-    pub statements: HashMap<Vec<u8>, Arc<Statement>>,
+    pub statements: ClientStatements,
     /// Channels the client LISTENs on through the pool's notification hub (transaction
     /// mode; committed LISTENs only).
-    pub listening: std::collections::BTreeSet<Vec<u8>>,
+    pub listening: Channels,
 }
 
 impl ClientState {
@@ -155,7 +157,7 @@ impl ClientState {
         Self {
             settings: startup.clone(),
             startup,
-            statements: HashMap::new(),
+            statements: ClientStatements::default(),
             listening: Default::default(),
         }
     }

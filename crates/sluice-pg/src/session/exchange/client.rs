@@ -213,7 +213,7 @@ impl Exchange {
         io.to_server.put_slice(raw);
         self.extended = false;
         self.client_skipping = false;
-        self.syncs_since_command += 1;
+        self.syncs_since_command = self.syncs_since_command.saturating_add(1);
         self.push(Expect::Sync);
     }
 
@@ -412,7 +412,7 @@ impl Exchange {
         if let Some(victim) = io
             .server
             .statements
-            .insert(stmt.clone(), self.features.cache_size)
+            .insert(stmt.clone(), self.features.cache_size as usize)
         {
             messages::write_target(io.to_server, b'C', b'S', victim.server_name.as_bytes());
             self.push(Expect::Close {

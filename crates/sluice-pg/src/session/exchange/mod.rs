@@ -62,7 +62,7 @@ pub(crate) struct Features {
     /// Track SET/RESET so settings follow the client (transaction mode).
     pub track_settings: bool,
     /// Per-server prepared statement cache size.
-    pub cache_size: usize,
+    pub cache_size: u32,
     /// Answer LISTEN/UNLISTEN in place and keep the channels in the client's state, for
     /// the pool's notification hub (transaction mode: a server's own LISTEN would
     /// deliver to whichever client holds it next).
@@ -182,7 +182,7 @@ pub(crate) struct Exchange {
     /// The client's own batch is being dropped until Sync (Sluice refused a frame).
     client_skipping: bool,
     /// Syncs sent since the last Execute/Query (ignored by a server in COPY FROM STDIN).
-    syncs_since_command: usize,
+    syncs_since_command: u32,
     /// The server holds state that needs `server_reset_query` before reuse.
     needs_reset: bool,
     /// Settings changed in a way Sluice could not follow message by message: read them
@@ -192,18 +192,26 @@ pub(crate) struct Exchange {
     last_was_error: bool,
     /// Whether the last transaction-ending command committed.
     last_commit: bool,
+    /// What a transaction block's settings did so far (boxed, and only while there is
+    /// some: most clients never have any, and every idle client carries this field).
+    tracked: Option<Box<Tracked>>,
+    /// Client statements and portals that are a LISTEN/UNLISTEN answered in place
+    /// (extended protocol, transaction mode); boxed, allocated on the first one.
+    listen_names: Option<Box<ListenNames>>,
+    /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
+    /// [`Exchange::take_counts`], for the pool's statistics.
+    counts: (u32, u32),
+}
+
+/// Setting changes Sluice follows through a transaction block.
+#[derive(Debug, Default)]
+struct Tracked {
     /// Setting changes made inside the open transaction block.
     tentative: Vec<Effect>,
     /// Open savepoints: name and how many tentative effects preceded it.
     savepoints: Vec<(Vec<u8>, usize)>,
-    /// Client statements and portals that are a LISTEN/UNLISTEN answered in place
-    /// (extended protocol, transaction mode); boxed, allocated on the first one.
-    listen_names: Option<Box<ListenNames>>,
     /// Value captured from the DataRow of an injected `current_setting` query.
     captured: Option<Option<Vec<u8>>>,
-    /// Queries (Query, Execute) and transactions (ReadyForQuery `I`) since the last
-    /// [`Exchange::take_counts`], for the pool's statistics.
-    counts: (u64, u64),
 }
 
 impl Exchange {
@@ -220,9 +228,7 @@ impl Exchange {
             settings_dirty: false,
             last_was_error: false,
             last_commit: false,
-            tentative: Vec::new(),
-            savepoints: Vec::new(),
-            captured: None,
+            tracked: None,
             listen_names: None,
             counts: (0, 0),
         }
@@ -260,7 +266,7 @@ impl Exchange {
     }
 
     /// Returns and zeroes (queries, transactions) counted since the last call.
-    pub(crate) fn take_counts(&mut self) -> (u64, u64) {
+    pub(crate) fn take_counts(&mut self) -> (u32, u32) {
         std::mem::take(&mut self.counts)
     }
 
@@ -270,8 +276,12 @@ impl Exchange {
         self.needs_reset = false;
         self.settings_dirty = false;
         self.skipping = false;
-        self.tentative.clear();
-        self.savepoints.clear();
+        self.tracked = None;
+    }
+
+    /// The block's tracked changes, made on first use.
+    fn tracked(&mut self) -> &mut Tracked {
+        self.tracked.get_or_insert_with(Box::default)
     }
 
     /// Marks that the server must be reset (e.g. the client left mid transaction).
@@ -340,7 +350,7 @@ impl Exchange {
                 if self.status == b'I' {
                     server::apply(effect, io);
                 } else {
-                    self.tentative.push(effect);
+                    self.tracked().tentative.push(effect);
                 }
             }
             Synthetic::Error {

@@ -150,7 +150,10 @@ impl Exchange {
             return;
         };
         match (effect, columns.as_slice()) {
-            (Effect::Value(..), [value, ..]) => self.captured = Some(value.map(<[u8]>::to_vec)),
+            (Effect::Value(..), [value, ..]) => {
+                let value = Some(value.map(<[u8]>::to_vec));
+                self.tracked().captured = value;
+            }
             (Effect::ReadBack(rows), [Some(name), Some(value)]) => {
                 let name = String::from_utf8_lossy(name);
                 if let Some(name) = crate::state::setting_name(&name) {
@@ -292,15 +295,19 @@ impl Exchange {
                 fate = Fate::Swallow;
             }
             let effect = effect.filter(|_| !failed).map(|e| match e {
-                Effect::Value(name, _) => Effect::Value(name, self.captured.take().flatten()),
+                Effect::Value(name, _) => {
+                    let captured = self.tracked.as_mut().and_then(|t| t.captured.take());
+                    Effect::Value(name, captured.flatten())
+                }
                 e => e,
             });
             self.settle(effect, status, io);
         }
-        self.captured = None;
+        if let Some(t) = self.tracked.as_mut() {
+            t.captured = None;
+        }
         if status == b'I' {
-            self.savepoints.clear();
-            let effects = std::mem::take(&mut self.tentative);
+            let effects = self.tracked.take().map(|t| t.tentative).unwrap_or_default();
             if std::mem::take(&mut self.last_commit) {
                 for e in effects {
                     apply(e, io);
@@ -315,24 +322,27 @@ impl Exchange {
     fn settle(&mut self, effect: Option<Effect>, status: u8, io: &mut Sides<'_>) {
         match (effect, status) {
             (Some(Effect::Savepoint(name)), b'T') => {
-                self.savepoints.push((name, self.tentative.len()));
+                let t = self.tracked();
+                t.savepoints.push((name, t.tentative.len()));
             }
             (Some(Effect::RollbackTo(name)), b'T') => {
-                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
-                    self.tentative.truncate(self.savepoints[i].1);
-                    self.savepoints.truncate(i + 1);
+                let t = self.tracked();
+                if let Some(i) = t.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    t.tentative.truncate(t.savepoints[i].1);
+                    t.savepoints.truncate(i + 1);
                 }
             }
             (Some(Effect::Release(name)), b'T') => {
-                if let Some(i) = self.savepoints.iter().rposition(|(n, _)| *n == name) {
-                    self.savepoints.truncate(i);
+                let t = self.tracked();
+                if let Some(i) = t.savepoints.iter().rposition(|(n, _)| *n == name) {
+                    t.savepoints.truncate(i);
                 }
             }
             (Some(Effect::Savepoint(_) | Effect::RollbackTo(_) | Effect::Release(_)), _) => {}
             // Ran outside a transaction block: in force now.
             (Some(e), b'I') => apply(e, io),
             // Inside a block: in force only if the block commits.
-            (Some(e), b'T') => self.tentative.push(e),
+            (Some(e), b'T') => self.tracked().tentative.push(e),
             _ => {}
         }
     }

@@ -16,7 +16,7 @@ struct Fixture {
     registry: StatementRegistry,
 }
 
-fn features(cache_size: usize) -> Features {
+fn features(cache_size: u32) -> Features {
     Features {
         map_statements: true,
         track_settings: true,
@@ -26,7 +26,7 @@ fn features(cache_size: usize) -> Features {
 }
 
 impl Fixture {
-    fn new(cache_size: usize) -> Self {
+    fn new(cache_size: u32) -> Self {
         Self {
             ex: Exchange::new(features(cache_size)),
             client: ClientState::default(),

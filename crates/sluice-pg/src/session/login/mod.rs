@@ -38,7 +38,12 @@ pub(crate) struct ClientCount<'a> {
     more: [Option<Arc<AtomicUsize>>; 2],
 }
 
-impl ClientCount<'_> {
+impl<'a> ClientCount<'a> {
+    /// The context the client logged in under (its configuration holds for the session).
+    pub(crate) fn ctx(&self) -> &'a PgContext {
+        self.ctx
+    }
+
     /// Counts the client in `counter` too, refusing it past `max` (0: no limit; `key`
     /// names the setting in the error).
     fn admit(

@@ -25,6 +25,7 @@ impl Relay<'_> {
         let mut watching = self.client.buf.len() < WATCH_CAP;
         loop {
             tokio::select! {
+                biased;
                 result = &mut checkout => return Ok(result),
                 _ = shutdown.cancelled() => return Err(PgSessionError::Shutdown),
                 read = self.client.read_more(), if watching => match read {
@@ -72,7 +73,7 @@ impl Relay<'_> {
 
     /// Whether `server` sat idle long enough to be checked before use.
     fn check_due(&self, server: &PooledConn) -> bool {
-        self.limits
+        self.limits()
             .check_delay
             .is_some_and(|d| server.idle_at_least(d))
     }
@@ -150,7 +151,7 @@ impl Relay<'_> {
             && self.exchange.status() == b'I'
             && readonly::is_read_only_request(
                 &self.client.buf[..len],
-                self.limits.max_packet,
+                self.limits().max_packet,
                 &|name| self.state.statements.get(name).map(|s| s.rest.clone()),
             )
         {
@@ -202,7 +203,7 @@ impl Relay<'_> {
             }
         }
         // Drop frames up to the end of the request, answering it with ReadyForQuery.
-        let pos = match request_end(&self.client.buf[..len], self.limits.max_packet) {
+        let pos = match request_end(&self.client.buf[..len], self.limits().max_packet) {
             Ok(end) => {
                 self.skip_until_sync = false;
                 backend::ready_for_query(&mut self.to_client.buf, b'I');

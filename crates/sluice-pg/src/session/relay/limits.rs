@@ -54,3 +54,11 @@ impl Limits {
         }
     }
 }
+
+impl super::Relay<'_> {
+    /// The client's size and time limits, from the configuration it logged in under (read
+    /// when needed rather than copied into every client's state).
+    pub(super) fn limits(&self) -> Limits {
+        Limits::from_config(&self.admitted.ctx().config.postgres)
+    }
+}

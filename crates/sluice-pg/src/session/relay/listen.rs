@@ -38,7 +38,7 @@ impl Relay<'_> {
         let sub = self
             .notify
             .get_or_insert_with(|| Box::new(pool.notify_hub().subscribe(pool.clone())));
-        for wait in sub.sync(&self.state.listening) {
+        for wait in sub.sync(self.state.listening.set()) {
             if tokio::time::timeout(crate::notify::LISTEN_ACK_TIMEOUT, wait)
                 .await
                 .is_err()

@@ -262,9 +262,9 @@ impl Relay<'_> {
             return None;
         }
         match &self.server {
-            None => self.limits.client_idle,
+            None => self.limits().client_idle,
             Some(_) if !self.exchange.busy() && self.exchange.status() != b'I' => {
-                self.limits.idle_transaction
+                self.limits().idle_transaction
             }
             Some(_) => None,
         }
