@@ -107,6 +107,17 @@ impl<K: Connector> Pool<K> {
     }
 
     async fn wait_while_paused(&self, start: Instant, deadline: Instant) -> Result<(), K> {
+        {
+            // Nearly always not paused: answer without joining the resume notifier's
+            // waiter list (the check below repeats under an enabled wait when paused).
+            let st = self.inner.state.lock();
+            if st.closed {
+                return Err(CheckoutError::Closed);
+            }
+            if !st.paused {
+                return Ok(());
+            }
+        }
         let mut hold = Hold {
             pool: &self.inner,
             id: None,
