@@ -46,7 +46,8 @@ impl PgListener {
     }
 
     /// Accepts clients until `shutdown` is cancelled. Sessions are spawned on `tracker`;
-    /// they see the same token and close once their client is between transactions.
+    /// they see the same token and close once their client is between transactions (those
+    /// waiting for their client are woken through the cancel registry).
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         loop {
             let accepted = tokio::select! {
@@ -69,6 +70,8 @@ impl PgListener {
                 }
             }
         }
+        // Sessions between requests wait on their client only; wake them to see the token.
+        self.live.current().cancel.wake_all();
         tracing::info!("postgres listener stopped accepting");
     }
 }

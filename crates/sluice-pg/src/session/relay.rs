@@ -70,8 +70,8 @@ pub(crate) struct Relay<'a> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Whether `timer` applies to the current wait.
     timer_armed: bool,
-    /// Shutdown, watched while the client waits for a server (set by [`Relay::run`]).
-    shutdown: Option<CancellationToken>,
+    /// Shutdown: the session ends at the next point between requests once it is cancelled.
+    shutdown: CancellationToken,
     /// The client's place in the pool's notification hub, while it LISTENs (transaction
     /// mode; boxed so a client that never listens carries a pointer).
     notify: Option<Box<crate::notify::Subscription>>,
@@ -101,6 +101,7 @@ impl<'a> Relay<'a> {
         client: &'a mut ClientIo,
         logged_in: super::login::LoggedIn<'a>,
         ctx: &crate::context::PgContext,
+        shutdown: &CancellationToken,
     ) -> Self {
         let super::login::LoggedIn {
             pool,
@@ -146,7 +147,7 @@ impl<'a> Relay<'a> {
             gauge,
             timer: None,
             timer_armed: false,
-            shutdown: None,
+            shutdown: shutdown.clone(),
             notify: None,
             pin: None,
             pin_warned: false,
@@ -156,19 +157,15 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Relays until the client leaves or, after `shutdown`, until the client is between
+    /// Relays until the client leaves or, after shutdown, until the client is between
     /// transactions.
-    pub(crate) async fn run(&mut self, shutdown: &CancellationToken) -> Result<(), PgSessionError> {
-        self.shutdown = Some(shutdown.clone());
-        // One wait for shutdown for the whole session, so a transaction does not join and
-        // leave the token's waiter list each time round the loop.
-        let mut cancelled = std::pin::pin!(shutdown.cancelled());
+    pub(crate) async fn run(&mut self) -> Result<(), PgSessionError> {
         let mut shutting_down = false;
         let result = loop {
             // Shutdown ends a session only between requests, so only then is it checked
             // (a busy client's own input may keep the wait below from polling it).
             let between = self.server.is_none() || self.exchange.idle();
-            shutting_down = shutting_down || (between && shutdown.is_cancelled());
+            shutting_down = shutting_down || (between && self.shutdown.is_cancelled());
             if shutting_down && between {
                 // The client still gets what it is owed, then the shutdown notice.
                 if let Err(e) = Box::pin(self.flush_client_all()).await {
@@ -184,20 +181,30 @@ impl<'a> Relay<'a> {
             }
             self.arm_timer();
             // Only a relay that waits on its client needs waking for shutdown: one with a
-            // request in flight wakes for the answer and sees the flag above.
-            let watch_shutdown = !shutting_down && between;
+            // request in flight wakes for the answer and sees the flag above. The cancel
+            // registry wakes it (see `CancelSlot::watch`); the token is checked after the
+            // waker is registered, so a shutdown between the two is not missed.
+            let watch_shutdown = between;
+            let pumped = std::future::poll_fn(|cx| match self.poll_pump(cx) {
+                std::task::Poll::Pending if watch_shutdown => {
+                    self.registration.slot.watch(cx.waker());
+                    if self.shutdown.is_cancelled() {
+                        std::task::Poll::Ready(None)
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                }
+                other => other.map(Some),
+            });
             // Unwrapped in the same statement: the 80-byte result must not stay alive
             // across `on_wake`, which would make every client's future that much larger.
-            let wake = match tokio::select! {
-                biased;
-                wake = std::future::poll_fn(|cx| self.poll_pump(cx)) => wake,
-                _ = &mut cancelled, if watch_shutdown => {
+            let wake = match pumped.await {
+                Some(Ok(wake)) => wake,
+                Some(Err(e)) => break Err(e),
+                None => {
                     shutting_down = true;
                     continue;
                 }
-            } {
-                Ok(wake) => wake,
-                Err(e) => break Err(e),
             };
             match self.on_wake(wake).await {
                 Ok(Flow::Continue) => {}

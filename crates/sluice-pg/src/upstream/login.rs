@@ -50,7 +50,7 @@ pub(super) async fn connect(
         buf,
         params: params.into(),
         cancel: CancelKey {
-            host: up.host.clone(),
+            host: up.host.as_str().into(),
             port: up.port,
             pid: key.0,
             secret: key.1,

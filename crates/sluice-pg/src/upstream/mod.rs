@@ -80,8 +80,9 @@ impl std::fmt::Debug for UpstreamSecret {
 /// The key needed to cancel a query running on one upstream backend.
 #[derive(Debug, Clone)]
 pub struct CancelKey {
-    /// Where the backend's postmaster listens.
-    pub host: String,
+    /// Where the backend's postmaster listens (shared: the key is copied into the client's
+    /// cancel slot at every checkout, which must not allocate).
+    pub host: std::sync::Arc<str>,
     /// Its port.
     pub port: u16,
     /// Backend process id from BackendKeyData.
