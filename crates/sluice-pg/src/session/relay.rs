@@ -181,21 +181,8 @@ impl<'a> Relay<'a> {
             }
             self.arm_timer();
             // Only a relay that waits on its client needs waking for shutdown: one with a
-            // request in flight wakes for the answer and sees the flag above. The cancel
-            // registry wakes it (see `CancelSlot::watch`); the token is checked after the
-            // waker is registered, so a shutdown between the two is not missed.
-            let watch_shutdown = between;
-            let pumped = std::future::poll_fn(|cx| match self.poll_pump(cx) {
-                std::task::Poll::Pending if watch_shutdown => {
-                    self.registration.slot.watch(cx.waker());
-                    if self.shutdown.is_cancelled() {
-                        std::task::Poll::Ready(None)
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                }
-                other => other.map(Some),
-            });
+            // request in flight wakes for the answer and sees the flag above.
+            let pumped = std::future::poll_fn(|cx| self.poll_pump_watching(cx, between));
             // Unwrapped in the same statement: the 80-byte result must not stay alive
             // across `on_wake`, which would make every client's future that much larger.
             let wake = match pumped.await {

@@ -143,6 +143,27 @@ pub(super) enum Wake {
 }
 
 impl Relay<'_> {
+    /// [`Relay::poll_pump`], and with `shutdown` also ready with `None` once the shutdown
+    /// token is cancelled: the cancel registry wakes the task then (see
+    /// `CancelSlot::watch`); the token is read after the waker is registered, so a
+    /// shutdown between the two is not missed.
+    pub(super) fn poll_pump_watching(
+        &mut self,
+        cx: &mut Context<'_>,
+        shutdown: bool,
+    ) -> Poll<Option<Result<Wake, PgSessionError>>> {
+        match self.poll_pump(cx) {
+            Poll::Pending if shutdown => {
+                self.registration.slot.watch(cx.waker());
+                match self.shutdown.is_cancelled() {
+                    true => Poll::Ready(None),
+                    false => Poll::Pending,
+                }
+            }
+            other => other.map(Some),
+        }
+    }
+
     /// One pump pass; see the module docs. Ready when there is input to handle (or the
     /// timer fired), pending with every relevant waker registered otherwise.
     pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<Wake, PgSessionError>> {
