@@ -31,6 +31,11 @@ if ! id postgres >/dev/null 2>&1; then
     $SUDO useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
 fi
 command -v setpriv >/dev/null || { echo "setpriv (util-linux) is missing" >&2; exit 1; }
+# The global allocator (jemalloc) is compiled from C source.
+if ! command -v make >/dev/null || ! command -v cc >/dev/null; then
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends make gcc libc6-dev
+fi
 
 # Driver tests (tests/tests/drivers.rs): asyncpg and psycopg 3, node-postgres (node 20).
 if ! python3 -c "import asyncpg, psycopg" 2>/dev/null; then
