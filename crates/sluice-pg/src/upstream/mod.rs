@@ -137,11 +137,14 @@ impl ServerConn {
         let Some(tcp) = self.stream.tcp() else {
             return false;
         };
-        // Peek without consuming (a TLS stream's bytes must stay in the socket).
-        let mut probe = [0u8; 1];
-        let mut buf = tokio::io::ReadBuf::new(&mut probe);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        tcp.poll_peek(&mut cx, &mut buf).is_pending()
+        // Only a socket the poller marked readable is peeked at (without consuming: a TLS
+        // stream's bytes must stay in the socket); one that is not costs no syscall and,
+        // unlike `poll_peek`, takes no waker slot.
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        let peek = tcp.try_io(tokio::io::Interest::READABLE, || {
+            socket2::SockRef::from(tcp).peek(&mut probe)
+        });
+        matches!(peek, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Runs `sql` as a simple query and waits for ReadyForQuery, discarding the results,
