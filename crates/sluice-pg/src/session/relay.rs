@@ -17,10 +17,12 @@
 mod checkout;
 mod limits;
 
+use checkout::Now;
 use limits::Since;
 mod listen;
 mod pin;
 mod pump;
+mod release;
 
 use bytes::Buf;
 use sluice_config::PoolMode;
@@ -96,12 +98,21 @@ enum Flow {
     Done,
 }
 
+/// How the relay ends after a step, or `None` if it goes on.
+fn ended(flow: Result<Flow, PgSessionError>) -> Option<Result<(), PgSessionError>> {
+    match flow {
+        Ok(Flow::Continue) => None,
+        Ok(Flow::Done) => Some(Ok(())),
+        Err(e) => Some(Err(e)),
+    }
+}
+
 impl<'a> Relay<'a> {
     pub(crate) fn new(
         client: &'a mut ClientIo,
         logged_in: super::login::LoggedIn<'a>,
         ctx: &crate::context::PgContext,
-        shutdown: &CancellationToken,
+        shutdown: CancellationToken,
     ) -> Self {
         let super::login::LoggedIn {
             pool,
@@ -147,7 +158,7 @@ impl<'a> Relay<'a> {
             gauge,
             timer: None,
             timer_armed: false,
-            shutdown: shutdown.clone(),
+            shutdown,
             notify: None,
             pin: None,
             pin_warned: false,
@@ -173,18 +184,11 @@ impl<'a> Relay<'a> {
                 }
                 break Err(PgSessionError::Shutdown);
             }
-            if self.server.is_none() {
-                // Between transactions: hold no buffers while waiting.
-                self.client.release_buffer();
-                crate::bufpool::give_if_empty(&mut self.to_server.buf);
-                crate::bufpool::give_if_empty(&mut self.to_client.buf);
-            }
-            self.arm_timer();
+            self.prepare_wait();
             // Only a relay that waits on its client needs waking for shutdown: one with a
             // request in flight wakes for the answer and sees the flag above.
             let pumped = std::future::poll_fn(|cx| self.poll_pump_watching(cx, between));
-            // Unwrapped in the same statement: the 80-byte result must not stay alive
-            // across `on_wake`, which would make every client's future that much larger.
+            // Unwrapped in the same statement: the 80-byte result must not stay alive.
             let wake = match pumped.await {
                 Some(Ok(wake)) => wake,
                 Some(Err(e)) => break Err(e),
@@ -193,35 +197,48 @@ impl<'a> Relay<'a> {
                     continue;
                 }
             };
-            match self.on_wake(wake).await {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Done) => break Ok(()),
-                Err(e) => break Err(e),
+            // What the pass found, acted on here rather than in a function of its own, and
+            // no result held across an await (either would add to every client's future):
+            // server input first (it may end a transaction and release the server).
+            let (client, server) = match wake {
+                Wake::Input { client, server } => (client, server),
+                Wake::Flushed => break Ok(()),
+                Wake::Timeout => break Err(self.timeout_reason()),
+            };
+            match server {
+                // Boxed, as the other rare paths: an idle client should not carry them.
+                Some(Read::End) => match ended(Box::pin(self.server_lost()).await) {
+                    Some(end) => break end,
+                    None => continue,
+                },
+                Some(Read::Data) => {
+                    if let Err(e) = self.server_input().await {
+                        break Err(e);
+                    }
+                }
+                None => {}
+            }
+            let flow = match client {
+                Some(Read::Data) => self.client_input().await,
+                Some(Read::End) => Ok(Flow::Done),
+                None => Ok(Flow::Continue),
+            };
+            if let Some(end) = ended(flow) {
+                break end;
             }
         };
-        Box::pin(self.finish()).await;
-        result
+        // The result goes into the boxed future: it is not held beside the relay's own.
+        Box::pin(self.finish_then(result)).await
     }
 
-    /// Acts on what a pump pass found: server input first (it may end a transaction and
-    /// release the server), then client input.
-    async fn on_wake(&mut self, wake: Wake) -> Result<Flow, PgSessionError> {
-        let (client, server) = match wake {
-            Wake::Input { client, server } => (client, server),
-            Wake::Flushed => return Ok(Flow::Done),
-            Wake::Timeout => return Err(self.timeout_reason()),
-        };
-        match server {
-            // Boxed, as the other rare paths: an idle client should not carry them.
-            Some(Read::End) => return Box::pin(self.server_lost()).await,
-            Some(Read::Data) => self.server_input().await?,
-            None => {}
+    /// Before waiting for input: between transactions, hold no buffers; arm the idle timer.
+    fn prepare_wait(&mut self) {
+        if self.server.is_none() {
+            self.client.release_buffer();
+            crate::bufpool::give_if_empty(&mut self.to_server.buf);
+            crate::bufpool::give_if_empty(&mut self.to_client.buf);
         }
-        match client {
-            Some(Read::End) => Ok(Flow::Done),
-            Some(Read::Data) => self.client_input().await,
-            None => Ok(Flow::Continue),
-        }
+        self.arm_timer();
     }
 
     /// Handles bytes from the client: complete frames go through the exchange to a server
@@ -235,21 +252,37 @@ impl<'a> Relay<'a> {
             }
         }
         loop {
-            let max = self.limits().max_packet;
-            let (len, terminate) = frames_before_terminate(&self.client.buf, max)
-                .map_err(|e| PgSessionError::client_frame(e, max))?;
+            let (len, terminate) = self.complete_frames()?;
             if len > 0 {
                 let mut read_while_waiting = false;
                 if self.server.is_none() {
                     let buffered = self.client.buf.len();
-                    if let Some(consumed) = self.checkout(len).await? {
+                    // Boxed: waiting, connecting and checking are larger and rarer paths;
+                    // idle clients should not carry them. (What `checkout_now` returns
+                    // goes into the box inside this block, so the future keeps no copy.)
+                    let consumed = {
+                        let waiting = match self.checkout_now(len) {
+                            Now::Got => None,
+                            Now::Skip(n) => Some(Ok(n)),
+                            Now::Closed => return Err(PgSessionError::PoolClosed),
+                            Now::Wait(first) => Some(Err(Box::pin(self.checkout(first, len)))),
+                        };
+                        match waiting {
+                            None => None,
+                            Some(Ok(n)) => Some(n),
+                            Some(Err(waiting)) => waiting.await?,
+                        }
+                    };
+                    if let Some(consumed) = consumed {
                         self.client.buf.advance(consumed);
                         continue;
                     }
                     read_while_waiting = self.client.buf.len() > buffered;
                 }
                 self.forward_client(len)?;
-                self.after_exchange().await;
+                if !self.after_exchange_now() {
+                    Box::pin(self.after_exchange()).await;
+                }
                 if read_while_waiting {
                     // What the client sent during the wait is already buffered: the socket
                     // will not wake the pump for it again.
@@ -267,6 +300,14 @@ impl<'a> Relay<'a> {
             self.to_client.discard();
             return Ok(Flow::Continue);
         }
+    }
+
+    /// How many bytes of complete client frames are buffered, and whether a Terminate
+    /// follows them.
+    fn complete_frames(&self) -> Result<(usize, bool), PgSessionError> {
+        let max = self.limits().max_packet;
+        frames_before_terminate(&self.client.buf, max)
+            .map_err(|e| PgSessionError::client_frame(e, max))
     }
 
     /// Runs `len` bytes of complete client frames through the exchange into the outboxes.
@@ -312,6 +353,25 @@ impl<'a> Relay<'a> {
     /// Handles bytes from the server and releases it at the end of a transaction in
     /// transaction mode.
     async fn server_input(&mut self) -> Result<(), PgSessionError> {
+        self.server_frames()?;
+        if self.listens() {
+            Box::pin(self.sync_listening()).await;
+        }
+        if self.terminating {
+            self.to_client.discard();
+        }
+        // Released only once everything meant for it was written (the answers are queued
+        // for the client; they need no server).
+        if self.transaction_over() && !self.release_clean() {
+            Box::pin(self.release()).await;
+        }
+        Ok(())
+    }
+
+    /// Runs the server's complete frames through the exchange (which may also queue a
+    /// query of its own: the read-back of settings). Not async, so that none of its
+    /// locals is held in the session's future.
+    fn server_frames(&mut self) -> Result<(), PgSessionError> {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -323,10 +383,8 @@ impl<'a> Relay<'a> {
             to_server: &mut self.to_server.buf,
             to_client: &mut self.to_client.buf,
         };
-        // The exchange may also queue a query of its own (the read-back of settings).
-        let consumed = self.exchange.on_server(&server.buf, &mut io);
-        let consumed = match consumed {
-            Ok(n) => n,
+        match self.exchange.on_server(&server.buf, &mut io) {
+            Ok(consumed) => server.buf.advance(consumed),
             Err(e) => {
                 self.server = None;
                 self.registration.slot.set(None);
@@ -335,20 +393,8 @@ impl<'a> Relay<'a> {
                     UpstreamProtocolError::Frame(e).into(),
                 ));
             }
-        };
-        server.buf.advance(consumed);
+        }
         self.count();
-        if self.listens() {
-            Box::pin(self.sync_listening()).await;
-        }
-        if self.terminating {
-            self.to_client.discard();
-        }
-        // Released only once everything meant for it was written (the answers are queued
-        // for the client; they need no server).
-        if self.transaction_over() {
-            self.release().await;
-        }
         Ok(())
     }
 
@@ -370,73 +416,5 @@ impl<'a> Relay<'a> {
             return Ok(Flow::Done);
         }
         Err(PgSessionError::ServerLost(PgUpstreamError::Closed))
-    }
-
-    /// Transaction mode, and the server owes nothing and is owed nothing: it may go back.
-    fn transaction_over(&self) -> bool {
-        self.mode == PoolMode::Transaction
-            && self.server.is_some()
-            && self.exchange.idle()
-            && self.to_server.is_empty()
-    }
-
-    /// Returns the server to the pool, resetting it first if it picked up session state.
-    async fn release(&mut self) {
-        // Only a server with state goes through the pin check (boxed: it is rare); the
-        // common release allocates nothing and reads no settings.
-        if self.server.is_none()
-            || (self.exchange.needs_reset() && Box::pin(self.keep_pinned()).await)
-        {
-            return;
-        }
-        self.pin = None;
-        let Some(mut server) = self.server.take() else {
-            return;
-        };
-        self.gauge.set(GaugeState::Idle);
-        self.registration.slot.set(None);
-        if self.exchange.settings_dirty() {
-            // The client left before its settings were read back: they are unknown.
-            server.state.settings_unknown = true;
-        }
-        let reset = &self.pool.settings().reset_query;
-        if self.exchange.needs_reset() && !reset.is_empty() {
-            match Box::pin(server.run_simple(reset)).await {
-                Ok(b'I') => server.state.clear(),
-                other => {
-                    tracing::warn!(client = %self.who.addr, result = ?other, "server reset failed; closing it");
-                    return;
-                }
-            }
-        }
-        server.checkin();
-    }
-
-    /// The client is gone: clean the server and return it, or close it.
-    async fn finish(&mut self) {
-        self.leaving = true;
-        self.pin = None;
-        let Some(mut server) = self.server.take() else {
-            return;
-        };
-        self.registration.slot.set(None);
-        if self.exchange.busy() || !self.to_server.is_empty() {
-            // Mid request (or mid frame on the wire): stop the work on the server and
-            // close the connection.
-            let key = server.cancel.clone();
-            tokio::spawn(async move { crate::cancel::send_cancel(&key).await });
-            return;
-        }
-        if self.exchange.status() != b'I' {
-            if !matches!(Box::pin(server.run_simple("ROLLBACK")).await, Ok(b'I')) {
-                return;
-            }
-            self.exchange.force_reset();
-        }
-        if self.mode == PoolMode::Session {
-            self.exchange.force_reset();
-        }
-        self.server = Some(server);
-        self.release().await;
     }
 }

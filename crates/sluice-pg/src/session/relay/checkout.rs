@@ -172,45 +172,83 @@ impl Relay<'_> {
     }
 
     /// Checks out a server for the `len` bytes of complete frames at the front of the
-    /// buffer. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n` bytes were answered as a
-    /// server would answer them after an error (ErrorResponse, then ReadyForQuery at the end
-    /// of the request) and must be dropped.
-    pub(super) async fn checkout(&mut self, len: usize) -> Result<Option<usize>, PgSessionError> {
-        // `route_to_host` answers a request no host can take itself: nothing of it is
-        // held across the wait below (the idle client's future stays small).
+    /// buffer when that needs no wait: an idle server that needs no check, or the request
+    /// answered without one (no host can take it, or the batch is being skipped). Else
+    /// [`Now::Wait`] with what [`Relay::checkout`] starts from. (A small result: its
+    /// caller's future holds it while the wait runs.)
+    pub(super) fn checkout_now(&mut self, len: usize) -> Now {
+        // `route_to_host` answers a request no host can take itself.
         if !self.skip_until_sync && self.route_to_host(len) {
-            let checkout = match self.pool.try_checkout(&self.who) {
-                Some(server) if !self.check_due(&server) => Ok(server),
-                // Boxed: waiting, connecting and checking are larger and rarer paths; idle
-                // clients should not carry them.
-                first => Box::pin(self.obtain_server(first, len)).await?,
+            return match self.pool.try_checkout(&self.who) {
+                Some(server) if !self.check_due(&server) => self.checked_out(Ok(server), len),
+                first => Now::Wait(first),
             };
-            match checkout {
-                Ok(server) => {
-                    self.gauge.set(GaugeState::Active);
-                    for buf in [&mut self.to_server.buf, &mut self.to_client.buf] {
-                        if buf.capacity() == 0 {
-                            *buf = crate::bufpool::take();
-                        }
+        }
+        Now::Skip(self.skip_request(len))
+    }
+
+    /// The checkout that waits (see [`Relay::checkout_now`]): `first` is the idle server
+    /// that needs checking, if any. `Ok(None)`: got one. `Ok(Some(n))`: no server; `n`
+    /// bytes were answered as a server would answer them after an error (ErrorResponse,
+    /// then ReadyForQuery at the end of the request) and must be dropped.
+    pub(super) async fn checkout(
+        &mut self,
+        first: Option<PooledConn>,
+        len: usize,
+    ) -> Result<Option<usize>, PgSessionError> {
+        let got = self.obtain_server(first, len).await?;
+        match self.checked_out(got, len) {
+            Now::Got => Ok(None),
+            Now::Skip(n) => Ok(Some(n)),
+            Now::Closed | Now::Wait(_) => Err(PgSessionError::PoolClosed),
+        }
+    }
+
+    /// Takes the server a checkout gave, or answers the request with its error.
+    fn checked_out(&mut self, got: Result<PooledConn, PgPoolError>, len: usize) -> Now {
+        match got {
+            Ok(server) => {
+                self.gauge.set(GaugeState::Active);
+                for buf in [&mut self.to_server.buf, &mut self.to_client.buf] {
+                    if buf.capacity() == 0 {
+                        *buf = crate::bufpool::take();
                     }
-                    self.registration.slot.set(Some(server.cancel.clone()));
-                    self.server = Some(server);
-                    self.exchange.on_checkout();
-                    return Ok(None);
                 }
-                Err(PgPoolError::Closed(_)) => return Err(PgSessionError::PoolClosed),
-                Err(e) => self.checkout_failed(&e),
+                self.registration.slot.set(Some(server.cancel.clone()));
+                self.server = Some(server);
+                self.exchange.on_checkout();
+                Now::Got
+            }
+            Err(PgPoolError::Closed(_)) => Now::Closed,
+            Err(e) => {
+                self.checkout_failed(&e);
+                Now::Skip(self.skip_request(len))
             }
         }
-        // Drop frames up to the end of the request, answering it with ReadyForQuery.
-        let pos = match request_end(&self.client.buf[..len], self.limits().max_packet) {
+    }
+
+    /// Drops frames up to the end of the request, answering it with ReadyForQuery: the
+    /// bytes to drop.
+    fn skip_request(&mut self, len: usize) -> usize {
+        match request_end(&self.client.buf[..len], self.limits().max_packet) {
             Ok(end) => {
                 self.skip_until_sync = false;
                 backend::ready_for_query(&mut self.to_client.buf, b'I');
                 end
             }
             Err(covered) => covered,
-        };
-        Ok(Some(pos))
+        }
     }
+}
+
+/// What a checkout came to.
+pub(super) enum Now {
+    /// The client holds a server now.
+    Got,
+    /// No server: this many bytes of the request were answered and must be dropped.
+    Skip(usize),
+    /// The pool closed (a reload removed it): the session ends.
+    Closed,
+    /// It must wait: run [`Relay::checkout`] with this.
+    Wait(Option<PooledConn>),
 }

@@ -11,7 +11,18 @@ use crate::session::PgSessionError;
 impl Relay<'_> {
     /// After client frames went through the exchange: follow LISTEN/UNLISTEN, and give
     /// the server back when Sluice answered everything itself (a DEALLOCATE or LISTEN
-    /// between transactions needs no server).
+    /// between transactions needs no server). This is
+    /// [`Relay::after_exchange`] when it needs no await (not listening, nothing to reset):
+    /// true when done, false when the caller must run `after_exchange`.
+    pub(super) fn after_exchange_now(&mut self) -> bool {
+        if self.listens() {
+            return false;
+        }
+        !self.transaction_over() || self.release_clean()
+    }
+
+    /// After client frames went through the exchange, the path that may wait (boxed by
+    /// its caller: see [`Relay::after_exchange_now`]).
     pub(super) async fn after_exchange(&mut self) {
         if self.listens() {
             Box::pin(self.sync_listening()).await;
