@@ -9,6 +9,7 @@
 //! secret) pairs, since real pids of different upstreams may coincide.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -16,6 +17,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::startup::write_cancel;
 use crate::upstream::CancelKey;
@@ -25,11 +27,13 @@ use crate::upstream::CancelKey;
 pub struct CancelSlot {
     current: Mutex<Option<CancelKey>>,
     /// The session's task while it waits for its client between requests, so that
-    /// [`CancelRegistry::wake_all`] can wake it at shutdown (here rather than a wait on the
+    /// [`CancelRegistry::shut_down`] can wake it at shutdown (here rather than a wait on the
     /// shutdown token in every idle client's future, which cost each one 80 bytes).
     waiter: Mutex<Option<Waker>>,
     /// A number no other client of this process had.
     id: u64,
+    /// The (process id, secret) pair given to the client: its key in the registry.
+    key: (i32, i32),
     /// Who the client is (for `SHOW CLIENTS`).
     pub info: ClientInfo,
 }
@@ -70,8 +74,8 @@ impl CancelSlot {
         *self.current.lock() = key;
     }
 
-    /// Has [`CancelRegistry::wake_all`] wake `waker` (the session checks its shutdown
-    /// token after calling this, so a shutdown is never missed).
+    /// Has [`CancelRegistry::shut_down`] wake `waker` (the session checks the shutdown flag
+    /// after calling this, so a shutdown is never missed).
     pub fn watch(&self, waker: &Waker) {
         let mut waiter = self.waiter.lock();
         if !waiter.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -80,32 +84,54 @@ impl CancelSlot {
     }
 }
 
-/// All live client keys.
+/// All live client keys, and whether the listener has begun shutting down (what every
+/// session checks between requests).
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     clients: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
     /// The latest client id given.
-    last_id: std::sync::atomic::AtomicU64,
+    last_id: AtomicU64,
+    /// Set once by [`CancelRegistry::shut_down`]: a load on every request, where the
+    /// token's own check takes a lock.
+    closing: AtomicBool,
+    /// Cancelled by [`CancelRegistry::shut_down`], for the waits that select on it (a
+    /// client in line for a server, a console session).
+    closed: CancellationToken,
 }
 
 /// Removes a client's key from the registry when the client goes away.
 #[derive(Debug)]
 pub struct Registration {
     registry: Arc<CancelRegistry>,
-    /// The process id given to the client.
-    pub pid: i32,
-    /// The secret given to the client.
-    pub secret: i32,
-    /// Where the session records its current server.
+    /// Where the session records its current server (and the key it was given).
     pub slot: Arc<CancelSlot>,
+}
+
+impl Registration {
+    /// The process id given to the client.
+    pub fn pid(&self) -> i32 {
+        self.slot.key.0
+    }
+
+    /// The secret given to the client.
+    pub fn secret(&self) -> i32 {
+        self.slot.key.1
+    }
+
+    /// Whether the listener has begun shutting down (see [`CancelRegistry::shut_down`]).
+    pub fn shutting_down(&self) -> bool {
+        self.registry.shutting_down()
+    }
+
+    /// The registry this client is in.
+    pub fn registry(&self) -> &CancelRegistry {
+        &self.registry
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry
-            .clients
-            .lock()
-            .remove(&(self.pid, self.secret));
+        self.registry.clients.lock().remove(&self.slot.key);
     }
 }
 
@@ -114,41 +140,50 @@ impl CancelRegistry {
     /// id (a session-mode client's server's real one), else a random one.
     pub fn register(self: &Arc<Self>, info: ClientInfo, pid: Option<i32>) -> Registration {
         let mut rng = rand::thread_rng();
-        let id = 1 + self
-            .last_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = 1 + self.last_id.fetch_add(1, Ordering::Relaxed);
+        let mut clients = self.clients.lock();
+        let key = loop {
+            let key = (pid.unwrap_or_else(|| rng.gen_range(1..i32::MAX)), rng.gen());
+            if !clients.contains_key(&key) {
+                break key;
+            }
+        };
         let slot = Arc::new(CancelSlot {
             current: Mutex::new(None),
             waiter: Mutex::new(None),
             id,
+            key,
             info,
         });
-        let mut clients = self.clients.lock();
-        loop {
-            let pid = pid.unwrap_or_else(|| rng.gen_range(1..i32::MAX));
-            let secret = rng.gen();
-            if clients.contains_key(&(pid, secret)) {
-                continue;
-            }
-            clients.insert((pid, secret), slot.clone());
-            return Registration {
-                registry: self.clone(),
-                pid,
-                secret,
-                slot,
-            };
+        clients.insert(key, slot.clone());
+        Registration {
+            registry: self.clone(),
+            slot,
         }
     }
 
-    /// Wakes every session that waits for its client (see [`CancelSlot::watch`]): called
-    /// once the shutdown token is cancelled, so each idle client ends promptly.
-    pub fn wake_all(&self) {
+    /// Starts the sessions' shutdown: each one ends at its next point between requests.
+    /// Sets the flag before waking every session that waits for its client (see
+    /// [`CancelSlot::watch`]), so each idle one wakes, sees it and ends promptly.
+    pub fn shut_down(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.closed.cancel();
         let clients = self.clients.lock();
         for slot in clients.values() {
             if let Some(waker) = slot.waiter.lock().take() {
                 waker.wake();
             }
         }
+    }
+
+    /// Whether [`CancelRegistry::shut_down`] was called.
+    pub fn shutting_down(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Cancelled when [`CancelRegistry::shut_down`] is called.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
     }
 
     /// Every registered client, for `SHOW CLIENTS`.
@@ -244,14 +279,14 @@ mod tests {
         let a = registry.register(ClientInfo::default(), Some(42));
         let b = registry.register(ClientInfo::default(), Some(42));
         assert_eq!(
-            (a.pid, b.pid),
+            (a.pid(), b.pid()),
             (42, 42),
             "a session client's real server pid"
         );
-        assert_ne!(a.secret, b.secret);
+        assert_ne!(a.secret(), b.secret());
         a.slot.set(Some(key(42)));
         let c = registry.register(ClientInfo::default(), None);
-        assert!(c.pid > 0);
+        assert!(c.pid() > 0);
         let rows = registry.list();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows.iter().filter(|r| r.server_pid == Some(42)).count(), 1);

@@ -46,8 +46,8 @@ impl PgListener {
     }
 
     /// Accepts clients until `shutdown` is cancelled. Sessions are spawned on `tracker`;
-    /// they see the same token and close once their client is between transactions (those
-    /// waiting for their client are woken through the cancel registry).
+    /// the listener then tells them through the cancel registry, and each closes once its
+    /// client is between transactions.
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         loop {
             let accepted = tokio::select! {
@@ -56,12 +56,7 @@ impl PgListener {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    tracker.spawn(session::serve(
-                        stream,
-                        peer,
-                        self.live.current(),
-                        shutdown.clone(),
-                    ));
+                    tracker.spawn(session::serve(stream, peer, self.live.current()));
                 }
                 Err(e) => {
                     // EMFILE and friends: log and back off briefly instead of spinning.
@@ -70,8 +65,9 @@ impl PgListener {
                 }
             }
         }
-        // Sessions between requests wait on their client only; wake them to see the token.
-        self.live.current().cancel.wake_all();
+        // Sessions see the shutdown in the cancel registry (a flag they check between
+        // requests; those waiting for their client are woken to see it).
+        self.live.current().cancel.shut_down();
         tracing::info!("postgres listener stopped accepting");
     }
 }

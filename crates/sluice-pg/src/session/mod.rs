@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use error::PgSessionError;
@@ -34,7 +33,6 @@ pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<PgContext>,
-    shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let mut client = ClientIo::new(stream);
@@ -46,7 +44,7 @@ pub fn serve(
         let failed = 'session: {
             // The login's result is gone by the end of this statement, so it does not
             // stay alive beside the relay while the relay runs.
-            let mut relay = match Box::pin(logged_in(&mut client, peer, &ctx, shutdown)).await {
+            let mut relay = match Box::pin(logged_in(&mut client, peer, &ctx)).await {
                 Ok(Some(relay)) => relay,
                 Ok(None) => break 'session None,
                 Err(e) => break 'session Some(e),
@@ -81,12 +79,11 @@ async fn logged_in<'a>(
     client: &'a mut ClientIo,
     peer: SocketAddr,
     ctx: &'a Arc<PgContext>,
-    shutdown: CancellationToken,
 ) -> Result<Option<relay::Relay<'a>>, PgSessionError> {
     let span = tracing::info_span!("client", %peer);
     async {
-        let logged_in = login::login(client, peer, ctx, &shutdown).await?;
-        Ok(logged_in.map(|l| relay::Relay::new(client, l, ctx, shutdown)))
+        let logged_in = login::login(client, peer, ctx).await?;
+        Ok(logged_in.map(|l| relay::Relay::new(client, l, ctx)))
     }
     .instrument(span)
     .await
@@ -111,14 +108,16 @@ mod tests {
             .await
             .unwrap();
         let peer = stream.local_addr().unwrap();
-        let fut = serve(stream, peer, ctx, CancellationToken::new());
+        let fut = serve(stream, peer, ctx);
         let size = std::mem::size_of_val(&fut);
         eprintln!("session future: {size} bytes");
         // tokio stores a task in a cell aligned to 128 bytes: 96 bytes of its own, the
         // task tracker's 8 and this future. Up to 536 bytes the cell is 640, up to 664 it
-        // is 768; past that, 896. 576 in a debug build (568 in release) when this was
-        // written: 664 before the common paths of the relay stopped nesting async calls,
-        // 752 before the shutdown wait moved to the cancel registry.
-        assert!(size <= 576, "session future grew to {size} bytes");
+        // is 768; past that, 896. 536 in a debug build when this was written, so 640 per
+        // idle client's task: 576 before the shutdown flag moved to the cancel registry,
+        // the cancel key into its slot and the outboxes' TLS flags into the relay; 664
+        // before the common paths of the relay stopped nesting async calls; 752 before the
+        // shutdown wait moved to the cancel registry.
+        assert!(size <= 536, "session future grew to {size} bytes");
     }
 }

@@ -26,7 +26,6 @@ mod release;
 
 use bytes::Buf;
 use sluice_config::PoolMode;
-use tokio_util::sync::CancellationToken;
 
 use pump::{Outbox, Read, Wake};
 
@@ -63,6 +62,10 @@ pub(crate) struct Relay<'a> {
     to_server: Outbox,
     /// Bytes on their way to the client.
     to_client: Outbox,
+    /// The server's TLS stream may hold bytes of `to_server` unflushed.
+    server_unflushed: bool,
+    /// The client's TLS stream may hold bytes of `to_client` unflushed.
+    client_unflushed: bool,
     /// Who this client is, for the pool's active-checkout table.
     who: Arc<ClientMeta>,
     /// This client's slot in the idle/waiting/active client gauges.
@@ -72,8 +75,6 @@ pub(crate) struct Relay<'a> {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// Whether `timer` applies to the current wait.
     timer_armed: bool,
-    /// Shutdown: the session ends at the next point between requests once it is cancelled.
-    shutdown: CancellationToken,
     /// The client's place in the pool's notification hub, while it LISTENs (transaction
     /// mode; boxed so a client that never listens carries a pointer).
     notify: Option<Box<crate::notify::Subscription>>,
@@ -112,7 +113,6 @@ impl<'a> Relay<'a> {
         client: &'a mut ClientIo,
         logged_in: super::login::LoggedIn<'a>,
         ctx: &crate::context::PgContext,
-        shutdown: CancellationToken,
     ) -> Self {
         let super::login::LoggedIn {
             pool,
@@ -154,11 +154,12 @@ impl<'a> Relay<'a> {
             terminating: false,
             to_server: Outbox::default(),
             to_client: Outbox::default(),
+            server_unflushed: false,
+            client_unflushed: false,
             who,
             gauge,
             timer: None,
             timer_armed: false,
-            shutdown,
             notify: None,
             pin: None,
             pin_warned: false,
@@ -176,7 +177,7 @@ impl<'a> Relay<'a> {
             // Shutdown ends a session only between requests, so only then is it checked
             // (a busy client's own input may keep the wait below from polling it).
             let between = self.server.is_none() || self.exchange.idle();
-            shutting_down = shutting_down || (between && self.shutdown.is_cancelled());
+            shutting_down = shutting_down || (between && self.registration.shutting_down());
             if shutting_down && between {
                 // The client still gets what it is owed, then the shutdown notice.
                 if let Err(e) = Box::pin(self.flush_client_all()).await {
@@ -292,12 +293,12 @@ impl<'a> Relay<'a> {
             if !terminate {
                 return Ok(Flow::Continue);
             }
-            if self.to_server.is_empty() {
+            if !self.server_owed() {
                 return Ok(Flow::Done);
             }
             // What came before the Terminate still goes to the server (a COMMIT, say).
             self.terminating = true;
-            self.to_client.discard();
+            self.discard_client();
             return Ok(Flow::Continue);
         }
     }
@@ -345,7 +346,10 @@ impl<'a> Relay<'a> {
     /// Writes everything the client is owed, waiting as long as it takes (before a
     /// session ends).
     async fn flush_client_all(&mut self) -> Result<(), PgSessionError> {
-        let sent = self.to_client.send_all(&mut self.client.stream).await?;
+        let sent = self
+            .to_client
+            .send_all(&mut self.client_unflushed, &mut self.client.stream)
+            .await?;
         self.pool.counters().add_bytes_out(sent as u64);
         Ok(())
     }
@@ -358,7 +362,7 @@ impl<'a> Relay<'a> {
             Box::pin(self.sync_listening()).await;
         }
         if self.terminating {
-            self.to_client.discard();
+            self.discard_client();
         }
         // Released only once everything meant for it was written (the answers are queued
         // for the client; they need no server).
@@ -388,7 +392,7 @@ impl<'a> Relay<'a> {
             Err(e) => {
                 self.server = None;
                 self.registration.slot.set(None);
-                self.to_server.discard();
+                self.discard_server();
                 return Err(PgSessionError::ServerLost(
                     UpstreamProtocolError::Frame(e).into(),
                 ));
@@ -405,7 +409,7 @@ impl<'a> Relay<'a> {
         self.gauge.set(GaugeState::Idle);
         self.pool.counters().inc_error(ErrorKind::ServerLost);
         self.registration.slot.set(None);
-        self.to_server.discard();
+        self.discard_server();
         if self.terminating {
             return Ok(Flow::Done);
         }

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::client_io::ClientIo;
 use crate::context::{Database, PgContext};
@@ -93,7 +92,6 @@ pub(crate) async fn login<'a>(
     client: &mut ClientIo,
     peer: SocketAddr,
     ctx: &'a Arc<PgContext>,
-    shutdown: &CancellationToken,
 ) -> Result<Option<LoggedIn<'a>>, PgSessionError> {
     let pg = &ctx.config.postgres;
     // client_login_timeout bounds every wait on the client until it is authenticated.
@@ -106,7 +104,7 @@ pub(crate) async fn login<'a>(
     let user = params.user().ok_or(PgSessionError::MissingUser)?.to_owned();
     let dbname = params.database().unwrap_or_default().to_owned();
     if crate::console::CONSOLE_DATABASES.contains(&dbname.as_str()) {
-        Box::pin(console(client, ctx, &user, deadline, shutdown)).await?;
+        Box::pin(console(client, ctx, &user, deadline)).await?;
         return Ok(None);
     }
     let db = ctx
@@ -210,7 +208,6 @@ async fn console(
     ctx: &Arc<PgContext>,
     user: &str,
     deadline: Option<Instant>,
-    shutdown: &CancellationToken,
 ) -> Result<(), PgSessionError> {
     let mut out = BytesMut::new();
     let known = ctx.admin_users.get(user);
@@ -221,7 +218,7 @@ async fn console(
     )
     .await?;
     client.write(&out).await?;
-    match Box::pin(crate::console::serve(client, ctx, shutdown)).await? {
+    match Box::pin(crate::console::serve(client, ctx, ctx.cancel.closed())).await? {
         crate::console::Ended::ClientLeft => Ok(()),
         crate::console::Ended::Shutdown => Err(PgSessionError::Shutdown),
     }
@@ -331,7 +328,7 @@ async fn greet(
             .map_or(value.as_bytes(), |(_, v)| v.as_slice());
         backend::parameter_status(&mut out, name, value);
     }
-    backend::backend_key_data(&mut out, registration.pid, registration.secret);
+    backend::backend_key_data(&mut out, registration.pid(), registration.secret());
     backend::ready_for_query(&mut out, b'I');
     client.write(&out).await?;
     Ok((server, registration, state))

@@ -21,7 +21,7 @@ impl Relay<'_> {
         let (pool, who) = (self.pool.clone(), self.who.clone());
         let checkout = pool.checkout(&who);
         tokio::pin!(checkout);
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.registration.registry().closed().clone();
         let mut watching = self.client.buf.len() < WATCH_CAP;
         loop {
             tokio::select! {

@@ -28,37 +28,29 @@ use crate::session::PgSessionError;
 /// single frame may overshoot it: frames are forwarded whole.
 pub(super) const CAP: usize = 4 * crate::bufpool::SIZE;
 
-/// Bytes on their way to one peer, written as its socket accepts them.
+/// Bytes on their way to one peer, written as its socket accepts them. Whether a TLS
+/// stream still holds some of them unflushed is a flag of the relay's (`client_unflushed`,
+/// `server_unflushed`), passed in: there it shares the relay's padding, where here it
+/// would cost every client 16 bytes.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
     /// What waits to be written; the exchange appends to it.
     pub(super) buf: BytesMut,
-    /// A TLS stream accepted bytes it may still hold in its own record buffer: it needs a
-    /// flush before the outbox counts as empty.
-    unflushed: bool,
 }
 
 impl Outbox {
-    /// Nothing waits to be written (or flushed).
-    pub(super) fn is_empty(&self) -> bool {
-        self.buf.is_empty() && !self.unflushed
-    }
-
     /// Whether reading the side that fills this outbox may go on.
     pub(super) fn has_room(&self) -> bool {
         self.buf.len() < CAP
     }
 
-    /// Drops what waits (its peer is gone or no longer wants it).
-    pub(super) fn discard(&mut self) {
-        self.buf.clear();
-        self.unflushed = false;
-    }
-
     /// Writes as much as `stream` takes without waiting and returns how many bytes that
-    /// was; whatever is left stays queued, with the stream's waker registered.
+    /// was; whatever is left stays queued, with the stream's waker registered. `unflushed`:
+    /// a TLS stream accepted bytes it may still hold in its own record buffer (it needs a
+    /// flush before the outbox counts as empty).
     fn poll_send<S: AsyncWrite + Unpin>(
         &mut self,
+        unflushed: &mut bool,
         stream: &mut S,
         tls: bool,
         cx: &mut Context<'_>,
@@ -84,10 +76,10 @@ impl Outbox {
                 Poll::Pending => break,
             }
         }
-        self.unflushed |= tls && sent > 0;
-        if self.unflushed && self.buf.is_empty() {
+        *unflushed |= tls && sent > 0;
+        if *unflushed && self.buf.is_empty() {
             match Pin::new(stream).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Ok(())) => *unflushed = false,
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => {}
             }
@@ -99,14 +91,16 @@ impl Outbox {
     /// before a session ends, when there is nothing else left to pump.
     pub(super) async fn send_all<S: AsyncWrite + Unpin>(
         &mut self,
+        unflushed: &mut bool,
         stream: &mut S,
     ) -> io::Result<usize> {
         let n = self.buf.len();
-        if n > 0 || self.unflushed {
+        if n > 0 || *unflushed {
             stream.write_all(&self.buf).await?;
             stream.flush().await?;
         }
-        self.discard();
+        self.buf.clear();
+        *unflushed = false;
         Ok(n)
     }
 }
@@ -143,10 +137,32 @@ pub(super) enum Wake {
 }
 
 impl Relay<'_> {
+    /// Something waits to be written (or flushed) to the server.
+    pub(super) fn server_owed(&self) -> bool {
+        !self.to_server.buf.is_empty() || self.server_unflushed
+    }
+
+    /// Something waits to be written (or flushed) to the client.
+    pub(super) fn client_owed(&self) -> bool {
+        !self.to_client.buf.is_empty() || self.client_unflushed
+    }
+
+    /// Drops what waits for the server (it is gone, or no longer wants it).
+    pub(super) fn discard_server(&mut self) {
+        self.to_server.buf.clear();
+        self.server_unflushed = false;
+    }
+
+    /// Drops what waits for the client (it is gone, or no longer wants it).
+    pub(super) fn discard_client(&mut self) {
+        self.to_client.buf.clear();
+        self.client_unflushed = false;
+    }
+
     /// [`Relay::poll_pump`], and with `shutdown` also ready with `None` once the shutdown
-    /// token is cancelled: the cancel registry wakes the task then (see
-    /// `CancelSlot::watch`); the token is read after the waker is registered, so a
-    /// shutdown between the two is not missed.
+    /// has begun: the cancel registry wakes the task then (see `CancelSlot::watch`); its
+    /// flag is read after the waker is registered, so a shutdown between the two is not
+    /// missed.
     pub(super) fn poll_pump_watching(
         &mut self,
         cx: &mut Context<'_>,
@@ -155,7 +171,7 @@ impl Relay<'_> {
         match self.poll_pump(cx) {
             Poll::Pending if shutdown => {
                 self.registration.slot.watch(cx.waker());
-                match self.shutdown.is_cancelled() {
+                match self.registration.shutting_down() {
                     true => Poll::Ready(None),
                     false => Poll::Pending,
                 }
@@ -168,12 +184,17 @@ impl Relay<'_> {
     /// timer fired), pending with every relevant waker registered otherwise.
     pub(super) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<Wake, PgSessionError>> {
         self.poll_send_server(cx)?;
-        let owed = !self.to_client.is_empty();
+        let owed = self.client_owed();
         if owed {
             let tls = self.client.stream.is_tls();
-            let sent = self.to_client.poll_send(&mut self.client.stream, tls, cx)?;
+            let sent = self.to_client.poll_send(
+                &mut self.client_unflushed,
+                &mut self.client.stream,
+                tls,
+                cx,
+            )?;
             self.pool.counters().add_bytes_out(sent as u64);
-            if self.to_client.is_empty() {
+            if !self.client_owed() {
                 if self.server.is_none() {
                     // Between transactions: hold no buffers while waiting.
                     crate::bufpool::give_if_empty(&mut self.to_client.buf);
@@ -191,7 +212,7 @@ impl Relay<'_> {
             }));
         }
         if self.terminating {
-            if self.to_server.is_empty() {
+            if !self.server_owed() {
                 return Poll::Ready(Ok(Wake::Flushed));
             }
         } else if self.to_server.has_room() {
@@ -279,7 +300,7 @@ impl Relay<'_> {
     /// transactions, `idle_transaction_timeout` inside one with nothing in flight.
     /// As in PostgreSQL, a session that still owes the client output is not idle.
     fn idle_limit(&self) -> Option<std::time::Duration> {
-        if !self.to_client.is_empty() {
+        if self.client_owed() {
             return None;
         }
         match &self.server {
@@ -293,15 +314,18 @@ impl Relay<'_> {
 
     /// Writes what waits for the server; a failed write loses the server.
     fn poll_send_server(&mut self, cx: &mut Context<'_>) -> Result<(), PgSessionError> {
+        if !self.server_owed() {
+            return Ok(());
+        }
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        if self.to_server.is_empty() {
-            return Ok(());
-        }
         let server = &mut **server;
         let tls = server.stream.is_tls();
-        match self.to_server.poll_send(&mut server.stream, tls, cx) {
+        match self
+            .to_server
+            .poll_send(&mut self.server_unflushed, &mut server.stream, tls, cx)
+        {
             Ok(sent) => {
                 self.pool.counters().add_bytes_in(sent as u64);
                 Ok(())
@@ -309,7 +333,7 @@ impl Relay<'_> {
             Err(e) => {
                 self.server = None;
                 self.registration.slot.set(None);
-                self.to_server.discard();
+                self.discard_server();
                 Err(PgSessionError::ServerLost(e.into()))
             }
         }
@@ -344,9 +368,12 @@ mod tests {
         out.buf.put_slice(&sent);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut got = Vec::new();
-        while !out.is_empty() {
+        let mut unflushed = false;
+        while !out.buf.is_empty() {
             let before = out.buf.len();
-            let n = out.poll_send(&mut near, false, &mut cx).unwrap();
+            let n = out
+                .poll_send(&mut unflushed, &mut near, false, &mut cx)
+                .unwrap();
             assert!(n <= 64, "the peer's window is 64 bytes, {n} went out");
             assert_eq!(out.buf.len(), before - n);
             let mut chunk = [0u8; 64];

@@ -23,7 +23,7 @@ impl Relay<'_> {
         self.mode == PoolMode::Transaction
             && self.server.is_some()
             && self.exchange.idle()
-            && self.to_server.is_empty()
+            && !self.server_owed()
     }
 
     /// [`Relay::release`] for a server without session state, which needs no await (so the
@@ -89,7 +89,7 @@ impl Relay<'_> {
             return;
         };
         self.registration.slot.set(None);
-        if self.exchange.busy() || !self.to_server.is_empty() {
+        if self.exchange.busy() || self.server_owed() {
             // Mid request (or mid frame on the wire): stop the work on the server and
             // close the connection.
             let key = server.cancel.clone();
