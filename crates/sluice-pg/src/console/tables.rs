@@ -222,7 +222,7 @@ fn clients(ctx: &PgContext) -> ResultSet {
             c.info
                 .who
                 .as_ref()
-                .map(|w| w.application_name.clone())
+                .map(|w| w.application_name.to_string())
                 .unwrap_or_default(),
             c.pid.to_string(),
             c.server_pid.map(|p| p.to_string()).unwrap_or_default(),

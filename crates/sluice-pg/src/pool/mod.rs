@@ -41,8 +41,9 @@ pub type MemberSource = Box<dyn Fn() -> Option<sluice_stats::MemberInfo> + Send 
 pub struct ClientMeta {
     /// The client's address.
     pub addr: SocketAddr,
-    /// Its application_name.
-    pub application_name: String,
+    /// Its application_name (a boxed str: 8 bytes less than a `String` in every client's
+    /// metadata, which then fits jemalloc's 64-byte class).
+    pub application_name: Box<str>,
 }
 
 /// A startup setting as a client sent it: (lower-case name, value).
@@ -429,7 +430,7 @@ impl PoolSource for PgPool {
             longest_wait_seconds: occ.longest_wait.as_secs_f64(),
             oldest_checkout: occ.oldest.map(|(age, who)| CheckoutInfo {
                 client_addr: who.addr.to_string(),
-                application_name: who.application_name.clone(),
+                application_name: who.application_name.to_string(),
                 age_seconds: age.as_secs_f64(),
             }),
             prepared_statements: self.inner.statements.len() as u64,

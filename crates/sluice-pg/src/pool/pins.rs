@@ -74,7 +74,7 @@ impl PgPool {
             .values()
             .map(|p| sluice_stats::PinnedInfo {
                 client_addr: p.who.addr.to_string(),
-                application_name: p.who.application_name.clone(),
+                application_name: p.who.application_name.to_string(),
                 reason: p.reason.clone(),
                 age_seconds: p.since.elapsed().as_secs_f64(),
             })

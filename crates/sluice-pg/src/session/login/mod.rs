@@ -126,10 +126,7 @@ pub(crate) async fn login<'a>(
     tracing::debug!(user = %user, database = %dbname, "client authenticated");
     let who = Arc::new(ClientMeta {
         addr: peer,
-        application_name: params
-            .get("application_name")
-            .unwrap_or_default()
-            .to_owned(),
+        application_name: params.get("application_name").unwrap_or_default().into(),
     });
     let (pool, route) = routed(&db, &user, &params, pool)?;
     let greeted = greet(client, out, ctx, &pool, &who, &params, (&user, &dbname));
