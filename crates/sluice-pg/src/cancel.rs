@@ -293,4 +293,35 @@ mod tests {
         drop(a);
         assert_eq!(registry.list().len(), 2, "only the dropped pair is gone");
     }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Shutdown reaches every session through the registry: the flag is set, the token
+    /// cancelled and each session waiting for its client woken (once).
+    #[test]
+    fn shut_down_sets_the_flag_and_wakes_the_waiting_sessions() {
+        let registry = Arc::new(CancelRegistry::default());
+        let idle = registry.register(ClientInfo::default(), None);
+        let busy = registry.register(ClientInfo::default(), None);
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        idle.slot.watch(&Waker::from(count.clone()));
+        assert!(!idle.shutting_down() && !registry.closed().is_cancelled());
+        registry.shut_down();
+        assert!(idle.shutting_down() && busy.shutting_down());
+        assert!(registry.closed().is_cancelled());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the waiting session woke"
+        );
+        registry.shut_down();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "its waker was taken");
+    }
 }
