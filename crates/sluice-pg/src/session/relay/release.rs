@@ -6,6 +6,7 @@ use sluice_config::PoolMode;
 use sluice_stats::ClientState as GaugeState;
 
 use super::Relay;
+use crate::pool::PooledConn;
 use crate::session::PgSessionError;
 
 impl Relay<'_> {
@@ -36,17 +37,24 @@ impl Relay<'_> {
         if self.exchange.needs_reset() {
             return false;
         }
+        if let Some(server) = self.detach_server() {
+            server.checkin();
+        }
+        true
+    }
+
+    /// Takes the server off the client for its check-in: unpinned, the client idle in the
+    /// gauges and its cancel slot cleared.
+    fn detach_server(&mut self) -> Option<PooledConn> {
         self.pin = None;
-        let Some(mut server) = self.server.take() else {
-            return true;
-        };
+        let mut server = self.server.take()?;
         self.gauge.set(GaugeState::Idle);
         self.registration.slot.set(None);
         if self.exchange.settings_dirty() {
+            // The client's settings were not read back: on this server they are unknown.
             server.state.settings_unknown = true;
         }
-        server.checkin();
-        true
+        Some(server)
     }
 
     /// Returns the server to the pool, resetting it first if it picked up session state.
@@ -58,16 +66,9 @@ impl Relay<'_> {
         {
             return;
         }
-        self.pin = None;
-        let Some(mut server) = self.server.take() else {
+        let Some(mut server) = self.detach_server() else {
             return;
         };
-        self.gauge.set(GaugeState::Idle);
-        self.registration.slot.set(None);
-        if self.exchange.settings_dirty() {
-            // The client left before its settings were read back: they are unknown.
-            server.state.settings_unknown = true;
-        }
         let reset = &self.pool.settings().reset_query;
         if self.exchange.needs_reset() && !reset.is_empty() {
             match Box::pin(server.run_simple(reset)).await {
